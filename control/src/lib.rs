@@ -1,2 +1,5 @@
 //! Porter's control plane: configuration, management API, Redis sync and the Agones
 //! allocator client. Talks to the relay only through `porter-core`'s public API.
+
+pub mod agones;
+pub mod config;

@@ -1,0 +1,1 @@
+//! Agones allocator client (gRPC over mutual TLS).

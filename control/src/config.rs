@@ -1,0 +1,1 @@
+//! Porter configuration: the YAML file, its validation, and defaults.
