@@ -32,14 +32,26 @@
 #![warn(missing_docs)]
 
 mod assembler;
+mod cid;
 pub mod client_hello;
 pub mod crypto_stream;
 pub mod frame;
+mod ids;
 pub mod initial;
+mod relay;
+mod routes;
+mod session;
 pub mod wire;
 
 pub use assembler::{
     client_hello_from_datagram, AssemblerConfig, InitialAssembler, InitialError, Progress,
 };
 pub use client_hello::{ClientHelloError, ClientHelloInfo};
+pub use ids::{AllocationId, BackendAddr, ClientAddr, SessionId};
+pub use relay::{
+    AllocationCounters, AllocationFailure, CompleteAllocationError, DropReason, Event, RefusalMode,
+    RefuseReason, Relay, RelayConfig, RelayStats, Verdict,
+};
+pub use routes::{Resolved, Route, RouteError, RouteName, RouteNameError, RouteTable, RouteTarget};
+pub use session::{CloseReason, SessionInfo, SessionState, Traffic};
 pub use wire::{ConnectionId, Version};

@@ -1,0 +1,140 @@
+//! A relayed connection: where it came from, where it goes, what it has carried.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::assembler::InitialAssembler;
+use crate::ids::{AllocationId, BackendAddr, ClientAddr, SessionId};
+use crate::wire::{ConnectionId, Version};
+
+/// Datagrams and bytes carried in one direction.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Datagrams.
+    pub datagrams: u64,
+    /// Bytes of UDP payload.
+    pub bytes: u64,
+}
+
+impl Traffic {
+    pub(crate) fn add(&mut self, len: usize) {
+        self.datagrams += 1;
+        self.bytes += len as u64;
+    }
+}
+
+/// Where a session is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionState {
+    /// Waiting for the rest of the ClientHello.
+    AwaitingClientHello,
+    /// Waiting for the allocator to name a game server.
+    Allocating(AllocationId),
+    /// Routed: datagrams flow both ways.
+    Established,
+}
+
+/// Why a session ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// No datagram either way for the idle timeout.
+    IdleTimeout,
+    /// The ClientHello did not complete within the handshake timeout.
+    HandshakeTimeout,
+    /// The ClientHello was invalid or exceeded a limit.
+    InvalidClientHello,
+    /// The connection was refused (see [`crate::RefuseReason`]).
+    Refused(crate::RefuseReason),
+    /// The embedder closed it.
+    Closed,
+}
+
+impl CloseReason {
+    /// A short stable name, for logs and metrics labels.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::IdleTimeout => "idle_timeout",
+            Self::HandshakeTimeout => "handshake_timeout",
+            Self::InvalidClientHello => "invalid_client_hello",
+            Self::Refused(r) => r.as_str(),
+            Self::Closed => "closed",
+        }
+    }
+}
+
+/// A snapshot of one session, for listings and for [`crate::Event::SessionClosed`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionInfo {
+    /// Its ID.
+    pub id: SessionId,
+    /// The server name the client asked for, once known.
+    pub sni: Option<Arc<str>>,
+    /// The QUIC version of its Initial.
+    pub version: Version,
+    /// The client's current address.
+    pub client: ClientAddr,
+    /// The backend, once routed.
+    pub backend: Option<BackendAddr>,
+    /// Its state.
+    pub state: SessionState,
+    /// Time since its first datagram.
+    pub age: Duration,
+    /// Time since its last datagram in either direction.
+    pub idle: Duration,
+    /// Client to backend.
+    pub to_backend: Traffic,
+    /// Backend to client.
+    pub to_client: Traffic,
+}
+
+/// What the relay keeps per session. Kept small: the per-handshake state lives in
+/// [`Pending`] and is dropped once the session is routed.
+#[derive(Debug)]
+pub(crate) struct Session {
+    pub(crate) id: SessionId,
+    pub(crate) client: ClientAddr,
+    pub(crate) backend: Option<BackendAddr>,
+    pub(crate) state: SessionState,
+    pub(crate) version: Version,
+    pub(crate) original_dcid: ConnectionId,
+    pub(crate) client_scid: ConnectionId,
+    pub(crate) sni: Option<Arc<str>>,
+    /// Connection IDs that map to this session, oldest first.
+    pub(crate) cids: Vec<ConnectionId>,
+    /// Length of the connection IDs the backend issues, once seen.
+    pub(crate) server_cid_len: Option<u8>,
+    pub(crate) created: Instant,
+    pub(crate) last_activity: Instant,
+    pub(crate) to_backend: Traffic,
+    pub(crate) to_client: Traffic,
+}
+
+impl Session {
+    pub(crate) fn info(&self, now: Instant) -> SessionInfo {
+        SessionInfo {
+            id: self.id,
+            sni: self.sni.clone(),
+            version: self.version,
+            client: self.client,
+            backend: self.backend,
+            state: self.state,
+            age: now.saturating_duration_since(self.created),
+            idle: now.saturating_duration_since(self.last_activity),
+            to_backend: self.to_backend,
+            to_client: self.to_client,
+        }
+    }
+}
+
+/// Handshake-time state of a session that is not routed yet.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    pub(crate) assembler: InitialAssembler,
+    /// Datagrams held until the route is known, in arrival order.
+    pub(crate) datagrams: Vec<Bytes>,
+    pub(crate) bytes: usize,
+    pub(crate) alpn: Vec<Vec<u8>>,
+}
