@@ -108,7 +108,7 @@ impl Default for RelayConfig {
             new_sessions_burst: 10_000,
             refusal: RefusalMode::Close,
             assembler: AssemblerConfig::default(),
-            seed: 0x5eed_0f_5eed,
+            seed: 0x5eed_0f5e_ed00,
         }
     }
 }
@@ -666,9 +666,8 @@ impl Relay {
         if !wire::is_long_header(first) {
             return self.client_short(now, from, datagram);
         }
-        let packet = match wire::parse_packet(datagram) {
-            Ok((packet, _)) => packet,
-            Err(_) => return Verdict::Drop(DropReason::Malformed),
+        let Ok((packet, _)) = wire::parse_packet(datagram) else {
+            return Verdict::Drop(DropReason::Malformed);
         };
         match packet {
             Packet::Long(long) => self.client_long(now, from, datagram, &long),
