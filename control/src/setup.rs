@@ -1,0 +1,187 @@
+//! From a validated [`Config`] to what a driver runs: listen addresses, the core's
+//! [`porter_core::RelayConfig`], routes with their targets resolved, API settings.
+//! Shared by both binaries so they start identically.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use porter_core::{
+    AssemblerConfig, BackendAddr, RefusalMode, Relay, Route, RouteName, RouteTarget,
+};
+
+use crate::api::ApiSettings;
+use crate::config::{self, Config, RouteKind};
+
+pub use crate::config::LogFormat;
+
+/// Problems found while turning a configuration into settings (unresolvable targets,
+/// routes the core rejects). Display prints one per line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetupError {
+    /// One message per problem, each naming where it is.
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for SetupError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            f.write_str(p)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for SetupError {}
+
+/// Everything a driver needs to run.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// UDP listen addresses.
+    pub listen: Vec<SocketAddr>,
+    /// The core's limits and timeouts.
+    pub relay: porter_core::RelayConfig,
+    /// Routes, targets resolved.
+    pub routes: Vec<Route>,
+    /// Log each dropped datagram.
+    pub log_requests: bool,
+    /// Log filter (`info`, `porter=debug`, ...).
+    pub log_level: String,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// How long to keep forwarding after SIGINT/SIGTERM.
+    pub drain_period: Duration,
+    /// The management API.
+    pub api: Option<ApiSettings>,
+}
+
+impl Settings {
+    /// Builds settings, resolving route targets (DNS names are looked up now, once) and
+    /// reading the API token from the environment if the file does not hold it.
+    pub fn from_config(config: &Config) -> Result<Self, SetupError> {
+        Self::from_config_with_env(config, |name| std::env::var(name).ok())
+    }
+
+    /// As [`Self::from_config`], with the environment lookup supplied (for tests).
+    pub fn from_config_with_env(
+        config: &Config,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, SetupError> {
+        let mut problems = Vec::new();
+        let mut routes = Vec::new();
+        for (i, spec) in config.routes.iter().enumerate() {
+            let name = core_name(&spec.name);
+            let target = match &spec.kind {
+                RouteKind::Simple { targets } => {
+                    let mut backends = Vec::new();
+                    for (j, t) in targets.iter().enumerate() {
+                        match t.resolve() {
+                            Ok(addrs) if !addrs.is_empty() => backends.push(BackendAddr(addrs[0])),
+                            Ok(_) => problems.push(format!(
+                                "routes[{i}].target[{j}]: {t} resolves to no address"
+                            )),
+                            Err(e) => problems.push(format!(
+                                "routes[{i}].target[{j}]: cannot resolve {t}: {e}"
+                            )),
+                        }
+                    }
+                    RouteTarget::Simple(backends)
+                }
+                RouteKind::Agones { fleet } => {
+                    if config.agones.is_none() {
+                        problems.push(format!(
+                            "routes[{i}]: type agones needs the agones section enabled"
+                        ));
+                    }
+                    RouteTarget::Agones {
+                        fleet: Arc::from(fleet.as_str()),
+                    }
+                }
+            };
+            routes.push(Route { name, target });
+        }
+        let r = &config.relay;
+        let relay = porter_core::RelayConfig {
+            idle_timeout: r.idle_timeout,
+            handshake_timeout: r.handshake_timeout,
+            max_sessions: r.max_sessions,
+            max_cids_per_session: r.max_cids_per_session,
+            max_buffered_per_session: r.max_buffered_bytes_per_connection,
+            max_buffered_total: r.max_buffered_bytes_total,
+            max_pending_allocations: r.max_pending_allocations,
+            new_sessions_per_second: r.new_sessions_per_second,
+            new_sessions_burst: r.new_sessions_burst,
+            refusal: match r.refusal {
+                config::Refusal::Close => RefusalMode::Close,
+                config::Refusal::Drop => RefusalMode::Drop,
+            },
+            assembler: AssemblerConfig {
+                max_client_hello_len: r.max_client_hello_bytes,
+                ..AssemblerConfig::default()
+            },
+            seed: random_seed(),
+        };
+        let api = &config.api;
+        let token = api
+            .token
+            .as_ref()
+            .map(|t| t.expose().to_owned())
+            .or_else(|| env(&api.token_env).filter(|t| !t.is_empty()));
+        let api = Some(ApiSettings {
+            bind: api.listen_addr(),
+            token,
+            log_requests: api.log_requests,
+            max_body_bytes: api.max_body_bytes,
+        });
+        if !problems.is_empty() {
+            return Err(SetupError { problems });
+        }
+        Ok(Self {
+            listen: config.udp.listen_addrs(),
+            relay,
+            routes,
+            log_requests: config.udp.log_requests,
+            log_level: config.log.level.clone(),
+            log_format: config.udp.log_format,
+            drain_period: config.relay.drain_period,
+            api,
+        })
+    }
+
+    /// A relay with these settings' limits and routes.
+    pub fn new_relay(&self) -> Result<Relay, SetupError> {
+        let mut relay = Relay::new(self.relay.clone());
+        let mut problems = Vec::new();
+        for route in &self.routes {
+            if let Err(e) = relay.set_route(route.clone()) {
+                problems.push(format!("route {}: {e}", route.name));
+            }
+        }
+        if problems.is_empty() {
+            Ok(relay)
+        } else {
+            Err(SetupError { problems })
+        }
+    }
+}
+
+fn core_name(name: &config::RouteName) -> RouteName {
+    match name {
+        config::RouteName::Exact(n) => RouteName::Exact(n.clone()),
+        config::RouteName::Wildcard(s) => RouteName::Wildcard(s.clone()),
+        config::RouteName::Default => RouteName::Default,
+    }
+}
+
+/// A seed for the core's randomness, from the OS (through std's randomly keyed hasher,
+/// which avoids a dependency for eight bytes).
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(std::process::id().into());
+    h.finish()
+}
