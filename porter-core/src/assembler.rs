@@ -128,7 +128,8 @@ impl InitialAssembler {
         }
     }
 
-    /// The original Destination Connection ID and version, once an Initial was seen.
+    /// The original Destination Connection ID and version, once an Initial carrying them
+    /// has decrypted.
     pub fn connection(&self) -> Option<(Version, ConnectionId)> {
         self.keys.as_ref().map(|(v, c, _)| (*v, *c))
     }
@@ -195,6 +196,10 @@ impl InitialAssembler {
     fn absorb(&mut self, datagram: &[u8], scratch: &mut Vec<u8>) -> Result<(), InitialError> {
         let mut used = false;
         let mut skipped = None;
+        // Keys for a DCID none of whose packets has decrypted yet. They are adopted only
+        // once one does, so a damaged or forged datagram arriving first cannot bind the
+        // attempt to a connection ID its real packets do not carry.
+        let mut candidate: Option<(Version, ConnectionId, Keys)> = None;
         for (i, packet) in Packets::new(datagram).enumerate() {
             let packet = match packet {
                 Ok(Packet::Long(p)) if p.ty == LongType::Initial => p,
@@ -205,21 +210,32 @@ impl InitialAssembler {
                 Err(e) if i == 0 => return Err(e.into()),
                 Err(_) => break,
             };
-            let (version, dcid, keys) = match &self.keys {
-                Some((v, c, k)) => (*v, *c, k),
+            let keys = match &self.keys {
+                Some((version, dcid, keys)) => {
+                    if packet.version != *version || packet.dcid != dcid.as_bytes() {
+                        skipped.get_or_insert(InitialError::DcidMismatch);
+                        continue;
+                    }
+                    keys
+                }
                 None => {
                     let Some(dcid) = ConnectionId::new(packet.dcid) else {
                         continue;
                     };
-                    let keys = Keys::initial(packet.version, packet.dcid, Side::Client);
-                    let (v, c, k) = self.keys.insert((packet.version, dcid, keys));
-                    (*v, *c, &*k)
+                    let reusable = matches!(
+                        &candidate,
+                        Some((v, c, _)) if *v == packet.version && *c == dcid
+                    );
+                    if !reusable {
+                        candidate = None;
+                    }
+                    let (_, _, keys) = candidate.get_or_insert_with(|| {
+                        let keys = Keys::initial(packet.version, packet.dcid, Side::Client);
+                        (packet.version, dcid, keys)
+                    });
+                    &*keys
                 }
             };
-            if packet.version != version || packet.dcid != dcid.as_bytes() {
-                skipped.get_or_insert(InitialError::DcidMismatch);
-                continue;
-            }
             let decrypted = match keys.decrypt(&packet, self.largest_pn, scratch) {
                 Ok(d) => d,
                 Err(e) => {
@@ -227,6 +243,9 @@ impl InitialAssembler {
                     continue;
                 }
             };
+            if self.keys.is_none() {
+                self.keys = candidate.take();
+            }
             self.largest_pn = self.largest_pn.max(Some(decrypted.packet_number));
             for frame in InitialFrames::new(decrypted.payload) {
                 if let InitialFrame::Crypto { offset, data } = frame? {
