@@ -2,4 +2,7 @@
 //! allocator client. Talks to the relay only through `porter-core`'s public API.
 
 pub mod agones;
+pub mod api;
 pub mod config;
+pub mod host;
+pub mod setup;

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::io::{self, IoSliceMut};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,6 +31,8 @@ const SLOT_LEN: usize = 64 * 1024;
 pub(crate) struct Socket {
     io: UdpSocket,
     state: UdpSocketState,
+    /// Whether an error was already reported (upstream sockets only).
+    reported: AtomicBool,
 }
 
 impl Socket {
@@ -39,6 +42,7 @@ impl Socket {
         Ok(Self {
             io: UdpSocket::from_std(std)?,
             state,
+            reported: AtomicBool::new(false),
         })
     }
 
@@ -115,6 +119,15 @@ pub(crate) trait Allocator: Send + Sync + 'static {
 struct Upstream {
     socket: Arc<Socket>,
     reader: AbortHandle,
+}
+
+/// Logs, once per session, that its backend does not answer (ICMP port unreachable
+/// surfaces as an error on the connected socket's next send or receive).
+fn report_unreachable(session: SessionId, socket: &Socket, reported: &AtomicBool, e: &io::Error) {
+    if !reported.swap(true, Ordering::Relaxed) {
+        let backend = socket.io.peer_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string());
+        tracing::warn!(%session, %backend, "backend unreachable: {e}");
+    }
 }
 
 /// Everything the driver's tasks share.
@@ -225,18 +238,12 @@ impl Driver {
         let mut bufs = vec![vec![0u8; SLOT_LEN]; batch];
         let mut metas = vec![RecvMeta::default(); batch];
         let mut outs = Vec::new();
-        let mut reported = false;
         loop {
             let n = match socket.recv(&mut bufs, &mut metas).await {
                 Ok(n) => n,
                 Err(e) => {
-                    if !reported {
-                        let backend = socket.io.peer_addr().map(|a| a.to_string());
-                        let backend = backend.unwrap_or_else(|_| "?".into());
-                        tracing::warn!(%session, %backend, "backend unreachable: {e}");
-                        reported = true;
-                    }
                     // Each ICMP error is reported once; the next receive waits again.
+                    report_unreachable(session, &socket, &socket.reported, &e);
                     continue;
                 }
             };
@@ -284,7 +291,7 @@ impl Driver {
                     if let Ok(peer) = peer {
                         let segment = (end - start > seg).then_some(seg);
                         if let Err(e) = socket.send(peer, &data[start..end], segment).await {
-                            tracing::debug!(%session, "send to backend failed: {e}");
+                            report_unreachable(session, &socket, &socket.reported, &e);
                         }
                     }
                     i = next;
@@ -326,7 +333,7 @@ impl Driver {
                     if let Ok(peer) = socket.io.peer_addr() {
                         for d in datagrams {
                             if let Err(e) = socket.send(peer, &d, None).await {
-                                tracing::debug!(%session, "send to backend failed: {e}");
+                                report_unreachable(session, &socket, &socket.reported, &e);
                             }
                         }
                     }

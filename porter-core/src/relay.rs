@@ -24,10 +24,14 @@
 //! use is tried. A short header with an unknown DCID from a known client address is taken
 //! as that session's client switching to a new CID (the new CID is learned); a known DCID
 //! from a new address moves the session to that address (NAT rebinding or migration).
-//! A client that changes address and CID at once cannot be followed and is dropped.
+//! A client that changes port and CID at once (quinn does on `rebind`) is followed when
+//! exactly one routed session of that client IP can be meant; otherwise, and whenever
+//! the IP changes too, the packet is dropped and counted: only QUIC-LB style CIDs that
+//! encode their server could route it.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -435,6 +439,8 @@ pub struct Relay {
     pending: HashMap<SessionId, Pending>,
     cids: CidTable,
     by_client: HashMap<ClientAddr, Vec<SessionId>>,
+    /// Sessions by client IP, for following a client that changes port and CID at once.
+    by_ip: HashMap<IpAddr, Vec<SessionId>>,
     allocations: HashMap<AllocationId, SessionId>,
     /// One entry per live session (plus stale ones for closed sessions, skipped when
     /// popped): the earliest time its deadline can be.
@@ -462,6 +468,7 @@ impl Relay {
             pending: HashMap::new(),
             cids: CidTable::default(),
             by_client: HashMap::new(),
+            by_ip: HashMap::new(),
             allocations: HashMap::new(),
             timers: BinaryHeap::new(),
             events: VecDeque::new(),
@@ -711,9 +718,14 @@ impl Relay {
         if let Some((id, _)) = self.cids.lookup_short(datagram) {
             return self.client_to_session(now, from, id, datagram, None);
         }
-        // Unknown DCID: the client may have switched to a CID issued in an (encrypted)
-        // NEW_CONNECTION_ID frame. From a known address, that is its session.
-        let Some(id) = self.latest_established(from) else {
+        // Unknown DCID: the client switched to a CID issued in an (encrypted)
+        // NEW_CONNECTION_ID frame. From a known address, that is its session. From a new
+        // port of a known IP it is a migration (quinn's rebind switches CID and socket at
+        // once); it is followed only when exactly one session of that IP can be meant.
+        let Some(id) = self
+            .latest_established(from)
+            .or_else(|| self.sole_session_of_ip(from, datagram))
+        else {
             return Verdict::Drop(DropReason::UnknownConnection);
         };
         let learn = self.sessions.get(&id).and_then(|s| s.server_cid_len);
@@ -726,6 +738,27 @@ impl Relay {
             }
         }
         self.client_to_session(now, from, id, datagram, None)
+    }
+
+    /// The one routed session of `from`'s IP that an unknown CID from a new port can
+    /// belong to: it uses server CIDs of a known, non-zero length that the datagram can
+    /// hold. `None` when there are none or several: guessing could move another client's
+    /// session.
+    fn sole_session_of_ip(&self, from: ClientAddr, datagram: &[u8]) -> Option<SessionId> {
+        let mut found = None;
+        for id in self.by_ip.get(&from.0.ip())? {
+            let Some(s) = self.sessions.get(id) else {
+                continue;
+            };
+            let cid_len = usize::from(s.server_cid_len.unwrap_or(0));
+            if s.state != SessionState::Established || cid_len == 0 || datagram.len() <= cid_len {
+                continue;
+            }
+            if found.replace(s.id).is_some() {
+                return None;
+            }
+        }
+        found
     }
 
     /// The most recently active routed session from this address.
@@ -838,7 +871,7 @@ impl Relay {
             },
         );
         self.cids.insert(dcid, id);
-        self.by_client.entry(from).or_default().push(id);
+        self.index_client(id, from);
         self.timers
             .push(Reverse((now + self.config.handshake_timeout, id)));
         self.pending.insert(
@@ -1112,13 +1145,23 @@ impl Relay {
             return;
         };
         let from = std::mem::replace(&mut session.client, to);
-        remove_from_client(&mut self.by_client, from, id);
-        self.by_client.entry(to).or_default().push(id);
+        self.unindex_client(id, from);
+        self.index_client(id, to);
         self.events.push_back(Event::ClientAddressChanged {
             session: id,
             from,
             to,
         });
+    }
+
+    fn index_client(&mut self, id: SessionId, client: ClientAddr) {
+        self.by_client.entry(client).or_default().push(id);
+        self.by_ip.entry(client.0.ip()).or_default().push(id);
+    }
+
+    fn unindex_client(&mut self, id: SessionId, client: ClientAddr) {
+        remove_id(&mut self.by_client, client, id);
+        remove_id(&mut self.by_ip, client.0.ip(), id);
     }
 
     // ----- life cycle -----
@@ -1139,7 +1182,7 @@ impl Relay {
                 self.cids.remove(cid);
             }
         }
-        remove_from_client(&mut self.by_client, session.client, id);
+        self.unindex_client(id, session.client);
         if let Some(p) = self.pending.remove(&id) {
             self.buffered_total -= p.bytes;
         }
@@ -1171,15 +1214,11 @@ impl Relay {
     }
 }
 
-fn remove_from_client(
-    map: &mut HashMap<ClientAddr, Vec<SessionId>>,
-    client: ClientAddr,
-    id: SessionId,
-) {
-    if let Some(ids) = map.get_mut(&client) {
+fn remove_id<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Vec<SessionId>>, key: K, id: SessionId) {
+    if let Some(ids) = map.get_mut(&key) {
         ids.retain(|&s| s != id);
         if ids.is_empty() {
-            map.remove(&client);
+            map.remove(&key);
         }
     }
 }

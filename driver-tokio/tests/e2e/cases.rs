@@ -1,0 +1,344 @@
+//! The end-to-end cases, written once and run against every relay binary. The including
+//! test file defines `BINARY` (the binary's path) and declares `mod support`.
+//!
+//! Each case runs the real binary with a generated config, with real QUIC peers (quinn)
+//! or plain UDP sockets on loopback.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::support::*;
+use super::BINARY;
+
+fn simple_route(fqdn: &str, target: SocketAddr) -> String {
+    format!("  - {{fqdn: \"{fqdn}\", type: simple, target: \"{target}\"}}\n")
+}
+
+async fn connect(
+    endpoint: &quinn::Endpoint,
+    relay: SocketAddr,
+    sni: &str,
+) -> Result<quinn::Connection, quinn::ConnectionError> {
+    let connecting = endpoint.connect(relay, sni).expect("valid connect parameters");
+    tokio::time::timeout(Duration::from_secs(10), connecting)
+        .await
+        .expect("handshake finished or failed in time")
+}
+
+/// Acceptance 1: two servers with different certificates behind one relay; exact,
+/// wildcard and default routes reach the right one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_by_sni_exact_wildcard_and_default() {
+    let pki = Pki::new();
+    let a = EchoServer::start("A", pki.server_config(&["a.test", "x.wild.test"]), false);
+    let b = EchoServer::start("B", pki.server_config(&["b.test", "other.test"]), false);
+    let routes = format!(
+        "routes:\n{}{}{}{}",
+        simple_route("a.test", a.addr),
+        simple_route("b.test", b.addr),
+        simple_route("*.wild.test", a.addr),
+        simple_route("*", b.addr),
+    );
+    let porter = Porter::start(BINARY, &routes);
+    let client = client_endpoint(pki.client_config(None));
+    for (sni, expect) in [
+        ("a.test", "A"),
+        ("b.test", "B"),
+        ("x.wild.test", "A"),
+        ("other.test", "B"),
+    ] {
+        let conn = connect(&client, porter.udp, sni)
+            .await
+            .unwrap_or_else(|e| panic!("{sni}: {e}; log:\n{}", porter.log()));
+        let reply = echo(&conn, sni.as_bytes()).await;
+        assert_eq!(reply, format!("{expect}:{sni}"), "{sni}");
+        conn.close(0u32.into(), b"done");
+    }
+    let stats = porter.stats();
+    assert_eq!(stats["sessions_opened"], 4, "{stats}");
+}
+
+/// Acceptance 2: a ClientHello that spans two Initial packets (a long ALPN list).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_hello_spanning_two_initials() {
+    let pki = Pki::new();
+    let a = EchoServer::start("A", pki.server_config(&["a.test"]), false);
+    let porter = Porter::start(BINARY, &format!("routes:\n{}", simple_route("a.test", a.addr)));
+    // 40 protocols of 40 bytes: the ClientHello is well over one packet.
+    let mut alpn: Vec<Vec<u8>> = (0..40)
+        .map(|i| format!("proto-{i:02}-{}", "x".repeat(31)).into_bytes())
+        .collect();
+    alpn.push(ALPN.to_vec());
+    let client = client_endpoint(pki.client_config(Some(alpn)));
+    let conn = connect(&client, porter.udp, "a.test")
+        .await
+        .unwrap_or_else(|e| panic!("{e}; log:\n{}", porter.log()));
+    assert_eq!(echo(&conn, b"big hello").await, "A:big hello");
+    // The relay saw the hello arrive in pieces: the first datagram was held.
+    assert!(porter.wait_log("session opened", Duration::from_secs(2)));
+    let stats = porter.stats();
+    assert!(
+        stats["to_backend"]["datagrams"].as_u64().unwrap() >= 2,
+        "{stats}"
+    );
+}
+
+/// Acceptance 3: a client that moves to a new socket (Endpoint::rebind) and a client
+/// behind a NAT that changes its outside port both stay with their backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_and_nat_rebinding_keep_the_backend() {
+    let pki = Pki::new();
+    let a = EchoServer::start("A", pki.server_config(&["a.test"]), false);
+    let b = EchoServer::start("B", pki.server_config(&["b.test"]), false);
+    let routes = format!(
+        "routes:\n{}{}",
+        simple_route("a.test", a.addr),
+        simple_route("b.test", b.addr)
+    );
+    let porter = Porter::start(BINARY, &routes);
+
+    // Rebind: the client's own socket changes.
+    let client = client_endpoint(pki.client_config(None));
+    let conn = connect(&client, porter.udp, "a.test").await.unwrap();
+    assert_eq!(echo(&conn, b"before").await, "A:before");
+    let before = client.local_addr().unwrap();
+    client
+        .rebind(std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+        .unwrap();
+    assert_ne!(client.local_addr().unwrap(), before);
+    for i in 0..3 {
+        assert_eq!(echo(&conn, format!("after{i}").as_bytes()).await, format!("A:after{i}"));
+    }
+
+    // NAT rebinding: same client socket, the NAT's outside port changes.
+    let nat = Nat::start(porter.udp).await;
+    let client = client_endpoint(pki.client_config(None));
+    let conn = connect(&client, nat.inside, "b.test").await.unwrap();
+    assert_eq!(echo(&conn, b"before").await, "B:before");
+    let old = nat.outside();
+    let new = nat.rebind().await;
+    assert_ne!(old, new);
+    for i in 0..3 {
+        assert_eq!(echo(&conn, format!("nat{i}").as_bytes()).await, format!("B:nat{i}"));
+    }
+    assert!(
+        porter.wait_log("client address changed", Duration::from_secs(2)),
+        "log:\n{}",
+        porter.log()
+    );
+    assert_eq!(porter.stats()["sessions_opened"], 2);
+}
+
+/// Acceptance 4: a server that always sends Retry works through the relay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_server_works() {
+    let pki = Pki::new();
+    let a = EchoServer::start("R", pki.server_config(&["retry.test"]), true);
+    let porter = Porter::start(
+        BINARY,
+        &format!("routes:\n{}", simple_route("retry.test", a.addr)),
+    );
+    let client = client_endpoint(pki.client_config(None));
+    let conn = connect(&client, porter.udp, "retry.test")
+        .await
+        .unwrap_or_else(|e| panic!("{e}; log:\n{}", porter.log()));
+    assert_eq!(echo(&conn, b"after retry").await, "R:after retry");
+    assert_eq!(porter.stats()["sessions_opened"], 1);
+}
+
+/// Acceptance 5: an unknown SNI fails fast with CONNECTION_REFUSED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_sni_is_refused_fast() {
+    let pki = Pki::new();
+    let a = EchoServer::start("A", pki.server_config(&["a.test"]), false);
+    let porter = Porter::start(BINARY, &format!("routes:\n{}", simple_route("a.test", a.addr)));
+    let client = client_endpoint(pki.client_config(None));
+    let started = Instant::now();
+    let err = connect(&client, porter.udp, "nobody.test")
+        .await
+        .expect_err("no route for nobody.test");
+    let elapsed = started.elapsed();
+    assert!(elapsed < Duration::from_secs(1), "took {elapsed:?}");
+    match err {
+        quinn::ConnectionError::ConnectionClosed(close) => {
+            assert_eq!(close.error_code, quinn::TransportErrorCode::CONNECTION_REFUSED);
+        }
+        other => panic!("expected CONNECTION_REFUSED, got {other:?}"),
+    }
+    assert_eq!(porter.stats()["refused"], 1);
+}
+
+/// Acceptance 6: 200 concurrent connections over two backends; once they close and the
+/// idle timeout passes, nothing is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_connections_then_nothing_left() {
+    let pki = Pki::new();
+    let a = EchoServer::start("A", pki.server_config(&["a.test"]), false);
+    let b = EchoServer::start("B", pki.server_config(&["b.test"]), false);
+    let routes = format!(
+        "relay: {{idle_timeout: 2s, handshake_timeout: 1s}}\nroutes:\n{}{}",
+        simple_route("a.test", a.addr),
+        simple_route("b.test", b.addr)
+    );
+    let porter = Porter::start(BINARY, &routes);
+    // Four client sockets carry 50 connections each: many connections share a 4-tuple.
+    let endpoints: Vec<quinn::Endpoint> = (0..4)
+        .map(|_| client_endpoint(pki.client_config(None)))
+        .collect();
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let endpoint = endpoints[i % 4].clone();
+        let relay = porter.udp;
+        tasks.push(tokio::spawn(async move {
+            let (sni, name) = if i % 2 == 0 { ("a.test", "A") } else { ("b.test", "B") };
+            let conn = connect(&endpoint, relay, sni).await.expect("connect");
+            let msg = format!("conn-{i}");
+            assert_eq!(echo(&conn, msg.as_bytes()).await, format!("{name}:{msg}"));
+            conn.close(0u32.into(), b"done");
+        }));
+    }
+    for t in tasks {
+        t.await.expect("connection task");
+    }
+    let stats = porter.stats();
+    assert_eq!(stats["sessions_opened"], 200, "{stats}");
+    let drained = wait_for(Duration::from_secs(15), || {
+        let s = porter.stats();
+        (s["sessions"] == 0 && s["upstream_sockets"] == 0).then_some(s)
+    });
+    assert!(drained.is_some(), "still holding state: {}", porter.stats());
+}
+
+/// Acceptance 7: every capture's datagrams, replayed at the relay, reach the backend for
+/// its SNI byte for byte and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corpus_replay_reaches_the_right_backend() {
+    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/../porter-core/tests/data");
+    let captures = [
+        ("chromium-156-h3.json", "game1.example.com"),
+        (
+            "chromium-156-h3-long-sni.json",
+            "very-long-subdomain-name-for-testing.eu-central-1.games.example.com",
+        ),
+        ("aioquic-1.7-v1.json", "game2.example.com"),
+        ("aioquic-1.7-v2.json", "v2.example.com"),
+    ];
+    let mut sinks = Vec::new();
+    let mut routes = String::from("routes:\n");
+    for (_, sni) in &captures {
+        let sink = UdpSink::start().await;
+        routes.push_str(&simple_route(sni, sink.addr));
+        sinks.push(sink);
+    }
+    let porter = Porter::start(BINARY, &routes);
+    for ((file, sni), sink) in captures.iter().zip(&sinks) {
+        let text = std::fs::read_to_string(format!("{data}/{file}")).unwrap();
+        let list: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let datagrams: Vec<Vec<u8>> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| hex_decode(d["hex"].as_str().unwrap()))
+            .collect();
+        let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        for d in &datagrams {
+            client.send_to(d, porter.udp).await.unwrap();
+        }
+        let got = wait_for(Duration::from_secs(5), || {
+            let r = sink.received();
+            (r.len() >= datagrams.len()).then_some(r)
+        });
+        let got = got.unwrap_or_else(|| {
+            panic!("{file}: {} of {} arrived", sink.received().len(), datagrams.len())
+        });
+        assert_eq!(got, datagrams, "{file} ({sni}): bytes or order differ");
+    }
+    // No capture leaked into another's backend.
+    for (sink, (file, _)) in sinks.iter().zip(&captures) {
+        let text = std::fs::read_to_string(format!("{data}/{file}")).unwrap();
+        let n = serde_json::from_str::<serde_json::Value>(&text).unwrap()
+            .as_array()
+            .unwrap()
+            .len();
+        assert_eq!(sink.received().len(), n, "{file}");
+    }
+}
+
+fn hex_decode(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// Acceptance 8a: a malformed config is reported with the key at fault.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_config_names_the_problem() {
+    let config = "udp: {port: 7000, colour: blue}\nroutes:\n  - {fqdn: \"a..test\", type: simple, target: \"127.0.0.1:1\"}\n";
+    let mut check = Porter::spawn(BINARY, config, &["check"]);
+    let code = check.wait_exit(Duration::from_secs(10)).expect("check exits");
+    assert_ne!(code, 0);
+    let log = check.log();
+    assert!(log.contains("colour"), "unknown key not named:\n{log}");
+    assert!(log.contains("routes[0]"), "bad route not located:\n{log}");
+
+    let missing = temp_dir().join("no-such-config.yaml");
+    let out = std::process::Command::new(BINARY)
+        .arg("--config")
+        .arg(&missing)
+        .output()
+        .expect("run relay");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&missing.display().to_string()),
+        "missing file not named: {stderr}"
+    );
+
+    let mut run = Porter::spawn(BINARY, config, &[]);
+    assert_ne!(run.wait_exit(Duration::from_secs(10)), Some(0));
+    assert!(run.log().contains("colour"), "{}", run.log());
+}
+
+/// Acceptance 8b: a port in use is a clear start-up error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_in_use_is_a_clear_error() {
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let config = format!(
+        "udp: {{port: {port}, bind: 127.0.0.1}}\napi: {{port: {}}}\nroutes: []\n",
+        free_tcp_port()
+    );
+    let mut porter = Porter::spawn(BINARY, &config, &[]);
+    let code = porter.wait_exit(Duration::from_secs(10));
+    assert!(matches!(code, Some(c) if c != 0), "exit {code:?}");
+    let log = porter.log();
+    assert!(
+        log.contains(&format!("cannot bind UDP 127.0.0.1:{port}")) && log.contains("in use"),
+        "{log}"
+    );
+}
+
+/// Acceptance 8c: an unreachable backend is named in the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_backend_is_logged() {
+    let pki = Pki::new();
+    let closed: SocketAddr = ([127, 0, 0, 1], free_udp_port()).into();
+    let porter = Porter::start(BINARY, &format!("routes:\n{}", simple_route("dead.test", closed)));
+    let client = client_endpoint(pki.client_config(None));
+    let connecting = client.connect(porter.udp, "dead.test").unwrap();
+    let logged = porter.wait_log("backend unreachable", Duration::from_secs(5));
+    drop(connecting);
+    let log = porter.log();
+    assert!(logged, "{log}");
+    assert!(log.contains(&closed.to_string()), "backend not named:\n{log}");
+}
+
+/// SIGTERM drains and exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_cleanly() {
+    let mut porter = Porter::start(BINARY, "relay: {drain_period: 1s}\nroutes: []\n");
+    porter.terminate();
+    assert_eq!(porter.wait_exit(Duration::from_secs(10)), Some(0), "{}", porter.log());
+    assert!(porter.log().contains("draining"), "{}", porter.log());
+}
