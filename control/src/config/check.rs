@@ -1,0 +1,1180 @@
+//! From the located YAML tree to a validated [`Config`], collecting every problem.
+//!
+//! The walk never stops at a problem: a bad or missing value is recorded with its key path
+//! and position, the default stands in for it, and the walk goes on, so one run of
+//! `porter check` shows everything that is wrong. Checks between keys (duplicate routes, the
+//! API token, Agones credentials) run on what could be read.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::error::{Problem, Span};
+use super::names::{check_dns_name, check_kubernetes_name, RouteName};
+use super::target::Target;
+use super::tree::{Node, Value};
+use super::types::{
+    AgonesConfig, ApiConfig, Config, LogConfig, LogFormat, RedisConfig, Refusal, RelayConfig,
+    RouteKind, RouteSpec, Secret, UdpConfig,
+};
+use super::units::{format_byte_size, format_duration, parse_byte_size, parse_duration};
+
+/// Looks up an environment variable; injectable so tests need not touch the process
+/// environment.
+pub(crate) type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+const ROOT_KEYS: &[&str] = &["udp", "api", "redis", "agones", "relay", "log", "routes"];
+const UDP_KEYS: &[&str] = &["port", "log_requests", "bind", "log_format"];
+const API_KEYS: &[&str] = &[
+    "port",
+    "log_requests",
+    "bind",
+    "token",
+    "token_env",
+    "max_body_bytes",
+];
+const REDIS_KEYS: &[&str] = &["enabled", "address", "password", "db", "channel"];
+const AGONES_KEYS: &[&str] = &[
+    "enabled",
+    "namespace",
+    "allocator_host",
+    "allocator_client_cert",
+    "allocator_client_key",
+    "allocator_ca_cert",
+    "tls_server_name",
+    "insecure_skip_verify",
+    "request_timeout",
+    "max_retries",
+    "player_list",
+    "reserve_player_slot",
+    "port_name",
+    "allocate_route_ttl",
+];
+const RELAY_KEYS: &[&str] = &[
+    "idle_timeout",
+    "handshake_timeout",
+    "max_sessions",
+    "max_cids_per_session",
+    "max_buffered_bytes_per_connection",
+    "max_buffered_bytes_total",
+    "max_pending_allocations",
+    "new_sessions_per_second",
+    "new_sessions_burst",
+    "max_client_hello_bytes",
+    "refusal",
+    "drain_period",
+];
+const LOG_KEYS: &[&str] = &["level", "format"];
+const ROUTE_KEYS: &[&str] = &["fqdn", "type", "target"];
+
+/// Checks the whole document. `Err` holds every problem found (at least one).
+pub(crate) fn check(root: &Node, env: Env<'_>) -> Result<Config, Vec<Problem>> {
+    let mut c = Checker {
+        problems: Vec::new(),
+        warnings: Vec::new(),
+        env,
+    };
+    let config = c.config(root);
+    if c.problems.is_empty() {
+        Ok(Config {
+            warnings: c.warnings,
+            ..config
+        })
+    } else {
+        Err(c.problems)
+    }
+}
+
+struct Checker<'e> {
+    problems: Vec<Problem>,
+    warnings: Vec<Problem>,
+    env: Env<'e>,
+}
+
+/// A mapping whose keys were checked against the known ones.
+struct Section<'n> {
+    /// Key path of the mapping: empty at the top, `udp`, `routes[1]`.
+    path: String,
+    /// Where the mapping is: its key in the parent, or its first entry.
+    span: Option<Span>,
+    fields: Vec<Field<'n>>,
+}
+
+#[derive(Clone, Copy)]
+struct Field<'n> {
+    key: &'n str,
+    key_span: Option<Span>,
+    node: &'n Node,
+}
+
+impl Field<'_> {
+    /// Where to point at for a problem with the value: the value itself if it is a scalar,
+    /// else its key.
+    fn span(&self) -> Option<Span> {
+        match self.node.value {
+            Value::Seq(_) | Value::Map(_) => self.key_span.or(self.node.span),
+            _ => self.node.span.or(self.key_span),
+        }
+    }
+
+    fn is_null(&self) -> bool {
+        matches!(self.node.value, Value::Null)
+    }
+}
+
+impl<'n> Section<'n> {
+    fn get(&self, key: &str) -> Option<Field<'n>> {
+        self.fields.iter().find(|f| f.key == key).copied()
+    }
+
+    /// The field, unless absent or null (both mean "use the default").
+    fn value(&self, key: &str) -> Option<Field<'n>> {
+        self.get(key).filter(|f| !f.is_null())
+    }
+
+    fn path_of(&self, key: &str) -> String {
+        join(&self.path, key)
+    }
+}
+
+fn join(parent: &str, key: &str) -> String {
+    if parent.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{parent}.{key}")
+    }
+}
+
+impl Checker<'_> {
+    fn error(&mut self, path: impl Into<String>, span: Option<Span>, message: impl Into<String>) {
+        self.problems.push(Problem::new(path, span, message));
+    }
+
+    fn warn(&mut self, path: impl Into<String>, span: Option<Span>, message: impl Into<String>) {
+        self.warnings.push(Problem::new(path, span, message));
+    }
+
+    /// Reads a mapping, reporting keys that are unknown, duplicated or not strings. A null
+    /// value is an empty mapping (all defaults); anything else is reported and treated so.
+    fn section<'n>(
+        &mut self,
+        node: &'n Node,
+        path: String,
+        at: Option<Span>,
+        known: &[&str],
+    ) -> Section<'n> {
+        let mut section = Section {
+            path,
+            span: at.or(node.span),
+            fields: Vec::new(),
+        };
+        let entries = match &node.value {
+            Value::Map(entries) => entries,
+            Value::Null => return section,
+            other => {
+                let what = if section.path.is_empty() {
+                    "the file must be a mapping of sections (udp, api, routes, ...)".to_owned()
+                } else {
+                    "expected a mapping of keys to values".to_owned()
+                };
+                let span = at.or(node.span);
+                self.error(
+                    &section.path,
+                    span,
+                    format!("{what}, found {}", other.describe()),
+                );
+                return section;
+            }
+        };
+        for (key, value) in entries {
+            let Value::Str(name) = &key.value else {
+                self.error(
+                    &section.path,
+                    key.span,
+                    format!("keys must be strings, found {}", key.value.describe()),
+                );
+                continue;
+            };
+            let key_path = section.path_of(name);
+            if !known.contains(&name.as_str()) {
+                let mut message = format!("unknown key `{name}`");
+                if let Some(close) = closest(name, known) {
+                    message.push_str(&format!(" (did you mean `{close}`?)"));
+                }
+                let place = if section.path.is_empty() {
+                    "at the top level".to_owned()
+                } else {
+                    format!("in `{}`", section.path)
+                };
+                message.push_str(&format!("; known keys {place}: {}", known.join(", ")));
+                self.error(key_path, key.span, message);
+                continue;
+            }
+            if let Some(first) = section.get(name) {
+                let first_at = first
+                    .key_span
+                    .map_or_else(String::new, |s| format!(" (first at line {})", s.line));
+                self.error(
+                    key_path,
+                    key.span,
+                    format!("duplicate key `{name}`{first_at}"),
+                );
+                continue;
+            }
+            section.fields.push(Field {
+                key: name,
+                key_span: key.span,
+                node: value,
+            });
+        }
+        section
+    }
+
+    /// A nested section under `key` of `parent`.
+    fn subsection<'n>(&mut self, parent: &Section<'n>, key: &str, known: &[&str]) -> Section<'n> {
+        let path = parent.path_of(key);
+        match parent.get(key) {
+            Some(field) => self.section(field.node, path, field.key_span, known),
+            None => Section {
+                path,
+                span: None,
+                fields: Vec::new(),
+            },
+        }
+    }
+
+    /// Reads `key` with `parse`; `None` if absent, null, or bad (then reported).
+    fn get<T>(
+        &mut self,
+        section: &Section<'_>,
+        key: &str,
+        parse: impl FnOnce(&Node) -> Result<T, String>,
+    ) -> Option<T> {
+        let field = section.value(key)?;
+        match parse(field.node) {
+            Ok(value) => Some(value),
+            Err(message) => {
+                self.error(section.path_of(key), field.span(), message);
+                None
+            }
+        }
+    }
+
+    fn config(&mut self, root: &Node) -> Config {
+        let top = self.section(root, String::new(), None, ROOT_KEYS);
+        let log = self.log(&top);
+        let udp = self.udp(&top, log.format);
+        let api = self.api(&top);
+        let redis = self.redis(&top);
+        let (agones, agones_enabled) = self.agones(&top);
+        let relay = self.relay(&top);
+        let routes = self.routes(&top, agones_enabled);
+        Config {
+            udp,
+            api,
+            redis,
+            agones,
+            relay,
+            log,
+            routes,
+            warnings: Vec::new(),
+        }
+    }
+
+    fn log(&mut self, top: &Section<'_>) -> LogConfig {
+        let s = self.subsection(top, "log", LOG_KEYS);
+        let defaults = LogConfig::default();
+        LogConfig {
+            level: self.get(&s, "level", log_level).unwrap_or(defaults.level),
+            format: self
+                .get(&s, "format", log_format)
+                .unwrap_or(defaults.format),
+        }
+    }
+
+    fn udp(&mut self, top: &Section<'_>, default_format: LogFormat) -> UdpConfig {
+        let s = self.subsection(top, "udp", UDP_KEYS);
+        let defaults = UdpConfig::default();
+        let binds = match s.value("bind") {
+            Some(field) => self.bind_list(&s.path_of("bind"), field),
+            None => defaults.binds,
+        };
+        UdpConfig {
+            port: self.get(&s, "port", port).unwrap_or(defaults.port),
+            binds,
+            log_requests: self
+                .get(&s, "log_requests", boolean)
+                .unwrap_or(defaults.log_requests),
+            log_format: self
+                .get(&s, "log_format", log_format)
+                .unwrap_or(default_format),
+        }
+    }
+
+    /// `udp.bind`: one address or a list of them (one socket each).
+    fn bind_list(&mut self, path: &str, field: Field<'_>) -> Vec<IpAddr> {
+        let fallback = UdpConfig::default().binds;
+        let Value::Seq(items) = &field.node.value else {
+            return match ip_address(field.node) {
+                Ok(ip) => vec![ip],
+                Err(message) => {
+                    self.error(path, field.span(), message);
+                    fallback
+                }
+            };
+        };
+        if items.is_empty() {
+            self.error(path, field.span(), "the list of addresses is empty");
+            return fallback;
+        }
+        let mut binds: Vec<IpAddr> = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let item_path = format!("{path}[{i}]");
+            match ip_address(item) {
+                Ok(ip) if binds.contains(&ip) => {
+                    self.error(item_path, item.span, format!("{ip} is listed twice"));
+                }
+                Ok(ip) => binds.push(ip),
+                Err(message) => self.error(item_path, item.span.or(field.key_span), message),
+            }
+        }
+        if binds.is_empty() {
+            fallback
+        } else {
+            binds
+        }
+    }
+
+    fn api(&mut self, top: &Section<'_>) -> ApiConfig {
+        let s = self.subsection(top, "api", API_KEYS);
+        let defaults = ApiConfig::default();
+        let bind = self.get(&s, "bind", ip_address).unwrap_or(defaults.bind);
+        let token_env = self
+            .get(&s, "token_env", env_var_name)
+            .unwrap_or(defaults.token_env);
+        let file_token = self.get(&s, "token", |n| {
+            let token = string(n)?;
+            if token.is_empty() {
+                Err(
+                    "the token is empty (remove the key to take it from the environment)"
+                        .to_owned(),
+                )
+            } else {
+                Ok(Secret::new(token))
+            }
+        });
+        let token_given = s.value("token").is_some();
+        let token = file_token.or_else(|| {
+            if token_given {
+                None // a bad `token` is already reported; do not fall back silently
+            } else {
+                (self.env)(&token_env)
+                    .filter(|t| !t.is_empty())
+                    .map(Secret::new)
+            }
+        });
+        if !bind.to_canonical().is_loopback() && token.is_none() && !token_given {
+            let field = s.value("bind");
+            self.error(
+                s.path_of("bind"),
+                field.and_then(|f| f.span()).or(s.span),
+                format!(
+                    "{bind} is not a loopback address, so the API needs a bearer token: \
+                     set api.token, or the environment variable {token_env}"
+                ),
+            );
+        }
+        let max_body_bytes = self
+            .get(&s, "max_body_bytes", |n| byte_size_at_least(n, 1))
+            .unwrap_or(defaults.max_body_bytes);
+        ApiConfig {
+            port: self.get(&s, "port", port).unwrap_or(defaults.port),
+            bind,
+            log_requests: self
+                .get(&s, "log_requests", boolean)
+                .unwrap_or(defaults.log_requests),
+            token,
+            token_env,
+            max_body_bytes,
+        }
+    }
+
+    fn redis(&mut self, top: &Section<'_>) -> Option<RedisConfig> {
+        let s = self.subsection(top, "redis", REDIS_KEYS);
+        let enabled = self.get(&s, "enabled", boolean).unwrap_or(false);
+        let address = self
+            .get(&s, "address", |n| redis_address(&string(n)?))
+            .unwrap_or_else(|| RedisAddress {
+                target: Target::parse("localhost:6379").expect("the default address parses"),
+                tls: false,
+                username: None,
+                password: None,
+                db: None,
+            });
+        let password = self
+            .get(&s, "password", string)
+            .filter(|p| !p.is_empty())
+            .map(Secret::new);
+        let db = self.get(&s, "db", |n| {
+            u32::try_from(integer_at_least(n, 0)?)
+                .map_err(|_| "the database number is too large".to_owned())
+        });
+        let channel = self
+            .get(&s, "channel", non_empty_string)
+            .unwrap_or_else(|| "porter_routes".to_owned());
+        if let (Some(_), Some(_)) = (&password, &address.password) {
+            self.error(
+                s.path_of("password"),
+                s.value("password").and_then(|f| f.span()),
+                "redis.address already holds a password; give it in one place only",
+            );
+        }
+        if let (Some(db), Some(url_db)) = (db, address.db) {
+            if db != url_db {
+                self.error(
+                    s.path_of("db"),
+                    s.value("db").and_then(|f| f.span()),
+                    format!("redis.address selects database {url_db}, redis.db says {db}"),
+                );
+            }
+        }
+        enabled.then(|| RedisConfig {
+            address: address.target,
+            tls: address.tls,
+            username: address.username,
+            password: address.password.or(password),
+            db: address.db.or(db).unwrap_or(0),
+            channel,
+        })
+    }
+
+    /// Returns the section when enabled, and whether it is enabled.
+    fn agones(&mut self, top: &Section<'_>) -> (Option<AgonesConfig>, bool) {
+        let s = self.subsection(top, "agones", AGONES_KEYS);
+        let enabled = self.get(&s, "enabled", boolean).unwrap_or(false);
+        let namespace = self
+            .get(&s, "namespace", |n| {
+                let name = string(n)?;
+                check_kubernetes_name(&name, false)?;
+                Ok(name)
+            })
+            .unwrap_or_else(|| "default".to_owned());
+        let host = self.get(&s, "allocator_host", |n| {
+            let text = string(n)?;
+            if text.is_empty() {
+                return Ok(None);
+            }
+            Ok(Some(Target::parse_with_default_port(&text, 443)?))
+        });
+        let path = |n: &Node| {
+            let text = string(n)?;
+            Ok((!text.is_empty()).then(|| PathBuf::from(text)))
+        };
+        let cert = self.get(&s, "allocator_client_cert", path).flatten();
+        let key = self.get(&s, "allocator_client_key", path).flatten();
+        let ca = self.get(&s, "allocator_ca_cert", path).flatten();
+        let tls_server_name = self.get(&s, "tls_server_name", |n| {
+            let name = string(n)?.to_ascii_lowercase();
+            if name.parse::<IpAddr>().is_err() {
+                check_dns_name(&name)
+                    .map_err(|why| format!("{name:?} is not a server name: {why}"))?;
+            }
+            Ok(name)
+        });
+        let insecure = self
+            .get(&s, "insecure_skip_verify", boolean)
+            .unwrap_or(false);
+        let request_timeout = self
+            .get(&s, "request_timeout", duration_positive)
+            .unwrap_or(Duration::from_secs(2));
+        let max_retries = self
+            .get(&s, "max_retries", |n| {
+                u32::try_from(integer_at_least(n, 0)?).map_err(|_| "too many retries".to_owned())
+            })
+            .unwrap_or(3);
+        let player_list = self
+            .get(&s, "player_list", non_empty_string)
+            .unwrap_or_else(|| "players".to_owned());
+        let reserve_player_slot = self.get(&s, "reserve_player_slot", boolean).unwrap_or(true);
+        let port_name = self.get(&s, "port_name", non_empty_string);
+        let allocate_route_ttl = self
+            .get(&s, "allocate_route_ttl", duration_positive)
+            .unwrap_or(Duration::from_secs(600));
+
+        if !enabled {
+            return (None, false);
+        }
+        let enabled_at = s.value("enabled").and_then(|f| f.span());
+        let mut required = |key: &str, present: bool, what: &str| {
+            // A present but bad value is already reported.
+            if !present
+                && s.value(key)
+                    .is_none_or(|f| matches!(&f.node.value, Value::Str(t) if t.is_empty()))
+            {
+                self.error(
+                    s.path_of(key),
+                    enabled_at,
+                    format!("{what} is required when agones.enabled is true"),
+                );
+            }
+        };
+        required(
+            "allocator_host",
+            matches!(host, Some(Some(_))),
+            "the allocator's host:port",
+        );
+        required(
+            "allocator_client_cert",
+            cert.is_some(),
+            "the client certificate (PEM)",
+        );
+        required(
+            "allocator_client_key",
+            key.is_some(),
+            "the client certificate's key (PEM)",
+        );
+        required(
+            "allocator_ca_cert",
+            ca.is_some(),
+            "the CA certificate (PEM)",
+        );
+        if insecure {
+            self.warn(
+                s.path_of("insecure_skip_verify"),
+                s.value("insecure_skip_verify").and_then(|f| f.span()),
+                "the allocator's certificate is not verified; use this only in tests",
+            );
+        }
+        let (Some(Some(allocator_host)), Some(cert), Some(key), Some(ca)) = (host, cert, key, ca)
+        else {
+            return (None, true);
+        };
+        let config = AgonesConfig {
+            namespace,
+            allocator_host,
+            allocator_client_cert: cert,
+            allocator_client_key: key,
+            allocator_ca_cert: ca,
+            tls_server_name,
+            insecure_skip_verify: insecure,
+            request_timeout,
+            max_retries,
+            player_list,
+            reserve_player_slot,
+            port_name,
+            allocate_route_ttl,
+        };
+        (Some(config), true)
+    }
+
+    fn relay(&mut self, top: &Section<'_>) -> RelayConfig {
+        let s = self.subsection(top, "relay", RELAY_KEYS);
+        let d = RelayConfig::default();
+        let idle_timeout = self
+            .get(&s, "idle_timeout", duration_positive)
+            .unwrap_or(d.idle_timeout);
+        let handshake_timeout = self
+            .get(&s, "handshake_timeout", duration_positive)
+            .unwrap_or(d.handshake_timeout);
+        let max_sessions = self
+            .get(&s, "max_sessions", |n| integer_at_least(n, 1))
+            .unwrap_or(d.max_sessions);
+        let max_cids_per_session = self
+            .get(&s, "max_cids_per_session", |n| integer_at_least(n, 1))
+            .unwrap_or(d.max_cids_per_session);
+        // One Initial datagram is at least 1200 bytes (RFC 9000 §14.1).
+        let per_connection = self
+            .get(&s, "max_buffered_bytes_per_connection", |n| {
+                byte_size_at_least(n, 1200)
+            })
+            .unwrap_or(d.max_buffered_bytes_per_connection);
+        let total = self
+            .get(&s, "max_buffered_bytes_total", |n| {
+                byte_size_at_least(n, 1200)
+            })
+            .unwrap_or(d.max_buffered_bytes_total);
+        let max_pending_allocations = self
+            .get(&s, "max_pending_allocations", |n| integer_at_least(n, 1))
+            .unwrap_or(d.max_pending_allocations);
+        let rate = self.get(&s, "new_sessions_per_second", |n| {
+            u32::try_from(integer_at_least(n, 1)?).map_err(|_| "the rate is too large".to_owned())
+        });
+        let burst = self.get(&s, "new_sessions_burst", |n| {
+            u32::try_from(integer_at_least(n, 1)?).map_err(|_| "the burst is too large".to_owned())
+        });
+        // A TLS handshake message is at most 2^24 - 1 bytes long (RFC 8446 §4).
+        let max_client_hello_bytes = self
+            .get(&s, "max_client_hello_bytes", |n| {
+                let size = byte_size_at_least(n, 256)?;
+                if size > (1 << 24) - 1 {
+                    return Err(format!(
+                        "{} is larger than any TLS handshake message (16MiB - 1)",
+                        format_byte_size(size as u64)
+                    ));
+                }
+                Ok(size)
+            })
+            .unwrap_or(d.max_client_hello_bytes);
+        let refusal = self
+            .get(&s, "refusal", |n| {
+                one_of(n, &[("close", Refusal::Close), ("drop", Refusal::Drop)])
+            })
+            .unwrap_or(d.refusal);
+        let drain_period = self
+            .get(&s, "drain_period", duration)
+            .unwrap_or(d.drain_period);
+
+        if handshake_timeout > idle_timeout {
+            self.error(
+                s.path_of("handshake_timeout"),
+                s.value("handshake_timeout")
+                    .or_else(|| s.value("idle_timeout"))
+                    .and_then(|f| f.span()),
+                format!(
+                    "{} is longer than relay.idle_timeout ({})",
+                    format_duration(handshake_timeout),
+                    format_duration(idle_timeout)
+                ),
+            );
+        }
+        if total < per_connection {
+            self.error(
+                s.path_of("max_buffered_bytes_total"),
+                s.value("max_buffered_bytes_total")
+                    .or_else(|| s.value("max_buffered_bytes_per_connection"))
+                    .and_then(|f| f.span()),
+                format!(
+                    "{} is less than relay.max_buffered_bytes_per_connection ({})",
+                    format_byte_size(total as u64),
+                    format_byte_size(per_connection as u64)
+                ),
+            );
+        }
+        let new_sessions_per_second = rate.unwrap_or(d.new_sessions_per_second);
+        RelayConfig {
+            idle_timeout,
+            handshake_timeout,
+            max_sessions,
+            max_cids_per_session,
+            max_buffered_bytes_per_connection: per_connection,
+            max_buffered_bytes_total: total,
+            max_pending_allocations,
+            new_sessions_per_second,
+            new_sessions_burst: burst.unwrap_or(new_sessions_per_second),
+            max_client_hello_bytes,
+            refusal,
+            drain_period,
+        }
+    }
+
+    fn routes(&mut self, top: &Section<'_>, agones_enabled: bool) -> Vec<RouteSpec> {
+        let Some(field) = top.value("routes") else {
+            return Vec::new();
+        };
+        let Value::Seq(items) = &field.node.value else {
+            self.error(
+                "routes",
+                field.span(),
+                format!(
+                    "expected a list of routes (- {{fqdn: ..., type: ..., target: ...}}), found {}",
+                    field.node.value.describe()
+                ),
+            );
+            return Vec::new();
+        };
+        let mut routes = Vec::new();
+        let mut seen: HashMap<RouteName, (usize, Option<Span>)> = HashMap::new();
+        for (i, item) in items.iter().enumerate() {
+            let path = format!("routes[{i}]");
+            let at = item.span.or(field.key_span);
+            if matches!(item.value, Value::Null) {
+                self.error(
+                    path,
+                    at,
+                    "empty route (every route needs fqdn, type and target)",
+                );
+                continue;
+            }
+            let s = self.section(item, path, at, ROUTE_KEYS);
+            for key in ROUTE_KEYS {
+                if s.value(key).is_none() && matches!(item.value, Value::Map(_)) {
+                    self.error(
+                        s.path_of(key),
+                        s.span,
+                        format!("missing `{key}` (every route needs fqdn, type and target)"),
+                    );
+                }
+            }
+            let name = self.get(&s, "fqdn", |n| Ok(RouteName::parse(&string(n)?)?));
+            let kind = self.get(&s, "type", |n| {
+                one_of(
+                    n,
+                    &[("simple", RouteType::Simple), ("agones", RouteType::Agones)],
+                )
+            });
+            let kind = match kind {
+                Some(RouteType::Simple) => self.simple_targets(&s),
+                Some(RouteType::Agones) => self.fleet(&s),
+                None => None,
+            };
+            if let Some(name) = &name {
+                let span = s.value("fqdn").and_then(|f| f.span());
+                if let Some((first, first_span)) = seen.get(name) {
+                    let line =
+                        first_span.map_or_else(String::new, |s| format!(", line {}", s.line));
+                    self.error(
+                        s.path_of("fqdn"),
+                        span,
+                        format!(
+                            "duplicate route `{name}` (first defined at routes[{first}]{line})"
+                        ),
+                    );
+                } else {
+                    seen.insert(name.clone(), (i, span));
+                }
+            }
+            if let (Some(name), Some(kind)) = (name, kind) {
+                if matches!(kind, RouteKind::Agones { .. }) && !agones_enabled {
+                    self.warn(
+                        s.path_of("type"),
+                        s.value("type").and_then(|f| f.span()),
+                        format!(
+                            "route `{name}` allocates from Agones but agones.enabled is false; \
+                             its connections will be refused"
+                        ),
+                    );
+                }
+                routes.push(RouteSpec { name, kind });
+            }
+        }
+        routes
+    }
+
+    fn simple_targets(&mut self, s: &Section<'_>) -> Option<RouteKind> {
+        let field = s.value("target")?;
+        let path = s.path_of("target");
+        let items: Vec<(String, &Node)> = match &field.node.value {
+            Value::Seq(items) if items.is_empty() => {
+                self.error(path, field.span(), "the list of targets is empty");
+                return None;
+            }
+            Value::Seq(items) => items
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (format!("{path}[{i}]"), n))
+                .collect(),
+            _ => vec![(path, field.node)],
+        };
+        let mut targets: Vec<Target> = Vec::new();
+        let mut ok = true;
+        for (item_path, node) in items {
+            let span = node.span.or(field.key_span);
+            match string(node).and_then(|t| Ok(Target::parse(&t)?)) {
+                Ok(t) if targets.contains(&t) => {
+                    self.error(item_path, span, format!("{t} is listed twice"));
+                    ok = false;
+                }
+                Ok(t) => targets.push(t),
+                Err(message) => {
+                    self.error(item_path, span, message);
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(RouteKind::Simple { targets })
+    }
+
+    fn fleet(&mut self, s: &Section<'_>) -> Option<RouteKind> {
+        self.get(s, "target", |n| {
+            if let Value::Seq(_) = n.value {
+                return Err("an agones route takes one fleet name, not a list".to_owned());
+            }
+            let fleet = string(n)?;
+            check_kubernetes_name(&fleet, true)
+                .map_err(|why| format!("not a fleet name: {why}"))?;
+            Ok(RouteKind::Agones { fleet })
+        })
+    }
+}
+
+#[derive(Clone, Copy)]
+enum RouteType {
+    Simple,
+    Agones,
+}
+
+/// `redis.address` taken apart.
+#[derive(Debug)]
+struct RedisAddress {
+    target: Target,
+    tls: bool,
+    username: Option<String>,
+    password: Option<Secret>,
+    db: Option<u32>,
+}
+
+/// `host:port` (port 6379 if left out), or `redis://[user][:password@]host[:port][/db]`,
+/// `rediss://...` for TLS.
+fn redis_address(text: &str) -> Result<RedisAddress, String> {
+    let Some((scheme, rest)) = text.split_once("://") else {
+        return Ok(RedisAddress {
+            target: Target::parse_with_default_port(text, 6379)?,
+            tls: false,
+            username: None,
+            password: None,
+            db: None,
+        });
+    };
+    let tls = match scheme.to_ascii_lowercase().as_str() {
+        "redis" => false,
+        "rediss" => true,
+        _ => {
+            return Err(format!(
+                "{text:?}: unsupported scheme `{scheme}` (use host:port, redis:// or rediss://)"
+            ))
+        }
+    };
+    if rest.contains(['?', '#']) {
+        return Err(format!(
+            "{text:?}: query strings and fragments are not supported"
+        ));
+    }
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let (userinfo, hostport) = match authority.rsplit_once('@') {
+        Some((userinfo, hostport)) => (Some(userinfo), hostport),
+        None => (None, authority),
+    };
+    let (username, password) = match userinfo {
+        None => (None, None),
+        Some(userinfo) => {
+            let (user, password) = match userinfo.split_once(':') {
+                Some((user, password)) => (user, Some(password)),
+                None => (userinfo, None),
+            };
+            let user = percent_decode(user)
+                .ok_or_else(|| format!("{text:?}: bad %-escape in the user name"))?;
+            let password = password
+                .map(|p| {
+                    percent_decode(p)
+                        .ok_or_else(|| format!("{text:?}: bad %-escape in the password"))
+                })
+                .transpose()?;
+            (
+                (!user.is_empty()).then_some(user),
+                password.filter(|p| !p.is_empty()).map(Secret::new),
+            )
+        }
+    };
+    let target =
+        Target::parse_with_default_port(hostport, 6379).map_err(|e| format!("{text:?}: {e}"))?;
+    let db = match path {
+        "" => None,
+        db => Some(
+            db.parse::<u32>()
+                .map_err(|_| format!("{text:?}: the path must be a database number, as in /0"))?,
+        ),
+    };
+    Ok(RedisAddress {
+        target,
+        tls,
+        username,
+        password,
+        db,
+    })
+}
+
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = text.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+// --- Scalar readers: each says what it expected and what it found. ---
+
+fn boolean(n: &Node) -> Result<bool, String> {
+    match n.value {
+        Value::Bool(b) => Ok(b),
+        ref other => Err(format!(
+            "expected true or false, found {}",
+            other.describe()
+        )),
+    }
+}
+
+fn string(n: &Node) -> Result<String, String> {
+    match &n.value {
+        Value::Str(s) => Ok(s.clone()),
+        Value::Int(_) | Value::Float(_) | Value::Bool(_) => Err(format!(
+            "expected a string, found {} (put it in quotes if it is meant as text)",
+            n.value.describe()
+        )),
+        other => Err(format!("expected a string, found {}", other.describe())),
+    }
+}
+
+fn non_empty_string(n: &Node) -> Result<String, String> {
+    let s = string(n)?;
+    if s.is_empty() {
+        Err("must not be empty".to_owned())
+    } else {
+        Ok(s)
+    }
+}
+
+fn port(n: &Node) -> Result<u16, String> {
+    match n.value {
+        Value::Int(i) => u16::try_from(i).map_err(|_| format!("{i} is not a port (0-65535)")),
+        ref other => Err(format!(
+            "expected a port number (0-65535), found {}",
+            other.describe()
+        )),
+    }
+}
+
+fn integer_at_least(n: &Node, min: usize) -> Result<usize, String> {
+    match n.value {
+        Value::Int(i) if i < 0 || usize::try_from(i).is_ok_and(|v| v < min) => {
+            Err(format!("{i} is too small (at least {min})"))
+        }
+        Value::Int(i) => usize::try_from(i).map_err(|_| format!("{i} is too large")),
+        ref other => Err(format!(
+            "expected a whole number, found {}",
+            other.describe()
+        )),
+    }
+}
+
+fn duration(n: &Node) -> Result<Duration, String> {
+    match &n.value {
+        Value::Int(i) => u64::try_from(*i)
+            .map(Duration::from_secs)
+            .map_err(|_| format!("{i} is not a duration (it must not be negative)")),
+        Value::Str(s) => Ok(parse_duration(s)?),
+        Value::Float(x) => Err(format!(
+            "{x} is not a duration: use whole numbers of a smaller unit, such as 1500ms"
+        )),
+        other => Err(format!(
+            "expected a duration such as 500ms, 5s, 2m or 1h, found {}",
+            other.describe()
+        )),
+    }
+}
+
+fn duration_positive(n: &Node) -> Result<Duration, String> {
+    let d = duration(n)?;
+    if d.is_zero() {
+        Err("must be longer than zero".to_owned())
+    } else {
+        Ok(d)
+    }
+}
+
+fn byte_size_at_least(n: &Node, min: usize) -> Result<usize, String> {
+    let bytes = match &n.value {
+        Value::Int(i) => u64::try_from(*i).map_err(|_| format!("{i} is not a byte size"))?,
+        Value::Str(s) => parse_byte_size(s)?,
+        other => {
+            return Err(format!(
+                "expected a byte size such as 65536, 64KiB or 16MiB, found {}",
+                other.describe()
+            ))
+        }
+    };
+    let bytes = usize::try_from(bytes).map_err(|_| "too large for this machine".to_owned())?;
+    if bytes < min {
+        return Err(format!(
+            "{} is too small (at least {})",
+            format_byte_size(bytes as u64),
+            format_byte_size(min as u64)
+        ));
+    }
+    Ok(bytes)
+}
+
+fn one_of<T: Copy>(n: &Node, choices: &[(&str, T)]) -> Result<T, String> {
+    let names = || {
+        choices
+            .iter()
+            .map(|(name, _)| format!("`{name}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match &n.value {
+        Value::Str(s) => choices
+            .iter()
+            .find(|(name, _)| name == s)
+            .map(|(_, v)| *v)
+            .ok_or_else(|| format!("{s:?} is not one of {}", names())),
+        other => Err(format!(
+            "expected one of {}, found {}",
+            names(),
+            other.describe()
+        )),
+    }
+}
+
+fn log_format(n: &Node) -> Result<LogFormat, String> {
+    one_of(n, &[("human", LogFormat::Human), ("json", LogFormat::Json)])
+}
+
+/// A level, or `tracing`-style directives: `info`, `warn,porter_core=debug`.
+fn log_level(n: &Node) -> Result<String, String> {
+    const LEVELS: &[&str] = &["off", "error", "warn", "info", "debug", "trace"];
+    let text = string(n)?;
+    let level = text.trim().to_owned();
+    if level.is_empty() {
+        return Err(format!("must not be empty (one of {})", LEVELS.join(", ")));
+    }
+    for directive in level.split(',') {
+        let directive = directive.trim();
+        let (target, lvl) = match directive.split_once('=') {
+            Some((target, lvl)) => (Some(target), lvl),
+            None => (None, directive),
+        };
+        let target_ok = target.is_none_or(|t| {
+            !t.is_empty()
+                && t.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | ':' | '-'))
+        });
+        if !target_ok || !LEVELS.contains(&lvl.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "{directive:?} is not a log level or `target=level` (levels: {})",
+                LEVELS.join(", ")
+            ));
+        }
+    }
+    Ok(level)
+}
+
+/// An IP address to bind to: `0.0.0.0`, `::`, `[::1]`, or `localhost` (127.0.0.1).
+fn ip_address(n: &Node) -> Result<IpAddr, String> {
+    let Value::Str(text) = &n.value else {
+        return Err(format!(
+            "expected an IP address such as 0.0.0.0, 127.0.0.1, :: or [::1], found {}",
+            n.value.describe()
+        ));
+    };
+    if text.eq_ignore_ascii_case("localhost") {
+        return Ok(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    }
+    let inner = text
+        .strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .unwrap_or(text);
+    inner.parse().map_err(|_| {
+        let hint = if text.contains(':') && text.parse::<std::net::SocketAddr>().is_ok() {
+            " (give the port in `port`, not here)"
+        } else {
+            ""
+        };
+        format!("{text:?} is not an IP address such as 0.0.0.0, 127.0.0.1, :: or [::1]{hint}")
+    })
+}
+
+fn env_var_name(n: &Node) -> Result<String, String> {
+    let name = string(n)?;
+    let ok = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        Ok(name)
+    } else {
+        Err(format!(
+            "{name:?} is not an environment variable name (letters, digits and _, not starting with a digit)"
+        ))
+    }
+}
+
+/// The known key nearest to a mistyped one, if it is close (at most 2 edits, fewer than the
+/// key's length).
+fn closest<'k>(key: &str, known: &[&'k str]) -> Option<&'k str> {
+    known
+        .iter()
+        .map(|k| (edit_distance(key, k), *k))
+        .filter(|(d, _)| *d <= 2 && *d < key.len())
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edit_distance_and_suggestions() {
+        assert_eq!(edit_distance("bnd", "bind"), 1);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(closest("bnd", UDP_KEYS), Some("bind"));
+        assert_eq!(closest("zzzzzz", UDP_KEYS), None);
+    }
+
+    #[test]
+    fn redis_addresses() {
+        let a = redis_address("localhost:6379").unwrap();
+        assert_eq!(a.target.to_string(), "localhost:6379");
+        assert!(!a.tls);
+        let a = redis_address("rediss://user:p%40ss@redis.example:6380/3").unwrap();
+        assert!(a.tls);
+        assert_eq!(a.username.as_deref(), Some("user"));
+        assert_eq!(a.password.unwrap().expose(), "p@ss");
+        assert_eq!(a.db, Some(3));
+        assert_eq!(a.target.port(), 6380);
+        let a = redis_address("redis://:secret@[::1]").unwrap();
+        assert_eq!(a.target.to_string(), "[::1]:6379");
+        assert_eq!(a.username, None);
+        assert!(redis_address("http://x:1").unwrap_err().contains("scheme"));
+        assert!(redis_address("redis://x:1/db")
+            .unwrap_err()
+            .contains("database"));
+        assert!(redis_address("redis://x:1?tls=1")
+            .unwrap_err()
+            .contains("query"));
+        assert!(redis_address("redis://x:99999")
+            .unwrap_err()
+            .contains("not a port"));
+    }
+
+    #[test]
+    fn log_levels() {
+        let node = |s: &str| Node {
+            value: Value::Str(s.to_owned()),
+            span: None,
+        };
+        assert!(log_level(&node("info")).is_ok());
+        assert!(log_level(&node("warn,porter_core=debug,control::api=TRACE")).is_ok());
+        assert!(log_level(&node("verbose")).is_err());
+        assert!(log_level(&node("=debug")).is_err());
+        assert!(log_level(&node("")).is_err());
+    }
+}

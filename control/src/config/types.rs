@@ -1,0 +1,378 @@
+//! The validated configuration: what the binaries run with. Every value here has passed its
+//! checks; defaults are filled in. `docs/configuration.md` is the reference for each key.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::error::Problem;
+use super::names::RouteName;
+use super::target::Target;
+
+/// Porter's whole configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Config {
+    /// The public UDP listener (section `udp`).
+    pub udp: UdpConfig,
+    /// The management REST API (section `api`).
+    pub api: ApiConfig,
+    /// Route sharing through Redis (section `redis`); `None` when `enabled` is false.
+    pub redis: Option<RedisConfig>,
+    /// The Agones allocator client (section `agones`); `None` when `enabled` is false.
+    pub agones: Option<AgonesConfig>,
+    /// Limits and timers of the relay core (section `relay`).
+    pub relay: RelayConfig,
+    /// Logging (section `log`).
+    pub log: LogConfig,
+    /// The routes known at start-up, in file order (section `routes`).
+    pub routes: Vec<RouteSpec>,
+    /// Things that are allowed but probably not meant (an Agones route while Agones is
+    /// disabled, certificate checks turned off). `porter check` prints them.
+    pub warnings: Vec<Problem>,
+}
+
+/// Section `udp`: where clients reach the relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UdpConfig {
+    /// The port to listen on (`0`: any free port, for tests).
+    pub port: u16,
+    /// The addresses to listen on; one socket each. Never empty.
+    pub binds: Vec<IpAddr>,
+    /// Log each new connection (SNI, client, backend).
+    pub log_requests: bool,
+    /// Format of those logs; `log.format` unless `udp.log_format` is set.
+    pub log_format: LogFormat,
+}
+
+impl UdpConfig {
+    /// One socket address per bind address, all on `port`.
+    #[must_use]
+    pub fn listen_addrs(&self) -> Vec<SocketAddr> {
+        self.binds
+            .iter()
+            .map(|ip| SocketAddr::new(*ip, self.port))
+            .collect()
+    }
+}
+
+impl Default for UdpConfig {
+    fn default() -> Self {
+        Self {
+            port: 7777,
+            binds: vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)],
+            log_requests: false,
+            log_format: LogFormat::Human,
+        }
+    }
+}
+
+/// Section `api`: the management REST API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ApiConfig {
+    /// The TCP port (`0`: any free port, for tests).
+    pub port: u16,
+    /// The address to listen on; loopback unless a token is set.
+    pub bind: IpAddr,
+    /// Log each request.
+    pub log_requests: bool,
+    /// The bearer token requests must carry: `api.token`, else the value of the environment
+    /// variable named by `api.token_env`. `None` only when `bind` is a loopback address.
+    pub token: Option<Secret>,
+    /// The environment variable the token was looked up in.
+    pub token_env: String,
+    /// The largest request body accepted.
+    pub max_body_bytes: usize,
+}
+
+impl ApiConfig {
+    /// The socket address to listen on.
+    #[must_use]
+    pub fn listen_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.bind, self.port)
+    }
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            port: 8080,
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            log_requests: false,
+            token: None,
+            token_env: DEFAULT_TOKEN_ENV.to_owned(),
+            max_body_bytes: 64 << 10,
+        }
+    }
+}
+
+/// The environment variable that holds the API token unless `api.token_env` says otherwise.
+pub const DEFAULT_TOKEN_ENV: &str = "PORTER_API_TOKEN";
+
+/// Section `redis`, when enabled: routes shared between Porter instances.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RedisConfig {
+    /// The server's address (port 6379 unless given).
+    pub address: Target,
+    /// Whether to use TLS (`rediss://`).
+    pub tls: bool,
+    /// The user name (ACL), from the URL.
+    pub username: Option<String>,
+    /// The password: from the URL or `redis.password`.
+    pub password: Option<Secret>,
+    /// The database number.
+    pub db: u32,
+    /// The pub/sub channel route changes are published on.
+    pub channel: String,
+}
+
+impl RedisConfig {
+    /// The connection URL (`redis://[user][:password@]host:port/db`, `rediss://` with TLS).
+    /// It holds the password, hence a [`Secret`].
+    #[must_use]
+    pub fn url(&self) -> Secret {
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        let mut userinfo = String::new();
+        if let Some(user) = &self.username {
+            userinfo.push_str(&percent_encode(user));
+        }
+        if let Some(password) = &self.password {
+            userinfo.push(':');
+            userinfo.push_str(&percent_encode(password.expose()));
+        }
+        if !userinfo.is_empty() {
+            userinfo.push('@');
+        }
+        Secret::new(format!("{scheme}://{userinfo}{}/{}", self.address, self.db))
+    }
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters.
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Section `agones`, when enabled: allocating game servers from fleets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AgonesConfig {
+    /// The namespace game servers are allocated in.
+    pub namespace: String,
+    /// The allocator service (port 443 unless given).
+    pub allocator_host: Target,
+    /// PEM client certificate for mutual TLS.
+    pub allocator_client_cert: PathBuf,
+    /// PEM private key of the client certificate.
+    pub allocator_client_key: PathBuf,
+    /// PEM CA certificate that signed the allocator's server certificate.
+    pub allocator_ca_cert: PathBuf,
+    /// The name to check the allocator's certificate against; the host of
+    /// `allocator_host` when `None`.
+    pub tls_server_name: Option<String>,
+    /// Do not verify the allocator's certificate (tests only).
+    pub insecure_skip_verify: bool,
+    /// Deadline of one allocation request.
+    pub request_timeout: Duration,
+    /// Retries of a failed allocation request (not counting the first try).
+    pub max_retries: u32,
+    /// The game server list that connected players are added to.
+    pub player_list: String,
+    /// Reserve a slot in `player_list` when allocating.
+    pub reserve_player_slot: bool,
+    /// The game server port to route to, by name; the first port when `None`.
+    pub port_name: Option<String>,
+    /// How long a route made by `POST /allocate` lasts.
+    pub allocate_route_ttl: Duration,
+}
+
+/// Section `relay`: the bounds and timers of the relay core.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RelayConfig {
+    /// A session without traffic for this long ends.
+    pub idle_timeout: Duration,
+    /// A connection whose ClientHello (and backend) is not settled within this ends.
+    pub handshake_timeout: Duration,
+    /// Sessions at once; new connections beyond are dropped.
+    pub max_sessions: usize,
+    /// Connection IDs tracked per session.
+    pub max_cids_per_session: usize,
+    /// Bytes held for one connection while its ClientHello or allocation is pending.
+    pub max_buffered_bytes_per_connection: usize,
+    /// Bytes held for all pending connections together.
+    pub max_buffered_bytes_total: usize,
+    /// Agones allocations in flight at once.
+    pub max_pending_allocations: usize,
+    /// New sessions per second (token bucket rate).
+    pub new_sessions_per_second: u32,
+    /// New sessions allowed in a burst (token bucket size).
+    pub new_sessions_burst: u32,
+    /// The largest ClientHello the relay reassembles.
+    pub max_client_hello_bytes: usize,
+    /// What to do with a connection for a name without a route.
+    pub refusal: Refusal,
+    /// On shutdown, how long existing sessions keep being relayed.
+    pub drain_period: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            idle_timeout: Duration::from_secs(120),
+            handshake_timeout: Duration::from_secs(5),
+            max_sessions: 100_000,
+            max_cids_per_session: 8,
+            max_buffered_bytes_per_connection: 64 << 10,
+            max_buffered_bytes_total: 64 << 20,
+            max_pending_allocations: 1024,
+            new_sessions_per_second: 10_000,
+            new_sessions_burst: 10_000,
+            max_client_hello_bytes: 16 << 10,
+            refusal: Refusal::Close,
+            drain_period: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What the relay does with a connection for a name it has no route for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Refusal {
+    /// Answer with a CONNECTION_CLOSE, so the client fails at once.
+    #[default]
+    Close,
+    /// Drop silently; the client times out.
+    Drop,
+}
+
+/// Section `log`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LogConfig {
+    /// A level (`info`) or a comma-separated filter (`info,porter_core=debug`).
+    pub level: String,
+    /// How log lines look.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".to_owned(),
+            format: LogFormat::Human,
+        }
+    }
+}
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum LogFormat {
+    /// Plain text for people.
+    #[default]
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// One route: the names it answers to and where it sends connections.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RouteSpec {
+    /// The server names this route answers to.
+    pub name: RouteName,
+    /// Where connections go.
+    pub kind: RouteKind,
+}
+
+/// Where a route sends connections.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum RouteKind {
+    /// Fixed backends (`type: simple`); the relay picks one per new connection. Never empty.
+    Simple {
+        /// The backends, in file order.
+        targets: Vec<Target>,
+    },
+    /// A game server allocated from an Agones fleet (`type: agones`).
+    Agones {
+        /// The fleet's name.
+        fleet: String,
+    },
+}
+
+/// A value not to be printed: an API token, a password. `Debug` shows `Secret(***)`.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    #[must_use]
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The value itself; do not log it.
+    #[must_use]
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Compares with a candidate (such as a presented bearer token) in time that does not
+    /// depend on where they differ.
+    #[must_use]
+    pub fn matches(&self, candidate: &[u8]) -> bool {
+        let expected = self.0.as_bytes();
+        let mut diff = u8::from(expected.len() != candidate.len());
+        for (i, e) in expected.iter().enumerate() {
+            diff |= e ^ candidate.get(i).copied().unwrap_or(0);
+        }
+        diff == 0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_is_not_printed_and_compares() {
+        let s = Secret::new("hunter2");
+        assert_eq!(format!("{s:?}"), "Secret(***)");
+        assert!(s.matches(b"hunter2"));
+        assert!(!s.matches(b"hunter3"));
+        assert!(!s.matches(b"hunter"));
+        assert!(!s.matches(b"hunter22"));
+        assert!(!s.matches(b""));
+    }
+
+    #[test]
+    fn redis_url_encodes_credentials() {
+        let cfg = RedisConfig {
+            address: Target::parse("redis.internal:6380").unwrap(),
+            tls: true,
+            username: Some("porter".into()),
+            password: Some(Secret::new("p@ss:w/rd")),
+            db: 2,
+            channel: "porter_routes".into(),
+        };
+        assert_eq!(
+            cfg.url().expose(),
+            "rediss://porter:p%40ss%3Aw%2Frd@redis.internal:6380/2"
+        );
+    }
+}
