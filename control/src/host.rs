@@ -11,9 +11,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use porter_core::{
-    AllocationId, BackendAddr, ClientAddr, Event, Relay, SessionId, Verdict,
-};
+use porter_core::{AllocationId, BackendAddr, ClientAddr, Event, Relay, SessionId, Verdict};
+
+/// How much longer than the handshake timeout an allocation request may run.
+const ALLOCATION_GRACE: Duration = Duration::from_millis(250);
 
 /// A relay host shared between a driver's tasks and the control plane.
 pub type SharedHost = Arc<Mutex<RelayHost>>;
@@ -220,7 +221,11 @@ impl RelayHost {
                     %fleet,
                     "allocating a game server"
                 );
-                let deadline = Instant::now() + self.relay.config().handshake_timeout;
+                // The core's handshake timer decides when to give up (and cancels the
+                // request); the allocator's own deadline is a little later so the two
+                // do not race.
+                let deadline =
+                    Instant::now() + self.relay.config().handshake_timeout + ALLOCATION_GRACE;
                 actions.push(Action::Allocate {
                     id,
                     fleet,

@@ -11,6 +11,7 @@ use porter_core::{
     AssemblerConfig, BackendAddr, RefusalMode, Relay, Route, RouteName, RouteTarget,
 };
 
+use crate::agones::AgonesClientConfig;
 use crate::api::ApiSettings;
 use crate::config::{self, Config, RouteKind};
 
@@ -57,6 +58,10 @@ pub struct Settings {
     pub drain_period: Duration,
     /// The management API.
     pub api: Option<ApiSettings>,
+    /// The Agones allocator client, when `agones.enabled`.
+    pub agones: Option<AgonesClientConfig>,
+    /// How long routes added by `POST /allocate` live.
+    pub allocate_route_ttl: Duration,
 }
 
 impl Settings {
@@ -84,9 +89,8 @@ impl Settings {
                             Ok(_) => problems.push(format!(
                                 "routes[{i}].target[{j}]: {t} resolves to no address"
                             )),
-                            Err(e) => problems.push(format!(
-                                "routes[{i}].target[{j}]: cannot resolve {t}: {e}"
-                            )),
+                            Err(e) => problems
+                                .push(format!("routes[{i}].target[{j}]: cannot resolve {t}: {e}")),
                         }
                     }
                     RouteTarget::Simple(backends)
@@ -137,6 +141,35 @@ impl Settings {
             log_requests: api.log_requests,
             max_body_bytes: api.max_body_bytes,
         });
+        let agones = config.agones.as_ref().and_then(|a| {
+            let client = AgonesClientConfig::from_pem_files(
+                a.namespace.clone(),
+                a.allocator_host.to_string(),
+                &a.allocator_client_cert,
+                &a.allocator_client_key,
+                &a.allocator_ca_cert,
+            );
+            match client {
+                Ok(mut c) => {
+                    c.tls_server_name.clone_from(&a.tls_server_name);
+                    c.insecure_skip_verify = a.insecure_skip_verify;
+                    c.request_timeout = a.request_timeout;
+                    c.max_retries = a.max_retries;
+                    c.player_list.clone_from(&a.player_list);
+                    c.reserve_player_slot = a.reserve_player_slot;
+                    c.port_name.clone_from(&a.port_name);
+                    Some(c)
+                }
+                Err(e) => {
+                    problems.push(format!("agones: {e}"));
+                    None
+                }
+            }
+        });
+        let allocate_route_ttl = config
+            .agones
+            .as_ref()
+            .map_or(Duration::from_secs(600), |a| a.allocate_route_ttl);
         if !problems.is_empty() {
             return Err(SetupError { problems });
         }
@@ -149,6 +182,8 @@ impl Settings {
             log_format: config.udp.log_format,
             drain_period: config.relay.drain_period,
             api,
+            agones,
+            allocate_route_ttl,
         })
     }
 

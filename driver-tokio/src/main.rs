@@ -3,6 +3,7 @@
 //! `porter --config FILE` runs the relay; `porter check --config FILE` validates a
 //! configuration and prints every problem with its location.
 
+mod agones;
 mod udp;
 
 use std::path::PathBuf;
@@ -21,7 +22,13 @@ use control::setup::{LogFormat, Settings};
 #[command(name = "porter", version, about, long_about = None)]
 struct Cli {
     /// Configuration file (YAML). See docs/configuration.md.
-    #[arg(short, long, value_name = "FILE", default_value = "config.yaml", global = true)]
+    #[arg(
+        short,
+        long,
+        value_name = "FILE",
+        default_value = "config.yaml",
+        global = true
+    )]
     config: PathBuf,
     #[command(subcommand)]
     command: Option<Command>,
@@ -105,7 +112,11 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         listeners.push(udp::bind_listener(*addr)?);
     }
     let host = RelayHost::new(settings.new_relay()?, settings.log_requests).shared();
-    let driver = udp::Driver::new(host.clone(), listeners.clone(), None);
+    let allocator: Option<Arc<dyn udp::Allocator>> = match &settings.agones {
+        Some(config) => Some(agones::AgonesAllocator::new(config.clone())?),
+        None => None,
+    };
+    let driver = udp::Driver::new(host.clone(), listeners.clone(), allocator);
     driver.start();
     for l in &listeners {
         tracing::info!(listen = %l.local_addr()?, "relay listening");

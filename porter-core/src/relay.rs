@@ -54,6 +54,18 @@ use crate::wire::{
 const CONNECTION_REFUSED: u64 = 0x02;
 /// The shortest original DCID a client may use (RFC 9000 §7.2).
 const MIN_ORIGINAL_DCID: usize = 8;
+/// How many refused connections are remembered (for one handshake timeout each), so
+/// that retransmitted Initials get the refusal again instead of a new session and, for
+/// Agones routes, a new allocation.
+const MAX_REFUSED_REMEMBERED: usize = 16 * 1024;
+
+/// A connection refused moments ago.
+#[derive(Debug, Clone, Copy)]
+struct Refused {
+    until: Instant,
+    version: Version,
+    client_scid: ConnectionId,
+}
 
 /// What to do with connections that cannot be routed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -230,8 +242,12 @@ drop_reasons! {
     NoRoute => "no_route",
     /// Allocation impossible, with refusals configured to drop.
     AllocationRefused => "allocation_refused",
-    /// A backend datagram for a session that no longer exists.
+    /// A backend datagram for a session that no longer exists, or that has no backend
+    /// yet.
     UnknownSession => "unknown_session",
+    /// A retransmitted Initial of a connection refused moments ago (answered with the
+    /// refusal again when refusals are answered, so it is not counted then).
+    RecentlyRefused => "recently_refused",
 }
 
 /// Something the driver must do or know, drained with [`Relay::poll_event`].
@@ -441,6 +457,9 @@ pub struct Relay {
     by_client: HashMap<ClientAddr, Vec<SessionId>>,
     /// Sessions by client IP, for following a client that changes port and CID at once.
     by_ip: HashMap<IpAddr, Vec<SessionId>>,
+    /// Original DCIDs of recently refused connections, and their expiry order.
+    refused: HashMap<ConnectionId, Refused>,
+    refused_order: VecDeque<(Instant, ConnectionId)>,
     allocations: HashMap<AllocationId, SessionId>,
     /// One entry per live session (plus stale ones for closed sessions, skipped when
     /// popped): the earliest time its deadline can be.
@@ -469,6 +488,8 @@ impl Relay {
             cids: CidTable::default(),
             by_client: HashMap::new(),
             by_ip: HashMap::new(),
+            refused: HashMap::new(),
+            refused_order: VecDeque::new(),
             allocations: HashMap::new(),
             timers: BinaryHeap::new(),
             events: VecDeque::new(),
@@ -540,7 +561,8 @@ impl Relay {
     pub fn stats(&self) -> RelayStats {
         RelayStats {
             sessions: self.sessions.len(),
-            pending_sessions: self.pending.len() + self.allocations.len(),
+            // Sessions waiting for an allocation keep their `Pending` entry: counted there.
+            pending_sessions: self.pending.len(),
             allocations_in_flight: self.allocations.len(),
             buffered_bytes: self.buffered_total,
             connection_ids: self.cids.len(),
@@ -710,6 +732,11 @@ impl Relay {
         }
         if packet.ty != LongType::Initial {
             return Verdict::Drop(DropReason::UnknownConnection);
+        }
+        if let Some(refused) = self.refused.get(&dcid).copied() {
+            if refused.until > now {
+                return self.refuse_again(now, &dcid, refused);
+            }
         }
         self.new_connection(now, from, datagram, packet, dcid)
     }
@@ -984,6 +1011,10 @@ impl Relay {
         session.state = SessionState::Established;
         session.backend = Some(backend);
         session.last_activity = now;
+        // The session's timer entry is at its handshake deadline; an idle timeout shorter
+        // than what is left of it would fire late without an entry of its own.
+        self.timers
+            .push(Reverse((now + self.config.idle_timeout, id)));
         let (datagrams, alpn) = match pending {
             Some(p) => {
                 self.buffered_total -= p.bytes;
@@ -1044,6 +1075,12 @@ impl Relay {
     ) -> Option<(ClientAddr, Bytes)> {
         let session = self.sessions.get(&id)?;
         let (client, sni) = (session.client, session.sni.clone());
+        let refused = Refused {
+            until: now + self.config.handshake_timeout,
+            version: session.version,
+            client_scid: session.client_scid,
+        };
+        let original_dcid = session.original_dcid;
         let packet = match self.config.refusal {
             RefusalMode::Close => {
                 let (version, odcid, scid) =
@@ -1052,6 +1089,7 @@ impl Relay {
             }
             RefusalMode::Drop => None,
         };
+        self.remember_refused(now, original_dcid, refused);
         self.stats.refused += 1;
         self.events.push_back(Event::ConnectionRefused {
             session: id,
@@ -1061,6 +1099,29 @@ impl Relay {
         });
         self.close(id, CloseReason::Refused(reason), now);
         packet.map(|p| (client, p))
+    }
+
+    fn remember_refused(&mut self, now: Instant, dcid: ConnectionId, refused: Refused) {
+        while let Some(&(until, old)) = self.refused_order.front() {
+            if until > now && self.refused_order.len() < MAX_REFUSED_REMEMBERED {
+                break;
+            }
+            self.refused_order.pop_front();
+            if self.refused.get(&old).is_some_and(|r| r.until == until) {
+                self.refused.remove(&old);
+            }
+        }
+        self.refused.insert(dcid, refused);
+        self.refused_order.push_back((refused.until, dcid));
+    }
+
+    /// Answers a retransmitted Initial of a refused connection like the first time.
+    fn refuse_again(&mut self, now: Instant, dcid: &ConnectionId, refused: Refused) -> Verdict {
+        // Building a refusal costs a key derivation: it draws on the new-session budget.
+        if self.config.refusal == RefusalMode::Drop || !self.bucket.take(now) {
+            return Verdict::Drop(DropReason::RecentlyRefused);
+        }
+        Verdict::Reply(self.refusal_packet(refused.version, dcid, &refused.client_scid))
     }
 
     /// A server Initial carrying CONNECTION_CLOSE with CONNECTION_REFUSED, protected with
@@ -1092,7 +1153,14 @@ impl Relay {
     // ----- backend side -----
 
     fn backend_datagram(&mut self, now: Instant, id: SessionId, datagram: &[u8]) -> Verdict {
-        if !self.sessions.contains_key(&id) {
+        // A session not routed yet has no upstream socket, so nothing can come from its
+        // backend: forwarding it would hand the client bytes from nowhere, and learning
+        // its CIDs would let them squat the session's table.
+        if self
+            .sessions
+            .get(&id)
+            .is_none_or(|s| s.state != SessionState::Established)
+        {
             return Verdict::Drop(DropReason::UnknownSession);
         }
         if datagram.is_empty() {

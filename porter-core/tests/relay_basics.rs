@@ -293,3 +293,34 @@ fn handshake_and_idle_timeouts_close_sessions() {
         }
     )));
 }
+
+#[test]
+fn retransmitted_initial_of_a_refused_connection_gets_the_refusal_again() {
+    let datagrams = capture("aioquic-1.7-v1.json");
+    let config = RelayConfig::default();
+    let handshake = config.handshake_timeout;
+    let mut relay = relay_with(&[], config);
+    let client = ClientAddr(addr("192.0.2.1:1234"));
+    let t0 = Instant::now();
+    let Verdict::Reply(first) = relay.handle_client_datagram(t0, client, &datagrams[0].bytes)
+    else {
+        panic!("not refused")
+    };
+    let _ = drain(&mut relay);
+    // The client retransmits before it sees the refusal: same answer, no new session.
+    for d in &datagrams[1..] {
+        let Verdict::Reply(again) = relay.handle_client_datagram(t0, client, &d.bytes) else {
+            panic!("retransmission not answered")
+        };
+        assert_eq!(again.len(), first.len());
+        assert_eq!(relay.session_count(), 0);
+    }
+    assert!(drain(&mut relay).is_empty(), "no new session, no events");
+    assert_eq!(relay.stats().refused, 1);
+    // After the handshake timeout the same DCID is a new attempt again.
+    let later = t0 + handshake + Duration::from_millis(1);
+    let Verdict::Reply(_) = relay.handle_client_datagram(later, client, &datagrams[0].bytes) else {
+        panic!("not refused")
+    };
+    assert_eq!(relay.stats().refused, 2);
+}

@@ -19,7 +19,9 @@ async fn connect(
     relay: SocketAddr,
     sni: &str,
 ) -> Result<quinn::Connection, quinn::ConnectionError> {
-    let connecting = endpoint.connect(relay, sni).expect("valid connect parameters");
+    let connecting = endpoint
+        .connect(relay, sni)
+        .expect("valid connect parameters");
     tokio::time::timeout(Duration::from_secs(10), connecting)
         .await
         .expect("handshake finished or failed in time")
@@ -63,7 +65,10 @@ async fn routes_by_sni_exact_wildcard_and_default() {
 async fn client_hello_spanning_two_initials() {
     let pki = Pki::new();
     let a = EchoServer::start("A", pki.server_config(&["a.test"]), false);
-    let porter = Porter::start(BINARY, &format!("routes:\n{}", simple_route("a.test", a.addr)));
+    let porter = Porter::start(
+        BINARY,
+        &format!("routes:\n{}", simple_route("a.test", a.addr)),
+    );
     // 40 protocols of 40 bytes: the ClientHello is well over one packet.
     let mut alpn: Vec<Vec<u8>> = (0..40)
         .map(|i| format!("proto-{i:02}-{}", "x".repeat(31)).into_bytes())
@@ -107,7 +112,10 @@ async fn migration_and_nat_rebinding_keep_the_backend() {
         .unwrap();
     assert_ne!(client.local_addr().unwrap(), before);
     for i in 0..3 {
-        assert_eq!(echo(&conn, format!("after{i}").as_bytes()).await, format!("A:after{i}"));
+        assert_eq!(
+            echo(&conn, format!("after{i}").as_bytes()).await,
+            format!("A:after{i}")
+        );
     }
 
     // NAT rebinding: same client socket, the NAT's outside port changes.
@@ -119,7 +127,10 @@ async fn migration_and_nat_rebinding_keep_the_backend() {
     let new = nat.rebind().await;
     assert_ne!(old, new);
     for i in 0..3 {
-        assert_eq!(echo(&conn, format!("nat{i}").as_bytes()).await, format!("B:nat{i}"));
+        assert_eq!(
+            echo(&conn, format!("nat{i}").as_bytes()).await,
+            format!("B:nat{i}")
+        );
     }
     assert!(
         porter.wait_log("client address changed", Duration::from_secs(2)),
@@ -151,7 +162,10 @@ async fn retry_server_works() {
 async fn unknown_sni_is_refused_fast() {
     let pki = Pki::new();
     let a = EchoServer::start("A", pki.server_config(&["a.test"]), false);
-    let porter = Porter::start(BINARY, &format!("routes:\n{}", simple_route("a.test", a.addr)));
+    let porter = Porter::start(
+        BINARY,
+        &format!("routes:\n{}", simple_route("a.test", a.addr)),
+    );
     let client = client_endpoint(pki.client_config(None));
     let started = Instant::now();
     let err = connect(&client, porter.udp, "nobody.test")
@@ -161,7 +175,10 @@ async fn unknown_sni_is_refused_fast() {
     assert!(elapsed < Duration::from_secs(1), "took {elapsed:?}");
     match err {
         quinn::ConnectionError::ConnectionClosed(close) => {
-            assert_eq!(close.error_code, quinn::TransportErrorCode::CONNECTION_REFUSED);
+            assert_eq!(
+                close.error_code,
+                quinn::TransportErrorCode::CONNECTION_REFUSED
+            );
         }
         other => panic!("expected CONNECTION_REFUSED, got {other:?}"),
     }
@@ -190,7 +207,11 @@ async fn many_connections_then_nothing_left() {
         let endpoint = endpoints[i % 4].clone();
         let relay = porter.udp;
         tasks.push(tokio::spawn(async move {
-            let (sni, name) = if i % 2 == 0 { ("a.test", "A") } else { ("b.test", "B") };
+            let (sni, name) = if i % 2 == 0 {
+                ("a.test", "A")
+            } else {
+                ("b.test", "B")
+            };
             let conn = connect(&endpoint, relay, sni).await.expect("connect");
             let msg = format!("conn-{i}");
             assert_eq!(echo(&conn, msg.as_bytes()).await, format!("{name}:{msg}"));
@@ -249,14 +270,19 @@ async fn corpus_replay_reaches_the_right_backend() {
             (r.len() >= datagrams.len()).then_some(r)
         });
         let got = got.unwrap_or_else(|| {
-            panic!("{file}: {} of {} arrived", sink.received().len(), datagrams.len())
+            panic!(
+                "{file}: {} of {} arrived",
+                sink.received().len(),
+                datagrams.len()
+            )
         });
         assert_eq!(got, datagrams, "{file} ({sni}): bytes or order differ");
     }
     // No capture leaked into another's backend.
     for (sink, (file, _)) in sinks.iter().zip(&captures) {
         let text = std::fs::read_to_string(format!("{data}/{file}")).unwrap();
-        let n = serde_json::from_str::<serde_json::Value>(&text).unwrap()
+        let n = serde_json::from_str::<serde_json::Value>(&text)
+            .unwrap()
             .as_array()
             .unwrap()
             .len();
@@ -276,7 +302,9 @@ fn hex_decode(s: &str) -> Vec<u8> {
 async fn malformed_config_names_the_problem() {
     let config = "udp: {port: 7000, colour: blue}\nroutes:\n  - {fqdn: \"a..test\", type: simple, target: \"127.0.0.1:1\"}\n";
     let mut check = Porter::spawn(BINARY, config, &["check"]);
-    let code = check.wait_exit(Duration::from_secs(10)).expect("check exits");
+    let code = check
+        .wait_exit(Duration::from_secs(10))
+        .expect("check exits");
     assert_ne!(code, 0);
     let log = check.log();
     assert!(log.contains("colour"), "unknown key not named:\n{log}");
@@ -324,14 +352,20 @@ async fn port_in_use_is_a_clear_error() {
 async fn unreachable_backend_is_logged() {
     let pki = Pki::new();
     let closed: SocketAddr = ([127, 0, 0, 1], free_udp_port()).into();
-    let porter = Porter::start(BINARY, &format!("routes:\n{}", simple_route("dead.test", closed)));
+    let porter = Porter::start(
+        BINARY,
+        &format!("routes:\n{}", simple_route("dead.test", closed)),
+    );
     let client = client_endpoint(pki.client_config(None));
     let connecting = client.connect(porter.udp, "dead.test").unwrap();
     let logged = porter.wait_log("backend unreachable", Duration::from_secs(5));
     drop(connecting);
     let log = porter.log();
     assert!(logged, "{log}");
-    assert!(log.contains(&closed.to_string()), "backend not named:\n{log}");
+    assert!(
+        log.contains(&closed.to_string()),
+        "backend not named:\n{log}"
+    );
 }
 
 /// SIGTERM drains and exits 0.
@@ -339,6 +373,11 @@ async fn unreachable_backend_is_logged() {
 async fn sigterm_exits_cleanly() {
     let mut porter = Porter::start(BINARY, "relay: {drain_period: 1s}\nroutes: []\n");
     porter.terminate();
-    assert_eq!(porter.wait_exit(Duration::from_secs(10)), Some(0), "{}", porter.log());
+    assert_eq!(
+        porter.wait_exit(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        porter.log()
+    );
     assert!(porter.log().contains("draining"), "{}", porter.log());
 }

@@ -4,5 +4,6 @@
 /// The binary under test.
 const BINARY: &str = env!("CARGO_BIN_EXE_porter");
 
+mod agones_cases;
 mod cases;
 mod support;

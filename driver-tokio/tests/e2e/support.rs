@@ -89,7 +89,11 @@ impl Porter {
             }
             porter.get("/healthz").ok().filter(|(s, _)| *s == 200)
         });
-        assert!(ready.is_some(), "relay API never answered; log:\n{}", porter.log());
+        assert!(
+            ready.is_some(),
+            "relay API never answered; log:\n{}",
+            porter.log()
+        );
         porter
     }
 
@@ -112,8 +116,14 @@ impl Porter {
         let log = Arc::new(Mutex::new(String::new()));
         let mut readers = Vec::new();
         for stream in [
-            child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
-            child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
         ]
         .into_iter()
         .flatten()

@@ -1,0 +1,189 @@
+//! End-to-end cases for `agones` routes: the relay binary asks a test allocator (the
+//! project's own proto, mutual TLS) for game servers that are real quinn servers.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use control::agones::testing::{
+    ServerCert, TestAllocator, TestGameServer, TestPki, SERVER_DNS_NAME,
+};
+use tonic::Code;
+
+use super::support::*;
+use super::BINARY;
+
+const NAMESPACE: &str = "games";
+const FLEET: &str = "arena";
+
+/// Writes the client's PEM files and returns the `agones:` config section.
+fn agones_section(pki: &TestPki, allocator: &TestAllocator, extra: &str) -> String {
+    let dir = temp_dir();
+    let (cert, key, ca) = (
+        dir.join("client.crt"),
+        dir.join("client.key"),
+        dir.join("ca.crt"),
+    );
+    std::fs::write(&cert, &pki.client.cert_pem).unwrap();
+    std::fs::write(&key, &pki.client.key_pem).unwrap();
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    format!(
+        "agones: {{enabled: true, namespace: {NAMESPACE}, allocator_host: \"{}\", \
+         allocator_client_cert: \"{}\", allocator_client_key: \"{}\", allocator_ca_cert: \"{}\", \
+         tls_server_name: {SERVER_DNS_NAME}{extra}}}\n",
+        allocator.addr(),
+        cert.display(),
+        key.display(),
+        ca.display(),
+    )
+}
+
+fn agones_route(fqdn: &str) -> String {
+    format!("routes:\n  - {{fqdn: \"{fqdn}\", type: agones, target: {FLEET}}}\n")
+}
+
+async fn try_connect(
+    endpoint: &quinn::Endpoint,
+    relay: SocketAddr,
+    sni: &str,
+) -> Result<quinn::Connection, quinn::ConnectionError> {
+    let connecting = endpoint.connect(relay, sni).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), connecting)
+        .await
+        .expect("handshake finished or failed in time")
+}
+
+fn assert_refused(result: Result<quinn::Connection, quinn::ConnectionError>) {
+    match result {
+        Err(quinn::ConnectionError::ConnectionClosed(close)) => {
+            assert_eq!(
+                close.error_code,
+                quinn::TransportErrorCode::CONNECTION_REFUSED
+            );
+        }
+        Err(other) => panic!("expected CONNECTION_REFUSED, got {other}"),
+        Ok(_) => panic!("expected CONNECTION_REFUSED, got a connection"),
+    }
+}
+
+/// Players fill one game server before the next is used; a full fleet refuses fast.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn players_fill_servers_in_order_then_fleet_is_full() {
+    let pki = Pki::new();
+    let gs1 = EchoServer::start("GS1", pki.server_config(&["play.test"]), false);
+    let gs2 = EchoServer::start("GS2", pki.server_config(&["play.test"]), false);
+    let apki = TestPki::generate();
+    let allocator = TestAllocator::start(
+        &apki,
+        ServerCert::WithDnsName,
+        NAMESPACE,
+        vec![
+            TestGameServer::ready("gs-1", NAMESPACE, FLEET, gs1.addr, 2),
+            TestGameServer::ready("gs-2", NAMESPACE, FLEET, gs2.addr, 2),
+        ],
+    )
+    .await
+    .expect("test allocator");
+    let config = format!(
+        "{}{}",
+        agones_section(&apki, &allocator, ", max_retries: 1"),
+        agones_route("play.test")
+    );
+    let porter = Porter::start(BINARY, &config);
+    let client = client_endpoint(pki.client_config(None));
+
+    let mut answered = Vec::new();
+    let mut conns = Vec::new();
+    for i in 0..4 {
+        let conn = try_connect(&client, porter.udp, "play.test")
+            .await
+            .unwrap_or_else(|e| panic!("player {i}: {e}; log:\n{}", porter.log()));
+        let reply = echo(&conn, format!("p{i}").as_bytes()).await;
+        answered.push(reply.split(':').next().unwrap().to_owned());
+        conns.push(conn);
+    }
+    assert_eq!(answered[0], answered[1], "{answered:?}");
+    assert_eq!(answered[2], answered[3], "{answered:?}");
+    assert_ne!(answered[0], answered[2], "{answered:?}");
+
+    // Both servers are full now.
+    let started = Instant::now();
+    assert_refused(try_connect(&client, porter.udp, "play.test").await);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // The allocator saw the request Porter is meant to send, and reserved each slot.
+    let requests = allocator.requests();
+    assert!(requests.len() >= 5, "{}", requests.len());
+    let first = &requests[0];
+    assert_eq!(first.namespace, NAMESPACE);
+    assert_eq!(first.game_server_selectors.len(), 2);
+    let players: usize = allocator
+        .game_servers()
+        .iter()
+        .map(|gs| gs.players().len())
+        .sum();
+    assert_eq!(players, 4);
+    let stats = porter.stats();
+    assert_eq!(stats["allocations"]["succeeded"], 4, "{stats}");
+    assert_eq!(stats["allocations"]["failed"], 1, "{stats}");
+}
+
+/// A slow or failing allocator: the connection is refused at its handshake deadline,
+/// nothing is left pending, and connections work again once the allocator recovers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_or_down_allocator_then_recovery() {
+    let pki = Pki::new();
+    let gs = EchoServer::start("GS", pki.server_config(&["play.test"]), false);
+    let apki = TestPki::generate();
+    let allocator = TestAllocator::start(
+        &apki,
+        ServerCert::WithDnsName,
+        NAMESPACE,
+        vec![TestGameServer::ready(
+            "gs-1", NAMESPACE, FLEET, gs.addr, 100,
+        )],
+    )
+    .await
+    .expect("test allocator");
+    let config = format!(
+        "relay: {{handshake_timeout: 1s}}\n{}{}",
+        agones_section(&apki, &allocator, ", request_timeout: 5s, max_retries: 0"),
+        agones_route("play.test")
+    );
+    let porter = Porter::start(BINARY, &config);
+    let client = client_endpoint(pki.client_config(None));
+
+    // Slow: no answer before the handshake deadline.
+    allocator.set_delay(Duration::from_secs(3));
+    let started = Instant::now();
+    assert_refused(try_connect(&client, porter.udp, "play.test").await);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "refused after {took:?}"
+    );
+    let clean = wait_for(Duration::from_secs(5), || {
+        let s = porter.stats();
+        (s["pending_sessions"] == 0 && s["buffered_bytes"] == 0 && s["sessions"] == 0).then_some(s)
+    });
+    assert!(clean.is_some(), "left pending: {}", porter.stats());
+    assert_eq!(porter.stats()["allocations"]["timed_out"], 1);
+
+    // Down: the allocator answers Unavailable (once; the client is set to one attempt).
+    allocator.set_delay(Duration::ZERO);
+    allocator.fail_next(1, Code::Unavailable);
+    assert_refused(try_connect(&client, porter.udp, "play.test").await);
+    assert_eq!(porter.stats()["allocations"]["failed"], 1);
+
+    // Back: connections work again.
+    let conn = try_connect(&client, porter.udp, "play.test")
+        .await
+        .unwrap_or_else(|e| panic!("after recovery: {e}; log:\n{}", porter.log()));
+    assert_eq!(echo(&conn, b"back").await, "GS:back");
+    let s = porter.stats();
+    assert_eq!(s["pending_sessions"], 0, "{s}");
+    assert_eq!(s["buffered_bytes"], 0, "{s}");
+}
