@@ -96,7 +96,10 @@ impl InitialError {
 #[derive(Debug)]
 enum State {
     Assembling,
-    Complete(ClientHelloInfo),
+    /// The ClientHello is complete and stays in the stream: a datagram fed after
+    /// completion gets the answer read again from it, so the hot path never copies the
+    /// result to keep one for later.
+    Complete,
     Failed(InitialError),
 }
 
@@ -158,7 +161,7 @@ impl InitialAssembler {
         scratch: &mut Vec<u8>,
     ) -> Result<Progress, InitialError> {
         match &self.state {
-            State::Complete(info) => return Ok(Progress::Complete(info.clone())),
+            State::Complete => return self.check(),
             State::Failed(e) => return Err(*e),
             State::Assembling => {}
         }
@@ -171,7 +174,7 @@ impl InitialAssembler {
                 })
             }
             Ok(Progress::Complete(info)) => {
-                self.state = State::Complete(info.clone());
+                self.state = State::Complete;
                 Ok(Progress::Complete(info))
             }
             Err(e) if e.is_fatal() => self.fail(e),

@@ -15,6 +15,10 @@ use thiserror::Error;
 /// keeps real clients far below this (a shuffled two-packet ClientHello leaves a handful).
 pub const MAX_RANGES: usize = 64;
 
+/// The first allocation of the reassembly buffer (when the limit allows): most
+/// ClientHellos without post-quantum key shares fit.
+const MIN_CAPACITY: usize = 1024;
+
 /// Why the CRYPTO stream cannot be reassembled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
 #[non_exhaustive]
@@ -75,16 +79,36 @@ impl CryptoStream {
             hi = hi.max(r.end);
             last += 1;
         }
-        if last == first && self.ranges.len() >= MAX_RANGES {
-            return Err(CryptoStreamError::TooFragmented);
+        if last == first {
+            if self.ranges.len() >= MAX_RANGES {
+                return Err(CryptoStreamError::TooFragmented);
+            }
+            self.ranges.insert(first, lo..hi);
+        } else {
+            self.ranges[first] = lo..hi;
+            self.ranges.drain(first + 1..last);
         }
-        self.ranges.splice(first..last, std::iter::once(lo..hi));
 
         if self.buf.len() < end {
-            self.buf.resize(end, 0);
+            self.grow(end);
         }
         self.buf[start..end].copy_from_slice(data);
         Ok(())
+    }
+
+    /// Extends the buffer to `end` bytes. Capacity at least doubles, so a stream built
+    /// from many frames reallocates only a few times, but never exceeds `max_len`: the
+    /// memory held stays within the limit, not merely the bytes counted.
+    fn grow(&mut self, end: usize) {
+        let capacity = self.buf.capacity();
+        if end > capacity {
+            let target = end
+                .max(capacity.saturating_mul(2))
+                .max(MIN_CAPACITY)
+                .min(self.max_len);
+            self.buf.reserve_exact(target - self.buf.len());
+        }
+        self.buf.resize(end, 0);
     }
 
     /// The bytes received contiguously from offset 0.
@@ -139,6 +163,15 @@ mod tests {
         );
         s.insert(60, &[0; 4]).unwrap();
         assert_eq!(s.buffered(), 64);
+        assert_eq!(s.buf.capacity(), 64, "memory held stays within the limit");
+
+        // Growth that would double past the limit stops at the limit.
+        let mut s = CryptoStream::new(10_000);
+        for end in [700, 1500, 6000, 9000, 10_000] {
+            s.insert(end - 100, &[1; 100]).unwrap();
+            assert!(s.buf.capacity() <= 10_000, "{}", s.buf.capacity());
+        }
+        assert_eq!(s.buffered(), 10_000);
 
         let mut s = CryptoStream::new(1 << 20);
         for i in 0..MAX_RANGES {

@@ -69,12 +69,9 @@ impl<'a> InitialFrames<'a> {
         match ty {
             0x00 => {
                 // Runs of padding are common (whole packets of it): consume them at once.
-                let mut n = 1;
-                let rest = r.clone().rest();
-                let zeros = rest.iter().take_while(|&&b| b == 0).count();
+                let zeros = leading_zeros(r.clone().rest());
                 r.skip(zeros).ok_or(FrameError::Truncated)?;
-                n += zeros;
-                Ok(InitialFrame::Padding(n))
+                Ok(InitialFrame::Padding(1 + zeros))
             }
             0x01 => Ok(InitialFrame::Ping),
             0x02 | 0x03 => {
@@ -121,6 +118,19 @@ impl<'a> InitialFrames<'a> {
             other => Err(FrameError::NotAllowed(other)),
         }
     }
+}
+
+/// The number of zero bytes `bytes` starts with, sixteen at a time where it can.
+fn leading_zeros(bytes: &[u8]) -> usize {
+    let mut n = 0;
+    for chunk in bytes.chunks_exact(16) {
+        let word = u128::from_ne_bytes(chunk.try_into().expect("chunks of 16 bytes"));
+        if word != 0 {
+            break;
+        }
+        n += 16;
+    }
+    n + bytes[n..].iter().take_while(|&&b| b == 0).count()
 }
 
 impl<'a> Iterator for InitialFrames<'a> {

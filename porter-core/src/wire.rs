@@ -411,14 +411,24 @@ pub fn version_negotiation(
 /// Reads a variable-length integer; returns it and its encoded length.
 #[inline]
 pub fn read_varint(buf: &[u8]) -> Option<(u64, usize)> {
+    // One arm per length: frame types and most lengths and offsets are one or two bytes,
+    // and this sits in the inner loop of frame parsing.
     let &first = buf.first()?;
-    let len = 1usize << (first >> 6);
-    let bytes = buf.get(..len)?;
-    let mut value = u64::from(first & 0x3f);
-    for &b in &bytes[1..] {
-        value = (value << 8) | u64::from(b);
+    match first >> 6 {
+        0 => Some((u64::from(first), 1)),
+        1 => {
+            let b: [u8; 2] = buf.get(..2)?.try_into().ok()?;
+            Some((u64::from(u16::from_be_bytes(b) & 0x3fff), 2))
+        }
+        2 => {
+            let b: [u8; 4] = buf.get(..4)?.try_into().ok()?;
+            Some((u64::from(u32::from_be_bytes(b) & 0x3fff_ffff), 4))
+        }
+        _ => {
+            let b: [u8; 8] = buf.get(..8)?.try_into().ok()?;
+            Some((u64::from_be_bytes(b) & VARINT_MAX, 8))
+        }
     }
-    Some((value, len))
 }
 
 /// The encoded length of `value` as a variable-length integer.
@@ -456,28 +466,34 @@ pub(crate) struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
+    #[inline]
     pub(crate) fn new(buf: &'a [u8]) -> Self {
         Self { buf, pos: 0 }
     }
 
+    #[inline]
     pub(crate) fn position(&self) -> usize {
         self.pos
     }
 
+    #[inline]
     pub(crate) fn is_empty(&self) -> bool {
         self.pos == self.buf.len()
     }
 
+    #[inline]
     pub(crate) fn rest(&mut self) -> &'a [u8] {
         let rest = &self.buf[self.pos..];
         self.pos = self.buf.len();
         rest
     }
 
+    #[inline]
     pub(crate) fn skip(&mut self, n: usize) -> Option<()> {
         self.bytes(n).map(|_| ())
     }
 
+    #[inline]
     pub(crate) fn bytes(&mut self, n: usize) -> Option<&'a [u8]> {
         let end = self.pos.checked_add(n)?;
         let out = self.buf.get(self.pos..end)?;
@@ -485,19 +501,23 @@ impl<'a> Reader<'a> {
         Some(out)
     }
 
+    #[inline]
     pub(crate) fn u8(&mut self) -> Option<u8> {
         self.bytes(1).map(|b| b[0])
     }
 
+    #[inline]
     pub(crate) fn u16(&mut self) -> Option<u16> {
         self.bytes(2).map(|b| u16::from_be_bytes([b[0], b[1]]))
     }
 
+    #[inline]
     pub(crate) fn u32(&mut self) -> Option<u32> {
         self.bytes(4)
             .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
 
+    #[inline]
     pub(crate) fn varint(&mut self) -> Option<u64> {
         let (value, len) = read_varint(&self.buf[self.pos..])?;
         self.pos += len;
@@ -505,6 +525,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A sub-reader over the next `n` bytes, which this reader skips.
+    #[inline]
     pub(crate) fn sub(&mut self, n: usize) -> Option<Self> {
         self.bytes(n).map(Reader::new)
     }
