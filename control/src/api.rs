@@ -14,7 +14,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Body;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
-use porter_core::{BackendAddr, Route, RouteName, RouteTarget};
+use porter_core::{BackendAddr, Route, RouteTarget};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -91,7 +91,7 @@ impl RouteJson {
 
     /// Validates and converts to a core route. Host names in targets are resolved here.
     pub fn to_route(&self) -> Result<Route, String> {
-        let name = RouteName::parse(&self.fqdn).map_err(|e| format!("fqdn: {e}"))?;
+        let name = crate::config::parse_route_name(&self.fqdn).map_err(|e| format!("fqdn: {e}"))?;
         let target = match self.kind.as_str() {
             "simple" => {
                 let texts = match &self.target {
@@ -213,7 +213,10 @@ impl Api {
         }
     }
 
-    async fn read_json<T: serde::de::DeserializeOwned, B>(&self, req: Request<B>) -> Result<T, Reply>
+    async fn read_json<T: serde::de::DeserializeOwned, B>(
+        &self,
+        req: Request<B>,
+    ) -> Result<T, Reply>
     where
         B: Body + Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -231,10 +234,18 @@ impl Api {
         }
         let body = match Limited::new(req.into_body(), limit).collect().await {
             Ok(collected) => collected.to_bytes(),
-            Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            Err(e)
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some() =>
+            {
                 return Err(too_large(limit));
             }
-            Err(e) => return Err(error(StatusCode::BAD_REQUEST, &format!("cannot read body: {e}"))),
+            Err(e) => {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("cannot read body: {e}"),
+                ))
+            }
         };
         serde_json::from_slice(&body)
             .map_err(|e| error(StatusCode::BAD_REQUEST, &format!("invalid JSON: {e}")))

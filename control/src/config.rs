@@ -31,7 +31,7 @@ mod units;
 use std::path::Path;
 
 pub use self::error::{ConfigErrors, InvalidValue, Problem};
-pub use self::names::RouteName;
+pub use self::names::{parse_route_name, RouteName};
 pub use self::target::{Host, Target};
 pub use self::types::{
     AgonesConfig, ApiConfig, Config, LogConfig, LogFormat, RedisConfig, Refusal, RelayConfig,

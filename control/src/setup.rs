@@ -7,9 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use porter_core::{
-    AssemblerConfig, BackendAddr, RefusalMode, Relay, Route, RouteName, RouteTarget,
-};
+use porter_core::{AssemblerConfig, BackendAddr, RefusalMode, Relay, Route, RouteTarget};
 
 use crate::agones::AgonesClientConfig;
 use crate::api::ApiSettings;
@@ -79,7 +77,7 @@ impl Settings {
         let mut problems = Vec::new();
         let mut routes = Vec::new();
         for (i, spec) in config.routes.iter().enumerate() {
-            let name = core_name(&spec.name);
+            let name = spec.name.clone();
             let target = match &spec.kind {
                 RouteKind::Simple { targets } => {
                     let mut backends = Vec::new();
@@ -96,11 +94,8 @@ impl Settings {
                     RouteTarget::Simple(backends)
                 }
                 RouteKind::Agones { fleet } => {
-                    if config.agones.is_none() {
-                        problems.push(format!(
-                            "routes[{i}]: type agones needs the agones section enabled"
-                        ));
-                    }
+                    // With Agones disabled (as in the original project's sample file) the
+                    // route loads, and its connections are refused; the loader warns.
                     RouteTarget::Agones {
                         fleet: Arc::from(fleet.as_str()),
                     }
@@ -179,7 +174,7 @@ impl Settings {
             routes,
             log_requests: config.udp.log_requests,
             log_level: config.log.level.clone(),
-            log_format: config.udp.log_format,
+            log_format: config.log.format,
             drain_period: config.relay.drain_period,
             api,
             agones,
@@ -201,14 +196,6 @@ impl Settings {
         } else {
             Err(SetupError { problems })
         }
-    }
-}
-
-fn core_name(name: &config::RouteName) -> RouteName {
-    match name {
-        config::RouteName::Exact(n) => RouteName::Exact(n.clone()),
-        config::RouteName::Wildcard(s) => RouteName::Wildcard(s.clone()),
-        config::RouteName::Default => RouteName::Default,
     }
 }
 

@@ -53,6 +53,9 @@ fn main() -> ExitCode {
         }
     };
     if matches!(cli.command, Some(Command::Check)) {
+        for warning in &config.warnings {
+            println!("warning: {warning}");
+        }
         return match Settings::from_config(&config) {
             Ok(_) => {
                 println!("{}: OK", cli.config.display());
@@ -72,6 +75,9 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&settings);
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("porter")
@@ -108,8 +114,9 @@ fn init_logging(settings: &Settings) {
 
 async fn run(settings: Settings) -> anyhow::Result<()> {
     let mut listeners = Vec::new();
+    let has_v4 = settings.listen.iter().any(std::net::SocketAddr::is_ipv4);
     for addr in &settings.listen {
-        listeners.push(udp::bind_listener(*addr)?);
+        listeners.push(udp::bind_listener(*addr, has_v4)?);
     }
     let host = RelayHost::new(settings.new_relay()?, settings.log_requests).shared();
     let allocator: Option<Arc<dyn udp::Allocator>> = match &settings.agones {

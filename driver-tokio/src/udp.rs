@@ -66,7 +66,12 @@ impl Socket {
     }
 
     /// Sends `contents` to `to`; with `segment`, as GSO segments of that size.
-    async fn send(&self, to: SocketAddr, contents: &[u8], segment: Option<usize>) -> io::Result<()> {
+    async fn send(
+        &self,
+        to: SocketAddr,
+        contents: &[u8],
+        segment: Option<usize>,
+    ) -> io::Result<()> {
         let transmit = Transmit {
             destination: to,
             ecn: None,
@@ -91,9 +96,11 @@ impl Socket {
     }
 }
 
-/// Binds a UDP socket; the error names the address.
-pub(crate) fn bind_listener(addr: SocketAddr) -> anyhow::Result<Arc<Socket>> {
-    let std = StdUdpSocket::bind(addr).map_err(|e| {
+/// Binds a UDP listener; the error names the address. An IPv6 socket is IPv6-only when
+/// `v6_only` (an IPv4 listener serves IPv4 beside it); otherwise a wildcard IPv6 bind
+/// also takes IPv4 clients, as IPv4-mapped addresses.
+pub(crate) fn bind_listener(addr: SocketAddr, v6_only: bool) -> anyhow::Result<Arc<Socket>> {
+    let std = bind_udp(addr, v6_only).map_err(|e| {
         let hint = if e.kind() == io::ErrorKind::AddrInUse {
             " (another process is using this port; choose another udp.port or stop it)"
         } else {
@@ -125,7 +132,10 @@ struct Upstream {
 /// surfaces as an error on the connected socket's next send or receive).
 fn report_unreachable(session: SessionId, socket: &Socket, reported: &AtomicBool, e: &io::Error) {
     if !reported.swap(true, Ordering::Relaxed) {
-        let backend = socket.io.peer_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string());
+        let backend = socket
+            .io
+            .peer_addr()
+            .map_or_else(|_| "?".to_owned(), |a| a.to_string());
         tracing::warn!(%session, %backend, "backend unreachable: {e}");
     }
 }
@@ -278,7 +288,9 @@ impl Driver {
             match &outs[i] {
                 Out::ToBackend(session, range) => {
                     let (session, start, seg) = (*session, range.start, range.len());
-                    let socket = lock(&self.upstreams).get(&session).map(|u| u.socket.clone());
+                    let socket = lock(&self.upstreams)
+                        .get(&session)
+                        .map(|u| u.socket.clone());
                     let Some(socket) = socket else {
                         i += 1;
                         continue;
@@ -328,7 +340,9 @@ impl Driver {
         match action {
             Action::OpenUpstream { session, backend } => self.open_upstream(session, backend),
             Action::SendToBackend { session, datagrams } => {
-                let socket = lock(&self.upstreams).get(&session).map(|u| u.socket.clone());
+                let socket = lock(&self.upstreams)
+                    .get(&session)
+                    .map(|u| u.socket.clone());
                 if let Some(socket) = socket {
                     if let Ok(peer) = socket.io.peer_addr() {
                         for d in datagrams {
@@ -481,6 +495,16 @@ fn run(
         }
     }
     (end, j)
+}
+
+fn bind_udp(addr: SocketAddr, v6_only: bool) -> io::Result<StdUdpSocket> {
+    use socket2::{Domain, Protocol, Socket as RawSocket, Type};
+    let socket = RawSocket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(v6_only)?;
+    }
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
 }
 
 fn connect_upstream(backend: SocketAddr) -> io::Result<Socket> {

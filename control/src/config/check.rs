@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::error::{Problem, Span};
-use super::names::{check_dns_name, check_kubernetes_name, RouteName};
+use super::names::{check_dns_name, check_kubernetes_name, parse_route_name, RouteName};
 use super::target::Target;
 use super::tree::{Node, Value};
 use super::types::{
@@ -706,7 +706,7 @@ impl Checker<'_> {
                     );
                 }
             }
-            let name = self.get(&s, "fqdn", |n| Ok(RouteName::parse(&string(n)?)?));
+            let name = self.get(&s, "fqdn", |n| Ok(parse_route_name(&string(n)?)?));
             let kind = self.get(&s, "type", |n| {
                 one_of(
                     n,

@@ -1,0 +1,49 @@
+//! From a loaded configuration to the settings a driver runs.
+
+use control::setup::Settings;
+use porter_core::{RouteName, RouteTarget};
+
+/// The original project's sample file, unchanged.
+const ORIGINAL: &str = r#"
+udp: {port: 7777, log_requests: true}
+api: {port: 8080, log_requests: false}
+redis: {enabled: false, address: "localhost:6379", password: "", db: 0, channel: "porter_routes"}
+agones: {enabled: false, namespace: default, allocator_host: "agones-allocator.agones-system.svc:443", allocator_client_cert: /certs/client.crt, allocator_client_key: /certs/client.key, allocator_ca_cert: /certs/ca.crt}
+routes:
+  - {fqdn: game1.example.com, type: simple, target: "10.0.0.5:7777"}
+  - {fqdn: game2.example.com, type: agones, target: my-fleet}
+"#;
+
+#[test]
+fn original_sample_runs() {
+    let config = control::config::from_str(ORIGINAL, "original.yaml").expect("loads");
+    assert!(
+        !config.warnings.is_empty(),
+        "an agones route with agones disabled deserves a warning"
+    );
+    let settings = Settings::from_config_with_env(&config, |_| None).expect("settings");
+    assert_eq!(settings.listen, vec!["0.0.0.0:7777".parse().unwrap()]);
+    assert!(settings.agones.is_none());
+    let relay = settings.new_relay().expect("relay");
+    let routes = relay.routes();
+    assert_eq!(routes.len(), 2);
+    assert_eq!(routes[0].name, RouteName::Exact("game1.example.com".into()));
+    assert_eq!(
+        routes[0].target,
+        RouteTarget::Simple(vec![porter_core::BackendAddr(
+            "10.0.0.5:7777".parse().unwrap()
+        )])
+    );
+    assert!(matches!(&routes[1].target, RouteTarget::Agones { fleet } if &**fleet == "my-fleet"));
+}
+
+#[test]
+fn api_token_comes_from_the_environment() {
+    let text = "api: {port: 8080, token_env: MY_TOKEN}\nroutes: []\n";
+    let config = control::config::from_str(text, "t.yaml").unwrap();
+    let settings = Settings::from_config_with_env(&config, |name| {
+        (name == "MY_TOKEN").then(|| "s3cret".to_owned())
+    })
+    .unwrap();
+    assert_eq!(settings.api.unwrap().token.as_deref(), Some("s3cret"));
+}
