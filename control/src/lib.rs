@@ -3,6 +3,9 @@
 
 pub mod agones;
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod host;
+pub mod redis_sync;
 pub mod setup;
+pub mod sync;

@@ -6,47 +6,20 @@
 mod agones;
 mod udp;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::Parser;
+use control::cli::{Cli, Command};
 use control::host::RelayHost;
 use control::setup::{LogFormat, Settings};
 
-/// Porter: a transparent UDP relay for QUIC that routes each connection by the server
-/// name (SNI) in its ClientHello, without terminating QUIC.
-#[derive(Debug, Parser)]
-#[command(name = "porter", version, about, long_about = None)]
-struct Cli {
-    /// Configuration file (YAML). See docs/configuration.md.
-    #[arg(
-        short,
-        long,
-        value_name = "FILE",
-        default_value = "config.yaml",
-        global = true
-    )]
-    config: PathBuf,
-    #[command(subcommand)]
-    command: Option<Command>,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Run the relay (the default).
-    Run,
-    /// Validate the configuration file, print every problem with its location, and exit
-    /// non-zero if there is any.
-    Check,
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match control::config::load(&cli.config) {
-        Ok(config) => config,
+    let (config, origin) = match cli.load_config() {
+        Ok(loaded) => loaded,
         Err(errors) => {
             eprintln!("{errors}");
             return ExitCode::from(2);
@@ -58,11 +31,11 @@ fn main() -> ExitCode {
         }
         return match Settings::from_config(&config) {
             Ok(_) => {
-                println!("{}: OK", cli.config.display());
+                println!("{origin}: OK");
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("{}: {e:#}", cli.config.display());
+                eprintln!("{origin}: {e:#}");
                 ExitCode::from(2)
             }
         };
@@ -70,11 +43,12 @@ fn main() -> ExitCode {
     let settings = match Settings::from_config(&config) {
         Ok(settings) => settings,
         Err(e) => {
-            eprintln!("{}: {e:#}", cli.config.display());
+            eprintln!("{origin}: {e:#}");
             return ExitCode::from(2);
         }
     };
     init_logging(&settings);
+    tracing::info!(config = %origin, "configuration loaded");
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
