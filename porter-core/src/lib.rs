@@ -27,6 +27,9 @@
 //! The building blocks are public for embedders: [`wire`] (headers, varints, coalesced
 //! packets), [`initial`] (Initial keys and packet protection), [`frame`],
 //! [`crypto_stream`] and [`client_hello`].
+//!
+//! With the `sim` feature, the `sim` module is a deterministic simulation harness for the relay
+//! (virtual clock, emulated network, driver loop, QUIC client and server models).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -41,6 +44,8 @@ pub mod initial;
 mod relay;
 mod routes;
 mod session;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod wire;
 
 pub use assembler::{

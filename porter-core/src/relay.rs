@@ -21,8 +21,10 @@
 //! client's original DCID routes until the backend answers; the Source CIDs in every long
 //! header the backend sends (Initial, Handshake, Retry; coalesced ones too) are learned
 //! and routed from then on. Short headers do not carry a CID length, so each length in
-//! use is tried. A short header with an unknown DCID from a known client address is taken
-//! as that session's client switching to a new CID (the new CID is learned); a known DCID
+//! use is tried. A short header with an unknown DCID from a client address with exactly
+//! one routed session is taken as that session's client switching to a new CID (the new
+//! CID is learned; with several sessions on one address it is dropped, since any guess
+//! could hand one connection's datagrams to another's backend); a known DCID
 //! from a new address moves the session to that address (NAT rebinding or migration).
 //! A client that changes port and CID at once (quinn does on `rebind`) is followed when
 //! exactly one routed session of that client IP can be meant; otherwise, and whenever
@@ -746,13 +748,17 @@ impl Relay {
             return self.client_to_session(now, from, id, datagram, None);
         }
         // Unknown DCID: the client switched to a CID issued in an (encrypted)
-        // NEW_CONNECTION_ID frame. From a known address, that is its session. From a new
+        // NEW_CONNECTION_ID frame. From a known address, that is its session, if the
+        // address has only one: connections sharing a socket cannot be told apart, and a
+        // guess would send one connection's datagrams to another's backend. From a new
         // port of a known IP it is a migration (quinn's rebind switches CID and socket at
         // once); it is followed only when exactly one session of that IP can be meant.
-        let Some(id) = self
-            .latest_established(from)
-            .or_else(|| self.sole_session_of_ip(from, datagram))
-        else {
+        let id = match self.established_at(from) {
+            (1, id) => id,
+            (0, _) => self.sole_session_of_ip(from, datagram),
+            _ => None,
+        };
+        let Some(id) = id else {
             return Verdict::Drop(DropReason::UnknownConnection);
         };
         let learn = self.sessions.get(&id).and_then(|s| s.server_cid_len);
@@ -788,15 +794,18 @@ impl Relay {
         found
     }
 
-    /// The most recently active routed session from this address.
-    fn latest_established(&self, from: ClientAddr) -> Option<SessionId> {
-        self.by_client
-            .get(&from)?
-            .iter()
-            .filter_map(|id| self.sessions.get(id))
-            .filter(|s| s.state == SessionState::Established)
-            .max_by_key(|s| (s.last_activity, s.id))
-            .map(|s| s.id)
+    /// How many routed sessions this address has, and one of them.
+    fn established_at(&self, from: ClientAddr) -> (usize, Option<SessionId>) {
+        let Some(ids) = self.by_client.get(&from) else {
+            return (0, None);
+        };
+        let mut routed = ids.iter().filter(|id| {
+            self.sessions
+                .get(id)
+                .is_some_and(|s| s.state == SessionState::Established)
+        });
+        let first = routed.next().copied();
+        (usize::from(first.is_some()) + routed.count(), first)
     }
 
     fn client_to_session(
