@@ -33,6 +33,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -411,6 +412,34 @@ impl RelayStats {
     }
 }
 
+/// Hashes the IDs the relay hands out itself (sessions, allocations). They count up and
+/// the network cannot choose them, so they need no keyed (SipHash) hashing: one multiply
+/// spreads them over the table, on the path of every forwarded datagram.
+#[derive(Clone, Copy, Debug, Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        // Fibonacci hashing: the high bits (hashbrown's control byte) and the low bits
+        // (its bucket index) both depend on every bit of `n`.
+        self.0 = (self.0 ^ n)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .rotate_left(32);
+    }
+}
+
+type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+
 #[derive(Debug)]
 struct TokenBucket {
     per_second: f64,
@@ -453,8 +482,8 @@ impl TokenBucket {
 pub struct Relay {
     config: RelayConfig,
     routes: RouteTable,
-    sessions: HashMap<SessionId, Session>,
-    pending: HashMap<SessionId, Pending>,
+    sessions: IdMap<SessionId, Session>,
+    pending: IdMap<SessionId, Pending>,
     cids: CidTable,
     by_client: HashMap<ClientAddr, Vec<SessionId>>,
     /// Sessions by client IP, for following a client that changes port and CID at once.
@@ -462,9 +491,10 @@ pub struct Relay {
     /// Original DCIDs of recently refused connections, and their expiry order.
     refused: HashMap<ConnectionId, Refused>,
     refused_order: VecDeque<(Instant, ConnectionId)>,
-    allocations: HashMap<AllocationId, SessionId>,
-    /// One entry per live session (plus stale ones for closed sessions, skipped when
-    /// popped): the earliest time its deadline can be.
+    allocations: IdMap<AllocationId, SessionId>,
+    /// One entry per live session (two for one routed with an idle deadline before its
+    /// handshake deadline; plus stale ones for closed sessions, skipped when popped): the
+    /// earliest time its deadline can be.
     timers: BinaryHeap<Reverse<(Instant, SessionId)>>,
     events: VecDeque<Event>,
     next_session: u64,
@@ -485,14 +515,14 @@ impl Relay {
             rng: config.seed | 1,
             config,
             routes: RouteTable::new(),
-            sessions: HashMap::new(),
-            pending: HashMap::new(),
+            sessions: IdMap::default(),
+            pending: IdMap::default(),
             cids: CidTable::default(),
             by_client: HashMap::new(),
             by_ip: HashMap::new(),
             refused: HashMap::new(),
             refused_order: VecDeque::new(),
-            allocations: HashMap::new(),
+            allocations: IdMap::default(),
             timers: BinaryHeap::new(),
             events: VecDeque::new(),
             next_session: 1,
@@ -898,7 +928,13 @@ impl Relay {
                 original_dcid: dcid,
                 client_scid,
                 sni: None,
-                cids: vec![dcid],
+                // Room for the original DCID and the server's first CID, which is all
+                // most sessions ever have (the default growth would reserve four).
+                cids: {
+                    let mut cids = Vec::with_capacity(2);
+                    cids.push(dcid);
+                    cids
+                },
                 server_cid_len: None,
                 created: now,
                 last_activity: now,
@@ -1021,9 +1057,13 @@ impl Relay {
         session.backend = Some(backend);
         session.last_activity = now;
         // The session's timer entry is at its handshake deadline; an idle timeout shorter
-        // than what is left of it would fire late without an entry of its own.
-        self.timers
-            .push(Reverse((now + self.config.idle_timeout, id)));
+        // than what is left of it would fire late without an entry of its own. (Only
+        // then: each entry is re-armed when it pops, so an extra one lives as long as
+        // the session.)
+        let idle_deadline = now + self.config.idle_timeout;
+        if idle_deadline < session.created + self.config.handshake_timeout {
+            self.timers.push(Reverse((idle_deadline, id)));
+        }
         let (datagrams, alpn) = match pending {
             Some(p) => {
                 self.buffered_total -= p.bytes;
@@ -1165,17 +1205,20 @@ impl Relay {
         // A session not routed yet has no upstream socket, so nothing can come from its
         // backend: forwarding it would hand the client bytes from nowhere, and learning
         // its CIDs would let them squat the session's table.
-        if self
+        let Some(session) = self
             .sessions
-            .get(&id)
-            .is_none_or(|s| s.state != SessionState::Established)
-        {
+            .get_mut(&id)
+            .filter(|s| s.state == SessionState::Established)
+        else {
             return Verdict::Drop(DropReason::UnknownSession);
-        }
-        if datagram.is_empty() {
+        };
+        let Some(&first) = datagram.first() else {
             return Verdict::Drop(DropReason::Empty);
-        }
-        if wire::is_long_header(datagram[0]) {
+        };
+        session.last_activity = now;
+        session.to_client.add(datagram.len());
+        let client = session.client;
+        if wire::is_long_header(first) {
             for packet in Packets::new(datagram) {
                 match packet {
                     Ok(Packet::Long(long)) => {
@@ -1191,12 +1234,9 @@ impl Relay {
                 }
             }
         }
-        let session = self.sessions.get_mut(&id).expect("checked above");
-        session.last_activity = now;
-        session.to_client.add(datagram.len());
         Verdict::ForwardToClient {
             session: id,
-            client: session.client,
+            client,
         }
     }
 
@@ -1232,7 +1272,11 @@ impl Relay {
     }
 
     fn index_client(&mut self, id: SessionId, client: ClientAddr) {
-        self.by_client.entry(client).or_default().push(id);
+        // Most addresses carry one session: reserve for one, not the default four.
+        self.by_client
+            .entry(client)
+            .or_insert_with(|| Vec::with_capacity(1))
+            .push(id);
         self.by_ip.entry(client.0.ip()).or_default().push(id);
     }
 
