@@ -60,7 +60,7 @@ const MIN_ORIGINAL_DCID: usize = 8;
 /// How many refused connections are remembered (for one handshake timeout each), so
 /// that retransmitted Initials get the refusal again instead of a new session and, for
 /// Agones routes, a new allocation.
-const MAX_REFUSED_REMEMBERED: usize = 16 * 1024;
+pub(crate) const MAX_REFUSED_REMEMBERED: usize = 16 * 1024;
 
 /// A connection refused moments ago.
 #[derive(Debug, Clone, Copy)]
@@ -388,6 +388,9 @@ pub struct RelayStats {
     pub connection_ids: usize,
     /// Routes installed.
     pub routes: usize,
+    /// Refused connections remembered, so their retransmitted Initials get the same
+    /// answer (at most 16 384, each for one handshake timeout).
+    pub remembered_refusals: usize,
     /// Sessions routed since start.
     pub sessions_opened: u64,
     /// Sessions closed since start.
@@ -599,6 +602,7 @@ impl Relay {
             buffered_bytes: self.buffered_total,
             connection_ids: self.cids.len(),
             routes: self.routes.len(),
+            remembered_refusals: self.refused.len(),
             ..self.stats.clone()
         }
     }
