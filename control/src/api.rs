@@ -1,24 +1,38 @@
 //! The management REST API (hyper 1). Request handling is runtime-independent
-//! ([`Api::handle`]); [`serve_tokio`] runs it on tokio.
+//! ([`Api::handle`] takes any [`Body`]); [`serve_tokio`] runs it on tokio, and another
+//! driver runs it from its own accept loop.
 //!
-//! Routes kept compatible with the original project: `POST /routes` with
-//! `{"fqdn", "type", "target"}` answers `{"status":"ok"}`.
+//! Endpoints ([`ENDPOINTS`]; `docs/openapi.yaml` describes each):
+//! - `POST /routes` with `{"fqdn", "type", "target"}` answers `{"status":"ok"}`, as the
+//!   original project;
+//! - `GET /routes`, `GET|PUT|DELETE /routes/{fqdn}`;
+//! - `GET /sessions?limit=&after=` (paged), `GET /stats`, `GET /metrics` (Prometheus text);
+//! - `GET /healthz` (the process answers), `GET /readyz` (503 while Redis is configured and
+//!   not in sync).
+//!
+//! Errors are `{"error": "..."}` with the status that fits: 400 (bad JSON, bad name, target
+//! or type), 401/403 (missing/wrong bearer token on a mutating call), 404, 405 (with
+//! `Allow`), 413 (body over `api.max_body_bytes`, refused from `Content-Length` before
+//! reading, or as soon as the limit is crossed).
+
+mod metrics;
 
 use std::convert::Infallible;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Body;
-use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
-use porter_core::{BackendAddr, Route, RouteTarget};
+use porter_core::{Route, RouteName, RouteTarget, SessionInfo, SessionState, Version};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::host::{RelayHost, SharedHost};
+use crate::sync::{LinkState, RouteSync, SharedRoute};
 
 /// API settings, resolved from the configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,6 +58,27 @@ pub struct DriverGauges {
 /// Reads the driver's gauges.
 pub type GaugeFn = Arc<dyn Fn() -> DriverGauges + Send + Sync>;
 
+/// Every endpoint: method and path, where `{fqdn}` stands for one path segment (a route
+/// name, `*` and `*.suffix` included; it may be percent-encoded). The router dispatches
+/// from this list, and `docs/openapi.yaml` lists exactly these (a test checks both ways).
+/// A new endpoint is one line here and one arm in the dispatch.
+pub const ENDPOINTS: &[(Method, &str)] = &[
+    (Method::GET, "/healthz"),
+    (Method::GET, "/readyz"),
+    (Method::GET, "/metrics"),
+    (Method::GET, "/stats"),
+    (Method::GET, "/sessions"),
+    (Method::GET, "/routes"),
+    (Method::POST, "/routes"),
+    (Method::GET, "/routes/{fqdn}"),
+    (Method::PUT, "/routes/{fqdn}"),
+    (Method::DELETE, "/routes/{fqdn}"),
+];
+
+/// Sessions per page of `GET /sessions` unless `limit` says otherwise, and the most.
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 1000;
+
 /// A route as the API reads and writes it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -53,15 +88,28 @@ pub struct RouteJson {
     /// `simple` or `agones`.
     #[serde(rename = "type")]
     pub kind: String,
-    /// `host:port` (or a list of them) for `simple`; the fleet name for `agones`.
+    /// `host:port` (several as a list, or separated by commas) for `simple`; the fleet name
+    /// for `agones`.
     pub target: TargetJson,
+}
+
+/// The body of `PUT /routes/{fqdn}`: the name comes from the path; if the body has one too,
+/// it must be the same route name.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutRouteJson {
+    #[serde(default)]
+    fqdn: Option<String>,
+    #[serde(rename = "type")]
+    kind: String,
+    target: TargetJson,
 }
 
 /// One target or several.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum TargetJson {
-    /// One `host:port` or a fleet name.
+    /// One `host:port` (or several separated by commas) or a fleet name.
     One(String),
     /// Several `host:port`.
     Many(Vec<String>),
@@ -91,46 +139,8 @@ impl RouteJson {
 
     /// Validates and converts to a core route. Host names in targets are resolved here.
     pub fn to_route(&self) -> Result<Route, String> {
-        let name = crate::config::parse_route_name(&self.fqdn).map_err(|e| format!("fqdn: {e}"))?;
-        let target = match self.kind.as_str() {
-            "simple" => {
-                let texts = match &self.target {
-                    TargetJson::One(t) => vec![t.clone()],
-                    TargetJson::Many(t) => t.clone(),
-                };
-                if texts.is_empty() {
-                    return Err("target: a simple route needs at least one host:port".into());
-                }
-                let mut backends = Vec::new();
-                for t in &texts {
-                    backends.push(BackendAddr(resolve_target(t)?));
-                }
-                RouteTarget::Simple(backends)
-            }
-            "agones" => match &self.target {
-                TargetJson::One(fleet) if !fleet.trim().is_empty() => RouteTarget::Agones {
-                    fleet: Arc::from(fleet.trim()),
-                },
-                _ => return Err("target: an agones route needs a fleet name".into()),
-            },
-            other => {
-                return Err(format!(
-                    "type: {other:?} is not a route type (expected \"simple\" or \"agones\")"
-                ))
-            }
-        };
-        Ok(Route { name, target })
+        SharedRoute::from_json(self)?.to_route()
     }
-}
-
-/// Resolves `host:port` to its first address.
-fn resolve_target(text: &str) -> Result<SocketAddr, String> {
-    let mut addrs = text
-        .to_socket_addrs()
-        .map_err(|e| format!("target: {text:?} is not a reachable host:port ({e})"))?;
-    addrs
-        .next()
-        .ok_or_else(|| format!("target: {text:?} resolves to no address"))
 }
 
 /// The API: its settings and what it reaches.
@@ -139,6 +149,7 @@ pub struct Api {
     settings: ApiSettings,
     host: SharedHost,
     gauges: GaugeFn,
+    sync: Option<RouteSync>,
     started: Instant,
 }
 
@@ -151,11 +162,26 @@ impl Api {
             settings,
             host,
             gauges,
+            sync: None,
             started: Instant::now(),
         }
     }
 
-    /// Answers one request.
+    /// Route changes go through `sync` (so other instances get them), and `/readyz` and
+    /// `/metrics` report its link.
+    #[must_use]
+    pub fn with_sync(mut self, sync: RouteSync) -> Self {
+        self.sync = Some(sync);
+        self
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &ApiSettings {
+        &self.settings
+    }
+
+    /// Answers one request. Never panics on any input; every answer other than a success
+    /// is a JSON `{"error": ...}`.
     pub async fn handle<B>(&self, req: Request<B>) -> Reply
     where
         B: Body + Send,
@@ -175,29 +201,78 @@ impl Api {
         B: Body + Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let path = req.uri().path().trim_end_matches('/').to_owned();
-        let mutating = !matches!(*req.method(), Method::GET | Method::HEAD);
-        if mutating {
-            if let Err(reply) = self.authorize(&req) {
-                return reply;
+        let path = req.uri().path();
+        let path = if path.len() > 1 {
+            path.trim_end_matches('/')
+        } else {
+            path
+        };
+        let mut allowed: Vec<&Method> = Vec::new();
+        let mut found = None;
+        for (method, pattern) in ENDPOINTS {
+            if let Some(param) = match_path(pattern, path) {
+                if method == req.method() {
+                    found = Some((*pattern, param.map(str::to_owned)));
+                    break;
+                }
+                allowed.push(method);
             }
         }
-        match (req.method().clone(), path.as_str()) {
-            (Method::GET, "/healthz") => json_reply(StatusCode::OK, &json!({"status": "ok"})),
-            (Method::GET, "/stats") => self.stats(),
-            (Method::GET, "/routes") => self.list_routes(),
-            (Method::POST, "/routes") => match self.read_json::<RouteJson, B>(req).await {
-                Ok(body) => self.put_route(&body),
-                Err(reply) => reply,
-            },
-            (_, "/healthz" | "/stats" | "/routes") => {
-                error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        let Some((pattern, param)) = found else {
+            if allowed.is_empty() {
+                return error(StatusCode::NOT_FOUND, "no such endpoint");
             }
-            _ => error(StatusCode::NOT_FOUND, "no such endpoint"),
+            let mut reply = error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &format!("method {} not allowed here", req.method()),
+            );
+            let list: Vec<&str> = allowed.iter().map(|m| m.as_str()).collect();
+            if let Ok(value) = HeaderValue::from_str(&list.join(", ")) {
+                reply.headers_mut().insert(ALLOW, value);
+            }
+            return reply;
+        };
+        if !matches!(*req.method(), Method::GET | Method::HEAD) {
+            if let Err(failure) = self.authorize(&req) {
+                return failure.reply();
+            }
+        }
+        let name = match param.as_deref().map(route_name_param).transpose() {
+            Ok(name) => name,
+            Err(failure) => return failure.reply(),
+        };
+        let method = req.method().clone();
+        match (method, pattern, name) {
+            (Method::GET, "/healthz", _) => json_reply(StatusCode::OK, &json!({"status": "ok"})),
+            (Method::GET, "/readyz", _) => self.readyz(),
+            (Method::GET, "/metrics", _) => self.metrics(),
+            (Method::GET, "/stats", _) => self.stats(),
+            (Method::GET, "/sessions", _) => self.sessions(req.uri().query()),
+            (Method::GET, "/routes", _) => self.list_routes(),
+            (Method::POST, "/routes", _) => match self.read_json::<RouteJson, B>(req).await {
+                Ok(body) => match self.set_route(&body) {
+                    Ok(_) => json_reply(StatusCode::OK, &json!({"status": "ok"})),
+                    Err(failure) => failure.reply(),
+                },
+                Err(failure) => failure.reply(),
+            },
+            (Method::GET, "/routes/{fqdn}", Some(name)) => self.get_route(&name),
+            (Method::PUT, "/routes/{fqdn}", Some(name)) => {
+                match self.read_json::<PutRouteJson, B>(req).await {
+                    Ok(body) => self.put_route(&name, body),
+                    Err(failure) => failure.reply(),
+                }
+            }
+            (Method::DELETE, "/routes/{fqdn}", Some(name)) => self.delete_route(&name),
+            (method, pattern, _) => {
+                // Only reachable if ENDPOINTS gains a line without its arm; a test guards it.
+                tracing::error!(%method, pattern, "endpoint listed but not dispatched");
+                error(StatusCode::NOT_IMPLEMENTED, "endpoint not implemented")
+            }
         }
     }
 
-    fn authorize<B>(&self, req: &Request<B>) -> Result<(), Reply> {
+    fn authorize<B>(&self, req: &Request<B>) -> Result<(), Failure> {
         let Some(token) = &self.settings.token else {
             return Ok(());
         };
@@ -205,33 +280,37 @@ impl Api {
             .headers()
             .get(hyper::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+            .and_then(|v| {
+                let (scheme, rest) = v.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+            });
         match given {
-            None => Err(error(StatusCode::UNAUTHORIZED, "missing bearer token")),
+            None => Err(Failure::new(
+                StatusCode::UNAUTHORIZED,
+                "this call needs a bearer token (Authorization: Bearer <api.token>)",
+            )),
             Some(t) if constant_time_eq(t.as_bytes(), token.as_bytes()) => Ok(()),
-            Some(_) => Err(error(StatusCode::FORBIDDEN, "wrong bearer token")),
+            Some(_) => Err(Failure::new(StatusCode::FORBIDDEN, "wrong bearer token")),
         }
     }
 
     async fn read_json<T: serde::de::DeserializeOwned, B>(
         &self,
         req: Request<B>,
-    ) -> Result<T, Reply>
+    ) -> Result<T, Failure>
     where
         B: Body + Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let limit = self.settings.max_body_bytes;
-        if let Some(len) = req
-            .headers()
-            .get(hyper::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-        {
-            if len > limit as u64 {
-                return Err(too_large(limit));
+        if let Some(len) = req.headers().get(hyper::header::CONTENT_LENGTH) {
+            match len.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()) {
+                Some(len) if len > limit as u64 => return Err(too_large(limit)),
+                Some(_) => {}
+                None => return Err(Failure::bad_request("invalid Content-Length")),
             }
         }
+        // The limit also holds for bodies without a length (chunked): reading stops at it.
         let body = match Limited::new(req.into_body(), limit).collect().await {
             Ok(collected) => collected.to_bytes(),
             Err(e)
@@ -240,30 +319,78 @@ impl Api {
             {
                 return Err(too_large(limit));
             }
-            Err(e) => {
-                return Err(error(
-                    StatusCode::BAD_REQUEST,
-                    &format!("cannot read body: {e}"),
-                ))
-            }
+            Err(e) => return Err(Failure::bad_request(format!("cannot read body: {e}"))),
         };
         serde_json::from_slice(&body)
-            .map_err(|e| error(StatusCode::BAD_REQUEST, &format!("invalid JSON: {e}")))
+            .map_err(|e| Failure::bad_request(format!("invalid JSON: {e}")))
     }
 
-    fn put_route(&self, body: &RouteJson) -> Reply {
-        let route = match body.to_route() {
-            Ok(route) => route,
-            Err(msg) => return error(StatusCode::BAD_REQUEST, &msg),
+    /// Validates, resolves and installs a route (through the sync when there is one);
+    /// returns it and whether it is new.
+    fn set_route(&self, body: &RouteJson) -> Result<(Route, bool), Failure> {
+        let shared = SharedRoute::from_json(body).map_err(Failure::bad_request)?;
+        let route = shared.to_route().map_err(Failure::bad_request)?;
+        let previous = match &self.sync {
+            Some(sync) => sync.set_route(route.clone(), shared),
+            None => RelayHost::lock(&self.host)
+                .relay_mut()
+                .set_route(route.clone()),
+        }
+        .map_err(|e| Failure::bad_request(e.to_string()))?;
+        tracing::info!(fqdn = %route.name, "route set through the API");
+        Ok((route, previous.is_none()))
+    }
+
+    fn get_route(&self, name: &RouteName) -> Reply {
+        let host = RelayHost::lock(&self.host);
+        match host.relay().route(name) {
+            Some(route) => json_reply(StatusCode::OK, &RouteJson::from_route(route)),
+            None => no_route(name),
+        }
+    }
+
+    fn put_route(&self, name: &RouteName, body: PutRouteJson) -> Reply {
+        if let Some(fqdn) = &body.fqdn {
+            match crate::config::parse_route_name(fqdn) {
+                Ok(n) if n == *name => {}
+                Ok(n) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        &format!("fqdn: the body names {n}, the path {name}"),
+                    )
+                }
+                Err(e) => return error(StatusCode::BAD_REQUEST, &format!("fqdn: {e}")),
+            }
+        }
+        let json = RouteJson {
+            fqdn: name.to_string(),
+            kind: body.kind,
+            target: body.target,
         };
-        let name = route.name.to_string();
-        let result = RelayHost::lock(&self.host).relay_mut().set_route(route);
-        match result {
-            Ok(_) => {
-                tracing::info!(fqdn = %name, "route set through the API");
+        match self.set_route(&json) {
+            Ok((route, created)) => {
+                let status = if created {
+                    StatusCode::CREATED
+                } else {
+                    StatusCode::OK
+                };
+                json_reply(status, &RouteJson::from_route(&route))
+            }
+            Err(failure) => failure.reply(),
+        }
+    }
+
+    fn delete_route(&self, name: &RouteName) -> Reply {
+        let removed = match &self.sync {
+            Some(sync) => sync.remove_route(name),
+            None => RelayHost::lock(&self.host).relay_mut().remove_route(name),
+        };
+        match removed {
+            Some(_) => {
+                tracing::info!(fqdn = %name, "route deleted through the API");
                 json_reply(StatusCode::OK, &json!({"status": "ok"}))
             }
-            Err(e) => error(StatusCode::BAD_REQUEST, &e.to_string()),
+            None => no_route(name),
         }
     }
 
@@ -271,6 +398,63 @@ impl Api {
         let routes = RelayHost::lock(&self.host).relay().routes();
         let list: Vec<RouteJson> = routes.iter().map(RouteJson::from_route).collect();
         json_reply(StatusCode::OK, &list)
+    }
+
+    fn sessions(&self, query: Option<&str>) -> Reply {
+        let page = match Page::parse(query) {
+            Ok(page) => page,
+            Err(msg) => return error(StatusCode::BAD_REQUEST, &msg),
+        };
+        let all = RelayHost::lock(&self.host).relay().sessions(Instant::now());
+        let total = all.len();
+        let rest: Vec<&SessionInfo> = all
+            .iter()
+            .filter(|s| page.after.is_none_or(|after| s.id.0 > after))
+            .collect();
+        let shown: Vec<serde_json::Value> = rest
+            .iter()
+            .take(page.limit)
+            .map(|s| session_json(s))
+            .collect();
+        let next = (rest.len() > page.limit)
+            .then(|| rest.get(page.limit - 1).map(|s| s.id.to_string()))
+            .flatten();
+        json_reply(
+            StatusCode::OK,
+            &json!({"total": total, "sessions": shown, "next": next}),
+        )
+    }
+
+    fn readyz(&self) -> Reply {
+        let Some(sync) = &self.sync else {
+            return json_reply(StatusCode::OK, &json!({"status": "ready"}));
+        };
+        let status = sync.status();
+        if status.state == LinkState::Synced {
+            return json_reply(StatusCode::OK, &json!({"status": "ready"}));
+        }
+        let reason = status
+            .reason
+            .unwrap_or_else(|| "routes not in sync with Redis".into());
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("not ready: routes not in sync with Redis ({reason})"),
+        )
+    }
+
+    fn metrics(&self) -> Reply {
+        let (stats, gauges) = {
+            let host = RelayHost::lock(&self.host);
+            (host.relay().stats(), (self.gauges)())
+        };
+        let sync = self.sync.as_ref().map(RouteSync::status);
+        let text = metrics::render(&stats, gauges, self.started.elapsed(), sync.as_ref());
+        let mut reply = Response::new(Full::new(Bytes::from(text)));
+        reply.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        reply
     }
 
     fn stats(&self) -> Reply {
@@ -283,6 +467,15 @@ impl Api {
             .iter()
             .map(|r| (r.as_str().to_owned(), json!(stats.drops(*r))))
             .collect();
+        let redis = self.sync.as_ref().map(|s| {
+            let st = s.status();
+            json!({
+                "instance": st.instance,
+                "state": st.state.as_str(),
+                "reason": st.reason,
+                "outbox": st.outbox,
+            })
+        });
         let body = json!({
             "uptime_seconds": self.started.elapsed().as_secs(),
             "sessions": stats.sessions,
@@ -306,20 +499,157 @@ impl Api {
                 "rejected": stats.allocations.rejected,
             },
             "drops": drops,
+            "redis": redis,
         });
         json_reply(StatusCode::OK, &body)
     }
+}
+
+/// `?limit=N&after=ID` of `GET /sessions`.
+struct Page {
+    limit: usize,
+    after: Option<u64>,
+}
+
+impl Page {
+    fn parse(query: Option<&str>) -> Result<Self, String> {
+        let mut page = Self {
+            limit: DEFAULT_PAGE,
+            after: None,
+        };
+        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match key {
+                "limit" => {
+                    page.limit = value
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|n| (1..=MAX_PAGE).contains(n))
+                        .ok_or_else(|| {
+                            format!("limit: {value:?} is not a number from 1 to {MAX_PAGE}")
+                        })?;
+                }
+                "after" => {
+                    let id = value.strip_prefix('s').unwrap_or(value);
+                    page.after = Some(id.parse::<u64>().map_err(|_| {
+                        format!("after: {value:?} is not a session ID (as in s42, or 42)")
+                    })?);
+                }
+                other => {
+                    return Err(format!(
+                        "unknown query parameter {other:?} (expected limit, after)"
+                    ))
+                }
+            }
+        }
+        Ok(page)
+    }
+}
+
+fn session_json(s: &SessionInfo) -> serde_json::Value {
+    let state = match s.state {
+        SessionState::AwaitingClientHello => "awaiting_client_hello",
+        SessionState::Allocating(_) => "allocating",
+        SessionState::Established => "established",
+    };
+    let version = match s.version {
+        Version::V1 => "v1",
+        Version::V2 => "v2",
+    };
+    json!({
+        "id": s.id.to_string(),
+        "sni": s.sni.as_deref(),
+        "client": s.client.to_string(),
+        "backend": s.backend.map(|b| b.to_string()),
+        "state": state,
+        "version": version,
+        "age_seconds": s.age.as_secs_f64(),
+        "idle_seconds": s.idle.as_secs_f64(),
+        "to_backend": {"datagrams": s.to_backend.datagrams, "bytes": s.to_backend.bytes},
+        "to_client": {"datagrams": s.to_client.datagrams, "bytes": s.to_client.bytes},
+    })
+}
+
+/// Matches `path` against `pattern`; `Some(param)` on a match, with the `{...}` segment if
+/// the pattern has one.
+fn match_path<'p>(pattern: &str, path: &'p str) -> Option<Option<&'p str>> {
+    let mut param = None;
+    let mut pat = pattern.split('/');
+    let mut segs = path.split('/');
+    loop {
+        match (pat.next(), segs.next()) {
+            (None, None) => return Some(param),
+            (Some(p), Some(s)) if p.starts_with('{') && p.ends_with('}') && !s.is_empty() => {
+                param = Some(s);
+            }
+            (Some(p), Some(s)) if p == s => {}
+            _ => return None,
+        }
+    }
+}
+
+/// The route name in a path segment (percent-decoded).
+fn route_name_param(segment: &str) -> Result<RouteName, Failure> {
+    let text = percent_decode(segment).ok_or_else(|| {
+        Failure::bad_request(format!("fqdn: {segment:?} has a bad percent-escape"))
+    })?;
+    crate::config::parse_route_name(&text).map_err(|e| Failure::bad_request(format!("fqdn: {e}")))
+}
+
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = text.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn too_large(limit: usize) -> Reply {
-    error(
+fn no_route(name: &RouteName) -> Reply {
+    error(StatusCode::NOT_FOUND, &format!("no route for {name}"))
+}
+
+fn too_large(limit: usize) -> Failure {
+    Failure::new(
         StatusCode::PAYLOAD_TOO_LARGE,
-        &format!("request body larger than {limit} bytes"),
+        format!("request body larger than {limit} bytes"),
     )
+}
+
+/// An answer other than a success: its status and message, sent as `{"error": message}`.
+#[derive(Debug)]
+struct Failure {
+    status: StatusCode,
+    message: String,
+}
+
+impl Failure {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    fn reply(&self) -> Reply {
+        error(self.status, &self.message)
+    }
 }
 
 /// A JSON error body `{"error": message}`.
@@ -343,9 +673,15 @@ pub async fn serve_tokio(
     host: SharedHost,
     gauges: GaugeFn,
 ) -> std::io::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(settings.bind).await?;
+    serve_api_tokio(Api::new(settings, host, gauges)).await
+}
+
+/// Binds `api`'s address and serves it on the current tokio runtime; returns the bound
+/// address.
+pub async fn serve_api_tokio(api: Api) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(api.settings.bind).await?;
     let bound = listener.local_addr()?;
-    let api = Arc::new(Api::new(settings, host, gauges));
+    let api = Arc::new(api);
     tokio::spawn(async move {
         loop {
             let (stream, _) = match listener.accept().await {
@@ -372,4 +708,41 @@ pub async fn serve_tokio(
         }
     });
     Ok(bound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_match_patterns() {
+        assert_eq!(match_path("/routes", "/routes"), Some(None));
+        assert_eq!(
+            match_path("/routes/{fqdn}", "/routes/a.test"),
+            Some(Some("a.test"))
+        );
+        assert_eq!(match_path("/routes/{fqdn}", "/routes/"), None);
+        assert_eq!(match_path("/routes/{fqdn}", "/routes/a/b"), None);
+        assert_eq!(match_path("/routes", "/routesx"), None);
+        assert_eq!(match_path("/routes/{fqdn}", "/routes"), None);
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("%2A.a.test").as_deref(), Some("*.a.test"));
+        assert_eq!(percent_decode("a%2"), None);
+        assert_eq!(percent_decode("a%zz"), None);
+        assert_eq!(percent_decode("%FF"), None);
+    }
+
+    #[test]
+    fn pages() {
+        assert!(Page::parse(None).is_ok());
+        let p = Page::parse(Some("limit=5&after=s7")).unwrap();
+        assert_eq!((p.limit, p.after), (5, Some(7)));
+        assert!(Page::parse(Some("limit=0")).is_err());
+        assert!(Page::parse(Some("limit=100000")).is_err());
+        assert!(Page::parse(Some("after=x")).is_err());
+        assert!(Page::parse(Some("colour=blue")).is_err());
+    }
 }

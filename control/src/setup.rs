@@ -60,6 +60,8 @@ pub struct Settings {
     pub agones: Option<AgonesClientConfig>,
     /// How long routes added by `POST /allocate` live.
     pub allocate_route_ttl: Duration,
+    /// Route sharing through Redis, when `redis.enabled`.
+    pub redis: Option<config::RedisConfig>,
 }
 
 impl Settings {
@@ -179,6 +181,7 @@ impl Settings {
             api,
             agones,
             allocate_route_ttl,
+            redis: config.redis.clone(),
         })
     }
 

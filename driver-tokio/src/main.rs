@@ -102,17 +102,25 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     for l in &listeners {
         tracing::info!(listen = %l.local_addr()?, "relay listening");
     }
+    let sync = match &settings.redis {
+        Some(redis) => Some(control::redis_sync::start_tokio(redis, host.clone())?),
+        None => None,
+    };
     if let Some(api) = &settings.api {
         let gauges = driver.clone();
-        let bound = control::api::serve_tokio(
+        let mut service = control::api::Api::new(
             api.clone(),
             host.clone(),
             Arc::new(move || control::api::DriverGauges {
                 upstream_sockets: gauges.upstream_count(),
             }),
-        )
-        .await
-        .with_context(|| format!("cannot start the API on {}", api.bind))?;
+        );
+        if let Some(sync) = &sync {
+            service = service.with_sync(sync.clone());
+        }
+        let bound = control::api::serve_api_tokio(service)
+            .await
+            .with_context(|| format!("cannot start the API on {}", api.bind))?;
         tracing::info!(listen = %bound, "API listening");
     }
 

@@ -6,4 +6,5 @@ const BINARY: &str = env!("CARGO_BIN_EXE_porter");
 
 mod agones_cases;
 mod cases;
+mod control_cases;
 mod support;

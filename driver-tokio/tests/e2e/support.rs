@@ -453,3 +453,462 @@ impl Nat {
         self.outside.lock().unwrap().local_addr().unwrap()
     }
 }
+
+// ----- control plane: API with a token, raw HTTP, Prometheus text, redis-server -----
+
+impl Porter {
+    /// As [`Porter::start`], with `api_extra` (such as `, token: T`) added inside the `api`
+    /// section.
+    pub fn start_with_api(binary: &str, api_extra: &str, body: &str) -> Self {
+        let (udp_port, api_port) = (free_udp_port(), free_tcp_port());
+        let config = format!(
+            "udp: {{port: {udp_port}, bind: 127.0.0.1, log_requests: true}}\n\
+             api: {{port: {api_port}{api_extra}}}\n{body}"
+        );
+        let mut porter = Self::spawn(binary, &config, &[]);
+        porter.udp = ([127, 0, 0, 1], udp_port).into();
+        porter.api = ([127, 0, 0, 1], api_port).into();
+        let ready = wait_for(Duration::from_secs(15), || {
+            if let Ok(Some(status)) = porter.child.try_wait() {
+                panic!("relay exited with {status}; log:\n{}", porter.log());
+            }
+            porter.get("/healthz").ok().filter(|(s, _)| *s == 200)
+        });
+        assert!(
+            ready.is_some(),
+            "relay API never answered; log:\n{}",
+            porter.log()
+        );
+        porter
+    }
+
+    /// Waits until `GET /readyz` answers 200.
+    pub fn wait_ready(&self, within: Duration) -> bool {
+        wait_for(within, || {
+            self.get("/readyz").ok().filter(|(s, _)| *s == 200)
+        })
+        .is_some()
+    }
+
+    /// `GET /routes/{fqdn}`: the route as JSON, or `None` on 404.
+    pub fn route(&self, fqdn: &str) -> Option<serde_json::Value> {
+        let (status, body) = self
+            .get(&format!("/routes/{fqdn}"))
+            .expect("GET /routes/..");
+        match status {
+            200 => Some(serde_json::from_str(&body).expect("route JSON")),
+            404 => None,
+            other => panic!("GET /routes/{fqdn}: {other} {body}"),
+        }
+    }
+
+    /// `GET /metrics`, checked and parsed.
+    pub fn metrics(&self) -> Vec<Sample> {
+        let (status, body) = self.get("/metrics").expect("GET /metrics");
+        assert_eq!(status, 200, "{body}");
+        parse_prometheus(&body).unwrap_or_else(|e| panic!("bad exposition: {e}\n{body}"))
+    }
+}
+
+/// Sends `head` (request line and headers, without the blank line) and `body` as they are,
+/// then reads one response (status, headers up to the blank line, and a body of its
+/// `Content-Length`) without waiting for the connection to close.
+pub fn http_raw(addr: SocketAddr, head: &str, body: &[u8]) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(b"\r\n\r\n")?;
+    stream.write_all(body)?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let header_end = loop {
+        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            return Err(std::io::Error::other("closed before the response headers"));
+        }
+        got.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8_lossy(&got[..header_end]).into_owned();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())
+                .flatten()
+        })
+        .unwrap_or(0);
+    while got.len() < header_end + length {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    let end = got.len().min(header_end + length);
+    Ok((
+        status,
+        String::from_utf8_lossy(&got[header_end..end]).into_owned(),
+    ))
+}
+
+/// One sample of a Prometheus exposition.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    /// Metric name.
+    pub name: String,
+    /// Labels, in order.
+    pub labels: Vec<(String, String)>,
+    /// Value.
+    pub value: f64,
+}
+
+/// The value of `name` with exactly `labels`, if exposed.
+pub fn metric(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    samples
+        .iter()
+        .find(|s| {
+            s.name == name
+                && s.labels.len() == labels.len()
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.iter().any(|(a, b)| a == k && b == v))
+        })
+        .map(|s| s.value)
+}
+
+/// The sum of every sample of `name`.
+pub fn metric_sum(samples: &[Sample], name: &str) -> f64 {
+    samples
+        .iter()
+        .filter(|s| s.name == name)
+        .map(|s| s.value)
+        .sum()
+}
+
+fn is_metric_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+}
+
+fn is_label_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Parses the Prometheus text format (0.0.4) strictly: `# HELP name text` and
+/// `# TYPE name type` lines well formed, one TYPE per family and before its samples, every
+/// sample `name{label="value",...} value [timestamp]` with a numeric value, of a declared
+/// family, counters never negative.
+pub fn parse_prometheus(text: &str) -> Result<Vec<Sample>, String> {
+    use std::collections::HashMap;
+    let mut types: HashMap<String, String> = HashMap::new();
+    let mut seen_samples: std::collections::HashSet<String> = Default::default();
+    let mut samples = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let at = |why: &str| format!("line {}: {why}: {line:?}", i + 1);
+        if line.trim().is_empty() {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix('#') {
+            let rest = rest.trim_start();
+            if let Some(help) = rest.strip_prefix("HELP ") {
+                let (name, _doc) = help.split_once(' ').unwrap_or((help, ""));
+                if !is_metric_name(name) {
+                    return Err(at("bad metric name in HELP"));
+                }
+            } else if let Some(ty) = rest.strip_prefix("TYPE ") {
+                let mut parts = ty.split(' ');
+                let (Some(name), Some(kind), None) = (parts.next(), parts.next(), parts.next())
+                else {
+                    return Err(at("TYPE needs a name and a type"));
+                };
+                if !is_metric_name(name) {
+                    return Err(at("bad metric name in TYPE"));
+                }
+                if !["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind) {
+                    return Err(at("unknown metric type"));
+                }
+                if seen_samples.contains(name) {
+                    return Err(at("TYPE after the family's samples"));
+                }
+                if types.insert(name.to_owned(), kind.to_owned()).is_some() {
+                    return Err(at("second TYPE for a family"));
+                }
+            }
+            continue;
+        }
+        let name_end = line.find(['{', ' ']).ok_or_else(|| at("no value"))?;
+        let name = &line[..name_end];
+        if !is_metric_name(name) {
+            return Err(at("bad metric name"));
+        }
+        let mut rest = &line[name_end..];
+        let mut labels = Vec::new();
+        if let Some(mut s) = rest.strip_prefix('{') {
+            loop {
+                if let Some(after) = s.strip_prefix('}') {
+                    rest = after;
+                    break;
+                }
+                let eq = s.find('=').ok_or_else(|| at("label without ="))?;
+                let label = &s[..eq];
+                if !is_label_name(label) {
+                    return Err(at("bad label name"));
+                }
+                let body = s[eq + 1..]
+                    .strip_prefix('"')
+                    .ok_or_else(|| at("label value not quoted"))?;
+                let (value, used) = label_value(body).ok_or_else(|| at("bad label value"))?;
+                labels.push((label.to_owned(), value));
+                s = &body[used..];
+                if let Some(after) = s.strip_prefix(',') {
+                    s = after;
+                } else if !s.starts_with('}') {
+                    return Err(at("expected , or } after a label"));
+                }
+            }
+        }
+        let mut fields = rest.split(' ').filter(|f| !f.is_empty());
+        let value_text = fields.next().ok_or_else(|| at("no value"))?;
+        if !rest.starts_with(' ') {
+            return Err(at("no space before the value"));
+        }
+        let value = match value_text {
+            "NaN" => f64::NAN,
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => v.parse::<f64>().map_err(|_| at("value is not a number"))?,
+        };
+        if let Some(ts) = fields.next() {
+            ts.parse::<i64>()
+                .map_err(|_| at("timestamp is not an integer"))?;
+        }
+        if fields.next().is_some() {
+            return Err(at("trailing text"));
+        }
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| {
+                name.strip_suffix(suffix).filter(|base| {
+                    matches!(
+                        types.get(*base).map(String::as_str),
+                        Some("histogram" | "summary")
+                    )
+                })
+            })
+            .unwrap_or(name);
+        let kind = types
+            .get(family)
+            .ok_or_else(|| at("sample of a family without TYPE"))?;
+        if kind == "counter" && (value.is_nan() || value < 0.0) {
+            return Err(at("negative counter"));
+        }
+        seen_samples.insert(family.to_owned());
+        samples.push(Sample {
+            name: name.to_owned(),
+            labels,
+            value,
+        });
+    }
+    Ok(samples)
+}
+
+/// A quoted label value after its opening quote: the value, and the length up to and
+/// including the closing quote.
+fn label_value(body: &str) -> Option<(String, usize)> {
+    let mut value = String::new();
+    let mut escaped = false;
+    for (j, c) in body.char_indices() {
+        match (escaped, c) {
+            (true, 'n') => value.push('\n'),
+            (true, '\\' | '"') => value.push(c),
+            (true, _) => return None,
+            (false, '\\') => {
+                escaped = true;
+                continue;
+            }
+            (false, '"') => return Some((value, j + 1)),
+            (false, c) => value.push(c),
+        }
+        escaped = false;
+    }
+    None
+}
+
+/// A value in the Redis protocol (RESP2).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Resp {
+    /// `+OK`.
+    Simple(String),
+    /// `-ERR ...`.
+    Error(String),
+    /// `:1`.
+    Int(i64),
+    /// `$n` (`None` for `$-1`).
+    Bulk(Option<String>),
+    /// `*n` (`None` for `*-1`).
+    Array(Option<Vec<Self>>),
+}
+
+/// A `redis-server` on a free loopback port, in its own directory, without persistence;
+/// stopped when dropped.
+pub struct RedisServer {
+    /// Its port.
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts one and waits until it answers PING. Panics with a hint if `redis-server` is
+    /// not installed (`scripts/test` installs it).
+    pub fn start() -> Self {
+        let mut server = Self {
+            port: free_tcp_port(),
+            dir: temp_dir(),
+            child: None,
+        };
+        server.restart();
+        server
+    }
+
+    /// `host:port`, for `redis.address`.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Stops it (its data is gone: no persistence) and waits until the port is closed.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
+        let closed = wait_for(Duration::from_secs(10), || {
+            TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+                .is_err()
+                .then_some(())
+        });
+        assert!(closed.is_some(), "redis-server still answers on {addr}");
+    }
+
+    /// Starts it (again) on the same port, and waits until it answers PING.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "redis-server is running");
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .args(["--appendonly", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot run redis-server ({e}); scripts/test installs it (apt-get install redis-server)")
+            });
+        self.child = Some(child);
+        let up = wait_for(Duration::from_secs(10), || {
+            (self.command(&["PING"]).ok() == Some(Resp::Simple("PONG".into()))).then_some(())
+        });
+        assert!(
+            up.is_some(),
+            "redis-server did not answer on port {}",
+            self.port
+        );
+    }
+
+    /// Runs one command and returns the reply.
+    pub fn command(&self, args: &[&str]) -> std::io::Result<Resp> {
+        let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
+        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        stream.write_all(req.as_bytes())?;
+        let mut reader = BufReader::new(stream);
+        read_resp(&mut reader)
+    }
+
+    /// `HGETALL key` as pairs, sorted.
+    pub fn hgetall(&self, key: &str) -> Vec<(String, String)> {
+        let reply = self.command(&["HGETALL", key]).expect("HGETALL");
+        let Resp::Array(Some(items)) = reply else {
+            panic!("HGETALL {key}: {reply:?}")
+        };
+        let mut pairs: Vec<(String, String)> = items
+            .chunks(2)
+            .map(|kv| match kv {
+                [Resp::Bulk(Some(k)), Resp::Bulk(Some(v))] => (k.clone(), v.clone()),
+                other => panic!("HGETALL {key}: {other:?}"),
+            })
+            .collect();
+        pairs.sort();
+        pairs
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn read_resp(reader: &mut impl BufRead) -> std::io::Result<Resp> {
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let line = line.trim_end_matches("\r\n");
+    let bad = || std::io::Error::other(format!("bad RESP line {line:?}"));
+    let (kind, rest) = line.split_at_checked(1).ok_or_else(bad)?;
+    Ok(match kind {
+        "+" => Resp::Simple(rest.to_owned()),
+        "-" => Resp::Error(rest.to_owned()),
+        ":" => Resp::Int(rest.parse().map_err(|_| bad())?),
+        "$" => {
+            let n: i64 = rest.parse().map_err(|_| bad())?;
+            if n < 0 {
+                Resp::Bulk(None)
+            } else {
+                let mut buf = vec![0u8; n as usize + 2];
+                reader.read_exact(&mut buf)?;
+                buf.truncate(n as usize);
+                Resp::Bulk(Some(String::from_utf8_lossy(&buf).into_owned()))
+            }
+        }
+        "*" => {
+            let n: i64 = rest.parse().map_err(|_| bad())?;
+            if n < 0 {
+                Resp::Array(None)
+            } else {
+                let mut items = Vec::new();
+                for _ in 0..n {
+                    items.push(read_resp(reader)?);
+                }
+                Resp::Array(Some(items))
+            }
+        }
+        _ => return Err(bad()),
+    })
+}

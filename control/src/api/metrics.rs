@@ -1,0 +1,257 @@
+//! `GET /metrics`: the relay's counters and gauges, and the Redis link, in the Prometheus
+//! text exposition format (version 0.0.4).
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use porter_core::{DropReason, RelayStats};
+
+use super::DriverGauges;
+use crate::sync::{LinkState, SyncStatus};
+
+/// Builds the exposition text.
+struct Exposition {
+    out: String,
+}
+
+impl Exposition {
+    /// Starts a metric family.
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let help = help.replace('\\', "\\\\").replace('\n', "\\n");
+        // Writing to a String cannot fail.
+        let _ = writeln!(self.out, "# HELP {name} {help}");
+        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+    }
+
+    /// One sample of the current family.
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        self.out.push_str(name);
+        if !labels.is_empty() {
+            self.out.push('{');
+            for (i, (key, val)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.out.push(',');
+                }
+                let val = val
+                    .replace('\\', "\\\\")
+                    .replace('"', "\\\"")
+                    .replace('\n', "\\n");
+                let _ = write!(self.out, "{key}=\"{val}\"");
+            }
+            self.out.push('}');
+        }
+        let _ = writeln!(self.out, " {value}");
+    }
+
+    /// A family with one unlabelled sample.
+    fn single(&mut self, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+        self.family(name, kind, help);
+        self.sample(name, &[], value);
+    }
+}
+
+/// Renders every metric.
+pub(super) fn render(
+    stats: &RelayStats,
+    gauges: DriverGauges,
+    uptime: Duration,
+    sync: Option<&SyncStatus>,
+) -> String {
+    let mut m = Exposition { out: String::new() };
+    m.single(
+        "porter_uptime_seconds",
+        "gauge",
+        "Seconds since the API started.",
+        uptime.as_secs_f64(),
+    );
+    m.single(
+        "porter_sessions",
+        "gauge",
+        "Sessions (relayed connections) open, routed or not.",
+        stats.sessions,
+    );
+    m.single(
+        "porter_pending_sessions",
+        "gauge",
+        "Sessions waiting for their ClientHello or an allocation.",
+        stats.pending_sessions,
+    );
+    m.single(
+        "porter_upstream_sockets",
+        "gauge",
+        "Upstream UDP sockets open (one per routed session).",
+        gauges.upstream_sockets,
+    );
+    m.single(
+        "porter_connection_ids",
+        "gauge",
+        "Connection IDs tracked.",
+        stats.connection_ids,
+    );
+    m.single(
+        "porter_buffered_bytes",
+        "gauge",
+        "Bytes held for connections not yet routed.",
+        stats.buffered_bytes,
+    );
+    m.single("porter_routes", "gauge", "Routes installed.", stats.routes);
+    m.single(
+        "porter_sessions_opened_total",
+        "counter",
+        "Sessions routed to a backend.",
+        stats.sessions_opened,
+    );
+    m.single(
+        "porter_sessions_closed_total",
+        "counter",
+        "Sessions ended.",
+        stats.sessions_closed,
+    );
+    m.single(
+        "porter_refused_total",
+        "counter",
+        "Connections refused (no route, allocation failed).",
+        stats.refused,
+    );
+    m.family(
+        "porter_datagrams_total",
+        "counter",
+        "Datagrams relayed, by direction.",
+    );
+    m.sample(
+        "porter_datagrams_total",
+        &[("direction", "to_backend")],
+        stats.to_backend.datagrams,
+    );
+    m.sample(
+        "porter_datagrams_total",
+        &[("direction", "to_client")],
+        stats.to_client.datagrams,
+    );
+    m.family(
+        "porter_bytes_total",
+        "counter",
+        "UDP payload bytes relayed, by direction.",
+    );
+    m.sample(
+        "porter_bytes_total",
+        &[("direction", "to_backend")],
+        stats.to_backend.bytes,
+    );
+    m.sample(
+        "porter_bytes_total",
+        &[("direction", "to_client")],
+        stats.to_client.bytes,
+    );
+    m.family(
+        "porter_drops_total",
+        "counter",
+        "Datagrams dropped, by reason.",
+    );
+    for reason in DropReason::ALL {
+        m.sample(
+            "porter_drops_total",
+            &[("reason", reason.as_str())],
+            stats.drops(*reason),
+        );
+    }
+    m.family(
+        "porter_allocations_total",
+        "counter",
+        "Agones allocations, by outcome (requested counts every request).",
+    );
+    let a = &stats.allocations;
+    for (outcome, n) in [
+        ("requested", a.requested),
+        ("succeeded", a.succeeded),
+        ("failed", a.failed),
+        ("timed_out", a.timed_out),
+        ("rejected", a.rejected),
+    ] {
+        m.sample("porter_allocations_total", &[("outcome", outcome)], n);
+    }
+    m.single(
+        "porter_allocations_in_flight",
+        "gauge",
+        "Agones allocations waiting for an answer.",
+        stats.allocations_in_flight,
+    );
+    m.single(
+        "porter_redis_enabled",
+        "gauge",
+        "1 if routes are shared through Redis.",
+        u8::from(sync.is_some()),
+    );
+    let Some(sync) = sync else {
+        return m.out;
+    };
+    m.family(
+        "porter_redis_link",
+        "gauge",
+        "The Redis link: 1 for the current state.",
+    );
+    for state in LinkState::ALL {
+        m.sample(
+            "porter_redis_link",
+            &[("state", state.as_str())],
+            u8::from(sync.state == state),
+        );
+    }
+    m.single(
+        "porter_redis_synced",
+        "gauge",
+        "1 if the routes are in sync with Redis.",
+        u8::from(sync.state == LinkState::Synced),
+    );
+    m.single(
+        "porter_redis_outbox",
+        "gauge",
+        "Local route changes not yet stored in Redis.",
+        sync.outbox,
+    );
+    m.single(
+        "porter_redis_routes",
+        "gauge",
+        "Routes this instance knows Redis holds.",
+        sync.redis_routes,
+    );
+    let c = &sync.counters;
+    m.family(
+        "porter_redis_messages_total",
+        "counter",
+        "Route messages received, by outcome.",
+    );
+    for (outcome, n) in [
+        ("applied", c.messages_applied),
+        ("own", c.messages_own),
+        ("deferred", c.messages_deferred),
+        ("invalid", c.messages_invalid),
+    ] {
+        m.sample("porter_redis_messages_total", &[("outcome", outcome)], n);
+    }
+    m.single(
+        "porter_redis_writes_total",
+        "counter",
+        "Route changes stored in Redis.",
+        c.writes,
+    );
+    m.single(
+        "porter_redis_loads_total",
+        "counter",
+        "Full loads of the routes from Redis (one per connection).",
+        c.loads,
+    );
+    m.single(
+        "porter_redis_disconnects_total",
+        "counter",
+        "Times the Redis link went down.",
+        c.disconnects,
+    );
+    m.single(
+        "porter_redis_restored_total",
+        "counter",
+        "Routes written back after Redis lost its data.",
+        c.restored,
+    );
+    m.out
+}

@@ -1,0 +1,263 @@
+//! The Redis transport of the route sync ([`crate::sync`] holds the data model and the rules):
+//! one command connection and one subscription, re-established with backoff whenever either
+//! fails. Each (re)connection subscribes first, then restores routes if Redis lost them,
+//! writes the outbox, and loads both hashes, so nothing published during an outage is missed.
+//!
+//! The runtime is reached only through the redis crate (tokio here, through its `tokio-comp`
+//! feature) and the [`Timer`] given to [`run`]; a smol driver supplies its own timer and turns
+//! on the redis crate's smol support.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use redis::aio::MultiplexedConnection;
+use redis::AsyncConnectionConfig;
+
+use crate::config::RedisConfig;
+use crate::host::SharedHost;
+use crate::sync::{new_epoch, PendingWrite, RedisCommand, RouteSync, SharedRoute, EPOCH_KEY};
+
+/// How long to wait for a connection or an answer before taking the link as down.
+const IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the command connection is checked while idle.
+const PING_INTERVAL: Duration = Duration::from_secs(1);
+/// First and longest wait between connection attempts.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Sleeping, from whichever runtime drives the transport.
+pub trait Timer: Send + Sync + 'static {
+    /// Resolves after `duration`.
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+}
+
+/// [`Timer`] on tokio.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TokioTimer;
+
+impl Timer for TokioTimer {
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(tokio::time::sleep(duration))
+    }
+}
+
+/// The Redis settings cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("redis.address: {0}")]
+pub struct RedisSetupError(String);
+
+/// A client for `config`'s server (nothing is connected yet).
+pub fn client(config: &RedisConfig) -> Result<redis::Client, RedisSetupError> {
+    redis::Client::open(config.url().expose()).map_err(|e| RedisSetupError(e.to_string()))
+}
+
+/// Shares the routes of `host` through Redis, on the current tokio runtime (until it stops);
+/// returns the sync, for the API.
+pub fn start_tokio(config: &RedisConfig, host: SharedHost) -> Result<RouteSync, RedisSetupError> {
+    let sync = RouteSync::new(host, config.channel.clone());
+    spawn_tokio(config, sync.clone())?;
+    Ok(sync)
+}
+
+/// Runs `sync` on the current tokio runtime. It runs until the runtime stops.
+pub fn spawn_tokio(
+    config: &RedisConfig,
+    sync: RouteSync,
+) -> Result<tokio::task::JoinHandle<()>, RedisSetupError> {
+    let client = client(config)?;
+    tracing::info!(
+        address = %config.address,
+        db = config.db,
+        channel = %config.channel,
+        instance = sync.instance(),
+        "route sync through Redis"
+    );
+    Ok(tokio::spawn(run(client, sync, TokioTimer)))
+}
+
+/// Keeps `sync` connected to Redis through `client`, forever.
+pub async fn run<T: Timer>(client: redis::Client, sync: RouteSync, timer: T) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        sync.link_connecting();
+        let mut synced = false;
+        let error = session(&client, &sync, &timer, &mut synced).await;
+        if synced {
+            backoff = BACKOFF_MIN;
+            tracing::warn!(
+                "lost the link to Redis: {error}; routing goes on with the routes known"
+            );
+        } else {
+            tracing::debug!("cannot sync with Redis: {error}");
+        }
+        sync.link_down(&error);
+        timer.sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// Runs `fut` with a deadline.
+async fn timeout<T, E: std::fmt::Display>(
+    timer: &impl Timer,
+    what: &str,
+    fut: impl Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    tokio::select! {
+        r = fut => r.map_err(|e| format!("{what}: {e}")),
+        () = timer.sleep(IO_TIMEOUT) => Err(format!("{what}: no answer within {IO_TIMEOUT:?}")),
+    }
+}
+
+/// One connection's life; returns why it ended.
+async fn session(
+    client: &redis::Client,
+    sync: &RouteSync,
+    timer: &impl Timer,
+    synced: &mut bool,
+) -> String {
+    match session_inner(client, sync, timer, synced).await {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
+}
+
+async fn session_inner(
+    client: &redis::Client,
+    sync: &RouteSync,
+    timer: &impl Timer,
+    synced: &mut bool,
+) -> Result<std::convert::Infallible, String> {
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(IO_TIMEOUT))
+        .set_response_timeout(Some(IO_TIMEOUT));
+    let mut conn = timeout(
+        timer,
+        "connect",
+        client.get_multiplexed_async_connection_with_config(&config),
+    )
+    .await?;
+    let mut pubsub = timeout(timer, "connect (subscriber)", client.get_async_pubsub()).await?;
+    timeout(timer, "subscribe", pubsub.subscribe(sync.channel())).await?;
+    // Subscribed before loading: whatever is published from now on reaches us.
+    let (_sink, mut messages) = pubsub.split();
+
+    let candidate = new_epoch();
+    let (epoch,): (String,) = timeout(
+        timer,
+        "epoch",
+        redis::pipe()
+            .atomic()
+            .cmd("SET")
+            .arg(EPOCH_KEY)
+            .arg(&candidate)
+            .arg("NX")
+            .ignore()
+            .cmd("GET")
+            .arg(EPOCH_KEY)
+            .query_async(&mut conn),
+    )
+    .await?;
+    for route in sync.begin(&epoch) {
+        restore(&mut conn, sync, timer, &route).await?;
+    }
+    flush(&mut conn, sync, timer).await?;
+    let (simple, agones): (HashMap<String, String>, HashMap<String, String>) = timeout(
+        timer,
+        "load routes",
+        redis::pipe()
+            .cmd("HGETALL")
+            .arg(crate::sync::SIMPLE_KEY)
+            .cmd("HGETALL")
+            .arg(crate::sync::AGONES_KEY)
+            .query_async(&mut conn),
+    )
+    .await?;
+    let simple: Vec<(String, String)> = simple.into_iter().collect();
+    let agones: Vec<(String, String)> = agones.into_iter().collect();
+    sync.apply_load(&simple, &agones);
+    *synced = true;
+
+    loop {
+        tokio::select! {
+            msg = messages.next() => match msg {
+                Some(msg) => {
+                    sync.apply_message(msg.get_payload_bytes());
+                }
+                None => return Err("the subscription was closed".into()),
+            },
+            () = sync.changed() => flush(&mut conn, sync, timer).await?,
+            () = timer.sleep(PING_INTERVAL) => {
+                timeout(timer, "ping", redis::cmd("PING").query_async::<String>(&mut conn)).await?;
+            }
+        }
+    }
+}
+
+/// Writes every pending change; stops at the first failure (the rest stays queued).
+async fn flush(
+    conn: &mut MultiplexedConnection,
+    sync: &RouteSync,
+    timer: &impl Timer,
+) -> Result<(), String> {
+    for write in sync.pending_writes() {
+        timeout(timer, "store a route", store(conn, &write)).await?;
+        sync.written(&write);
+        tracing::debug!(fqdn = %write.change.name(), "route change stored in Redis");
+    }
+    Ok(())
+}
+
+async fn store(conn: &mut MultiplexedConnection, write: &PendingWrite) -> redis::RedisResult<()> {
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    for command in &write.commands {
+        match command {
+            RedisCommand::HSet { key, field, value } => {
+                pipe.cmd("HSET").arg(*key).arg(field).arg(value).ignore();
+            }
+            RedisCommand::HDel { key, field } => {
+                pipe.cmd("HDEL").arg(*key).arg(field).ignore();
+            }
+            RedisCommand::Publish { channel, payload } => {
+                pipe.cmd("PUBLISH").arg(channel).arg(payload).ignore();
+            }
+        }
+    }
+    pipe.query_async::<()>(conn).await
+}
+
+/// Writes `route` back unless its name was written since, and announces it if written.
+async fn restore(
+    conn: &mut MultiplexedConnection,
+    sync: &RouteSync,
+    timer: &impl Timer,
+    route: &SharedRoute,
+) -> Result<(), String> {
+    let field = route.name.to_string();
+    let written: bool = timeout(
+        timer,
+        "restore a route",
+        redis::cmd("HSETNX")
+            .arg(route.kind.key())
+            .arg(&field)
+            .arg(&route.target)
+            .query_async(conn),
+    )
+    .await?;
+    if written {
+        timeout(
+            timer,
+            "announce a restored route",
+            redis::cmd("PUBLISH")
+                .arg(sync.channel())
+                .arg(route.set_message(sync.instance()))
+                .query_async::<i64>(conn),
+        )
+        .await?;
+        sync.restored(route);
+    }
+    Ok(())
+}
