@@ -39,6 +39,9 @@ mod cid;
 pub mod client_hello;
 pub mod crypto_stream;
 pub mod frame;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod ids;
 pub mod initial;
 mod relay;

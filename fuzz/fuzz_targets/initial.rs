@@ -1,0 +1,4 @@
+//! The `initial` target; see `porter_core::fuzzing::initial` for what it feeds and checks.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| porter_core::fuzzing::initial(data));

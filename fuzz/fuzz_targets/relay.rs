@@ -1,0 +1,4 @@
+//! The `relay` target; see `porter_core::fuzzing::relay` for what it feeds and checks.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| porter_core::fuzzing::relay(data));
