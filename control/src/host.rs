@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use porter_core::{AllocationId, BackendAddr, ClientAddr, Event, Relay, SessionId, Verdict};
+use porter_core::{
+    AllocationId, BackendAddr, ClientAddr, Event, Relay, RouteName, SessionId, Verdict,
+};
 
 /// How much longer than the handshake timeout an allocation request may run.
 const ALLOCATION_GRACE: Duration = Duration::from_millis(250);
@@ -70,12 +72,25 @@ pub enum Action {
     },
 }
 
+/// Called with the name of each temporary route that expired.
+pub type RouteExpiredHook = Box<dyn Fn(RouteName) + Send + Sync>;
+
 /// Owns the relay; see the module docs.
-#[derive(Debug)]
 pub struct RelayHost {
     relay: Relay,
     log_requests: bool,
     upstream_sockets: usize,
+    route_expired: Option<RouteExpiredHook>,
+}
+
+impl std::fmt::Debug for RelayHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayHost")
+            .field("relay", &self.relay)
+            .field("log_requests", &self.log_requests)
+            .field("upstream_sockets", &self.upstream_sockets)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RelayHost {
@@ -85,7 +100,14 @@ impl RelayHost {
             relay,
             log_requests,
             upstream_sockets: 0,
+            route_expired: None,
         }
+    }
+
+    /// Registers what to do when a temporary route expires (the Redis sync deletes it
+    /// there). The hook runs with the host locked: it must not lock the host.
+    pub fn on_route_expired(&mut self, hook: RouteExpiredHook) {
+        self.route_expired = Some(hook);
     }
 
     /// Wraps the host for sharing.
@@ -249,6 +271,12 @@ impl RelayHost {
             ),
             Event::ClientAddressChanged { session, from, to } => {
                 tracing::info!(%session, %from, %to, "client address changed");
+            }
+            Event::RouteExpired { name } => {
+                tracing::info!(fqdn = %name, "temporary route expired");
+                if let Some(hook) = &self.route_expired {
+                    hook(name);
+                }
             }
             Event::SessionClosed { reason, info } => {
                 if info.backend.is_some() {

@@ -475,6 +475,9 @@ struct Inner {
     channel: String,
     host: SharedHost,
     state: Mutex<State>,
+    /// Temporary routes the relay removed at their expiry, to delete from Redis. A lock
+    /// of its own, taken last: the relay reports expiries while its host is locked.
+    expired: Mutex<Vec<RouteName>>,
     wake: Notify,
 }
 
@@ -499,7 +502,7 @@ impl RouteSync {
         channel: impl Into<String>,
         instance: impl Into<String>,
     ) -> Self {
-        Self {
+        let sync = Self {
             inner: Arc::new(Inner {
                 instance: instance.into(),
                 channel: channel.into(),
@@ -513,9 +516,19 @@ impl RouteSync {
                     reason: Some("not connected to Redis yet".into()),
                     counters: SyncCounters::default(),
                 }),
+                expired: Mutex::new(Vec::new()),
                 wake: Notify::new(),
             }),
-        }
+        };
+        // Temporary routes the relay expires are deleted from Redis too. A weak
+        // reference: the host must not keep the sync alive.
+        let weak = Arc::downgrade(&sync.inner);
+        RelayHost::lock(&sync.inner.host).on_route_expired(Box::new(move |name| {
+            if let Some(inner) = weak.upgrade() {
+                Self { inner }.route_expired(name);
+            }
+        }));
+        sync
     }
 
     /// This instance's ID, carried in its messages.
@@ -549,6 +562,36 @@ impl RouteSync {
         drop(st);
         self.inner.wake.notify_one();
         Ok(previous)
+    }
+
+    /// As [`Self::set_route`], for a temporary route the relay removes at `until`; its
+    /// deletion reaches Redis through [`Self::route_expired`], which the relay host calls
+    /// (the sync registers itself with [`RelayHost::on_route_expired`]).
+    pub fn set_route_until(
+        &self,
+        route: Route,
+        shared: SharedRoute,
+        until: std::time::Instant,
+    ) -> Result<Option<Route>, RouteError> {
+        let mut st = self.state();
+        let previous = RelayHost::lock(&self.inner.host)
+            .relay_mut()
+            .set_route_until(route, until)?;
+        st.enqueue(Change::Set(shared));
+        drop(st);
+        self.inner.wake.notify_one();
+        Ok(previous)
+    }
+
+    /// The relay removed a temporary route at its expiry: queue the deletion for Redis.
+    /// Takes no other lock, so it may be called with the host locked.
+    pub fn route_expired(&self, name: RouteName) {
+        self.inner
+            .expired
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(name);
+        self.inner.wake.notify_one();
     }
 
     /// Removes a route from the relay now and queues the deletion for Redis; `None` (and
@@ -627,7 +670,12 @@ impl RouteSync {
 
     /// Changes waiting to be stored, oldest first.
     pub fn pending_writes(&self) -> Vec<PendingWrite> {
-        let st = self.state();
+        let mut st = self.state();
+        let expired =
+            std::mem::take(&mut *self.inner.expired.lock().unwrap_or_else(|e| e.into_inner()));
+        for name in expired {
+            st.enqueue(Change::Delete(name));
+        }
         let mut writes: Vec<PendingWrite> = st
             .outbox
             .values()

@@ -338,6 +338,12 @@ pub enum Event {
         /// The session as it was at the end.
         info: SessionInfo,
     },
+    /// A route installed with [`Relay::set_route_until`] reached its expiry and was
+    /// removed. Sessions it routed stay where they are.
+    RouteExpired {
+        /// The route's name.
+        name: RouteName,
+    },
 }
 
 /// How an allocation failed, as reported by the driver.
@@ -499,6 +505,10 @@ pub struct Relay {
     /// handshake deadline; plus stale ones for closed sessions, skipped when popped): the
     /// earliest time its deadline can be.
     timers: BinaryHeap<Reverse<(Instant, SessionId)>>,
+    /// Expiry of temporary routes; a heap entry is stale unless `route_expiry` still
+    /// holds the same instant for the name.
+    route_timers: BinaryHeap<Reverse<(Instant, RouteName)>>,
+    route_expiry: HashMap<RouteName, Instant>,
     events: VecDeque<Event>,
     next_session: u64,
     next_allocation: u64,
@@ -527,6 +537,8 @@ impl Relay {
             refused_order: VecDeque::new(),
             allocations: IdMap::default(),
             timers: BinaryHeap::new(),
+            route_timers: BinaryHeap::new(),
+            route_expiry: HashMap::new(),
             events: VecDeque::new(),
             next_session: 1,
             next_allocation: 1,
@@ -550,11 +562,35 @@ impl Relay {
     /// Inserts or replaces a route; returns the one it replaced. Sessions already routed
     /// stay where they are.
     pub fn set_route(&mut self, route: Route) -> Result<Option<Route>, RouteError> {
-        self.routes.insert(route)
+        let name = route.name.clone();
+        let previous = self.routes.insert(route)?;
+        self.route_expiry.remove(&name);
+        Ok(previous)
+    }
+
+    /// As [`Self::set_route`], for a route that is removed at `until` (an
+    /// [`Event::RouteExpired`] follows). Setting the name again without an expiry makes
+    /// it permanent.
+    pub fn set_route_until(
+        &mut self,
+        route: Route,
+        until: Instant,
+    ) -> Result<Option<Route>, RouteError> {
+        let name = route.name.clone();
+        let previous = self.routes.insert(route)?;
+        self.route_expiry.insert(name.clone(), until);
+        self.route_timers.push(Reverse((until, name)));
+        Ok(previous)
+    }
+
+    /// When a temporary route expires; `None` for permanent and unknown routes.
+    pub fn route_expiry(&self, name: &RouteName) -> Option<Instant> {
+        self.route_expiry.get(name).copied()
     }
 
     /// Removes a route; returns it if it existed.
     pub fn remove_route(&mut self, name: &RouteName) -> Option<Route> {
+        self.route_expiry.remove(name);
         self.routes.remove(name)
     }
 
@@ -683,11 +719,29 @@ impl Relay {
 
     /// The next time [`Self::handle_timeout`] has work to do.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.peek().map(|Reverse((at, _))| *at)
+        let session = self.timers.peek().map(|Reverse((at, _))| *at);
+        let route = self.route_timers.peek().map(|Reverse((at, _))| *at);
+        match (session, route) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Expires what is due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(Reverse((at, _))) = self.route_timers.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((at, name))) = self.route_timers.pop() else {
+                break;
+            };
+            if self.route_expiry.get(&name) == Some(&at) {
+                self.route_expiry.remove(&name);
+                self.routes.remove(&name);
+                self.events.push_back(Event::RouteExpired { name });
+            }
+        }
         while let Some(&Reverse((at, id))) = self.timers.peek() {
             if at > now {
                 break;

@@ -324,3 +324,39 @@ fn retransmitted_initial_of_a_refused_connection_gets_the_refusal_again() {
     };
     assert_eq!(relay.stats().refused, 2);
 }
+
+#[test]
+fn temporary_routes_expire_and_can_be_made_permanent() {
+    let mut relay = relay_with(&[], RelayConfig::default());
+    let t0 = Instant::now();
+    let route = |name: &str| Route {
+        name: RouteName::parse(name).unwrap(),
+        target: RouteTarget::Simple(vec![BackendAddr(addr("10.0.0.1:1"))]),
+    };
+    let ttl = Duration::from_secs(60);
+    relay
+        .set_route_until(route("gs-1.play.test"), t0 + ttl)
+        .unwrap();
+    relay
+        .set_route_until(route("gs-2.play.test"), t0 + ttl)
+        .unwrap();
+    // Made permanent before it expires.
+    relay.set_route(route("gs-2.play.test")).unwrap();
+    assert_eq!(relay.poll_timeout(), Some(t0 + ttl));
+    assert_eq!(
+        relay.route_expiry(&RouteName::parse("gs-1.play.test").unwrap()),
+        Some(t0 + ttl)
+    );
+    relay.handle_timeout(t0 + ttl - Duration::from_millis(1));
+    assert_eq!(relay.routes().len(), 2);
+    relay.handle_timeout(t0 + ttl);
+    let names: Vec<String> = relay.routes().iter().map(|r| r.name.to_string()).collect();
+    assert_eq!(names, vec!["gs-2.play.test"]);
+    assert_eq!(
+        drain(&mut relay),
+        vec![Event::RouteExpired {
+            name: RouteName::parse("gs-1.play.test").unwrap()
+        }]
+    );
+    assert_eq!(relay.poll_timeout(), None);
+}
