@@ -432,7 +432,10 @@ impl Harness {
         assert!(stats.buffered_bytes <= c.max_buffered_total, "{stats:?}");
         // Refusals are remembered for one handshake timeout, at most 16 384 of them.
         assert!(stats.remembered_refusals <= 16 * 1024, "{stats:?}");
-        assert!(stats.remembered_refusals as u64 <= stats.refused, "{stats:?}");
+        assert!(
+            stats.remembered_refusals as u64 <= stats.refused,
+            "{stats:?}"
+        );
         assert!(
             stats.allocations_in_flight <= c.max_pending_allocations,
             "{stats:?}"

@@ -684,6 +684,17 @@ impl Harness {
                         "cancelled {id}, which was not waiting"
                     );
                 }
+                Event::RouteExpired { name } => {
+                    assert_eq!(
+                        cause,
+                        Cause::Timeout,
+                        "route {name} expired outside a timeout"
+                    );
+                    assert!(
+                        self.relay.route(name).is_none(),
+                        "expired route {name} still set"
+                    );
+                }
                 Event::Transmit { datagram, .. } => {
                     assert!(
                         matches!(cause, Cause::Allocation(..) | Cause::Timeout),
