@@ -33,6 +33,7 @@
 //! The wire types come from `control/proto/allocation.proto`, Porter's wire-compatible
 //! subset of Agones' `allocation.proto`, compiled at build time without `protoc`.
 
+mod allocator;
 mod client;
 mod config;
 mod error;
@@ -42,6 +43,7 @@ mod tls;
 #[doc(hidden)]
 pub mod testing;
 
+pub use allocator::AgonesAllocator;
 pub use client::{AgonesClient, Allocation, FLEET_LABEL, KEEPALIVE_INTERVAL};
 pub use config::{
     read_pem_file, AgonesClientConfig, PemFileError, PemRole, DEFAULT_MAX_RETRIES,

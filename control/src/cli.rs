@@ -1,10 +1,13 @@
 //! The command line both relay binaries take, and how it finds its configuration.
 
+use std::fmt;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
 use crate::config::{self, Config, ConfigErrors};
+use crate::setup::{LogFormat, Settings};
 
 /// The example configuration (`config.yaml` at the top of the repository), built into
 /// the binaries: used when no `--config` is given and there is no `config.yaml` in the
@@ -60,6 +63,75 @@ impl Cli {
                 let origin = "built-in example";
                 config::from_str(EXAMPLE_CONFIG, origin).map(|c| (c, origin.to_owned()))
             }
+        }
+    }
+
+    /// What both binaries do before their runtime starts. Loads the configuration; for
+    /// `check`, prints the warnings and the verdict and returns the exit code (0, or 2
+    /// for a problem); for `run`, resolves the settings (a problem: exit code 2), starts
+    /// logging ([`init_logging`]) and logs the configuration's warnings.
+    pub fn prepare(&self) -> Result<Settings, ExitCode> {
+        let (config, origin) = match self.load_config() {
+            Ok(loaded) => loaded,
+            Err(errors) => {
+                eprintln!("{errors}");
+                return Err(ExitCode::from(2));
+            }
+        };
+        if matches!(self.command, Some(Command::Check)) {
+            for warning in &config.warnings {
+                println!("warning: {warning}");
+            }
+            return Err(match Settings::from_config(&config) {
+                Ok(_) => {
+                    println!("{origin}: OK");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{origin}: {e:#}");
+                    ExitCode::from(2)
+                }
+            });
+        }
+        let settings = match Settings::from_config(&config) {
+            Ok(settings) => settings,
+            Err(e) => {
+                eprintln!("{origin}: {e:#}");
+                return Err(ExitCode::from(2));
+            }
+        };
+        init_logging(&settings);
+        tracing::info!(config = %origin, "configuration loaded");
+        for warning in &config.warnings {
+            tracing::warn!("{warning}");
+        }
+        Ok(settings)
+    }
+}
+
+/// Logs to stderr with the configured filter (`RUST_LOG` overrides it) and format.
+pub fn init_logging(settings: &Settings) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&settings.log_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match settings.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Human => builder.init(),
+    }
+}
+
+/// The exit code of a binary named `binary` whose relay returned `result`: 0, or 1 with
+/// the error (and its causes, with `{:#}`) logged and printed to stderr.
+pub fn finish<E: fmt::Display>(binary: &str, result: Result<(), E>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("{binary}: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }

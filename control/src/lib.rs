@@ -6,6 +6,8 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod host;
+pub mod http;
+pub mod io;
 pub mod redis_sync;
 pub mod setup;
 pub mod sync;

@@ -67,6 +67,17 @@ pub fn spawn_tokio(
     config: &RedisConfig,
     sync: RouteSync,
 ) -> Result<tokio::task::JoinHandle<()>, RedisSetupError> {
+    Ok(tokio::spawn(task(config, sync, TokioTimer)?))
+}
+
+/// The task that keeps `sync` connected to `config`'s server, for any runtime: spawn it
+/// on the runtime the redis crate uses there (its `tokio-comp` or `smol-comp` support),
+/// with `timer` sleeping on that runtime. Logs where it syncs.
+pub fn task<T: Timer>(
+    config: &RedisConfig,
+    sync: RouteSync,
+    timer: T,
+) -> Result<impl Future<Output = ()> + Send + 'static, RedisSetupError> {
     let client = client(config)?;
     tracing::info!(
         address = %config.address,
@@ -75,7 +86,7 @@ pub fn spawn_tokio(
         instance = sync.instance(),
         "route sync through Redis"
     );
-    Ok(tokio::spawn(run(client, sync, TokioTimer)))
+    Ok(run(client, sync, timer))
 }
 
 /// Keeps `sync` connected to Redis through `client`, forever.

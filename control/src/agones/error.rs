@@ -35,6 +35,10 @@ pub enum ClientConfigError {
     /// The gRPC endpoint could not be built from the allocator address.
     #[error("cannot set up the gRPC channel to the Agones allocator: {0}")]
     Endpoint(String),
+    /// The tokio runtime a driver on another runtime starts for the client (or its
+    /// thread) could not be started.
+    #[error("cannot start the Agones allocator's tokio runtime: {0}")]
+    Runtime(#[source] std::io::Error),
 }
 
 /// An allocation failed. The [`Display`](std::fmt::Display) text says what happened and,

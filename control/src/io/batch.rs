@@ -1,0 +1,152 @@
+//! Planning what to send after a received batch: the host decides per datagram, the
+//! engine then performs the plan in order, and runs of contiguous, equal-sized datagrams
+//! for one destination become one GSO send.
+
+use std::ops::Range;
+use std::time::Instant;
+
+use porter_core::{ClientAddr, SessionId, Verdict};
+
+use crate::host::{Action, RelayHost};
+
+/// One thing to do after a batch, in order.
+#[derive(Debug)]
+pub(crate) enum Out {
+    /// Perform a host action.
+    Act(Action),
+    /// An action already performed.
+    Done,
+    /// Forward these bytes of the received data on the session's upstream socket.
+    ToBackend(SessionId, Range<usize>),
+    /// Forward these bytes of the received data to the client.
+    ToClient(ClientAddr, Range<usize>),
+}
+
+/// Hands a client's received slot (one datagram, or a GRO run of `stride`-sized ones) to
+/// the host and appends what to do to `outs`.
+pub(crate) fn plan_client(
+    host: &mut RelayHost,
+    now: Instant,
+    from: ClientAddr,
+    data: &[u8],
+    stride: usize,
+    outs: &mut Vec<Out>,
+) {
+    let mut actions = Vec::new();
+    for (i, segment) in data.chunks(stride).enumerate() {
+        let range = i * stride..i * stride + segment.len();
+        match host.client_datagram(now, from, segment) {
+            Verdict::Forward { session, .. } => outs.push(Out::ToBackend(session, range)),
+            Verdict::Reply(reply) => outs.push(Out::Act(Action::SendToClient {
+                to: from,
+                datagram: reply,
+            })),
+            _ => {}
+        }
+        host.drain(&mut actions);
+        outs.extend(actions.drain(..).map(Out::Act));
+    }
+}
+
+/// As [`plan_client`], for a slot received on `session`'s upstream socket.
+pub(crate) fn plan_backend(
+    host: &mut RelayHost,
+    now: Instant,
+    session: SessionId,
+    data: &[u8],
+    stride: usize,
+    outs: &mut Vec<Out>,
+) {
+    let mut actions = Vec::new();
+    for (i, segment) in data.chunks(stride).enumerate() {
+        let range = i * stride..i * stride + segment.len();
+        if let Verdict::ForwardToClient { client, .. } =
+            host.backend_datagram(now, session, segment)
+        {
+            outs.push(Out::ToClient(client, range));
+        }
+        host.drain(&mut actions);
+        outs.extend(actions.drain(..).map(Out::Act));
+    }
+}
+
+/// Drains the host's pending events into `outs` (after a timeout, an allocation's answer).
+pub(crate) fn plan_events(host: &mut RelayHost, outs: &mut Vec<Out>) {
+    let mut actions = Vec::new();
+    host.drain(&mut actions);
+    outs.extend(actions.into_iter().map(Out::Act));
+}
+
+/// Finds the run of outputs from `i` (which `matches`) whose ranges are contiguous and
+/// `seg` bytes long, the last one possibly shorter, up to `max` segments: what one GSO
+/// send can carry. Returns the run's end offset in the data and the index after it.
+pub(crate) fn run(
+    outs: &[Out],
+    i: usize,
+    seg: usize,
+    max: usize,
+    matches: impl Fn(&Out) -> Option<Range<usize>>,
+) -> (usize, usize) {
+    let first = matches(&outs[i]).unwrap_or(0..0);
+    let (mut end, mut full) = (first.end, first.len() == seg);
+    let mut j = i + 1;
+    while full && j < outs.len() && j - i < max {
+        match matches(&outs[j]) {
+            Some(r) if r.start == end && r.len() <= seg => {
+                full = r.len() == seg;
+                end = r.end;
+                j += 1;
+            }
+            _ => break,
+        }
+    }
+    (end, j)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn to_backend(session: SessionId) -> impl Fn(&Out) -> Option<Range<usize>> {
+        move |o| match o {
+            Out::ToBackend(s, r) if *s == session => Some(r.clone()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_run_takes_contiguous_full_segments_and_one_short_tail() {
+        let s = SessionId(1);
+        let outs = vec![
+            Out::ToBackend(s, 0..100),
+            Out::ToBackend(s, 100..200),
+            Out::ToBackend(s, 200..250),
+            Out::ToBackend(s, 250..350),
+        ];
+        assert_eq!(run(&outs, 0, 100, 64, to_backend(s)), (250, 3));
+        assert_eq!(run(&outs, 3, 100, 64, to_backend(s)), (350, 4));
+    }
+
+    #[test]
+    fn a_run_stops_at_another_destination_a_gap_or_the_segment_limit() {
+        let (s, t) = (SessionId(1), SessionId(2));
+        let outs = vec![
+            Out::ToBackend(s, 0..100),
+            Out::ToBackend(t, 100..200),
+            Out::ToBackend(s, 200..300),
+        ];
+        assert_eq!(run(&outs, 0, 100, 64, to_backend(s)), (100, 1));
+        let gap = vec![Out::ToBackend(s, 0..100), Out::ToBackend(s, 150..250)];
+        assert_eq!(run(&gap, 0, 100, 64, to_backend(s)), (100, 1));
+        let long: Vec<Out> = (0..5)
+            .map(|k| Out::ToBackend(s, k * 100..(k + 1) * 100))
+            .collect();
+        assert_eq!(run(&long, 0, 100, 2, to_backend(s)), (200, 2));
+        let act = vec![
+            Out::ToBackend(s, 0..100),
+            Out::Done,
+            Out::ToBackend(s, 100..200),
+        ];
+        assert_eq!(run(&act, 0, 100, 64, to_backend(s)), (100, 1));
+    }
+}

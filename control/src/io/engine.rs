@@ -1,0 +1,468 @@
+//! The relay loop: the listener tasks (batched receive with GRO), one connected upstream
+//! socket and reader task per session, the timer the core asks for, and the execution of
+//! the host's [`Action`]s.
+//!
+//! Each listener and each upstream socket has one task reading it. A task locks the
+//! shared host once per received slot, collects what to send, unlocks, and sends. Runs
+//! of same-sized datagrams for one destination (a bulk transfer, coalesced by GRO) go
+//! out as one GSO send.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use porter_core::{AllocationFailure, AllocationId, BackendAddr, ClientAddr, SessionId};
+use quinn_udp::{RecvMeta, BATCH_SIZE};
+
+use super::batch::{plan_backend, plan_client, plan_events, run, Out};
+use super::notify::{lock, race, First, Notify};
+use super::socket::{bind_listener, canonical, connect_upstream, BindError, Socket};
+use super::{Allocator, Runtime};
+use crate::agones::{AgonesAllocator, AgonesClientConfig, ClientConfigError};
+use crate::api::{Api, ApiSettings};
+use crate::host::{Action, RelayHost, SharedHost};
+use crate::setup::{Settings, SetupError};
+use crate::sync::RouteSync;
+
+/// Receive buffer per batch slot: room for a GRO-coalesced run of datagrams.
+const SLOT_LEN: usize = 64 * 1024;
+
+/// How long the timer task sleeps when the core has no deadline.
+const NO_DEADLINE: Duration = Duration::from_secs(3600);
+
+/// How often the shutdown drain looks at the session count.
+const DRAIN_POLL: Duration = Duration::from_millis(100);
+
+/// `n` receive slots. Each is allocated zeroed on its own (`vec![vec![..]; n]` would copy
+/// the first into the others, touching every page): the OS maps a slot's pages only when
+/// a datagram lands in them, so an upstream socket that carries small datagrams costs a
+/// few KiB of memory, not `n * SLOT_LEN`.
+fn slots(n: usize) -> Vec<Vec<u8>> {
+    (0..n).map(|_| vec![0u8; SLOT_LEN]).collect()
+}
+
+struct Upstream<R: Runtime> {
+    socket: Arc<Socket<R::Udp>>,
+    reader: R::Task,
+}
+
+/// The relay's I/O on runtime `R`: everything the driver's tasks share.
+pub struct Engine<R: Runtime> {
+    rt: R,
+    host: SharedHost,
+    listeners: Vec<Arc<Socket<R::Udp>>>,
+    upstreams: Mutex<HashMap<SessionId, Upstream<R>>>,
+    allocations: Mutex<HashMap<AllocationId, R::Task>>,
+    allocator: Option<Arc<dyn Allocator>>,
+    /// The Agones client, when [`start`] built one (for the API's `POST /allocate`).
+    agones: Option<Arc<AgonesAllocator>>,
+    timer: Notify,
+    armed: Mutex<Option<Instant>>,
+}
+
+impl<R: Runtime> Engine<R> {
+    /// An engine over `host`, reading `listeners`; allocation requests go to
+    /// `allocator` (without one they fail: Agones is not enabled).
+    pub fn new(
+        rt: R,
+        host: SharedHost,
+        listeners: Vec<Socket<R::Udp>>,
+        allocator: Option<Arc<dyn Allocator>>,
+    ) -> Arc<Self> {
+        Arc::new(Self::build(rt, host, listeners, allocator))
+    }
+
+    fn build(
+        rt: R,
+        host: SharedHost,
+        listeners: Vec<Socket<R::Udp>>,
+        allocator: Option<Arc<dyn Allocator>>,
+    ) -> Self {
+        Self {
+            rt,
+            host,
+            listeners: listeners.into_iter().map(Arc::new).collect(),
+            upstreams: Mutex::new(HashMap::new()),
+            allocations: Mutex::new(HashMap::new()),
+            allocator,
+            agones: None,
+            timer: Notify::default(),
+            armed: Mutex::new(None),
+        }
+    }
+
+    /// Spawns the listener and timer tasks.
+    pub fn start(self: &Arc<Self>) {
+        for listener in &self.listeners {
+            let (engine, listener) = (self.clone(), listener.clone());
+            drop(self.rt.spawn(async move { engine.listen(listener).await }));
+        }
+        let engine = self.clone();
+        drop(self.rt.spawn(async move { engine.run_timer().await }));
+    }
+
+    /// The shared relay host.
+    pub fn host(&self) -> &SharedHost {
+        &self.host
+    }
+
+    /// The listeners' local addresses.
+    pub fn listen_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    /// The Agones allocator client, when Agones is enabled.
+    pub fn agones(&self) -> Option<&Arc<AgonesAllocator>> {
+        self.agones.as_ref()
+    }
+
+    /// Open upstream sockets.
+    pub fn upstream_count(&self) -> usize {
+        lock(&self.upstreams).len()
+    }
+
+    /// The driver's gauges, as the API reads them.
+    pub fn gauges(self: &Arc<Self>) -> crate::api::GaugeFn {
+        let engine = self.clone();
+        Arc::new(move || crate::api::DriverGauges {
+            upstream_sockets: engine.upstream_count(),
+        })
+    }
+
+    /// The management API over this engine's host and gauges, with the route sync's
+    /// state when there is one.
+    pub fn api(self: &Arc<Self>, settings: &ApiSettings, sync: Option<&RouteSync>) -> Api {
+        let api = Api::new(settings.clone(), self.host.clone(), self.gauges());
+        match sync {
+            Some(sync) => api.with_sync(sync.clone()),
+            None => api,
+        }
+    }
+
+    fn listener_for(&self, client: SocketAddr) -> Option<&Arc<Socket<R::Udp>>> {
+        let want_v4 = client.is_ipv4();
+        self.listeners
+            .iter()
+            .find(|l| l.local_addr().is_ok_and(|a| a.is_ipv4() == want_v4))
+            .or_else(|| self.listeners.first())
+    }
+
+    fn upstream_socket(&self, session: SessionId) -> Option<Arc<Socket<R::Udp>>> {
+        lock(&self.upstreams)
+            .get(&session)
+            .map(|u| u.socket.clone())
+    }
+
+    async fn listen(self: Arc<Self>, listener: Arc<Socket<R::Udp>>) {
+        let mut bufs = slots(BATCH_SIZE);
+        let mut metas = vec![RecvMeta::default(); BATCH_SIZE];
+        let mut outs = Vec::new();
+        loop {
+            let n = match listener.recv(&mut bufs, &mut metas).await {
+                Ok(n) => n,
+                Err(e) => {
+                    // ICMP errors from earlier sends surface here on some systems.
+                    tracing::debug!("listener receive error: {e}");
+                    continue;
+                }
+            };
+            for (meta, buf) in metas[..n].iter().zip(&bufs) {
+                let from = ClientAddr(canonical(meta.addr));
+                let data = &buf[..meta.len];
+                {
+                    let mut host = RelayHost::lock(&self.host);
+                    let now = Instant::now();
+                    plan_client(&mut host, now, from, data, meta.stride.max(1), &mut outs);
+                    self.rearm(&host);
+                }
+                self.execute(&mut outs, data).await;
+            }
+        }
+    }
+
+    async fn read_upstream(self: Arc<Self>, session: SessionId, socket: Arc<Socket<R::Udp>>) {
+        let batch = BATCH_SIZE.min(8);
+        let mut bufs = slots(batch);
+        let mut metas = vec![RecvMeta::default(); batch];
+        let mut outs = Vec::new();
+        loop {
+            let n = match socket.recv(&mut bufs, &mut metas).await {
+                Ok(n) => n,
+                Err(e) => {
+                    // Each ICMP error is reported once; the next receive waits again.
+                    socket.report_unreachable(session, &e);
+                    continue;
+                }
+            };
+            for (meta, buf) in metas[..n].iter().zip(&bufs) {
+                let data = &buf[..meta.len];
+                {
+                    let mut host = RelayHost::lock(&self.host);
+                    let now = Instant::now();
+                    plan_backend(&mut host, now, session, data, meta.stride.max(1), &mut outs);
+                }
+                self.execute(&mut outs, data).await;
+            }
+        }
+    }
+
+    /// Performs a batch's outputs in order, coalescing runs for one destination into
+    /// GSO sends.
+    async fn execute(self: &Arc<Self>, outs: &mut Vec<Out>, data: &[u8]) {
+        let mut i = 0;
+        while i < outs.len() {
+            match &outs[i] {
+                Out::ToBackend(session, range) => {
+                    let (session, start, seg) = (*session, range.start, range.len());
+                    let Some(socket) = self.upstream_socket(session) else {
+                        i += 1;
+                        continue;
+                    };
+                    let (end, next) = run(outs, i, seg, socket.max_segments(), |o| match o {
+                        Out::ToBackend(s, r) if *s == session => Some(r.clone()),
+                        _ => None,
+                    });
+                    if let Ok(peer) = socket.peer_addr() {
+                        let segment = (end - start > seg).then_some(seg);
+                        if let Err(e) = socket.send(peer, &data[start..end], segment).await {
+                            socket.report_unreachable(session, &e);
+                        }
+                    }
+                    i = next;
+                }
+                Out::ToClient(client, range) => {
+                    let (client, start, seg) = (*client, range.start, range.len());
+                    let Some(listener) = self.listener_for(client.0).cloned() else {
+                        i += 1;
+                        continue;
+                    };
+                    let (end, next) = run(outs, i, seg, listener.max_segments(), |o| match o {
+                        Out::ToClient(c, r) if *c == client => Some(r.clone()),
+                        _ => None,
+                    });
+                    let segment = (end - start > seg).then_some(seg);
+                    if let Err(e) = listener.send(client.0, &data[start..end], segment).await {
+                        tracing::debug!(%client, "send to client failed: {e}");
+                    }
+                    i = next;
+                }
+                Out::Act(_) => {
+                    if let Out::Act(action) = std::mem::replace(&mut outs[i], Out::Done) {
+                        self.act(action).await;
+                    }
+                    i += 1;
+                }
+                Out::Done => i += 1,
+            }
+        }
+        outs.clear();
+    }
+
+    async fn act(self: &Arc<Self>, action: Action) {
+        match action {
+            Action::OpenUpstream { session, backend } => self.open_upstream(session, backend),
+            Action::SendToBackend { session, datagrams } => {
+                if let Some(socket) = self.upstream_socket(session) {
+                    if let Ok(peer) = socket.peer_addr() {
+                        for d in datagrams {
+                            if let Err(e) = socket.send(peer, &d, None).await {
+                                socket.report_unreachable(session, &e);
+                            }
+                        }
+                    }
+                }
+            }
+            Action::SendToClient { to, datagram } => {
+                if let Some(listener) = self.listener_for(to.0) {
+                    if let Err(e) = listener.send(to.0, &datagram, None).await {
+                        tracing::debug!(client = %to, "send to client failed: {e}");
+                    }
+                }
+            }
+            Action::CloseUpstream { session } => {
+                let upstream = lock(&self.upstreams).remove(&session);
+                if let Some(upstream) = upstream {
+                    R::abort(upstream.reader);
+                }
+            }
+            Action::Allocate {
+                id,
+                fleet,
+                tag,
+                deadline,
+            } => self.start_allocation(id, fleet, tag, deadline),
+            Action::CancelAllocation { id } => {
+                let task = lock(&self.allocations).remove(&id);
+                if let Some(task) = task {
+                    R::abort(task);
+                }
+            }
+        }
+    }
+
+    fn open_upstream(self: &Arc<Self>, session: SessionId, backend: BackendAddr) {
+        match connect_upstream(&self.rt, backend.0) {
+            Ok(socket) => {
+                let socket = Arc::new(socket);
+                let reader = self
+                    .rt
+                    .spawn(self.clone().read_upstream(session, socket.clone()));
+                lock(&self.upstreams).insert(session, Upstream { socket, reader });
+            }
+            Err(e) => {
+                tracing::error!(%session, %backend, "cannot open upstream socket: {e}");
+                let mut host = RelayHost::lock(&self.host);
+                host.relay_mut().close_session(Instant::now(), session);
+                let mut actions = Vec::new();
+                host.drain(&mut actions);
+            }
+        }
+    }
+
+    fn start_allocation(
+        self: &Arc<Self>,
+        id: AllocationId,
+        fleet: Arc<str>,
+        tag: String,
+        deadline: Instant,
+    ) {
+        let engine = self.clone();
+        let allocation = self
+            .allocator
+            .as_ref()
+            .map(|a| a.allocate(fleet, tag, deadline));
+        // The task is registered before it can finish: it runs only once this function
+        // has returned to the executor, or on another thread after the insert below, and
+        // removes its own entry under the same lock.
+        let mut allocations = lock(&self.allocations);
+        let task = self.rt.spawn(async move {
+            let result = match allocation {
+                Some(allocation) => allocation.await,
+                None => Err("agones is not enabled in this relay's configuration".to_owned()),
+            };
+            let result = result
+                .map(BackendAddr)
+                .map_err(|reason| AllocationFailure { reason });
+            let mut outs = Vec::new();
+            {
+                let mut host = RelayHost::lock(&engine.host);
+                // Dropping the handle detaches: this task runs on to the end.
+                drop(lock(&engine.allocations).remove(&id));
+                host.complete_allocation(Instant::now(), id, result);
+                plan_events(&mut host, &mut outs);
+            }
+            engine.execute(&mut outs, &[]).await;
+        });
+        allocations.insert(id, task);
+    }
+
+    /// Wakes the timer task if the core's next deadline is earlier than the armed one.
+    fn rearm(&self, host: &RelayHost) {
+        let Some(next) = host.poll_timeout() else {
+            return;
+        };
+        let mut armed = lock(&self.armed);
+        if armed.is_none_or(|a| next < a) {
+            *armed = Some(next);
+            self.timer.notify_one();
+        }
+    }
+
+    async fn run_timer(self: Arc<Self>) {
+        loop {
+            let next = RelayHost::lock(&self.host).poll_timeout();
+            *lock(&self.armed) = next;
+            let at = next.unwrap_or_else(|| Instant::now() + NO_DEADLINE);
+            if race(self.rt.sleep_until(at), self.timer.notified()).await == First::B {
+                continue;
+            }
+            let mut outs = Vec::new();
+            {
+                let mut host = RelayHost::lock(&self.host);
+                host.handle_timeout(Instant::now());
+                plan_events(&mut host, &mut outs);
+            }
+            self.execute(&mut outs, &[]).await;
+        }
+    }
+}
+
+/// The relay could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// A listener could not be bound.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// The routes or limits were rejected by the core.
+    #[error(transparent)]
+    Setup(#[from] SetupError),
+    /// The Agones allocator client could not be built.
+    #[error("agones allocator client: {0}")]
+    Allocator(#[from] ClientConfigError),
+}
+
+/// Starts the relay on `rt`: binds the listeners, builds the relay host from `settings`,
+/// builds the Agones allocator client with `agones` when Agones is enabled
+/// ([`AgonesAllocator::new`] on tokio, [`AgonesAllocator::with_own_runtime`] elsewhere),
+/// spawns the engine's tasks and logs each listen address.
+pub fn start<R: Runtime>(
+    rt: R,
+    settings: &Settings,
+    agones: impl FnOnce(AgonesClientConfig) -> Result<Arc<AgonesAllocator>, ClientConfigError>,
+) -> Result<Arc<Engine<R>>, StartError> {
+    let mut listeners = Vec::new();
+    // With an IPv4 listener beside it, an IPv6 listener takes IPv6 only.
+    let has_v4 = settings.listen.iter().any(SocketAddr::is_ipv4);
+    for addr in &settings.listen {
+        listeners.push(bind_listener(&rt, *addr, has_v4)?);
+    }
+    let host = RelayHost::new(settings.new_relay()?, settings.log_requests).shared();
+    let agones = settings.agones.clone().map(agones).transpose()?;
+    let allocator = agones.clone().map(|a| a as Arc<dyn Allocator>);
+    let engine = Arc::new(Engine {
+        agones,
+        ..Engine::build(rt, host, listeners, allocator)
+    });
+    engine.start();
+    for addr in engine.listen_addrs() {
+        tracing::info!(listen = %addr, "relay listening");
+    }
+    Ok(engine)
+}
+
+/// The shutdown drain, after the first SIGINT/SIGTERM: stops accepting new sessions and
+/// keeps forwarding until no session is left, `period` has passed, or `second_signal`
+/// resolves.
+pub async fn drain<R: Runtime>(
+    engine: &Engine<R>,
+    period: Duration,
+    second_signal: impl Future<Output = ()>,
+) {
+    tracing::info!(
+        drain_seconds = period.as_secs_f64(),
+        "shutting down: no new sessions, draining existing ones"
+    );
+    RelayHost::lock(&engine.host)
+        .relay_mut()
+        .set_accepting(false);
+    let deadline = Instant::now() + period;
+    let mut second_signal = std::pin::pin!(second_signal);
+    loop {
+        let sessions = RelayHost::lock(&engine.host).relay().session_count();
+        if sessions == 0 || Instant::now() >= deadline {
+            tracing::info!(sessions, "exiting");
+            return;
+        }
+        let tick = engine.rt.sleep_until(Instant::now() + DRAIN_POLL);
+        if race(tick, second_signal.as_mut()).await == First::B {
+            tracing::info!("second signal: exiting now");
+            return;
+        }
+    }
+}

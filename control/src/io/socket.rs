@@ -1,0 +1,193 @@
+//! UDP sockets with quinn-udp's batched I/O, on any runtime; binding listeners and
+//! upstream sockets.
+
+use std::io::{self, IoSliceMut};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket as StdUdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use porter_core::SessionId;
+use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
+
+use super::{AsyncUdp, Runtime};
+
+/// A UDP socket with quinn-udp's batched I/O state: receives many datagrams per call
+/// (and GRO-coalesced runs), sends runs of equal-sized datagrams as one GSO send.
+#[derive(Debug)]
+pub struct Socket<U> {
+    io: U,
+    state: UdpSocketState,
+    /// Whether an error was already reported (upstream sockets only).
+    reported: AtomicBool,
+}
+
+impl<U: AsyncUdp> Socket<U> {
+    /// Wraps a bound std socket, registering it with `rt`.
+    pub fn new<R: Runtime<Udp = U>>(rt: &R, std: StdUdpSocket) -> io::Result<Self> {
+        std.set_nonblocking(true)?;
+        let state = UdpSocketState::new((&std).into())?;
+        Ok(Self {
+            io: rt.register(std)?,
+            state,
+            reported: AtomicBool::new(false),
+        })
+    }
+
+    /// The local address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.io.local_addr()
+    }
+
+    /// The connected peer (upstream sockets).
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.io.peer_addr()
+    }
+
+    /// Receives a batch: fills `bufs` and `metas`, returns how many slots were used.
+    pub async fn recv(&self, bufs: &mut [Vec<u8>], metas: &mut [RecvMeta]) -> io::Result<usize> {
+        self.io
+            .read_with(|sock| {
+                let mut iovs: Vec<IoSliceMut<'_>> =
+                    bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+                self.state.recv(sock, &mut iovs, metas)
+            })
+            .await
+    }
+
+    /// Sends `contents` to `to`; with `segment`, as GSO segments of that size.
+    pub async fn send(
+        &self,
+        to: SocketAddr,
+        contents: &[u8],
+        segment: Option<usize>,
+    ) -> io::Result<()> {
+        let transmit = Transmit {
+            destination: to,
+            ecn: None,
+            contents,
+            segment_size: segment,
+            src_ip: None,
+        };
+        self.io
+            .write_with(|sock| self.state.try_send(sock, &transmit))
+            .await
+    }
+
+    /// How many segments one GSO send may carry (1 without GSO).
+    pub fn max_segments(&self) -> usize {
+        self.state.max_gso_segments().max(1)
+    }
+
+    /// Logs, once per socket, that the session's backend does not answer (ICMP port
+    /// unreachable surfaces as an error on a connected socket's next send or receive).
+    pub(crate) fn report_unreachable(&self, session: SessionId, e: &io::Error) {
+        if !self.reported.swap(true, Ordering::Relaxed) {
+            let backend = self
+                .io
+                .peer_addr()
+                .map_or_else(|_| "?".to_owned(), |a| a.to_string());
+            tracing::warn!(%session, %backend, "backend unreachable: {e}");
+        }
+    }
+}
+
+/// A listener could not be bound or set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BindError {
+    /// The OS refused the bind.
+    #[error("cannot bind UDP {addr}: {source}{hint}", hint = bind_hint(source))]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// The bound socket could not be prepared for batched I/O or registered.
+    #[error("UDP {addr}: {source}")]
+    Setup {
+        /// The address.
+        addr: SocketAddr,
+        /// What failed.
+        source: io::Error,
+    },
+}
+
+fn bind_hint(e: &io::Error) -> &'static str {
+    if e.kind() == io::ErrorKind::AddrInUse {
+        " (another process is using this port; choose another udp.port or stop it)"
+    } else {
+        ""
+    }
+}
+
+/// Binds a UDP listener. An IPv6 socket is IPv6-only when `v6_only` (an IPv4 listener
+/// serves IPv4 beside it); otherwise a wildcard IPv6 bind also takes IPv4 clients, as
+/// IPv4-mapped addresses.
+pub fn bind_listener<R: Runtime>(
+    rt: &R,
+    addr: SocketAddr,
+    v6_only: bool,
+) -> Result<Socket<R::Udp>, BindError> {
+    let std = bind_udp(addr, v6_only).map_err(|source| BindError::Bind { addr, source })?;
+    Socket::new(rt, std).map_err(|source| BindError::Setup { addr, source })
+}
+
+fn bind_udp(addr: SocketAddr, v6_only: bool) -> io::Result<StdUdpSocket> {
+    use socket2::{Domain, Protocol, Socket as RawSocket, Type};
+    let socket = RawSocket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(v6_only)?;
+    }
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// A session's upstream socket: an ephemeral port connected to `backend`.
+pub(crate) fn connect_upstream<R: Runtime>(
+    rt: &R,
+    backend: SocketAddr,
+) -> io::Result<Socket<R::Udp>> {
+    let local: SocketAddr = if backend.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let std = StdUdpSocket::bind(local)?;
+    std.connect(backend)?;
+    Socket::new(rt, std)
+}
+
+/// IPv4-mapped IPv6 addresses (from a dual-stack listener) as plain IPv4.
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_unmaps_ipv4_mapped_addresses() {
+        let mapped: SocketAddr = "[::ffff:192.0.2.1]:443".parse().unwrap();
+        assert_eq!(canonical(mapped), "192.0.2.1:443".parse().unwrap());
+        let v6: SocketAddr = "[2001:db8::1]:443".parse().unwrap();
+        assert_eq!(canonical(v6), v6);
+    }
+
+    #[test]
+    fn bind_error_names_the_address_and_hints_at_a_port_in_use() {
+        let e = BindError::Bind {
+            addr: "127.0.0.1:7000".parse().unwrap(),
+            source: io::Error::from(io::ErrorKind::AddrInUse),
+        };
+        let text = e.to_string();
+        assert!(
+            text.starts_with("cannot bind UDP 127.0.0.1:7000: "),
+            "{text}"
+        );
+        assert!(
+            text.contains("another process is using this port"),
+            "{text}"
+        );
+    }
+}
