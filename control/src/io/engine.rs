@@ -18,7 +18,7 @@ use quinn_udp::{RecvMeta, BATCH_SIZE};
 
 use super::batch::{plan_backend, plan_client, plan_events, run, Out};
 use super::notify::{lock, race, First, Notify};
-use super::socket::{bind_listener, canonical, connect_upstream, BindError, Socket};
+use super::socket::{bind_listener, canonical, connect_upstream, BindError, SlotPool, Socket};
 use super::{Allocator, Runtime};
 use crate::agones::{AgonesAllocator, AgonesClientConfig, ClientConfigError};
 use crate::api::{Api, ApiSettings};
@@ -35,13 +35,11 @@ const NO_DEADLINE: Duration = Duration::from_secs(3600);
 /// How often the shutdown drain looks at the session count.
 const DRAIN_POLL: Duration = Duration::from_millis(100);
 
-/// `n` receive slots. Each is allocated zeroed on its own (`vec![vec![..]; n]` would copy
-/// the first into the others, touching every page): the OS maps a slot's pages only when
-/// a datagram lands in them, so an upstream socket that carries small datagrams costs a
-/// few KiB of memory, not `n * SLOT_LEN`.
-fn slots(n: usize) -> Vec<Vec<u8>> {
-    (0..n).map(|_| vec![0u8; SLOT_LEN]).collect()
-}
+/// Receive slots per upstream socket read.
+const UPSTREAM_BATCH: usize = if BATCH_SIZE < 8 { BATCH_SIZE } else { 8 };
+
+/// Idle sets of upstream receive slots kept for reuse.
+const UPSTREAM_SLOTS_KEPT: usize = 64;
 
 struct Upstream<R: Runtime> {
     socket: Arc<Socket<R::Udp>>,
@@ -56,8 +54,12 @@ pub struct Engine<R: Runtime> {
     upstreams: Mutex<HashMap<SessionId, Upstream<R>>>,
     allocations: Mutex<HashMap<AllocationId, R::Task>>,
     allocator: Option<Arc<dyn Allocator>>,
-    /// The Agones client, when [`start`] built one (for the API's `POST /allocate`).
+    /// The Agones client, when [`start`] built one (for the API's `POST /allocate`), and
+    /// how long the routes that endpoint adds live.
     agones: Option<Arc<AgonesAllocator>>,
+    allocate_route_ttl: Duration,
+    /// Receive slots of the upstream readers, held only while a batch is handled.
+    upstream_slots: SlotPool,
     timer: Notify,
     armed: Mutex<Option<Instant>>,
 }
@@ -88,6 +90,8 @@ impl<R: Runtime> Engine<R> {
             allocations: Mutex::new(HashMap::new()),
             allocator,
             agones: None,
+            allocate_route_ttl: Duration::from_secs(600),
+            upstream_slots: SlotPool::new(UPSTREAM_BATCH, SLOT_LEN, UPSTREAM_SLOTS_KEPT),
             timer: Notify::default(),
             armed: Mutex::new(None),
         }
@@ -137,11 +141,14 @@ impl<R: Runtime> Engine<R> {
     /// The management API over this engine's host and gauges, with the route sync's
     /// state when there is one.
     pub fn api(self: &Arc<Self>, settings: &ApiSettings, sync: Option<&RouteSync>) -> Api {
-        let api = Api::new(settings.clone(), self.host.clone(), self.gauges());
-        match sync {
-            Some(sync) => api.with_sync(sync.clone()),
-            None => api,
+        let mut api = Api::new(settings.clone(), self.host.clone(), self.gauges());
+        if let Some(sync) = sync {
+            api = api.with_sync(sync.clone());
         }
+        if let Some(agones) = &self.agones {
+            api = api.with_allocator(agones.clone(), self.allocate_route_ttl);
+        }
+        api
     }
 
     fn listener_for(&self, client: SocketAddr) -> Option<&Arc<Socket<R::Udp>>> {
@@ -159,7 +166,7 @@ impl<R: Runtime> Engine<R> {
     }
 
     async fn listen(self: Arc<Self>, listener: Arc<Socket<R::Udp>>) {
-        let mut bufs = slots(BATCH_SIZE);
+        let mut bufs = vec![vec![0u8; SLOT_LEN]; BATCH_SIZE];
         let mut metas = vec![RecvMeta::default(); BATCH_SIZE];
         let mut outs = Vec::new();
         loop {
@@ -186,14 +193,14 @@ impl<R: Runtime> Engine<R> {
     }
 
     async fn read_upstream(self: Arc<Self>, session: SessionId, socket: Arc<Socket<R::Udp>>) {
-        let batch = BATCH_SIZE.min(8);
-        let mut bufs = slots(batch);
-        let mut metas = vec![RecvMeta::default(); batch];
+        let mut metas = vec![RecvMeta::default(); UPSTREAM_BATCH];
         let mut outs = Vec::new();
         loop {
-            let n = match socket.recv(&mut bufs, &mut metas).await {
+            let (result, bufs) = socket.recv_pooled(&self.upstream_slots, &mut metas).await;
+            let n = match result {
                 Ok(n) => n,
                 Err(e) => {
+                    self.upstream_slots.put(bufs);
                     // Each ICMP error is reported once; the next receive waits again.
                     socket.report_unreachable(session, &e);
                     continue;
@@ -208,6 +215,7 @@ impl<R: Runtime> Engine<R> {
                 }
                 self.execute(&mut outs, data).await;
             }
+            self.upstream_slots.put(bufs);
         }
     }
 
@@ -427,6 +435,7 @@ pub fn start<R: Runtime>(
     let allocator = agones.clone().map(|a| a as Arc<dyn Allocator>);
     let engine = Arc::new(Engine {
         agones,
+        allocate_route_ttl: settings.allocate_route_ttl,
         ..Engine::build(rt, host, listeners, allocator)
     });
     engine.start();

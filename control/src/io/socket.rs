@@ -53,6 +53,33 @@ impl<U: AsyncUdp> Socket<U> {
             .await
     }
 
+    /// As [`Self::recv`], with receive slots taken from `pool` only once the socket is
+    /// readable (and put back when the receive would block), so that an idle socket
+    /// holds no buffer. Returns the slots with the batch; give them back to `pool`.
+    pub(crate) async fn recv_pooled(
+        &self,
+        pool: &SlotPool,
+        metas: &mut [RecvMeta],
+    ) -> (io::Result<usize>, Vec<Vec<u8>>) {
+        let mut taken: Option<Vec<Vec<u8>>> = None;
+        let result = self
+            .io
+            .read_with(|sock| {
+                let bufs = taken.get_or_insert_with(|| pool.take());
+                let mut iovs: Vec<IoSliceMut<'_>> =
+                    bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+                let result = self.state.recv(sock, &mut iovs, metas);
+                if matches!(&result, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
+                    if let Some(bufs) = taken.take() {
+                        pool.put(bufs);
+                    }
+                }
+                result
+            })
+            .await;
+        (result, taken.unwrap_or_default())
+    }
+
     /// Sends `contents` to `to`; with `segment`, as GSO segments of that size.
     pub async fn send(
         &self,
@@ -86,6 +113,46 @@ impl<U: AsyncUdp> Socket<U> {
                 .peer_addr()
                 .map_or_else(|_| "?".to_owned(), |a| a.to_string());
             tracing::warn!(%session, %backend, "backend unreachable: {e}");
+        }
+    }
+}
+
+/// Receive slots shared by many sockets' readers: a reader holds a set only from the
+/// moment its socket is readable until the batch is forwarded, so memory follows the
+/// number of sockets busy at once, not the number open.
+#[derive(Debug)]
+pub(crate) struct SlotPool {
+    free: std::sync::Mutex<Vec<Vec<Vec<u8>>>>,
+    slots: usize,
+    slot_len: usize,
+    keep: usize,
+}
+
+impl SlotPool {
+    /// Sets of `slots` slots of `slot_len` bytes; at most `keep` idle sets are kept.
+    pub(crate) fn new(slots: usize, slot_len: usize, keep: usize) -> Self {
+        Self {
+            free: std::sync::Mutex::new(Vec::new()),
+            slots,
+            slot_len,
+            keep,
+        }
+    }
+
+    /// An idle set, or a new one.
+    pub(crate) fn take(&self) -> Vec<Vec<u8>> {
+        let reused = self.free.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        reused.unwrap_or_else(|| (0..self.slots).map(|_| vec![0u8; self.slot_len]).collect())
+    }
+
+    /// Gives a set back (dropped if enough are idle, or if it is not a full set).
+    pub(crate) fn put(&self, set: Vec<Vec<u8>>) {
+        if set.len() != self.slots {
+            return;
+        }
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        if free.len() < self.keep {
+            free.push(set);
         }
     }
 }
