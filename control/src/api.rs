@@ -20,7 +20,7 @@ mod metrics;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -31,6 +31,7 @@ use porter_core::{Route, RouteName, RouteTarget, SessionInfo, SessionState, Vers
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::agones::AgonesAllocator;
 use crate::host::{RelayHost, SharedHost};
 use crate::sync::{LinkState, RouteSync, SharedRoute};
 
@@ -73,6 +74,7 @@ pub const ENDPOINTS: &[(Method, &str)] = &[
     (Method::GET, "/routes/{fqdn}"),
     (Method::PUT, "/routes/{fqdn}"),
     (Method::DELETE, "/routes/{fqdn}"),
+    (Method::POST, "/allocate"),
 ];
 
 /// Sessions per page of `GET /sessions` unless `limit` says otherwise, and the most.
@@ -150,8 +152,20 @@ pub struct Api {
     host: SharedHost,
     gauges: GaugeFn,
     sync: Option<RouteSync>,
+    allocator: Option<(Arc<AgonesAllocator>, Duration)>,
     started: Instant,
 }
+
+/// Body of `POST /allocate`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AllocateJson {
+    fleet: String,
+    domain: String,
+}
+
+/// How long `POST /allocate` waits for the allocator.
+const ALLOCATE_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Reply = Response<Full<Bytes>>;
 
@@ -163,6 +177,7 @@ impl Api {
             host,
             gauges,
             sync: None,
+            allocator: None,
             started: Instant::now(),
         }
     }
@@ -172,6 +187,14 @@ impl Api {
     #[must_use]
     pub fn with_sync(mut self, sync: RouteSync) -> Self {
         self.sync = Some(sync);
+        self
+    }
+
+    /// `POST /allocate` allocates game servers with `allocator`; the routes it adds live
+    /// for `route_ttl`.
+    #[must_use]
+    pub fn with_allocator(mut self, allocator: Arc<AgonesAllocator>, route_ttl: Duration) -> Self {
+        self.allocator = Some((allocator, route_ttl));
         self
     }
 
@@ -264,6 +287,13 @@ impl Api {
                 }
             }
             (Method::DELETE, "/routes/{fqdn}", Some(name)) => self.delete_route(&name),
+            (Method::POST, "/allocate", _) => match self.read_json::<AllocateJson, B>(req).await {
+                Ok(body) => match self.allocate(body).await {
+                    Ok(reply) => reply,
+                    Err(failure) => failure.reply(),
+                },
+                Err(failure) => failure.reply(),
+            },
             (method, pattern, _) => {
                 // Only reachable if ENDPOINTS gains a line without its arm; a test guards it.
                 tracing::error!(%method, pattern, "endpoint listed but not dispatched");
@@ -339,6 +369,82 @@ impl Api {
         .map_err(|e| Failure::bad_request(e.to_string()))?;
         tracing::info!(fqdn = %route.name, "route set through the API");
         Ok((route, previous.is_none()))
+    }
+
+    /// `POST /allocate`: allocates a game server from `fleet` and routes
+    /// `<game server name>.<domain>` to it for the configured time.
+    async fn allocate(&self, body: AllocateJson) -> Result<Reply, Failure> {
+        let fleet = body.fleet.trim();
+        crate::config::check_kubernetes_name(fleet, true)
+            .map_err(|why| Failure::bad_request(format!("fleet: {fleet:?}: {why}")))?;
+        let domain = match crate::config::parse_route_name(body.domain.trim()) {
+            Ok(RouteName::Exact(domain)) => domain,
+            Ok(_) => {
+                return Err(Failure::bad_request(
+                    "domain: a plain DNS name, no wildcard",
+                ))
+            }
+            Err(e) => return Err(Failure::bad_request(format!("domain: {e}"))),
+        };
+        let Some((allocator, ttl)) = &self.allocator else {
+            return Err(Failure::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "agones is not enabled in this relay's configuration",
+            ));
+        };
+        let tag = format!("porter-api-{}", self.started.elapsed().as_nanos());
+        let allocation = allocator
+            .allocate_game_server(fleet, &tag, Instant::now() + ALLOCATE_TIMEOUT)
+            .await
+            .map_err(|e| {
+                Failure::new(StatusCode::BAD_GATEWAY, format!("allocation failed: {e}"))
+            })?;
+        let Some(addr) = allocation.socket_addr else {
+            return Err(Failure::new(
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "game server {} has address {:?}, which does not resolve",
+                    allocation.game_server_name, allocation.address
+                ),
+            ));
+        };
+        let fqdn = format!("{}.{domain}", allocation.game_server_name);
+        let name = crate::config::parse_route_name(&fqdn)
+            .map_err(|e| Failure::new(StatusCode::BAD_GATEWAY, format!("game server name: {e}")))?;
+        let route = Route {
+            name: name.clone(),
+            target: RouteTarget::Simple(vec![porter_core::BackendAddr(addr)]),
+        };
+        let until = Instant::now() + *ttl;
+        match &self.sync {
+            Some(sync) => {
+                let shared = SharedRoute {
+                    name: name.clone(),
+                    kind: crate::sync::RouteType::Simple,
+                    target: addr.to_string(),
+                };
+                sync.set_route_until(route, shared, until)
+            }
+            None => RelayHost::lock(&self.host)
+                .relay_mut()
+                .set_route_until(route, until),
+        }
+        .map_err(|e| Failure::bad_request(e.to_string()))?;
+        tracing::info!(
+            %fqdn,
+            game_server = %allocation.game_server_name,
+            target = %addr,
+            ttl_seconds = ttl.as_secs(),
+            "temporary route for an allocated game server"
+        );
+        Ok(json_reply(
+            StatusCode::OK,
+            &json!({
+                "fqdn": name.to_string(),
+                "name": allocation.game_server_name,
+                "target": addr.to_string(),
+            }),
+        ))
     }
 
     fn get_route(&self, name: &RouteName) -> Reply {

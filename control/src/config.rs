@@ -31,6 +31,7 @@ mod units;
 use std::path::Path;
 
 pub use self::error::{ConfigErrors, InvalidValue, Problem};
+pub(crate) use self::names::check_kubernetes_name;
 pub use self::names::{parse_route_name, RouteName};
 pub use self::target::{Host, Target};
 pub use self::types::{

@@ -315,13 +315,7 @@ async fn bad_requests_are_400_with_a_message() {
 #[tokio::test]
 async fn unknown_paths_are_404_and_wrong_methods_405() {
     let api = api();
-    for path in [
-        "/",
-        "/nope",
-        "/routes/a.test/extra",
-        "/allocate",
-        "/routesx",
-    ] {
+    for path in ["/", "/nope", "/routes/a.test/extra", "/routesx"] {
         let a = call(&api, "GET", path, "").await;
         assert_eq!(a.status, StatusCode::NOT_FOUND, "{path}");
         assert_eq!(a.error(), "no such endpoint");
@@ -332,6 +326,7 @@ async fn unknown_paths_are_404_and_wrong_methods_405() {
         ("POST", "/healthz", "GET"),
         ("PATCH", "/metrics", "GET"),
         ("HEAD", "/sessions", "GET"),
+        ("GET", "/allocate", "POST"),
     ] {
         let a = call(&api, method, path, "").await;
         assert_eq!(a.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
@@ -349,6 +344,11 @@ async fn mutating_calls_need_the_token() {
         ("POST", "/routes", route),
         ("PUT", "/routes/a.test", put),
         ("DELETE", "/routes/a.test", ""),
+        (
+            "POST",
+            "/allocate",
+            r#"{"fleet":"arena","domain":"play.test"}"#,
+        ),
     ] {
         let a = send_req(&api, request(method, path, body, None)).await;
         assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{method} {path}");
@@ -557,6 +557,22 @@ async fn every_listed_endpoint_is_served() {
     );
     for (method, pattern) in ENDPOINTS {
         let path = pattern.replace("{fqdn}", "a.test");
+        if *pattern == "/allocate" {
+            // Dispatched, and says why it cannot serve without Agones.
+            let a = call(
+                &api,
+                "POST",
+                &path,
+                r#"{"fleet":"arena","domain":"play.test"}"#,
+            )
+            .await;
+            assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{}", a.text());
+            assert_eq!(
+                a.error(),
+                "agones is not enabled in this relay's configuration"
+            );
+            continue;
+        }
         let body = match *method {
             Method::POST => route,
             Method::PUT => r#"{"type":"simple","target":"127.0.0.1:1"}"#,
@@ -716,5 +732,35 @@ proptest! {
             let v: Value = serde_json::from_slice(&a.body).expect("error body is JSON");
             prop_assert!(v["error"].as_str().is_some_and(|m| !m.is_empty()), "{}", v);
         }
+    }
+}
+
+/// `POST /allocate` checks its body before asking anyone for a game server.
+#[tokio::test]
+async fn allocate_rejects_bad_bodies() {
+    let api = api();
+    for (body, message) in [
+        (r#"{"fleet":"","domain":"play.test"}"#, "fleet: \"\": "),
+        (
+            r#"{"fleet":"Bad_Fleet","domain":"play.test"}"#,
+            "fleet: \"Bad_Fleet\"",
+        ),
+        (
+            r#"{"fleet":"arena","domain":"*.play.test"}"#,
+            "domain: a plain DNS name",
+        ),
+        (r#"{"fleet":"arena","domain":"a..b"}"#, "domain: "),
+        (
+            r#"{"fleet":"arena"}"#,
+            "invalid JSON: missing field `domain`",
+        ),
+        (
+            r#"{"fleet":"arena","domain":"x.test","extra":1}"#,
+            "unknown field `extra`",
+        ),
+    ] {
+        let a = call(&api, "POST", "/allocate", body).await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{body}: {}", a.text());
+        assert!(a.error().contains(message), "{body}: {}", a.error());
     }
 }

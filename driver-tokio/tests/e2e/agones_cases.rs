@@ -187,3 +187,70 @@ async fn slow_or_down_allocator_then_recovery() {
     assert_eq!(s["pending_sessions"], 0, "{s}");
     assert_eq!(s["buffered_bytes"], 0, "{s}");
 }
+
+/// `POST /allocate` allocates a game server, routes `<name>.<domain>` to it for the
+/// configured time, and the route carries QUIC until it expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allocate_endpoint_adds_a_temporary_route() {
+    let pki = Pki::new();
+    let gs = EchoServer::start("GS", pki.server_config(&["gs-7.play.test"]), false);
+    let apki = TestPki::generate();
+    let allocator = TestAllocator::start(
+        &apki,
+        ServerCert::WithDnsName,
+        NAMESPACE,
+        vec![TestGameServer::ready("gs-7", NAMESPACE, FLEET, gs.addr, 10)],
+    )
+    .await
+    .expect("test allocator");
+    let config = format!(
+        "{}routes: []\n",
+        agones_section(&apki, &allocator, ", allocate_route_ttl: 2s")
+    );
+    let porter = Porter::start(BINARY, &config);
+
+    let (status, body) = http(
+        porter.api,
+        "POST",
+        "/allocate",
+        Some(&format!(
+            "{{\"fleet\": \"{FLEET}\", \"domain\": \"Play.Test\"}}"
+        )),
+        None,
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}\nlog:\n{}", porter.log());
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["fqdn"], "gs-7.play.test", "{answer}");
+    assert_eq!(answer["name"], "gs-7", "{answer}");
+    assert_eq!(answer["target"], gs.addr.to_string(), "{answer}");
+    assert_eq!(allocator.game_server("gs-7").unwrap().players().len(), 1);
+
+    let client = client_endpoint(pki.client_config(None));
+    let conn = try_connect(&client, porter.udp, "gs-7.play.test")
+        .await
+        .unwrap_or_else(|e| panic!("{e}; log:\n{}", porter.log()));
+    assert_eq!(echo(&conn, b"match").await, "GS:match");
+    conn.close(0u32.into(), b"done");
+
+    // After its time the route is gone, and new connections are refused.
+    let gone = wait_for(Duration::from_secs(10), || {
+        let (status, _) = porter.get("/routes/gs-7.play.test").ok()?;
+        (status == 404).then_some(())
+    });
+    assert!(gone.is_some(), "route still there; log:\n{}", porter.log());
+    assert!(porter.log().contains("temporary route expired"));
+    assert_refused(try_connect(&client, porter.udp, "gs-7.play.test").await);
+
+    // Bad requests are explained.
+    let (status, body) = http(
+        porter.api,
+        "POST",
+        "/allocate",
+        Some("{\"fleet\": \"\"}"),
+        None,
+    )
+    .unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("error"), "{body}");
+}
