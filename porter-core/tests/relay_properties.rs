@@ -414,6 +414,8 @@ impl Harness {
                 Event::Transmit { .. }
                 | Event::ConnectionRefused { .. }
                 | Event::ClientAddressChanged { .. } => {}
+                // This test installs no temporary routes.
+                Event::RouteExpired { name } => panic!("route {name} expired, none was temporary"),
             }
         }
         self.check_bounds();
