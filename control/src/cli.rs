@@ -51,6 +51,16 @@ pub enum Command {
 }
 
 impl Cli {
+    /// Parses the process's arguments for the binary `name` (shown by `--version` and
+    /// `--help`; the derive alone would show this crate's name); exits on an error, as
+    /// [`Parser::parse`] does.
+    pub fn parse_as(name: &'static str) -> Self {
+        let matches = <Self as clap::CommandFactory>::command()
+            .name(name)
+            .get_matches();
+        <Self as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
+
     /// Loads the configuration the command line names; also returns where it came from
     /// (a path, or `built-in example`).
     pub fn load_config(&self) -> Result<(Config, String), ConfigErrors> {

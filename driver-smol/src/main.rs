@@ -16,7 +16,6 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use async_executor::Executor;
 use async_signal::{Signal, Signals};
-use clap::Parser;
 use control::agones::AgonesAllocator;
 use control::cli::Cli;
 use control::setup::Settings;
@@ -26,7 +25,7 @@ use futures_lite::StreamExt as _;
 use crate::runtime::{Smol, SmolTimer};
 
 fn main() -> ExitCode {
-    let settings = match Cli::parse().prepare() {
+    let settings = match Cli::parse_as("porter-smol").prepare() {
         Ok(settings) => settings,
         Err(code) => return code,
     };

@@ -8,13 +8,12 @@ mod runtime;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::Parser;
 use control::agones::AgonesAllocator;
 use control::cli::Cli;
 use control::setup::Settings;
 
 fn main() -> ExitCode {
-    let settings = match Cli::parse().prepare() {
+    let settings = match Cli::parse_as("porter").prepare() {
         Ok(settings) => settings,
         Err(code) => return code,
     };
