@@ -17,7 +17,6 @@
 
 mod metrics;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -797,20 +796,8 @@ pub async fn serve_api_tokio(api: Api) -> std::io::Result<SocketAddr> {
                     continue;
                 }
             };
-            let api = api.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| {
-                    let api = api.clone();
-                    async move { Ok::<_, Infallible>(api.handle(req).await) }
-                });
-                let io = hyper_util::rt::TokioIo::new(stream);
-                if let Err(e) = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(io, service)
-                    .await
-                {
-                    tracing::debug!("API connection: {e}");
-                }
-            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            tokio::spawn(crate::http::serve_connection(api.clone(), io));
         }
     });
     Ok(bound)
