@@ -32,20 +32,16 @@ pub(crate) fn plan_client(
     stride: usize,
     outs: &mut Vec<Out>,
 ) {
-    let mut actions = Vec::new();
-    for (i, segment) in data.chunks(stride).enumerate() {
-        let range = i * stride..i * stride + segment.len();
-        match host.client_datagram(now, from, segment) {
-            Verdict::Forward { session, .. } => outs.push(Out::ToBackend(session, range)),
-            Verdict::Reply(reply) => outs.push(Out::Act(Action::SendToClient {
-                to: from,
-                datagram: reply,
-            })),
-            _ => {}
-        }
-        host.drain(&mut actions);
-        outs.extend(actions.drain(..).map(Out::Act));
-    }
+    plan(host, data, stride, outs, |host, segment, range| match host
+        .client_datagram(now, from, segment)
+    {
+        Verdict::Forward { session, .. } => Some(Out::ToBackend(session, range)),
+        Verdict::Reply(reply) => Some(Out::Act(Action::SendToClient {
+            to: from,
+            datagram: reply,
+        })),
+        _ => None,
+    });
 }
 
 /// As [`plan_client`], for a slot received on `session`'s upstream socket.
@@ -57,14 +53,27 @@ pub(crate) fn plan_backend(
     stride: usize,
     outs: &mut Vec<Out>,
 ) {
+    plan(host, data, stride, outs, |host, segment, range| match host
+        .backend_datagram(now, session, segment)
+    {
+        Verdict::ForwardToClient { client, .. } => Some(Out::ToClient(client, range)),
+        _ => None,
+    });
+}
+
+/// Splits a slot into its datagrams; for each, appends what `decide` says to send, then
+/// the host's actions, so that the plan keeps the order in which things happened.
+fn plan(
+    host: &mut RelayHost,
+    data: &[u8],
+    stride: usize,
+    outs: &mut Vec<Out>,
+    mut decide: impl FnMut(&mut RelayHost, &[u8], Range<usize>) -> Option<Out>,
+) {
     let mut actions = Vec::new();
     for (i, segment) in data.chunks(stride).enumerate() {
         let range = i * stride..i * stride + segment.len();
-        if let Verdict::ForwardToClient { client, .. } =
-            host.backend_datagram(now, session, segment)
-        {
-            outs.push(Out::ToClient(client, range));
-        }
+        outs.extend(decide(host, segment, range));
         host.drain(&mut actions);
         outs.extend(actions.drain(..).map(Out::Act));
     }
