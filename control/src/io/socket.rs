@@ -16,6 +16,10 @@ use super::{AsyncUdp, Runtime};
 pub struct Socket<U> {
     io: U,
     state: UdpSocketState,
+    /// The bound address and the connected peer, read once: the send path needs them
+    /// for every datagram, and asking the OS costs a system call each time.
+    local: Option<SocketAddr>,
+    peer: Option<SocketAddr>,
     /// Whether an error was already reported (upstream sockets only).
     reported: AtomicBool,
 }
@@ -25,21 +29,24 @@ impl<U: AsyncUdp> Socket<U> {
     pub fn new<R: Runtime<Udp = U>>(rt: &R, std: StdUdpSocket) -> io::Result<Self> {
         std.set_nonblocking(true)?;
         let state = UdpSocketState::new((&std).into())?;
+        let (local, peer) = (std.local_addr().ok(), std.peer_addr().ok());
         Ok(Self {
             io: rt.register(std)?,
             state,
+            local,
+            peer,
             reported: AtomicBool::new(false),
         })
     }
 
     /// The local address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.io.local_addr()
+        self.local.map_or_else(|| self.io.local_addr(), Ok)
     }
 
     /// The connected peer (upstream sockets).
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.io.peer_addr()
+        self.peer.map_or_else(|| self.io.peer_addr(), Ok)
     }
 
     /// Receives a batch: fills `bufs` and `metas`, returns how many slots were used.
@@ -219,9 +226,29 @@ pub(crate) fn connect_upstream<R: Runtime>(
     } else {
         (Ipv6Addr::UNSPECIFIED, 0).into()
     };
+    keep_udp_gro_key();
     let std = StdUdpSocket::bind(local)?;
     std.connect(backend)?;
     Socket::new(rt, std)
+}
+
+/// Keeps one IPv6 UDP socket with UDP_GRO on for the life of the process.
+///
+/// quinn-udp's `UdpSocketState::new` probes GRO support by enabling UDP_GRO on a
+/// throw-away IPv6 socket. On Linux, the first IPv6 socket with UDP_GRO flips a static
+/// key (kernel code patching, with an IPI to every CPU), and closing the last one flips
+/// it back: twice per upstream socket, which cost about a third of the relay's CPU time
+/// in a connection-setup benchmark (`scripts/bench`, found with `perf`). While this
+/// socket holds the key on, the probes only count up and down. It is never bound.
+fn keep_udp_gro_key() {
+    static HOLDER: std::sync::OnceLock<Option<socket2::Socket>> = std::sync::OnceLock::new();
+    HOLDER.get_or_init(|| {
+        use socket2::{Domain, Protocol, Type};
+        let socket = socket2::Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP)).ok()?;
+        // Sets UDP_GRO on it (among other options); the state itself is not needed.
+        UdpSocketState::new((&socket).into()).ok()?;
+        Some(socket)
+    });
 }
 
 /// IPv4-mapped IPv6 addresses (from a dual-stack listener) as plain IPv4.
