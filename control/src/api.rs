@@ -695,27 +695,10 @@ fn match_path<'p>(pattern: &str, path: &'p str) -> Option<Option<&'p str>> {
 
 /// The route name in a path segment (percent-decoded).
 fn route_name_param(segment: &str) -> Result<RouteName, Failure> {
-    let text = percent_decode(segment).ok_or_else(|| {
+    let text = crate::config::percent_decode(segment).ok_or_else(|| {
         Failure::bad_request(format!("fqdn: {segment:?} has a bad percent-escape"))
     })?;
     crate::config::parse_route_name(&text).map_err(|e| Failure::bad_request(format!("fqdn: {e}")))
-}
-
-fn percent_decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = text.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -822,10 +805,13 @@ mod tests {
 
     #[test]
     fn percent_decoding() {
-        assert_eq!(percent_decode("%2A.a.test").as_deref(), Some("*.a.test"));
-        assert_eq!(percent_decode("a%2"), None);
-        assert_eq!(percent_decode("a%zz"), None);
-        assert_eq!(percent_decode("%FF"), None);
+        assert_eq!(
+            crate::config::percent_decode("%2A.a.test").as_deref(),
+            Some("*.a.test")
+        );
+        assert_eq!(crate::config::percent_decode("a%2"), None);
+        assert_eq!(crate::config::percent_decode("a%zz"), None);
+        assert_eq!(crate::config::percent_decode("%FF"), None);
     }
 
     #[test]

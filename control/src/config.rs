@@ -30,6 +30,7 @@ mod units;
 
 use std::path::Path;
 
+pub(crate) use self::check::percent_decode;
 pub use self::error::{ConfigErrors, InvalidValue, Problem};
 pub(crate) use self::names::check_kubernetes_name;
 pub use self::names::{parse_route_name, RouteName};

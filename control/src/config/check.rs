@@ -884,7 +884,9 @@ fn redis_address(text: &str) -> Result<RedisAddress, String> {
     })
 }
 
-fn percent_decode(text: &str) -> Option<String> {
+/// Decodes `%XX` escapes (URL user names and passwords, API path segments); `None` for a
+/// bad escape or bytes that are not UTF-8.
+pub(crate) fn percent_decode(text: &str) -> Option<String> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
