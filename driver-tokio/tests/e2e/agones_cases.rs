@@ -1,7 +1,6 @@
 //! End-to-end cases for `agones` routes: the relay binary asks a test allocator (the
 //! project's own proto, mutual TLS) for game servers that are real quinn servers.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use control::agones::testing::{
@@ -39,17 +38,6 @@ fn agones_section(pki: &TestPki, allocator: &TestAllocator, extra: &str) -> Stri
 
 fn agones_route(fqdn: &str) -> String {
     format!("routes:\n  - {{fqdn: \"{fqdn}\", type: agones, target: {FLEET}}}\n")
-}
-
-async fn try_connect(
-    endpoint: &quinn::Endpoint,
-    relay: SocketAddr,
-    sni: &str,
-) -> Result<quinn::Connection, quinn::ConnectionError> {
-    let connecting = endpoint.connect(relay, sni).unwrap();
-    tokio::time::timeout(Duration::from_secs(10), connecting)
-        .await
-        .expect("handshake finished or failed in time")
 }
 
 fn assert_refused(result: Result<quinn::Connection, quinn::ConnectionError>) {
@@ -94,7 +82,7 @@ async fn players_fill_servers_in_order_then_fleet_is_full() {
     let mut answered = Vec::new();
     let mut conns = Vec::new();
     for i in 0..4 {
-        let conn = try_connect(&client, porter.udp, "play.test")
+        let conn = connect(&client, porter.udp, "play.test")
             .await
             .unwrap_or_else(|e| panic!("player {i}: {e}; log:\n{}", porter.log()));
         let reply = echo(&conn, format!("p{i}").as_bytes()).await;
@@ -107,7 +95,7 @@ async fn players_fill_servers_in_order_then_fleet_is_full() {
 
     // Both servers are full now.
     let started = Instant::now();
-    assert_refused(try_connect(&client, porter.udp, "play.test").await);
+    assert_refused(connect(&client, porter.udp, "play.test").await);
     assert!(
         started.elapsed() < Duration::from_secs(3),
         "{:?}",
@@ -159,7 +147,7 @@ async fn slow_or_down_allocator_then_recovery() {
     // Slow: no answer before the handshake deadline.
     allocator.set_delay(Duration::from_secs(3));
     let started = Instant::now();
-    assert_refused(try_connect(&client, porter.udp, "play.test").await);
+    assert_refused(connect(&client, porter.udp, "play.test").await);
     let took = started.elapsed();
     assert!(
         took >= Duration::from_millis(900) && took < Duration::from_secs(3),
@@ -175,11 +163,11 @@ async fn slow_or_down_allocator_then_recovery() {
     // Down: the allocator answers Unavailable (once; the client is set to one attempt).
     allocator.set_delay(Duration::ZERO);
     allocator.fail_next(1, Code::Unavailable);
-    assert_refused(try_connect(&client, porter.udp, "play.test").await);
+    assert_refused(connect(&client, porter.udp, "play.test").await);
     assert_eq!(porter.stats()["allocations"]["failed"], 1);
 
     // Back: connections work again.
-    let conn = try_connect(&client, porter.udp, "play.test")
+    let conn = connect(&client, porter.udp, "play.test")
         .await
         .unwrap_or_else(|e| panic!("after recovery: {e}; log:\n{}", porter.log()));
     assert_eq!(echo(&conn, b"back").await, "GS:back");
@@ -227,7 +215,7 @@ async fn allocate_endpoint_adds_a_temporary_route() {
     assert_eq!(allocator.game_server("gs-7").unwrap().players().len(), 1);
 
     let client = client_endpoint(pki.client_config(None));
-    let conn = try_connect(&client, porter.udp, "gs-7.play.test")
+    let conn = connect(&client, porter.udp, "gs-7.play.test")
         .await
         .unwrap_or_else(|e| panic!("{e}; log:\n{}", porter.log()));
     assert_eq!(echo(&conn, b"match").await, "GS:match");
@@ -240,7 +228,7 @@ async fn allocate_endpoint_adds_a_temporary_route() {
     });
     assert!(gone.is_some(), "route still there; log:\n{}", porter.log());
     assert!(porter.log().contains("temporary route expired"));
-    assert_refused(try_connect(&client, porter.udp, "gs-7.play.test").await);
+    assert_refused(connect(&client, porter.udp, "gs-7.play.test").await);
 
     // Bad requests are explained.
     let (status, body) = http(

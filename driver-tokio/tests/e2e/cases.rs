@@ -14,19 +14,6 @@ fn simple_route(fqdn: &str, target: SocketAddr) -> String {
     format!("  - {{fqdn: \"{fqdn}\", type: simple, target: \"{target}\"}}\n")
 }
 
-async fn connect(
-    endpoint: &quinn::Endpoint,
-    relay: SocketAddr,
-    sni: &str,
-) -> Result<quinn::Connection, quinn::ConnectionError> {
-    let connecting = endpoint
-        .connect(relay, sni)
-        .expect("valid connect parameters");
-    tokio::time::timeout(Duration::from_secs(10), connecting)
-        .await
-        .expect("handshake finished or failed in time")
-}
-
 /// Acceptance 1: two servers with different certificates behind one relay; exact,
 /// wildcard and default routes reach the right one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

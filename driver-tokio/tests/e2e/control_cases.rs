@@ -24,19 +24,6 @@ fn route_body(fqdn: &str, target: SocketAddr) -> String {
     format!(r#"{{"fqdn":"{fqdn}","type":"simple","target":"{target}"}}"#)
 }
 
-async fn connect(
-    endpoint: &quinn::Endpoint,
-    relay: SocketAddr,
-    sni: &str,
-) -> Result<quinn::Connection, quinn::ConnectionError> {
-    let connecting = endpoint
-        .connect(relay, sni)
-        .expect("valid connect parameters");
-    tokio::time::timeout(Duration::from_secs(10), connecting)
-        .await
-        .expect("handshake finished or failed in time")
-}
-
 fn target_of(porter: &Porter, fqdn: &str) -> Option<String> {
     porter
         .route(fqdn)

@@ -75,26 +75,7 @@ impl Porter {
     /// Starts `binary` with `body` appended to a config that sets `udp` and `api` to free
     /// loopback ports. Waits until the API answers.
     pub fn start(binary: &str, body: &str) -> Self {
-        let (udp_port, api_port) = (free_udp_port(), free_tcp_port());
-        let config = format!(
-            "udp: {{port: {udp_port}, bind: 127.0.0.1, log_requests: true}}\n\
-             api: {{port: {api_port}}}\n{body}"
-        );
-        let mut porter = Self::spawn(binary, &config, &[]);
-        porter.udp = ([127, 0, 0, 1], udp_port).into();
-        porter.api = ([127, 0, 0, 1], api_port).into();
-        let ready = wait_for(Duration::from_secs(15), || {
-            if let Ok(Some(status)) = porter.child.try_wait() {
-                panic!("relay exited with {status}; log:\n{}", porter.log());
-            }
-            porter.get("/healthz").ok().filter(|(s, _)| *s == 200)
-        });
-        assert!(
-            ready.is_some(),
-            "relay API never answered; log:\n{}",
-            porter.log()
-        );
-        porter
+        Self::start_with_api(binary, "", body)
     }
 
     /// Spawns `binary` with `config` written to a file, plus extra arguments, without
@@ -345,6 +326,20 @@ pub fn client_endpoint(config: quinn::ClientConfig) -> quinn::Endpoint {
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     endpoint.set_default_client_config(config);
     endpoint
+}
+
+/// Connects to `relay` asking for `sni`: the handshake's outcome, within 10 seconds.
+pub async fn connect(
+    endpoint: &quinn::Endpoint,
+    relay: SocketAddr,
+    sni: &str,
+) -> Result<quinn::Connection, quinn::ConnectionError> {
+    let connecting = endpoint
+        .connect(relay, sni)
+        .expect("valid connect parameters");
+    tokio::time::timeout(Duration::from_secs(10), connecting)
+        .await
+        .expect("handshake finished or failed in time")
 }
 
 /// Sends `payload` on a new stream and returns the echo.
