@@ -15,15 +15,22 @@ use thiserror::Error;
 use crate::client_hello::normalize_host_name;
 use crate::ids::BackendAddr;
 
-/// The name a route answers to.
+/// The name a route answers to: one host name (`game.example.com`, normalised: lower
+/// case, no trailing dot), a wildcard (`*.example.com`: every name with one or more
+/// labels below `example.com`) or the default route (`*`: every name no other route
+/// matches, and connections without SNI).
+///
+/// Opaque: made by [`RouteName::parse`] (or [`RouteName::DEFAULT`]), so a name is always
+/// valid and normalised. Its text form ([`fmt::Display`]) parses back to itself. Names
+/// order exact names first, then wildcards, then the default route.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum RouteName {
-    /// One host name, normalised (lower case, no trailing dot).
+pub struct RouteName(Name);
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Name {
     Exact(String),
-    /// `*.suffix`: every name with one or more labels below `suffix` (stored without
-    /// the `*.`).
+    /// Stored without the `*.`.
     Wildcard(String),
-    /// `*`: every name no other route matches, and connections without SNI.
     Default,
 }
 
@@ -40,25 +47,50 @@ pub enum RouteNameError {
 }
 
 impl RouteName {
-    /// Parses `name`, `*.suffix` or `*`.
+    /// The default route, `*`.
+    pub const DEFAULT: Self = Self(Name::Default);
+
+    /// Parses `name`, `*.suffix` or `*`. Host names follow the DNS rules of
+    /// [`crate::client_hello::normalize_host_name`] (the same rules that normalise the
+    /// SNI a client sends), so a route name and an SNI compare as equals.
     pub fn parse(text: &str) -> Result<Self, RouteNameError> {
         if text == "*" {
-            return Ok(Self::Default);
+            return Ok(Self::DEFAULT);
         }
         if let Some(suffix) = text.strip_prefix("*.") {
             if suffix.contains('*') {
                 return Err(RouteNameError::BadWildcard(text.to_owned()));
             }
             return normalize_host_name(suffix.as_bytes())
-                .map(Self::Wildcard)
+                .map(|suffix| Self(Name::Wildcard(suffix)))
                 .ok_or_else(|| RouteNameError::InvalidName(text.to_owned()));
         }
         if text.contains('*') {
             return Err(RouteNameError::BadWildcard(text.to_owned()));
         }
         normalize_host_name(text.as_bytes())
-            .map(Self::Exact)
+            .map(|name| Self(Name::Exact(name)))
             .ok_or_else(|| RouteNameError::InvalidName(text.to_owned()))
+    }
+    /// The host name of an exact route; `None` for wildcards and the default route.
+    pub fn exact(&self) -> Option<&str> {
+        match &self.0 {
+            Name::Exact(name) => Some(name),
+            _ => None,
+        }
+    }
+
+    /// The suffix of a wildcard route (`example.com` for `*.example.com`).
+    pub fn wildcard_suffix(&self) -> Option<&str> {
+        match &self.0 {
+            Name::Wildcard(suffix) => Some(suffix),
+            _ => None,
+        }
+    }
+
+    /// Whether this is the default route, `*`.
+    pub fn is_default(&self) -> bool {
+        self.0 == Name::Default
     }
 }
 
@@ -72,10 +104,10 @@ impl FromStr for RouteName {
 
 impl fmt::Display for RouteName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Exact(name) => f.write_str(name),
-            Self::Wildcard(suffix) => write!(f, "*.{suffix}"),
-            Self::Default => f.write_str("*"),
+        match &self.0 {
+            Name::Exact(name) => f.write_str(name),
+            Name::Wildcard(suffix) => write!(f, "*.{suffix}"),
+            Name::Default => f.write_str("*"),
         }
     }
 }
@@ -155,30 +187,30 @@ impl RouteTable {
             _ => {}
         }
         let entry = Entry { route, next: 0 };
-        let old = match &entry.route.name {
-            RouteName::Exact(n) => self.exact.insert(n.clone(), entry),
-            RouteName::Wildcard(s) => self.wildcard.insert(s.clone(), entry),
-            RouteName::Default => self.default.replace(entry),
+        let old = match &entry.route.name.0 {
+            Name::Exact(n) => self.exact.insert(n.clone(), entry),
+            Name::Wildcard(s) => self.wildcard.insert(s.clone(), entry),
+            Name::Default => self.default.replace(entry),
         };
         Ok(old.map(|e| e.route))
     }
 
     /// Removes a route; returns it if it existed.
     pub fn remove(&mut self, name: &RouteName) -> Option<Route> {
-        let old = match name {
-            RouteName::Exact(n) => self.exact.remove(n),
-            RouteName::Wildcard(s) => self.wildcard.remove(s),
-            RouteName::Default => self.default.take(),
+        let old = match &name.0 {
+            Name::Exact(n) => self.exact.remove(n),
+            Name::Wildcard(s) => self.wildcard.remove(s),
+            Name::Default => self.default.take(),
         };
         old.map(|e| e.route)
     }
 
     /// The route with exactly this name.
     pub fn get(&self, name: &RouteName) -> Option<&Route> {
-        let entry = match name {
-            RouteName::Exact(n) => self.exact.get(n),
-            RouteName::Wildcard(s) => self.wildcard.get(s),
-            RouteName::Default => self.default.as_ref(),
+        let entry = match &name.0 {
+            Name::Exact(n) => self.exact.get(n),
+            Name::Wildcard(s) => self.wildcard.get(s),
+            Name::Default => self.default.as_ref(),
         };
         entry.map(|e| &e.route)
     }
@@ -284,13 +316,13 @@ mod tests {
     fn names_parse_and_print() {
         assert_eq!(
             RouteName::parse("Game.Example.COM."),
-            Ok(RouteName::Exact("game.example.com".into()))
+            Ok(RouteName(Name::Exact("game.example.com".into())))
         );
         assert_eq!(
             RouteName::parse("*.Example.com"),
-            Ok(RouteName::Wildcard("example.com".into()))
+            Ok(RouteName(Name::Wildcard("example.com".into())))
         );
-        assert_eq!(RouteName::parse("*"), Ok(RouteName::Default));
+        assert_eq!(RouteName::parse("*"), Ok(RouteName::DEFAULT));
         for bad in ["a.*.com", "*a.com", "**.com", "*.", "", "a..b", "*.*.a.com"] {
             assert!(RouteName::parse(bad).is_err(), "{bad}");
         }
@@ -318,7 +350,7 @@ mod tests {
         assert_eq!(port(&mut t, Some("example.com")), 1);
         assert_eq!(port(&mut t, Some("other.org")), 1);
         assert_eq!(port(&mut t, None), 1);
-        t.remove(&RouteName::Default);
+        t.remove(&RouteName::DEFAULT);
         assert_eq!(t.resolve(Some("example.com")), None);
         assert_eq!(t.resolve(None), None);
     }
@@ -336,7 +368,9 @@ mod tests {
         assert_eq!(ports, [1, 2, 3, 1, 2, 3]);
         assert_eq!(
             t.insert(simple("a.test", &[])),
-            Err(RouteError::NoBackends(RouteName::Exact("a.test".into())))
+            Err(RouteError::NoBackends(RouteName(Name::Exact(
+                "a.test".into()
+            ))))
         );
         let old = t.insert(simple("a.test", &[9])).unwrap().unwrap();
         assert_eq!(old, simple("a.test", &[1, 2, 3]));

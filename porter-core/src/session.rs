@@ -65,7 +65,7 @@ impl CloseReason {
     }
 }
 
-/// A snapshot of one session, for listings and for [`crate::Event::SessionClosed`].
+/// A snapshot of one session, for listings and for [`crate::Notification::SessionClosed`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionInfo {
     /// Its ID.

@@ -1,0 +1,76 @@
+//! Backend datagrams: forwarded to the session's client, and read for the connection IDs
+//! the backend chooses. Every long header a backend sends (Initial, Handshake, Retry;
+//! coalesced ones too) carries its Source CID in the clear (RFC 9000 §17.2), which the
+//! client then uses as its Destination CID: the relay learns it, up to
+//! `max_cids_per_session`, forgetting the oldest.
+
+use std::time::Instant;
+
+use super::output::{DropReason, Verdict};
+use super::Relay;
+use crate::ids::SessionId;
+use crate::session::SessionState;
+use crate::wire::{self, ConnectionId, Packet, Packets};
+
+impl Relay {
+    pub(super) fn backend_datagram(
+        &mut self,
+        now: Instant,
+        id: SessionId,
+        datagram: &[u8],
+    ) -> Verdict {
+        // A session not routed yet has no upstream socket, so nothing can come from its
+        // backend: forwarding it would hand the client bytes from nowhere, and learning
+        // its CIDs would let them squat the session's table.
+        let Some(session) = self
+            .sessions
+            .get_mut(&id)
+            .filter(|s| s.state == SessionState::Established)
+        else {
+            return Verdict::Drop(DropReason::UnknownSession);
+        };
+        let Some(&first) = datagram.first() else {
+            return Verdict::Drop(DropReason::Empty);
+        };
+        session.last_activity = now;
+        session.to_client.add(datagram.len());
+        let client = session.client;
+        if wire::is_long_header(first) {
+            for packet in Packets::new(datagram) {
+                match packet {
+                    Ok(Packet::Long(long)) => {
+                        if let Some(scid) = ConnectionId::new(long.scid) {
+                            if let Some(s) = self.sessions.get_mut(&id) {
+                                s.server_cid_len = Some(scid.len() as u8);
+                            }
+                            self.learn_cid(id, scid);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+        }
+        Verdict::ToClient {
+            session: id,
+            client,
+        }
+    }
+
+    /// Maps a connection ID to a session, forgetting the session's oldest CID when it
+    /// has too many. A CID already mapped to another session is left alone.
+    pub(super) fn learn_cid(&mut self, id: SessionId, cid: ConnectionId) {
+        if cid.is_empty() || self.cids.get(&cid).is_some() {
+            return;
+        }
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        if session.cids.len() >= self.config.max_cids_per_session.max(1) {
+            let oldest = session.cids.remove(0);
+            self.cids.remove(&oldest);
+        }
+        session.cids.push(cid);
+        self.cids.insert(cid, id);
+    }
+}

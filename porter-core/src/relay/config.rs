@@ -1,0 +1,67 @@
+//! The relay's limits, timeouts and refusal mode.
+
+use std::time::Duration;
+
+use crate::assembler::AssemblerConfig;
+
+/// What to do with connections that cannot be routed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefusalMode {
+    /// Answer with an Initial carrying CONNECTION_CLOSE (CONNECTION_REFUSED), protected
+    /// with the server Initial keys, so the client fails at once.
+    Close,
+    /// Drop silently; the client times out.
+    Drop,
+}
+
+/// The relay's limits and timeouts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelayConfig {
+    /// A routed session with no datagram either way for this long is closed. Default
+    /// 120 s.
+    pub idle_timeout: Duration,
+    /// A session still waiting for its ClientHello or its allocation after this long is
+    /// closed (an allocation still pending is refused). Default 5 s.
+    pub handshake_timeout: Duration,
+    /// Most sessions at once. Default 100 000.
+    pub max_sessions: usize,
+    /// Most connection IDs mapped to one session; beyond it the oldest is forgotten.
+    /// Default 8.
+    pub max_cids_per_session: usize,
+    /// Most bytes held for one connection before its route is known. Default 64 KiB.
+    pub max_buffered_per_session: usize,
+    /// Most bytes held for all such connections together. Default 64 MiB.
+    pub max_buffered_total: usize,
+    /// Most allocations in flight. Default 1024.
+    pub max_pending_allocations: usize,
+    /// New sessions per second, sustained (token bucket); 0 for no limit. Default 10 000.
+    pub new_sessions_per_second: u32,
+    /// Token bucket size: new sessions allowed in a burst. Default 10 000.
+    pub new_sessions_burst: u32,
+    /// What to do with connections that cannot be routed. Default [`RefusalMode::Close`].
+    pub refusal: RefusalMode,
+    /// ClientHello limits.
+    pub assembler: AssemblerConfig,
+    /// Seed for the little randomness the relay needs (unused header bits, the Source
+    /// CID of refusals). Drivers pass a random seed; tests a fixed one.
+    pub seed: u64,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            idle_timeout: Duration::from_secs(120),
+            handshake_timeout: Duration::from_secs(5),
+            max_sessions: 100_000,
+            max_cids_per_session: 8,
+            max_buffered_per_session: 64 * 1024,
+            max_buffered_total: 64 * 1024 * 1024,
+            max_pending_allocations: 1024,
+            new_sessions_per_second: 10_000,
+            new_sessions_burst: 10_000,
+            refusal: RefusalMode::Close,
+            assembler: AssemblerConfig::default(),
+            seed: 0x5eed_0f5e_ed00,
+        }
+    }
+}

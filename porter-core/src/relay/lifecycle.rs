@@ -1,0 +1,186 @@
+//! A session's life: routed ([`Relay::establish`]), its client moving, its timers
+//! (handshake, then idle) and its end.
+
+use std::cmp::Reverse;
+use std::collections::HashMap;
+use std::time::Instant;
+
+use super::output::{Command, Notification, RefuseReason};
+use super::Relay;
+use crate::ids::{BackendAddr, ClientAddr, SessionId};
+use crate::session::{CloseReason, Session, SessionState};
+
+impl Relay {
+    /// The next time [`Self::handle_timeout`] has work to do.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let session = self.timers.peek().map(|Reverse((at, _))| *at);
+        let route = self.route_timers.peek().map(|Reverse((at, _))| *at);
+        match (session, route) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Expires what is due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(Reverse((at, _))) = self.route_timers.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((at, name))) = self.route_timers.pop() else {
+                break;
+            };
+            if self.route_expiry.get(&name) == Some(&at) {
+                self.route_expiry.remove(&name);
+                self.routes.remove(&name);
+                self.notifications
+                    .push_back(Notification::RouteExpired { name });
+            }
+        }
+        while let Some(&Reverse((at, id))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(session) = self.sessions.get(&id) else {
+                continue; // closed earlier; a stale entry
+            };
+            let deadline = self.deadline(session);
+            if deadline > now {
+                self.timers.push(Reverse((deadline, id)));
+                continue;
+            }
+            match session.state {
+                SessionState::Established => self.close(id, CloseReason::IdleTimeout, now),
+                SessionState::AwaitingClientHello => {
+                    self.close(id, CloseReason::HandshakeTimeout, now);
+                }
+                SessionState::Allocating(alloc) => {
+                    self.allocations.remove(&alloc);
+                    self.stats.allocations.timed_out += 1;
+                    self.commands
+                        .push_back(Command::CancelAllocation { id: alloc });
+                    self.refuse_async(now, id, RefuseReason::AllocationTimeout);
+                }
+            }
+        }
+    }
+
+    pub(super) fn establish(&mut self, now: Instant, id: SessionId, backend: BackendAddr) {
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let pending = self.pending.remove(&id);
+        session.state = SessionState::Established;
+        session.backend = Some(backend);
+        session.last_activity = now;
+        // The session's timer entry is at its handshake deadline; an idle timeout shorter
+        // than what is left of it would fire late without an entry of its own. (Only
+        // then: each entry is re-armed when it pops, so an extra one lives as long as
+        // the session.)
+        let idle_deadline = now + self.config.idle_timeout;
+        if idle_deadline < session.created + self.config.handshake_timeout {
+            self.timers.push(Reverse((idle_deadline, id)));
+        }
+        let (datagrams, alpn) = match pending {
+            Some(p) => {
+                self.buffered_total -= p.bytes;
+                (p.datagrams, p.alpn)
+            }
+            None => (Vec::new(), Vec::new()),
+        };
+        for d in &datagrams {
+            session.to_backend.add(d.len());
+            self.stats.to_backend.add(d.len());
+        }
+        self.stats.sessions_opened += 1;
+        self.notifications.push_back(Notification::SessionOpened {
+            session: id,
+            client: session.client,
+            backend,
+            sni: session.sni.clone(),
+            alpn,
+            version: session.version,
+        });
+        self.commands.push_back(Command::OpenUpstream {
+            session: id,
+            client: session.client,
+            backend,
+            datagrams,
+        });
+    }
+
+    pub(super) fn move_client(&mut self, id: SessionId, to: ClientAddr) {
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let from = std::mem::replace(&mut session.client, to);
+        self.unindex_client(id, from);
+        self.index_client(id, to);
+        self.notifications.push_back(Notification::AddressChanged {
+            session: id,
+            from,
+            to,
+        });
+    }
+
+    pub(super) fn index_client(&mut self, id: SessionId, client: ClientAddr) {
+        // Most addresses carry one session: reserve for one, not the default four.
+        self.by_client
+            .entry(client)
+            .or_insert_with(|| Vec::with_capacity(1))
+            .push(id);
+        self.by_ip.entry(client.0.ip()).or_default().push(id);
+    }
+
+    pub(super) fn unindex_client(&mut self, id: SessionId, client: ClientAddr) {
+        remove_id(&mut self.by_client, client, id);
+        remove_id(&mut self.by_ip, client.0.ip(), id);
+    }
+
+    pub(super) fn deadline(&self, session: &Session) -> Instant {
+        match session.state {
+            SessionState::Established => session.last_activity + self.config.idle_timeout,
+            _ => session.created + self.config.handshake_timeout,
+        }
+    }
+
+    pub(super) fn close(&mut self, id: SessionId, reason: CloseReason, now: Instant) {
+        let Some(session) = self.sessions.remove(&id) else {
+            return;
+        };
+        for cid in &session.cids {
+            if self.cids.get(cid) == Some(id) {
+                self.cids.remove(cid);
+            }
+        }
+        self.unindex_client(id, session.client);
+        if let Some(p) = self.pending.remove(&id) {
+            self.buffered_total -= p.bytes;
+        }
+        if let SessionState::Allocating(alloc) = session.state {
+            if self.allocations.remove(&alloc).is_some() {
+                self.commands
+                    .push_back(Command::CancelAllocation { id: alloc });
+            }
+        }
+        if session.backend.is_some() {
+            self.commands
+                .push_back(Command::CloseUpstream { session: id });
+        }
+        self.stats.sessions_closed += 1;
+        self.notifications.push_back(Notification::SessionClosed {
+            reason,
+            info: session.info(now),
+        });
+    }
+}
+
+fn remove_id<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Vec<SessionId>>, key: K, id: SessionId) {
+    if let Some(ids) = map.get_mut(&key) {
+        ids.retain(|&s| s != id);
+        if ids.is_empty() {
+            map.remove(&key);
+        }
+    }
+}

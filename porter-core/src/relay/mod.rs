@@ -1,0 +1,384 @@
+//! The relay state machine: datagrams and time in; verdicts, commands and notifications
+//! out. The call order is in the crate docs; how connections are followed is in
+//! [`client`] (client side) and [`backend`] (what the relay learns from backends).
+//!
+//! One file per concept: [`config`] (limits), [`output`] (everything the relay hands
+//! back), [`client`] and [`backend`] (the two directions of a datagram), [`follow`] (the
+//! rules that match a datagram with an unknown CID to a session), [`refusal`] (refused
+//! connections, remembered), [`lifecycle`] (timers and closing), [`budget`] (token
+//! bucket, ID hashing) and [`stats`].
+
+mod backend;
+mod budget;
+mod client;
+mod config;
+mod follow;
+mod lifecycle;
+mod output;
+mod refusal;
+mod stats;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::IpAddr;
+use std::time::Instant;
+
+pub use self::config::{RefusalMode, RelayConfig};
+pub use self::output::{
+    AllocationFailure, Command, CompleteAllocationError, DropReason, Notification, RefuseReason,
+    Verdict,
+};
+pub use self::stats::{AllocationCounters, RelayStats};
+
+use self::budget::{IdMap, TokenBucket};
+use self::refusal::Refused;
+use crate::cid::CidTable;
+use crate::ids::{AllocationId, BackendAddr, ClientAddr, SessionId};
+use crate::routes::{Route, RouteError, RouteName, RouteTable};
+use crate::session::{CloseReason, Pending, Session, SessionInfo};
+use crate::wire::ConnectionId;
+
+/// The relay: routes, sessions, connection IDs and timers. See the crate docs for the
+/// call order.
+#[derive(Debug)]
+pub struct Relay {
+    config: RelayConfig,
+    routes: RouteTable,
+    sessions: IdMap<SessionId, Session>,
+    pending: IdMap<SessionId, Pending>,
+    cids: CidTable,
+    by_client: HashMap<ClientAddr, Vec<SessionId>>,
+    /// Sessions by client IP, for following a client that changes port and CID at once.
+    by_ip: HashMap<IpAddr, Vec<SessionId>>,
+    /// Original DCIDs of recently refused connections, and their expiry order.
+    refused: HashMap<ConnectionId, Refused>,
+    refused_order: VecDeque<(Instant, ConnectionId)>,
+    allocations: IdMap<AllocationId, SessionId>,
+    /// One entry per live session (two for one routed with an idle deadline before its
+    /// handshake deadline; plus stale ones for closed sessions, skipped when popped): the
+    /// earliest time its deadline can be.
+    timers: BinaryHeap<Reverse<(Instant, SessionId)>>,
+    /// Expiry of temporary routes; a heap entry is stale unless `route_expiry` still
+    /// holds the same instant for the name.
+    route_timers: BinaryHeap<Reverse<(Instant, RouteName)>>,
+    route_expiry: HashMap<RouteName, Instant>,
+    commands: VecDeque<Command>,
+    notifications: VecDeque<Notification>,
+    next_session: u64,
+    next_allocation: u64,
+    bucket: TokenBucket,
+    rng: u64,
+    accepting: bool,
+    scratch: Vec<u8>,
+    buffered_total: usize,
+    stats: RelayStats,
+}
+
+/// One page of [`Relay::sessions_page`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SessionPage {
+    /// The sessions, by ascending ID.
+    pub sessions: Vec<SessionInfo>,
+    /// Pass as `after` for the next page; `None` on the last page.
+    pub next: Option<SessionId>,
+}
+
+impl Relay {
+    /// A relay with no routes.
+    pub fn new(config: RelayConfig) -> Self {
+        Self {
+            bucket: TokenBucket::new(config.new_sessions_per_second, config.new_sessions_burst),
+            rng: config.seed | 1,
+            config,
+            routes: RouteTable::new(),
+            sessions: IdMap::default(),
+            pending: IdMap::default(),
+            cids: CidTable::default(),
+            by_client: HashMap::new(),
+            by_ip: HashMap::new(),
+            refused: HashMap::new(),
+            refused_order: VecDeque::new(),
+            allocations: IdMap::default(),
+            timers: BinaryHeap::new(),
+            route_timers: BinaryHeap::new(),
+            route_expiry: HashMap::new(),
+            commands: VecDeque::new(),
+            notifications: VecDeque::new(),
+            next_session: 1,
+            next_allocation: 1,
+            accepting: true,
+            scratch: Vec::new(),
+            buffered_total: 0,
+            stats: RelayStats {
+                drops: vec![0; DropReason::ALL.len()],
+                ..RelayStats::default()
+            },
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RelayConfig {
+        &self.config
+    }
+
+    // ----- routes -----
+
+    /// Inserts or replaces a route; returns the one it replaced. Sessions already routed
+    /// stay where they are.
+    pub fn set_route(&mut self, route: Route) -> Result<Option<Route>, RouteError> {
+        let name = route.name.clone();
+        let previous = self.routes.insert(route)?;
+        self.route_expiry.remove(&name);
+        Ok(previous)
+    }
+
+    /// As [`Self::set_route`], for a route that is removed at `until` (a
+    /// [`Notification::RouteExpired`] follows). Setting the name again without an expiry
+    /// makes it permanent.
+    pub fn set_route_until(
+        &mut self,
+        route: Route,
+        until: Instant,
+    ) -> Result<Option<Route>, RouteError> {
+        let name = route.name.clone();
+        let previous = self.routes.insert(route)?;
+        self.route_expiry.insert(name.clone(), until);
+        self.route_timers.push(Reverse((until, name)));
+        Ok(previous)
+    }
+
+    /// When a temporary route expires; `None` for permanent and unknown routes.
+    pub fn route_expiry(&self, name: &RouteName) -> Option<Instant> {
+        self.route_expiry.get(name).copied()
+    }
+
+    /// Removes a route; returns it if it existed.
+    pub fn remove_route(&mut self, name: &RouteName) -> Option<Route> {
+        self.route_expiry.remove(name);
+        self.routes.remove(name)
+    }
+
+    /// The route with exactly this name.
+    pub fn route(&self, name: &RouteName) -> Option<&Route> {
+        self.routes.get(name)
+    }
+
+    /// The route a connection with this (normalised) server name would take.
+    pub fn route_for(&self, sni: Option<&str>) -> Option<&Route> {
+        self.routes.lookup(sni)
+    }
+
+    /// Every route, sorted by name.
+    pub fn routes(&self) -> Vec<Route> {
+        self.routes.routes()
+    }
+
+    // ----- sessions and stats -----
+
+    /// A snapshot of one session.
+    pub fn session(&self, id: SessionId, now: Instant) -> Option<SessionInfo> {
+        self.sessions.get(&id).map(|s| s.info(now))
+    }
+
+    /// Snapshots of every session, sorted by ID.
+    pub fn sessions(&self, now: Instant) -> Vec<SessionInfo> {
+        let mut all: Vec<SessionInfo> = self.sessions.values().map(|s| s.info(now)).collect();
+        all.sort_by_key(|s| s.id);
+        all
+    }
+
+    /// At most `limit` sessions with an ID above `after` (all when `None`), by ascending
+    /// ID. Costs one pass over the session table and a partial sort of at most `limit`
+    /// IDs: only the page is copied, never the whole table.
+    pub fn sessions_page(
+        &self,
+        now: Instant,
+        after: Option<SessionId>,
+        limit: usize,
+    ) -> SessionPage {
+        let after = after.map_or(0, |s| s.0);
+        let mut ids: Vec<SessionId> = Vec::new();
+        if limit > 0 {
+            // A bounded max-heap keeps the `limit + 1` smallest IDs above `after`: the
+            // extra one tells whether another page follows.
+            let mut heap: BinaryHeap<SessionId> = BinaryHeap::with_capacity(limit + 1);
+            for &id in self.sessions.keys().filter(|id| id.0 > after) {
+                if heap.len() <= limit {
+                    heap.push(id);
+                } else if heap.peek().is_some_and(|&top| id < top) {
+                    heap.pop();
+                    heap.push(id);
+                }
+            }
+            ids = heap.into_sorted_vec();
+        }
+        let next = if ids.len() > limit {
+            ids.truncate(limit);
+            ids.last().copied()
+        } else {
+            None
+        };
+        SessionPage {
+            sessions: ids
+                .iter()
+                .filter_map(|id| self.sessions.get(id))
+                .map(|s| s.info(now))
+                .collect(),
+            next,
+        }
+    }
+
+    /// Number of sessions.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Gauges and counters.
+    pub fn stats(&self) -> RelayStats {
+        RelayStats {
+            sessions: self.sessions.len(),
+            // Sessions waiting for an allocation keep their `Pending` entry: counted there.
+            pending_sessions: self.pending.len(),
+            allocations_in_flight: self.allocations.len(),
+            buffered_bytes: self.buffered_total,
+            connection_ids: self.cids.len(),
+            routes: self.routes.len(),
+            remembered_refusals: self.refused.len(),
+            ..self.stats.clone()
+        }
+    }
+
+    /// Stops (`false`) or resumes (`true`) accepting new connections; existing sessions
+    /// keep flowing. Used to drain before shutdown.
+    pub fn set_accepting(&mut self, accepting: bool) {
+        self.accepting = accepting;
+    }
+
+    /// Closes a session at once (its [`Command::CloseUpstream`], when it had an upstream,
+    /// and its [`Notification::SessionClosed`] follow); `false` if there is no such
+    /// session.
+    pub fn close_session(&mut self, now: Instant, id: SessionId) -> bool {
+        let exists = self.sessions.contains_key(&id);
+        if exists {
+            self.close(id, CloseReason::Closed, now);
+        }
+        exists
+    }
+
+    // ----- inputs -----
+
+    /// Handles a datagram a client sent to the relay's listener.
+    pub fn handle_client_datagram(
+        &mut self,
+        now: Instant,
+        from: ClientAddr,
+        datagram: &[u8],
+    ) -> Verdict {
+        let verdict = self.client_datagram(now, from, datagram);
+        match &verdict {
+            Verdict::ToBackend { .. } => self.stats.to_backend.add(datagram.len()),
+            Verdict::Drop(reason) => self.count_drop(*reason),
+            _ => {}
+        }
+        verdict
+    }
+
+    /// Handles a datagram that arrived on `session`'s upstream socket.
+    pub fn handle_backend_datagram(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        datagram: &[u8],
+    ) -> Verdict {
+        let verdict = self.backend_datagram(now, session, datagram);
+        match &verdict {
+            Verdict::ToClient { .. } => self.stats.to_client.add(datagram.len()),
+            Verdict::Drop(reason) => self.count_drop(*reason),
+            _ => {}
+        }
+        verdict
+    }
+
+    /// Passes the allocator's answer for a [`Command::Allocate`].
+    pub fn complete_allocation(
+        &mut self,
+        now: Instant,
+        id: AllocationId,
+        result: Result<BackendAddr, AllocationFailure>,
+    ) -> Result<(), CompleteAllocationError> {
+        let session = self
+            .allocations
+            .remove(&id)
+            .ok_or(CompleteAllocationError::NotPending(id))?;
+        match result {
+            Ok(backend) => {
+                self.stats.allocations.succeeded += 1;
+                self.establish(now, session, backend);
+            }
+            Err(_) => {
+                self.stats.allocations.failed += 1;
+                self.refuse_async(now, session, RefuseReason::AllocationFailed);
+            }
+        }
+        Ok(())
+    }
+
+    // ----- outputs -----
+
+    /// The next command for the I/O layer, if any. Drain until `None` after every input.
+    pub fn poll_command(&mut self) -> Option<Command> {
+        self.commands.pop_front()
+    }
+
+    /// The next notification, if any. Drain until `None` after every input (they queue
+    /// up otherwise, one per session opened and closed).
+    pub fn poll_notification(&mut self) -> Option<Notification> {
+        self.notifications.pop_front()
+    }
+
+    fn count_drop(&mut self, reason: DropReason) {
+        if let Some(i) = DropReason::ALL.iter().position(|r| *r == reason) {
+            self.stats.drops[i] += 1;
+        }
+    }
+
+    /// xorshift64*: plenty for unused header bits and refusal CIDs, and seedable.
+    fn random(&mut self) -> u64 {
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::follow::tests::{add, ROUTED};
+    use super::*;
+
+    #[test]
+    fn sessions_come_a_page_at_a_time_in_id_order() {
+        let mut relay = Relay::new(RelayConfig::default());
+        // Inserted out of order: the table's order is not the page order.
+        for id in [7, 3, 9, 1, 5, 2] {
+            add(&mut relay, id, "198.51.100.1:1000", ROUTED, Some(8));
+        }
+        let now = Instant::now();
+        let ids = |page: &SessionPage| page.sessions.iter().map(|s| s.id.0).collect::<Vec<_>>();
+        let first = relay.sessions_page(now, None, 4);
+        assert_eq!(ids(&first), [1, 2, 3, 5]);
+        assert_eq!(first.next, Some(SessionId(5)));
+        let second = relay.sessions_page(now, first.next, 4);
+        assert_eq!(ids(&second), [7, 9]);
+        assert_eq!(second.next, None);
+        let exact = relay.sessions_page(now, None, 6);
+        assert_eq!(exact.next, None, "a full last page has no next");
+        assert!(relay.sessions_page(now, None, 0).sessions.is_empty());
+        assert_eq!(
+            ids(&relay.sessions_page(now, Some(SessionId(9)), 4)),
+            [] as [u64; 0]
+        );
+        let all: Vec<u64> = relay.sessions(now).iter().map(|s| s.id.0).collect();
+        assert_eq!(all, [1, 2, 3, 5, 7, 9]);
+    }
+}

@@ -1,0 +1,270 @@
+//! What the relay hands back: a [`Verdict`] for each datagram, [`Command`]s for the I/O
+//! layer, and [`Notification`]s of what happened.
+//!
+//! The split follows one rule: a verdict is about the datagram just handled (forward it,
+//! hold it, drop it), a command is a side effect the I/O layer must perform (open or
+//! close an upstream socket, send bytes the relay made, start or cancel an allocation),
+//! and a notification is for logs, metrics and the control plane only: ignoring one never
+//! breaks forwarding.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use thiserror::Error;
+
+use crate::ids::{AllocationId, BackendAddr, ClientAddr, SessionId};
+use crate::routes::RouteName;
+use crate::session::{CloseReason, SessionInfo};
+use crate::wire::Version;
+
+/// What to do with one datagram.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[must_use]
+pub enum Verdict {
+    /// Send the client's datagram, unchanged, to `backend` through the session's upstream
+    /// socket.
+    ToBackend {
+        /// The session.
+        session: SessionId,
+        /// Its backend.
+        backend: BackendAddr,
+    },
+    /// Send the backend's datagram, unchanged, to `client` from the listener socket.
+    ToClient {
+        /// The session.
+        session: SessionId,
+        /// The client's current address.
+        client: ClientAddr,
+    },
+    /// The relay keeps a copy of the datagram until the route is known; it leaves in the
+    /// session's [`Command::OpenUpstream`].
+    Held {
+        /// The session.
+        session: SessionId,
+    },
+    /// The datagram was answered (Version Negotiation, or a refusal); the answer is a
+    /// [`Command::Transmit`] among the commands to drain. The datagram itself is
+    /// consumed.
+    Answered,
+    /// Discard the datagram; counted under the reason.
+    Drop(DropReason),
+}
+
+/// A side effect the I/O layer performs, drained with [`crate::Relay::poll_command`] in
+/// the order given.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[must_use]
+pub enum Command {
+    /// A session is routed: open its upstream socket to `backend` (its replies come back
+    /// through [`crate::Relay::handle_backend_datagram`] with this session), then send
+    /// `datagrams` on it, in this order: what the relay held while the route was unknown.
+    OpenUpstream {
+        /// The session.
+        session: SessionId,
+        /// The client's address.
+        client: ClientAddr,
+        /// Where the upstream socket sends.
+        backend: BackendAddr,
+        /// The held datagrams, in arrival order.
+        datagrams: Vec<Bytes>,
+    },
+    /// Send `datagram` to `to` from the listener socket: a datagram the relay made
+    /// (Version Negotiation, or a refusal).
+    Transmit {
+        /// Where to.
+        to: ClientAddr,
+        /// What.
+        datagram: Bytes,
+    },
+    /// Ask the allocator for a game server in `fleet`, then pass the answer to
+    /// [`crate::Relay::complete_allocation`] with `id`.
+    Allocate {
+        /// The request; pass it back with the answer.
+        id: AllocationId,
+        /// The session waiting for it.
+        session: SessionId,
+        /// The fleet to allocate from.
+        fleet: Arc<str>,
+        /// The server name.
+        sni: Option<Arc<str>>,
+        /// The ALPN list the client offered.
+        alpn: Vec<Vec<u8>>,
+        /// The client's address.
+        client: ClientAddr,
+    },
+    /// The relay no longer waits for this allocation (its connection timed out or was
+    /// closed): cancel it if it still runs. A late answer is harmless.
+    CancelAllocation {
+        /// The request.
+        id: AllocationId,
+    },
+    /// The session ended: close its upstream socket. Comes only for sessions that had a
+    /// [`Command::OpenUpstream`], always after it.
+    CloseUpstream {
+        /// The session.
+        session: SessionId,
+    },
+}
+
+/// Something that happened, for logs, metrics and the control plane, drained with
+/// [`crate::Relay::poll_notification`]. Forwarding never depends on them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[must_use]
+pub enum Notification {
+    /// A session was routed to `backend` (its [`Command::OpenUpstream`] is queued).
+    SessionOpened {
+        /// The session.
+        session: SessionId,
+        /// The client's address.
+        client: ClientAddr,
+        /// The backend.
+        backend: BackendAddr,
+        /// The server name.
+        sni: Option<Arc<str>>,
+        /// The ALPN list the client offered.
+        alpn: Vec<Vec<u8>>,
+        /// The QUIC version.
+        version: Version,
+    },
+    /// A connection was refused.
+    Refused {
+        /// The session it would have been.
+        session: SessionId,
+        /// The client.
+        client: ClientAddr,
+        /// The server name asked for.
+        sni: Option<Arc<str>>,
+        /// Why.
+        reason: RefuseReason,
+    },
+    /// A session's client now uses another address; replies go there.
+    AddressChanged {
+        /// The session.
+        session: SessionId,
+        /// The old address.
+        from: ClientAddr,
+        /// The new address.
+        to: ClientAddr,
+    },
+    /// A route installed with [`crate::Relay::set_route_until`] reached its expiry and was
+    /// removed. Sessions it routed stay where they are.
+    RouteExpired {
+        /// The route's name.
+        name: RouteName,
+    },
+    /// A session ended. Sent for every session, including ones that never got a backend.
+    SessionClosed {
+        /// Why.
+        reason: CloseReason,
+        /// The session as it was at the end.
+        info: SessionInfo,
+    },
+}
+
+/// Why a connection was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RefuseReason {
+    /// No route for the server name.
+    NoRoute,
+    /// The allocator answered with an error.
+    AllocationFailed,
+    /// The allocator did not answer within the handshake timeout.
+    AllocationTimeout,
+    /// Too many allocations in flight.
+    AllocationLimit,
+}
+
+impl RefuseReason {
+    /// A short stable name, for logs and metrics labels.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::NoRoute => "no_route",
+            Self::AllocationFailed => "allocation_failed",
+            Self::AllocationTimeout => "allocation_timeout",
+            Self::AllocationLimit => "allocation_limit",
+        }
+    }
+}
+
+macro_rules! drop_reasons {
+    ($($(#[doc = $doc:literal])* $name:ident => $label:literal,)*) => {
+        /// Why a datagram was dropped. Every drop is counted under its reason.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[non_exhaustive]
+        pub enum DropReason {
+            $($(#[doc = $doc])* $name,)*
+        }
+
+        impl DropReason {
+            /// Every reason, in counter order.
+            pub const ALL: &'static [Self] = &[$(Self::$name,)*];
+
+            /// A short stable name, for logs and metrics labels.
+            pub fn as_str(&self) -> &'static str {
+                match self {
+                    $(Self::$name => $label,)*
+                }
+            }
+        }
+    };
+}
+
+drop_reasons! {
+    /// An empty datagram.
+    Empty => "empty",
+    /// The first packet's header does not parse.
+    Malformed => "malformed",
+    /// A long header of a version Porter does not know, in a datagram too short to
+    /// deserve a Version Negotiation reply.
+    UnsupportedVersion => "unsupported_version",
+    /// A client Initial in a datagram shorter than 1200 bytes (RFC 9000 §14.1).
+    InitialTooSmall => "initial_too_small",
+    /// A new connection whose DCID is shorter than 8 bytes (RFC 9000 §7.2).
+    ShortOriginalDcid => "short_original_dcid",
+    /// A packet for no known connection.
+    UnknownConnection => "unknown_connection",
+    /// A new connection while the relay is draining.
+    Draining => "draining",
+    /// A new connection beyond the session limit.
+    SessionLimit => "session_limit",
+    /// A new connection beyond the new-sessions rate.
+    RateLimited => "rate_limited",
+    /// A datagram beyond the buffering limits of a connection not yet routed.
+    BufferFull => "buffer_full",
+    /// A datagram for a connection not yet routed that did not help its ClientHello (did
+    /// not decrypt, not an Initial of that connection).
+    NotInitial => "not_initial",
+    /// A datagram for a connection not yet routed, from another address.
+    AddressMismatch => "address_mismatch",
+    /// The ClientHello is invalid or exceeds a limit; the connection is abandoned.
+    InvalidClientHello => "invalid_client_hello",
+    /// No route, with refusals configured to drop.
+    NoRoute => "no_route",
+    /// Allocation impossible, with refusals configured to drop.
+    AllocationRefused => "allocation_refused",
+    /// A backend datagram for a session that no longer exists, or that has no backend
+    /// yet.
+    UnknownSession => "unknown_session",
+    /// A retransmitted Initial of a connection refused moments ago (answered with the
+    /// refusal again when refusals are answered, so it is not counted then).
+    RecentlyRefused => "recently_refused",
+}
+
+/// How an allocation failed, as reported by the driver.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AllocationFailure {
+    /// A human-readable reason, for logs.
+    pub reason: String,
+}
+
+/// Misuse of [`crate::Relay::complete_allocation`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum CompleteAllocationError {
+    /// The relay is not waiting for this allocation: it was already completed, or it
+    /// was cancelled ([`Command::CancelAllocation`]). Late answers are normal after a
+    /// timeout; the result is discarded.
+    #[error("allocation {0} is not pending (completed already, or cancelled)")]
+    NotPending(AllocationId),
+}

@@ -1,0 +1,61 @@
+//! The relay's counters and gauges, as [`crate::Relay::stats`] reports them.
+
+use crate::relay::output::DropReason;
+use crate::session::Traffic;
+
+/// Counters of allocations by outcome.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AllocationCounters {
+    /// Requests emitted.
+    pub requested: u64,
+    /// Answered with a backend.
+    pub succeeded: u64,
+    /// Answered with an error.
+    pub failed: u64,
+    /// Not answered in time.
+    pub timed_out: u64,
+    /// Refused before asking, because too many were in flight.
+    pub rejected: u64,
+}
+
+/// A snapshot of the relay's gauges and counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RelayStats {
+    /// Sessions now (all states).
+    pub sessions: usize,
+    /// Sessions still waiting for their ClientHello or allocation.
+    pub pending_sessions: usize,
+    /// Allocations in flight.
+    pub allocations_in_flight: usize,
+    /// Bytes held for connections not yet routed.
+    pub buffered_bytes: usize,
+    /// Connection IDs mapped.
+    pub connection_ids: usize,
+    /// Routes installed.
+    pub routes: usize,
+    /// Refused connections remembered, so their retransmitted Initials get the same
+    /// answer (at most 16 384, each for one handshake timeout).
+    pub remembered_refusals: usize,
+    /// Sessions routed since start.
+    pub sessions_opened: u64,
+    /// Sessions closed since start.
+    pub sessions_closed: u64,
+    /// Connections refused since start.
+    pub refused: u64,
+    /// Client to backend, since start.
+    pub to_backend: Traffic,
+    /// Backend to client, since start.
+    pub to_client: Traffic,
+    /// Allocations by outcome.
+    pub allocations: AllocationCounters,
+    /// Drops by reason, indexed like [`DropReason::ALL`].
+    pub drops: Vec<u64>,
+}
+
+impl RelayStats {
+    /// Drops counted under `reason`.
+    pub fn drops(&self, reason: DropReason) -> u64 {
+        let i = DropReason::ALL.iter().position(|r| *r == reason);
+        i.and_then(|i| self.drops.get(i)).copied().unwrap_or(0)
+    }
+}
