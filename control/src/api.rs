@@ -26,12 +26,12 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Body;
 use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
-use porter_core::{Route, RouteName, RouteTarget, SessionInfo, SessionState, Version};
+use porter_core::{Route, RouteName, RouteTarget, SessionId, SessionInfo, SessionState, Version};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::agones::AgonesAllocator;
-use crate::host::{RelayHost, SharedHost};
+use crate::host::RelayHandle;
 use crate::sync::{LinkState, RouteSync, SharedRoute};
 
 /// API settings, resolved from the configuration.
@@ -148,7 +148,7 @@ impl RouteJson {
 #[derive(Clone)]
 pub struct Api {
     settings: ApiSettings,
-    host: SharedHost,
+    relay: RelayHandle,
     gauges: GaugeFn,
     sync: Option<RouteSync>,
     allocator: Option<(Arc<AgonesAllocator>, Duration)>,
@@ -169,16 +169,38 @@ const ALLOCATE_TIMEOUT: Duration = Duration::from_secs(10);
 type Reply = Response<Full<Bytes>>;
 
 impl Api {
-    /// An API over `host`.
-    pub fn new(settings: ApiSettings, host: SharedHost, gauges: GaugeFn) -> Self {
+    /// An API over the relay behind `relay`.
+    pub fn new(settings: ApiSettings, relay: RelayHandle, gauges: GaugeFn) -> Self {
         Self {
             settings,
-            host,
+            relay,
             gauges,
             sync: None,
             allocator: None,
             started: Instant::now(),
         }
+    }
+
+    /// The API of a started engine: its relay and gauges, the route sync when there is
+    /// one, and `POST /allocate` when Agones is enabled (its routes live `route_ttl`).
+    pub fn for_engine<R: crate::io::Runtime>(
+        settings: &ApiSettings,
+        engine: &Arc<crate::io::Engine<R>>,
+        sync: Option<&RouteSync>,
+        agones: Option<(Arc<AgonesAllocator>, Duration)>,
+    ) -> Self {
+        let gauged = engine.clone();
+        let gauges: GaugeFn = Arc::new(move || DriverGauges {
+            upstream_sockets: gauged.upstream_count(),
+        });
+        let mut api = Self::new(settings.clone(), engine.handle(), gauges);
+        if let Some(sync) = sync {
+            api = api.with_sync(sync.clone());
+        }
+        if let Some((allocator, ttl)) = agones {
+            api = api.with_allocator(allocator, ttl);
+        }
+        api
     }
 
     /// Route changes go through `sync` (so other instances get them), and `/readyz` and
@@ -361,9 +383,7 @@ impl Api {
         let route = shared.to_route().map_err(Failure::bad_request)?;
         let previous = match &self.sync {
             Some(sync) => sync.set_route(route.clone(), shared),
-            None => RelayHost::lock(&self.host)
-                .relay_mut()
-                .set_route(route.clone()),
+            None => self.relay.set_route(route.clone(), None),
         }
         .map_err(|e| Failure::bad_request(e.to_string()))?;
         tracing::info!(fqdn = %route.name, "route set through the API");
@@ -377,7 +397,7 @@ impl Api {
         crate::config::check_kubernetes_name(fleet, true)
             .map_err(|why| Failure::bad_request(format!("fleet: {fleet:?}: {why}")))?;
         let domain = match crate::config::parse_route_name(body.domain.trim()) {
-            Ok(RouteName::Exact(domain)) => domain,
+            Ok(name) if name.exact().is_some() => name.exact().unwrap_or_default().to_owned(),
             Ok(_) => {
                 return Err(Failure::bad_request(
                     "domain: a plain DNS name, no wildcard",
@@ -424,9 +444,7 @@ impl Api {
                 };
                 sync.set_route_until(route, shared, until)
             }
-            None => RelayHost::lock(&self.host)
-                .relay_mut()
-                .set_route_until(route, until),
+            None => self.relay.set_route(route, Some(until)),
         }
         .map_err(|e| Failure::bad_request(e.to_string()))?;
         tracing::info!(
@@ -447,9 +465,8 @@ impl Api {
     }
 
     fn get_route(&self, name: &RouteName) -> Reply {
-        let host = RelayHost::lock(&self.host);
-        match host.relay().route(name) {
-            Some(route) => json_reply(StatusCode::OK, &RouteJson::from_route(route)),
+        match self.relay.route(name) {
+            Some((route, _)) => json_reply(StatusCode::OK, &RouteJson::from_route(&route)),
             None => no_route(name),
         }
     }
@@ -488,7 +505,7 @@ impl Api {
     fn delete_route(&self, name: &RouteName) -> Reply {
         let removed = match &self.sync {
             Some(sync) => sync.remove_route(name),
-            None => RelayHost::lock(&self.host).relay_mut().remove_route(name),
+            None => self.relay.remove_route(name),
         };
         match removed {
             Some(_) => {
@@ -500,7 +517,7 @@ impl Api {
     }
 
     fn list_routes(&self) -> Reply {
-        let routes = RelayHost::lock(&self.host).relay().routes();
+        let routes = self.relay.routes();
         let list: Vec<RouteJson> = routes.iter().map(RouteJson::from_route).collect();
         json_reply(StatusCode::OK, &list)
     }
@@ -510,20 +527,16 @@ impl Api {
             Ok(page) => page,
             Err(msg) => return error(StatusCode::BAD_REQUEST, &msg),
         };
-        let all = RelayHost::lock(&self.host).relay().sessions(Instant::now());
-        let total = all.len();
-        let rest: Vec<&SessionInfo> = all
-            .iter()
-            .filter(|s| page.after.is_none_or(|after| s.id.0 > after))
-            .collect();
-        let shown: Vec<serde_json::Value> = rest
-            .iter()
-            .take(page.limit)
-            .map(|s| session_json(s))
-            .collect();
-        let next = (rest.len() > page.limit)
-            .then(|| rest.get(page.limit - 1).map(|s| s.id.to_string()))
-            .flatten();
+        // One page, cut inside the core: the table is never copied whole.
+        let (total, found) = self.relay.read(|relay| {
+            let after = page.after.map(SessionId);
+            (
+                relay.session_count(),
+                relay.sessions_page(Instant::now(), after, page.limit),
+            )
+        });
+        let shown: Vec<serde_json::Value> = found.sessions.iter().map(session_json).collect();
+        let next = found.next.map(|id| id.to_string());
         json_reply(
             StatusCode::OK,
             &json!({"total": total, "sessions": shown, "next": next}),
@@ -548,10 +561,8 @@ impl Api {
     }
 
     fn metrics(&self) -> Reply {
-        let (stats, gauges) = {
-            let host = RelayHost::lock(&self.host);
-            (host.relay().stats(), (self.gauges)())
-        };
+        let (stats, _) = self.relay.stats();
+        let gauges = (self.gauges)();
         let sync = self.sync.as_ref().map(RouteSync::status);
         let text = metrics::render(&stats, gauges, self.started.elapsed(), sync.as_ref());
         let mut reply = Response::new(Full::new(Bytes::from(text)));
@@ -563,10 +574,7 @@ impl Api {
     }
 
     fn stats(&self) -> Reply {
-        let (stats, upstreams) = {
-            let host = RelayHost::lock(&self.host);
-            (host.relay().stats(), host.upstream_sockets())
-        };
+        let (stats, upstreams) = self.relay.stats();
         let gauges = (self.gauges)();
         let drops: serde_json::Map<String, serde_json::Value> = porter_core::DropReason::ALL
             .iter()
@@ -758,10 +766,10 @@ fn json_reply<T: Serialize>(status: StatusCode, value: &T) -> Reply {
 /// Binds the API and serves it on the current tokio runtime; returns the bound address.
 pub async fn serve_tokio(
     settings: ApiSettings,
-    host: SharedHost,
+    relay: RelayHandle,
     gauges: GaugeFn,
 ) -> std::io::Result<SocketAddr> {
-    serve_api_tokio(Api::new(settings, host, gauges)).await
+    serve_api_tokio(Api::new(settings, relay, gauges)).await
 }
 
 /// Binds `api`'s address and serves it on the current tokio runtime; returns the bound

@@ -1,90 +1,49 @@
-//! The part of running a relay that does not depend on the async runtime: it owns the
-//! [`Relay`], turns its events into [`Action`]s a driver performs with its own sockets
-//! and tasks, and writes the log lines every driver writes (one per new and per closed
-//! session; one per drop when `udp.log_requests` is on).
+//! The part of running a relay that does not depend on the async runtime: the [`Relay`]
+//! behind one lock, the log lines every driver writes (one per new and per closed
+//! session; one per drop when `udp.log_requests` is on), and the control plane's one door
+//! into it, [`RelayHandle`].
 //!
-//! Drivers share one `RelayHost` between their tasks behind a [`SharedHost`] (a plain
-//! mutex: every call is short and never awaits). The control plane (API, Redis sync)
-//! reaches the relay through the same lock.
+//! Two kinds of callers reach the relay:
+//!
+//! - the I/O engine ([`crate::io::Engine`]), for datagrams, timers and allocation answers:
+//!   it locks the [`RelayHost`], hands the input over, drains the relay's commands into its
+//!   own plan with [`RelayHost::drain`], unlocks, and executes the plan;
+//! - the control plane (API, route sync), through a [`RelayHandle`]: every change it
+//!   makes is drained under the same lock into the host's outbox, and the engine is woken
+//!   to execute it and re-arm its timer. The handle gives read access and typed changes
+//!   only, never the relay itself, so no change can be left without its outputs.
+//!
+//! Notifications (a session opened, a route expired, ...) are logged by the host under
+//! the lock and handed to the subscribers ([`RelayHandle::subscribe`]) after it is
+//! released: no callback runs under the lock.
 
+use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use porter_core::{
-    AllocationId, BackendAddr, ClientAddr, Event, Relay, RouteName, SessionId, Verdict,
+    AllocationFailure, AllocationId, BackendAddr, ClientAddr, Command, Notification, Relay,
+    RelayStats, Route, RouteError, RouteName, SessionId, SessionInfo, SessionPage, Verdict,
 };
 
-/// How much longer than the handshake timeout an allocation request may run.
-const ALLOCATION_GRACE: Duration = Duration::from_millis(250);
+use crate::io::notify::Notify;
 
-/// A relay host shared between a driver's tasks and the control plane.
-pub type SharedHost = Arc<Mutex<RelayHost>>;
+/// Called with each notification, after the host lock is released.
+pub type Subscriber = Arc<dyn Fn(&Notification) + Send + Sync>;
 
-/// Something a driver must do after an input, in the order given.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Action {
-    /// Open the session's upstream socket: bound to an ephemeral port, connected to
-    /// `backend`, and read by a task that passes what arrives to
-    /// [`RelayHost::backend_datagram`].
-    OpenUpstream {
-        /// The session.
-        session: SessionId,
-        /// Where its upstream socket connects.
-        backend: BackendAddr,
-    },
-    /// Send these datagrams, in order, on the session's upstream socket.
-    SendToBackend {
-        /// The session.
-        session: SessionId,
-        /// The datagrams.
-        datagrams: Vec<Bytes>,
-    },
-    /// Send a datagram to a client from the listener socket.
-    SendToClient {
-        /// The client.
-        to: ClientAddr,
-        /// The datagram.
-        datagram: Bytes,
-    },
-    /// Close the session's upstream socket and stop its reader.
-    CloseUpstream {
-        /// The session.
-        session: SessionId,
-    },
-    /// Ask the allocator for a game server in `fleet`, then call
-    /// [`RelayHost::complete_allocation`]. Give up at `deadline`.
-    Allocate {
-        /// The request ID to pass back.
-        id: AllocationId,
-        /// The fleet.
-        fleet: Arc<str>,
-        /// A tag naming the connection (used as the player ID in the game server's
-        /// player list).
-        tag: String,
-        /// When the relay stops waiting.
-        deadline: Instant,
-    },
-    /// The relay stopped waiting for this allocation; cancel it if still running.
-    CancelAllocation {
-        /// The request ID.
-        id: AllocationId,
-    },
-}
-
-/// Called with the name of each temporary route that expired.
-pub type RouteExpiredHook = Box<dyn Fn(RouteName) + Send + Sync>;
-
-/// Owns the relay; see the module docs.
+/// The relay, its log settings and the outputs waiting for the engine.
 pub struct RelayHost {
     relay: Relay,
     log_requests: bool,
     upstream_sockets: usize,
-    route_expired: Option<RouteExpiredHook>,
+    /// Commands of control-plane changes, for the engine to execute.
+    outbox: Vec<Command>,
+    /// Notifications not yet handed to the subscribers.
+    notes: Vec<Notification>,
 }
 
-impl std::fmt::Debug for RelayHost {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Debug for RelayHost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RelayHost")
             .field("relay", &self.relay)
             .field("log_requests", &self.log_requests)
@@ -100,39 +59,17 @@ impl RelayHost {
             relay,
             log_requests,
             upstream_sockets: 0,
-            route_expired: None,
+            outbox: Vec::new(),
+            notes: Vec::new(),
         }
     }
 
-    /// Registers what to do when a temporary route expires (the Redis sync deletes it
-    /// there). The hook runs with the host locked: it must not lock the host.
-    pub fn on_route_expired(&mut self, hook: RouteExpiredHook) {
-        self.route_expired = Some(hook);
-    }
-
-    /// Wraps the host for sharing.
-    pub fn shared(self) -> SharedHost {
-        Arc::new(Mutex::new(self))
-    }
-
-    /// Locks a shared host. A panic while the lock was held cannot leave the relay in a
-    /// state worse than the panic itself, so a poisoned lock is used as is.
-    pub fn lock(host: &SharedHost) -> MutexGuard<'_, Self> {
-        host.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The relay.
+    /// The relay, to read.
     pub fn relay(&self) -> &Relay {
         &self.relay
     }
 
-    /// The relay, for route changes and the like. Drain [`Self::drain`] afterwards if
-    /// the call can produce events.
-    pub fn relay_mut(&mut self) -> &mut Relay {
-        &mut self.relay
-    }
-
-    /// Upstream sockets the driver reports open.
+    /// Upstream sockets the relay asked for and has not closed.
     pub fn upstream_sockets(&self) -> usize {
         self.upstream_sockets
     }
@@ -175,7 +112,7 @@ impl RelayHost {
         &mut self,
         now: Instant,
         id: AllocationId,
-        result: Result<BackendAddr, porter_core::AllocationFailure>,
+        result: Result<BackendAddr, AllocationFailure>,
     ) {
         if let Err(e) = &result {
             tracing::warn!(allocation = %id, reason = %e.reason, "allocation failed");
@@ -183,6 +120,11 @@ impl RelayHost {
         if let Err(e) = self.relay.complete_allocation(now, id, result) {
             tracing::debug!(allocation = %id, "{e}");
         }
+    }
+
+    /// An upstream socket could not be opened: the session ends.
+    pub fn upstream_failed(&mut self, now: Instant, session: SessionId) {
+        self.relay.close_session(now, session);
     }
 
     /// Expires timers; see [`Relay::handle_timeout`].
@@ -195,114 +137,300 @@ impl RelayHost {
         self.relay.poll_timeout()
     }
 
-    /// Drains the relay's events into actions, logging as it goes.
-    pub fn drain(&mut self, actions: &mut Vec<Action>) {
-        while let Some(event) = self.relay.poll_event() {
-            self.on_event(event, actions);
-        }
+    /// Appends the relay's commands (first those of control-plane changes, then the
+    /// relay's own, in order) to `commands`, and logs its notifications, keeping them for
+    /// [`Self::take_notifications`].
+    pub fn drain(&mut self, commands: &mut Vec<Command>) {
+        self.collect();
+        commands.append(&mut self.outbox);
     }
 
-    fn on_event(&mut self, event: Event, actions: &mut Vec<Action>) {
-        match event {
-            Event::SessionOpened {
-                session,
-                client,
-                backend,
-                sni,
-                alpn,
-                version,
-            } => {
-                tracing::info!(
-                    %session,
-                    %client,
-                    sni = sni.as_deref().unwrap_or("-"),
-                    alpn = %alpn_text(&alpn),
-                    %backend,
-                    ?version,
-                    "session opened"
-                );
-                self.upstream_sockets += 1;
-                actions.push(Action::OpenUpstream { session, backend });
-            }
-            Event::Release {
-                session, datagrams, ..
-            } => actions.push(Action::SendToBackend { session, datagrams }),
-            Event::AllocationRequested {
-                id,
-                session,
-                fleet,
-                sni,
-                client,
-                ..
-            } => {
-                tracing::info!(
-                    allocation = %id,
-                    %session,
-                    %client,
-                    sni = sni.as_deref().unwrap_or("-"),
-                    %fleet,
-                    "allocating a game server"
-                );
-                // The core's handshake timer decides when to give up (and cancels the
-                // request); the allocator's own deadline is a little later so the two
-                // do not race.
-                let deadline =
-                    Instant::now() + self.relay.config().handshake_timeout + ALLOCATION_GRACE;
-                actions.push(Action::Allocate {
-                    id,
-                    fleet,
-                    tag: format!("{client}/{session}"),
-                    deadline,
-                });
-            }
-            Event::AllocationCancelled { id } => actions.push(Action::CancelAllocation { id }),
-            Event::Transmit { to, datagram } => actions.push(Action::SendToClient { to, datagram }),
-            Event::ConnectionRefused {
-                session,
-                client,
-                sni,
-                reason,
-            } => tracing::info!(
-                %session,
-                %client,
-                sni = sni.as_deref().unwrap_or("-"),
-                reason = reason.as_str(),
-                "connection refused"
-            ),
-            Event::ClientAddressChanged { session, from, to } => {
-                tracing::info!(%session, %from, %to, "client address changed");
-            }
-            Event::RouteExpired { name } => {
-                tracing::info!(fqdn = %name, "temporary route expired");
-                if let Some(hook) = &self.route_expired {
-                    hook(name);
-                }
-            }
-            Event::SessionClosed { reason, info } => {
-                if info.backend.is_some() {
+    /// The notifications drained so far, to hand to subscribers once unlocked.
+    pub fn take_notifications(&mut self) -> Vec<Notification> {
+        std::mem::take(&mut self.notes)
+    }
+
+    /// Moves the relay's outputs into the outbox and the notification list.
+    fn collect(&mut self) {
+        while let Some(command) = self.relay.poll_command() {
+            match &command {
+                Command::OpenUpstream { .. } => self.upstream_sockets += 1,
+                Command::CloseUpstream { .. } => {
                     self.upstream_sockets = self.upstream_sockets.saturating_sub(1);
-                    actions.push(Action::CloseUpstream { session: info.id });
                 }
-                // Refusals are logged as such; handshakes that never completed are
-                // counted, not logged (they are mostly scans and spoofed traffic).
-                if info.backend.is_some() {
-                    tracing::info!(
-                        session = %info.id,
-                        client = %info.client,
-                        sni = info.sni.as_deref().unwrap_or("-"),
-                        reason = reason.as_str(),
-                        duration_ms = duration_ms(info.age),
-                        bytes_to_backend = info.to_backend.bytes,
-                        bytes_to_client = info.to_client.bytes,
-                        datagrams_to_backend = info.to_backend.datagrams,
-                        datagrams_to_client = info.to_client.datagrams,
-                        "session closed"
-                    );
-                }
+                _ => {}
+            }
+            self.outbox.push(command);
+        }
+        while let Some(note) = self.relay.poll_notification() {
+            log_notification(&note);
+            self.notes.push(note);
+        }
+    }
+}
+
+fn log_notification(note: &Notification) {
+    match note {
+        Notification::SessionOpened {
+            session,
+            client,
+            backend,
+            sni,
+            alpn,
+            version,
+        } => tracing::info!(
+            %session,
+            %client,
+            sni = sni.as_deref().unwrap_or("-"),
+            alpn = %alpn_text(alpn),
+            %backend,
+            ?version,
+            "session opened"
+        ),
+        Notification::Refused {
+            session,
+            client,
+            sni,
+            reason,
+        } => tracing::info!(
+            %session,
+            %client,
+            sni = sni.as_deref().unwrap_or("-"),
+            reason = reason.as_str(),
+            "connection refused"
+        ),
+        Notification::AddressChanged { session, from, to } => {
+            tracing::info!(%session, %from, %to, "client address changed");
+        }
+        Notification::RouteExpired { name } => {
+            tracing::info!(fqdn = %name, "temporary route expired");
+        }
+        // Refusals are logged as such; handshakes that never completed are counted, not
+        // logged (they are mostly scans and spoofed traffic).
+        Notification::SessionClosed { reason, info } if info.backend.is_some() => {
+            tracing::info!(
+                session = %info.id,
+                client = %info.client,
+                sni = info.sni.as_deref().unwrap_or("-"),
+                reason = reason.as_str(),
+                duration_ms = duration_ms(info.age),
+                bytes_to_backend = info.to_backend.bytes,
+                bytes_to_client = info.to_client.bytes,
+                datagrams_to_backend = info.to_backend.datagrams,
+                datagrams_to_client = info.to_client.datagrams,
+                "session closed"
+            );
+        }
+        Notification::SessionClosed { .. } => {}
+    }
+}
+
+/// The host and the engine's wake-up, shared by the engine's tasks and every
+/// [`RelayHandle`].
+pub struct HostCell {
+    host: Mutex<RelayHost>,
+    /// Wakes the engine's timer task: the deadline may have moved, or the outbox holds
+    /// commands.
+    work: Notify,
+    subscribers: Mutex<Vec<Subscriber>>,
+}
+
+impl fmt::Debug for HostCell {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HostCell")
+            .field("host", &self.host)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HostCell {
+    /// A cell around `host`.
+    pub fn new(host: RelayHost) -> Arc<Self> {
+        Arc::new(Self {
+            host: Mutex::new(host),
+            work: Notify::default(),
+            subscribers: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Locks the host. A panic while the lock was held cannot leave the relay in a state
+    /// worse than the panic itself, so a poisoned lock is used as is.
+    pub fn lock(&self) -> MutexGuard<'_, RelayHost> {
+        self.host.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Resolves when a control-plane change (or the engine itself) asked the engine's
+    /// timer task to look again.
+    pub async fn work(&self) {
+        self.work.notified().await;
+    }
+
+    /// Asks the engine's timer task to drain the outbox and re-arm.
+    pub fn work_pending(&self) {
+        self.work.notify_one();
+    }
+
+    /// Hands notifications to the subscribers. Call without the host locked.
+    pub fn deliver(&self, notes: &[Notification]) {
+        if notes.is_empty() {
+            return;
+        }
+        let subscribers = self
+            .subscribers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for note in notes {
+            for subscriber in &subscribers {
+                subscriber(note);
             }
         }
     }
 }
+
+/// The control plane's door into the relay: reads, and changes whose outputs always
+/// reach the engine. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct RelayHandle {
+    cell: Arc<HostCell>,
+}
+
+impl RelayHandle {
+    /// A handle on `cell`.
+    pub fn new(cell: Arc<HostCell>) -> Self {
+        Self { cell }
+    }
+
+    /// A relay with no engine behind it (tests of the control plane): changes apply, and
+    /// their commands wait in the outbox.
+    pub fn detached(relay: Relay) -> Self {
+        Self::new(HostCell::new(RelayHost::new(relay, false)))
+    }
+
+    /// Calls `subscriber` with every notification from now on (after the host lock is
+    /// released).
+    pub fn subscribe(&self, subscriber: Subscriber) {
+        self.cell
+            .subscribers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(subscriber);
+    }
+
+    /// Reads the relay.
+    pub fn read<T>(&self, f: impl FnOnce(&Relay) -> T) -> T {
+        f(self.cell.lock().relay())
+    }
+
+    /// Gauges and counters, and the number of upstream sockets.
+    pub fn stats(&self) -> (RelayStats, usize) {
+        let host = self.cell.lock();
+        (host.relay().stats(), host.upstream_sockets())
+    }
+
+    /// Every route, sorted by name.
+    pub fn routes(&self) -> Vec<Route> {
+        self.read(Relay::routes)
+    }
+
+    /// The route with exactly this name, and its expiry if it is temporary.
+    pub fn route(&self, name: &RouteName) -> Option<(Route, Option<Instant>)> {
+        self.read(|r| {
+            r.route(name)
+                .map(|route| (route.clone(), r.route_expiry(name)))
+        })
+    }
+
+    /// One page of sessions; see [`Relay::sessions_page`].
+    pub fn sessions_page(&self, after: Option<SessionId>, limit: usize) -> SessionPage {
+        self.read(|r| r.sessions_page(Instant::now(), after, limit))
+    }
+
+    /// Number of sessions.
+    pub fn session_count(&self) -> usize {
+        self.read(Relay::session_count)
+    }
+
+    /// A snapshot of one session.
+    pub fn session(&self, id: SessionId) -> Option<SessionInfo> {
+        self.read(|r| r.session(id, Instant::now()))
+    }
+
+    /// Inserts or replaces a route, permanent or (with `until`) temporary; returns the one
+    /// it replaced.
+    pub fn set_route(
+        &self,
+        route: Route,
+        until: Option<Instant>,
+    ) -> Result<Option<Route>, RouteError> {
+        self.change(|relay| match until {
+            Some(until) => relay.set_route_until(route, until),
+            None => relay.set_route(route),
+        })
+    }
+
+    /// Removes a route; returns it if it existed.
+    pub fn remove_route(&self, name: &RouteName) -> Option<Route> {
+        self.change(|relay| relay.remove_route(name))
+    }
+
+    /// Applies several route changes under one lock (a full reload from Redis): `edit`
+    /// gets a [`RouteEditor`].
+    pub fn edit_routes<T>(&self, edit: impl FnOnce(&mut RouteEditor<'_>) -> T) -> T {
+        self.change(|relay| edit(&mut RouteEditor { relay }))
+    }
+
+    /// Closes a session at once; `false` if there is no such session.
+    pub fn close_session(&self, id: SessionId) -> bool {
+        self.change(|relay| relay.close_session(Instant::now(), id))
+    }
+
+    /// Stops or resumes accepting new connections (the shutdown drain).
+    pub fn set_accepting(&self, accepting: bool) {
+        self.change(|relay| relay.set_accepting(accepting));
+    }
+
+    /// Runs one change under the lock, drains its outputs into the host's outbox, then
+    /// (unlocked) wakes the engine and hands the notifications to the subscribers.
+    fn change<T>(&self, f: impl FnOnce(&mut Relay) -> T) -> T {
+        let (out, notes) = {
+            let mut host = self.cell.lock();
+            let out = f(&mut host.relay);
+            host.collect();
+            (out, host.take_notifications())
+        };
+        self.cell.work.notify_one();
+        self.cell.deliver(&notes);
+        out
+    }
+}
+
+/// Route changes inside [`RelayHandle::edit_routes`].
+#[derive(Debug)]
+pub struct RouteEditor<'a> {
+    relay: &'a mut Relay,
+}
+
+impl RouteEditor<'_> {
+    /// The route with exactly this name.
+    pub fn route(&self, name: &RouteName) -> Option<&Route> {
+        self.relay.route(name)
+    }
+
+    /// Inserts or replaces a route; returns the one it replaced.
+    pub fn set_route(&mut self, route: Route) -> Result<Option<Route>, RouteError> {
+        self.relay.set_route(route)
+    }
+
+    /// Removes a route; returns it if it existed.
+    pub fn remove_route(&mut self, name: &RouteName) -> Option<Route> {
+        self.relay.remove_route(name)
+    }
+}
+
+/// How much longer than the handshake timeout an allocation request may run, so that the
+/// core's own timer (which cancels the request) decides, not a race with the allocator.
+pub const ALLOCATION_GRACE: Duration = Duration::from_millis(250);
 
 fn alpn_text(alpn: &[Vec<u8>]) -> String {
     let names: Vec<String> = alpn

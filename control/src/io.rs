@@ -21,7 +21,7 @@
 
 mod batch;
 mod engine;
-mod notify;
+pub(crate) mod notify;
 mod socket;
 
 use std::future::Future;

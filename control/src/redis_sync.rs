@@ -17,7 +17,7 @@ use redis::aio::MultiplexedConnection;
 use redis::AsyncConnectionConfig;
 
 use crate::config::RedisConfig;
-use crate::host::SharedHost;
+use crate::host::RelayHandle;
 use crate::sync::{new_epoch, PendingWrite, RedisCommand, RouteSync, SharedRoute, EPOCH_KEY};
 
 /// How long to wait for a connection or an answer before taking the link as down.
@@ -54,10 +54,10 @@ pub fn client(config: &RedisConfig) -> Result<redis::Client, RedisSetupError> {
     redis::Client::open(config.url().expose()).map_err(|e| RedisSetupError(e.to_string()))
 }
 
-/// Shares the routes of `host` through Redis, on the current tokio runtime (until it stops);
+/// Shares the routes of `relay` through Redis, on the current tokio runtime (until it stops);
 /// returns the sync, for the API.
-pub fn start_tokio(config: &RedisConfig, host: SharedHost) -> Result<RouteSync, RedisSetupError> {
-    let sync = RouteSync::new(host, config.channel.clone());
+pub fn start_tokio(config: &RedisConfig, relay: RelayHandle) -> Result<RouteSync, RedisSetupError> {
+    let sync = RouteSync::new(relay, config.channel.clone());
     spawn_tokio(config, sync.clone())?;
     Ok(sync)
 }

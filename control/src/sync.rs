@@ -40,12 +40,12 @@ use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use porter_core::{BackendAddr, Route, RouteError, RouteName, RouteTarget};
+use porter_core::{BackendAddr, Notification, Route, RouteError, RouteName, RouteTarget};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 use crate::api::{RouteJson, TargetJson};
-use crate::host::{RelayHost, SharedHost};
+use crate::host::RelayHandle;
 
 /// The hash that holds simple routes.
 pub const SIMPLE_KEY: &str = "porter:routes:simple";
@@ -473,7 +473,7 @@ pub struct RouteSync {
 struct Inner {
     instance: String,
     channel: String,
-    host: SharedHost,
+    relay: RelayHandle,
     state: Mutex<State>,
     /// Temporary routes the relay removed at their expiry, to delete from Redis. A lock
     /// of its own, taken last: the relay reports expiries while its host is locked.
@@ -491,14 +491,15 @@ impl fmt::Debug for RouteSync {
 }
 
 impl RouteSync {
-    /// A sync for the relay in `host`, publishing on `channel`, with a random instance ID.
-    pub fn new(host: SharedHost, channel: impl Into<String>) -> Self {
-        Self::with_instance(host, channel, random_instance_id())
+    /// A sync for the relay behind `relay`, publishing on `channel`, with a random
+    /// instance ID.
+    pub fn new(relay: RelayHandle, channel: impl Into<String>) -> Self {
+        Self::with_instance(relay, channel, random_instance_id())
     }
 
     /// As [`Self::new`] with a given instance ID.
     pub fn with_instance(
-        host: SharedHost,
+        relay: RelayHandle,
         channel: impl Into<String>,
         instance: impl Into<String>,
     ) -> Self {
@@ -506,7 +507,7 @@ impl RouteSync {
             inner: Arc::new(Inner {
                 instance: instance.into(),
                 channel: channel.into(),
-                host,
+                relay: relay.clone(),
                 state: Mutex::new(State {
                     mirror: BTreeMap::new(),
                     outbox: BTreeMap::new(),
@@ -521,11 +522,13 @@ impl RouteSync {
             }),
         };
         // Temporary routes the relay expires are deleted from Redis too. A weak
-        // reference: the host must not keep the sync alive.
+        // reference: the relay must not keep the sync alive.
         let weak = Arc::downgrade(&sync.inner);
-        RelayHost::lock(&sync.inner.host).on_route_expired(Box::new(move |name| {
-            if let Some(inner) = weak.upgrade() {
-                Self { inner }.route_expired(name);
+        relay.subscribe(Arc::new(move |note| {
+            if let Notification::RouteExpired { name } = note {
+                if let Some(inner) = weak.upgrade() {
+                    Self { inner }.route_expired(name.clone());
+                }
             }
         }));
         sync
@@ -555,9 +558,7 @@ impl RouteSync {
         shared: SharedRoute,
     ) -> Result<Option<Route>, RouteError> {
         let mut st = self.state();
-        let previous = RelayHost::lock(&self.inner.host)
-            .relay_mut()
-            .set_route(route)?;
+        let previous = self.inner.relay.set_route(route, None)?;
         st.enqueue(Change::Set(shared));
         drop(st);
         self.inner.wake.notify_one();
@@ -566,7 +567,7 @@ impl RouteSync {
 
     /// As [`Self::set_route`], for a temporary route the relay removes at `until`; its
     /// deletion reaches Redis through [`Self::route_expired`], which the relay host calls
-    /// (the sync registers itself with [`RelayHost::on_route_expired`]).
+    /// (the sync subscribes to the relay's [`Notification::RouteExpired`]).
     pub fn set_route_until(
         &self,
         route: Route,
@@ -574,9 +575,7 @@ impl RouteSync {
         until: std::time::Instant,
     ) -> Result<Option<Route>, RouteError> {
         let mut st = self.state();
-        let previous = RelayHost::lock(&self.inner.host)
-            .relay_mut()
-            .set_route_until(route, until)?;
+        let previous = self.inner.relay.set_route(route, Some(until))?;
         st.enqueue(Change::Set(shared));
         drop(st);
         self.inner.wake.notify_one();
@@ -584,7 +583,7 @@ impl RouteSync {
     }
 
     /// The relay removed a temporary route at its expiry: queue the deletion for Redis.
-    /// Takes no other lock, so it may be called with the host locked.
+    /// Takes no other lock.
     pub fn route_expired(&self, name: RouteName) {
         self.inner
             .expired
@@ -598,9 +597,7 @@ impl RouteSync {
     /// nothing queued) if the relay has no such route.
     pub fn remove_route(&self, name: &RouteName) -> Option<Route> {
         let mut st = self.state();
-        let removed = RelayHost::lock(&self.inner.host)
-            .relay_mut()
-            .remove_route(name)?;
+        let removed = self.inner.relay.remove_route(name)?;
         st.enqueue(Change::Delete(name.clone()));
         drop(st);
         self.inner.wake.notify_one();
@@ -769,18 +766,16 @@ impl RouteSync {
             st.counters.messages_deferred += 1;
             return MessageOutcome::Deferred;
         }
-        let mut host = RelayHost::lock(&self.inner.host);
         match (route, &decoded.change) {
             (Some(route), _) => {
-                if let Err(e) = host.relay_mut().set_route(route) {
-                    drop(host);
+                if let Err(e) = self.inner.relay.set_route(route, None) {
                     drop(st);
                     return self.invalid(payload, e.to_string());
                 }
                 tracing::info!(fqdn = %decoded.change.name(), from = decoded.instance.as_deref().unwrap_or("-"), "route set by another instance");
             }
             (None, change) => {
-                host.relay_mut().remove_route(change.name());
+                self.inner.relay.remove_route(change.name());
                 tracing::info!(fqdn = %change.name(), from = decoded.instance.as_deref().unwrap_or("-"), "route deleted by another instance");
             }
         }
@@ -828,31 +823,30 @@ impl RouteSync {
             }
         }
         let mut st = self.state();
-        let mut host = RelayHost::lock(&self.inner.host);
-        let relay = host.relay_mut();
-        for name in st.mirror.keys() {
-            if !loaded.contains_key(name)
-                && !st.outbox.contains_key(name)
-                && relay.remove_route(name).is_some()
-            {
-                report.removed += 1;
-                tracing::info!(fqdn = %name, "route deleted elsewhere while disconnected");
-            }
-        }
-        for (name, (_, route)) in &loaded {
-            let Some(route) = route else { continue };
-            if st.outbox.contains_key(name) || relay.route(name) == Some(route) {
-                continue;
-            }
-            match relay.set_route(route.clone()) {
-                Ok(_) => report.set += 1,
-                Err(e) => {
-                    report.failed += 1;
-                    tracing::warn!(fqdn = %name, "cannot apply the route from Redis: {e}");
+        self.inner.relay.edit_routes(|relay| {
+            for name in st.mirror.keys() {
+                if !loaded.contains_key(name)
+                    && !st.outbox.contains_key(name)
+                    && relay.remove_route(name).is_some()
+                {
+                    report.removed += 1;
+                    tracing::info!(fqdn = %name, "route deleted elsewhere while disconnected");
                 }
             }
-        }
-        drop(host);
+            for (name, (_, route)) in &loaded {
+                let Some(route) = route else { continue };
+                if st.outbox.contains_key(name) || relay.route(name) == Some(route) {
+                    continue;
+                }
+                match relay.set_route(route.clone()) {
+                    Ok(_) => report.set += 1,
+                    Err(e) => {
+                        report.failed += 1;
+                        tracing::warn!(fqdn = %name, "cannot apply the route from Redis: {e}");
+                    }
+                }
+            }
+        });
         st.mirror = loaded.into_iter().map(|(n, (s, _))| (n, s)).collect();
         st.state = LinkState::Synced;
         st.reason = None;
@@ -909,18 +903,16 @@ mod tests {
     use super::*;
     use porter_core::{Relay, RelayConfig};
 
-    fn host() -> SharedHost {
-        RelayHost::new(Relay::new(RelayConfig::default()), false).shared()
+    fn host() -> RelayHandle {
+        RelayHandle::detached(Relay::new(RelayConfig::default()))
     }
 
     fn shared(name: &str, target: &str) -> SharedRoute {
         SharedRoute::from_entry(RouteType::Simple, name, target).unwrap()
     }
 
-    fn routes(host: &SharedHost) -> Vec<String> {
-        RelayHost::lock(host)
-            .relay()
-            .routes()
+    fn routes(host: &RelayHandle) -> Vec<String> {
+        host.routes()
             .iter()
             .map(|r| format!("{}={:?}", r.name, r.target))
             .collect()
@@ -1033,10 +1025,11 @@ mod tests {
     #[test]
     fn load_overrides_removes_deleted_and_keeps_config_and_pending() {
         let host = host();
-        RelayHost::lock(&host)
-            .relay_mut()
-            .set_route(shared("config.test", "127.0.0.1:1").to_route().unwrap())
-            .unwrap();
+        host.set_route(
+            shared("config.test", "127.0.0.1:1").to_route().unwrap(),
+            None,
+        )
+        .unwrap();
         let sync = RouteSync::with_instance(host.clone(), "c", "me");
         let e = |n: &str, t: &str| (n.to_owned(), t.to_owned());
         let report = sync.apply_load(

@@ -17,7 +17,9 @@ use anyhow::Context as _;
 use async_executor::Executor;
 use async_signal::{Signal, Signals};
 use control::agones::AgonesAllocator;
+use control::api::Api;
 use control::cli::Cli;
+use control::io::Allocator;
 use control::setup::Settings;
 use control::sync::RouteSync;
 use futures_lite::StreamExt as _;
@@ -58,19 +60,27 @@ async fn run(rt: Smol, settings: Settings) -> anyhow::Result<()> {
     // Registered first, so that a signal during start-up is not the default (fatal) one.
     let mut signals =
         Signals::new([Signal::Term, Signal::Int]).context("cannot listen for SIGINT/SIGTERM")?;
-    let driver = control::io::start(rt.clone(), &settings, AgonesAllocator::with_own_runtime)?;
+    let agones = match settings.agones.clone() {
+        Some(config) => {
+            Some(AgonesAllocator::with_own_runtime(config).context("agones allocator client")?)
+        }
+        None => None,
+    };
+    let allocator = agones.clone().map(|a| a as Arc<dyn Allocator>);
+    let driver = control::io::start(rt.clone(), &settings, allocator)?;
     let sync = match &settings.redis {
         Some(redis) => {
             // The redis crate is built with tokio support too (for `porter`): choose smol.
             let _ = redis::aio::prefer_smol();
-            let sync = RouteSync::new(driver.host().clone(), redis.channel.clone());
+            let sync = RouteSync::new(driver.handle(), redis.channel.clone());
             rt.spawn_detached(control::redis_sync::task(redis, sync.clone(), SmolTimer)?);
             Some(sync)
         }
         None => None,
     };
     if let Some(api) = &settings.api {
-        let bound = api::serve(&rt, driver.api(api, sync.as_ref()))
+        let agones = agones.map(|a| (a, settings.allocate_route_ttl));
+        let bound = api::serve(&rt, Api::for_engine(api, &driver, sync.as_ref(), agones))
             .with_context(|| format!("cannot start the API on {}", api.bind))?;
         tracing::info!(listen = %bound, "API listening");
     }

@@ -7,9 +7,13 @@ mod runtime;
 
 use std::process::ExitCode;
 
+use std::sync::Arc;
+
 use anyhow::Context as _;
 use control::agones::AgonesAllocator;
+use control::api::Api;
 use control::cli::Cli;
+use control::io::Allocator;
 use control::setup::Settings;
 
 fn main() -> ExitCode {
@@ -32,18 +36,22 @@ fn main() -> ExitCode {
 }
 
 async fn run(settings: Settings) -> anyhow::Result<()> {
-    let driver = control::io::start(runtime::Tokio, &settings, AgonesAllocator::new)?;
+    let agones = match settings.agones.clone() {
+        Some(config) => Some(AgonesAllocator::new(config).context("agones allocator client")?),
+        None => None,
+    };
+    let allocator = agones.clone().map(|a| a as Arc<dyn Allocator>);
+    let driver = control::io::start(runtime::Tokio, &settings, allocator)?;
     let sync = match &settings.redis {
-        Some(redis) => Some(control::redis_sync::start_tokio(
-            redis,
-            driver.host().clone(),
-        )?),
+        Some(redis) => Some(control::redis_sync::start_tokio(redis, driver.handle())?),
         None => None,
     };
     if let Some(api) = &settings.api {
-        let bound = control::api::serve_api_tokio(driver.api(api, sync.as_ref()))
-            .await
-            .with_context(|| format!("cannot start the API on {}", api.bind))?;
+        let agones = agones.map(|a| (a, settings.allocate_route_ttl));
+        let bound =
+            control::api::serve_api_tokio(Api::for_engine(api, &driver, sync.as_ref(), agones))
+                .await
+                .with_context(|| format!("cannot start the API on {}", api.bind))?;
         tracing::info!(listen = %bound, "API listening");
     }
 

@@ -21,7 +21,7 @@ pub fn parse_route_name(text: &str) -> Result<RouteName, InvalidValue> {
     let lower = text.to_ascii_lowercase();
     let name = lower.strip_suffix('.').unwrap_or(&lower);
     if name == "*" {
-        return Ok(RouteName::Default);
+        return Ok(RouteName::DEFAULT);
     }
     if let Some(suffix) = name.strip_prefix("*.") {
         if suffix.contains('*') {
@@ -121,16 +121,16 @@ mod tests {
     fn parses_and_normalises() {
         assert_eq!(
             parse_route_name("Game.Example.COM.").unwrap(),
-            RouteName::Exact("game.example.com".into())
+            RouteName::parse("game.example.com").unwrap()
         );
         assert_eq!(
             parse_route_name("*.Example.com").unwrap(),
-            RouteName::Wildcard("example.com".into())
+            RouteName::parse("*.example.com").unwrap()
         );
-        assert_eq!(parse_route_name("*").unwrap(), RouteName::Default);
+        assert_eq!(parse_route_name("*").unwrap(), RouteName::DEFAULT);
         assert_eq!(
             parse_route_name("_srv.my-host.test").unwrap(),
-            RouteName::Exact("_srv.my-host.test".into())
+            RouteName::parse("_srv.my-host.test").unwrap()
         );
         assert_eq!(
             parse_route_name("*.wild.test").unwrap().to_string(),
@@ -162,7 +162,7 @@ mod tests {
             assert!(err.message().contains(why), "{bad:?}: {err}");
         }
         // `*.` is `*` with a trailing dot: the default route.
-        assert_eq!(parse_route_name("*.").unwrap(), RouteName::Default);
+        assert_eq!(parse_route_name("*.").unwrap(), RouteName::DEFAULT);
     }
 
     #[test]

@@ -5,16 +5,16 @@
 use std::ops::Range;
 use std::time::Instant;
 
-use porter_core::{ClientAddr, SessionId, Verdict};
+use porter_core::{ClientAddr, Command, SessionId, Verdict};
 
-use crate::host::{Action, RelayHost};
+use crate::host::RelayHost;
 
 /// One thing to do after a batch, in order.
 #[derive(Debug)]
 pub(crate) enum Out {
-    /// Perform a host action.
-    Act(Action),
-    /// An action already performed.
+    /// Execute one of the relay's commands.
+    Command(Command),
+    /// A command already executed.
     Done,
     /// Forward these bytes of the received data on the session's upstream socket.
     ToBackend(SessionId, Range<usize>),
@@ -35,11 +35,8 @@ pub(crate) fn plan_client(
     plan(host, data, stride, outs, |host, segment, range| match host
         .client_datagram(now, from, segment)
     {
-        Verdict::Forward { session, .. } => Some(Out::ToBackend(session, range)),
-        Verdict::Reply(reply) => Some(Out::Act(Action::SendToClient {
-            to: from,
-            datagram: reply,
-        })),
+        Verdict::ToBackend { session, .. } => Some(Out::ToBackend(session, range)),
+        // Answers leave as a `Command::Transmit`, drained below.
         _ => None,
     });
 }
@@ -56,13 +53,13 @@ pub(crate) fn plan_backend(
     plan(host, data, stride, outs, |host, segment, range| match host
         .backend_datagram(now, session, segment)
     {
-        Verdict::ForwardToClient { client, .. } => Some(Out::ToClient(client, range)),
+        Verdict::ToClient { client, .. } => Some(Out::ToClient(client, range)),
         _ => None,
     });
 }
 
 /// Splits a slot into its datagrams; for each, appends what `decide` says to send, then
-/// the host's actions, so that the plan keeps the order in which things happened.
+/// the relay's commands, so that the plan keeps the order in which things happened.
 fn plan(
     host: &mut RelayHost,
     data: &[u8],
@@ -70,20 +67,21 @@ fn plan(
     outs: &mut Vec<Out>,
     mut decide: impl FnMut(&mut RelayHost, &[u8], Range<usize>) -> Option<Out>,
 ) {
-    let mut actions = Vec::new();
+    let mut commands = Vec::new();
     for (i, segment) in data.chunks(stride).enumerate() {
         let range = i * stride..i * stride + segment.len();
         outs.extend(decide(host, segment, range));
-        host.drain(&mut actions);
-        outs.extend(actions.drain(..).map(Out::Act));
+        host.drain(&mut commands);
+        outs.extend(commands.drain(..).map(Out::Command));
     }
 }
 
-/// Drains the host's pending events into `outs` (after a timeout, an allocation's answer).
-pub(crate) fn plan_events(host: &mut RelayHost, outs: &mut Vec<Out>) {
-    let mut actions = Vec::new();
-    host.drain(&mut actions);
-    outs.extend(actions.into_iter().map(Out::Act));
+/// Drains the relay's pending commands into `outs` (after a timeout, an allocation's
+/// answer, a control-plane change).
+pub(crate) fn plan_commands(host: &mut RelayHost, outs: &mut Vec<Out>) {
+    let mut commands = Vec::new();
+    host.drain(&mut commands);
+    outs.extend(commands.into_iter().map(Out::Command));
 }
 
 /// Finds the run of outputs from `i` (which `matches`) whose ranges are contiguous and

@@ -1,6 +1,6 @@
 //! The relay loop: the listener tasks (batched receive with GRO), one connected upstream
 //! socket and reader task per session, the timer the core asks for, and the execution of
-//! the host's [`Action`]s.
+//! the relay's [`Command`]s.
 //!
 //! Each listener and each upstream socket has one task reading it. A task locks the
 //! shared host once per received slot, collects what to send, unlocks, and sends. Runs
@@ -13,18 +13,15 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use porter_core::{AllocationFailure, AllocationId, BackendAddr, ClientAddr, SessionId};
+use porter_core::{AllocationFailure, AllocationId, BackendAddr, ClientAddr, Command, SessionId};
 use quinn_udp::{RecvMeta, BATCH_SIZE};
 
-use super::batch::{plan_backend, plan_client, plan_events, run, Out};
-use super::notify::{lock, race, First, Notify};
+use super::batch::{plan_backend, plan_client, plan_commands, run, Out};
+use super::notify::{lock, race, First};
 use super::socket::{bind_listener, canonical, connect_upstream, BindError, SlotPool, Socket};
 use super::{Allocator, Runtime};
-use crate::agones::{AgonesAllocator, AgonesClientConfig, ClientConfigError};
-use crate::api::{Api, ApiSettings};
-use crate::host::{Action, RelayHost, SharedHost};
+use crate::host::{HostCell, RelayHandle, RelayHost, ALLOCATION_GRACE};
 use crate::setup::{Settings, SetupError};
-use crate::sync::RouteSync;
 
 /// Receive buffer per batch slot: room for a GRO-coalesced run of datagrams.
 const SLOT_LEN: usize = 64 * 1024;
@@ -49,52 +46,35 @@ struct Upstream<R: Runtime> {
 /// The relay's I/O on runtime `R`: everything the driver's tasks share.
 pub struct Engine<R: Runtime> {
     rt: R,
-    host: SharedHost,
+    cell: Arc<HostCell>,
     listeners: Vec<Arc<Socket<R::Udp>>>,
     upstreams: Mutex<HashMap<SessionId, Upstream<R>>>,
     allocations: Mutex<HashMap<AllocationId, R::Task>>,
     allocator: Option<Arc<dyn Allocator>>,
-    /// The Agones client, when [`start`] built one (for the API's `POST /allocate`), and
-    /// how long the routes that endpoint adds live.
-    agones: Option<Arc<AgonesAllocator>>,
-    allocate_route_ttl: Duration,
     /// Receive slots of the upstream readers, held only while a batch is handled.
     upstream_slots: SlotPool,
-    timer: Notify,
     armed: Mutex<Option<Instant>>,
 }
 
 impl<R: Runtime> Engine<R> {
-    /// An engine over `host`, reading `listeners`; allocation requests go to
-    /// `allocator` (without one they fail: Agones is not enabled).
+    /// An engine over the host in `cell`, reading `listeners`; allocation requests go
+    /// to `allocator` (without one they fail: Agones is not enabled).
     pub fn new(
         rt: R,
-        host: SharedHost,
+        cell: Arc<HostCell>,
         listeners: Vec<Socket<R::Udp>>,
         allocator: Option<Arc<dyn Allocator>>,
     ) -> Arc<Self> {
-        Arc::new(Self::build(rt, host, listeners, allocator))
-    }
-
-    fn build(
-        rt: R,
-        host: SharedHost,
-        listeners: Vec<Socket<R::Udp>>,
-        allocator: Option<Arc<dyn Allocator>>,
-    ) -> Self {
-        Self {
+        Arc::new(Self {
             rt,
-            host,
+            cell,
             listeners: listeners.into_iter().map(Arc::new).collect(),
             upstreams: Mutex::new(HashMap::new()),
             allocations: Mutex::new(HashMap::new()),
             allocator,
-            agones: None,
-            allocate_route_ttl: Duration::from_secs(600),
             upstream_slots: SlotPool::new(UPSTREAM_BATCH, SLOT_LEN, UPSTREAM_SLOTS_KEPT),
-            timer: Notify::default(),
             armed: Mutex::new(None),
-        }
+        })
     }
 
     /// Spawns the listener and timer tasks.
@@ -107,9 +87,9 @@ impl<R: Runtime> Engine<R> {
         drop(self.rt.spawn(async move { engine.run_timer().await }));
     }
 
-    /// The shared relay host.
-    pub fn host(&self) -> &SharedHost {
-        &self.host
+    /// The control plane's door into this engine's relay.
+    pub fn handle(&self) -> RelayHandle {
+        RelayHandle::new(self.cell.clone())
     }
 
     /// The listeners' local addresses.
@@ -120,35 +100,9 @@ impl<R: Runtime> Engine<R> {
             .collect()
     }
 
-    /// The Agones allocator client, when Agones is enabled.
-    pub fn agones(&self) -> Option<&Arc<AgonesAllocator>> {
-        self.agones.as_ref()
-    }
-
     /// Open upstream sockets.
     pub fn upstream_count(&self) -> usize {
         lock(&self.upstreams).len()
-    }
-
-    /// The driver's gauges, as the API reads them.
-    pub fn gauges(self: &Arc<Self>) -> crate::api::GaugeFn {
-        let engine = self.clone();
-        Arc::new(move || crate::api::DriverGauges {
-            upstream_sockets: engine.upstream_count(),
-        })
-    }
-
-    /// The management API over this engine's host and gauges, with the route sync's
-    /// state when there is one.
-    pub fn api(self: &Arc<Self>, settings: &ApiSettings, sync: Option<&RouteSync>) -> Api {
-        let mut api = Api::new(settings.clone(), self.host.clone(), self.gauges());
-        if let Some(sync) = sync {
-            api = api.with_sync(sync.clone());
-        }
-        if let Some(agones) = &self.agones {
-            api = api.with_allocator(agones.clone(), self.allocate_route_ttl);
-        }
-        api
     }
 
     fn listener_for(&self, client: SocketAddr) -> Option<&Arc<Socket<R::Udp>>> {
@@ -181,12 +135,14 @@ impl<R: Runtime> Engine<R> {
             for (meta, buf) in metas[..n].iter().zip(&bufs) {
                 let from = ClientAddr(canonical(meta.addr));
                 let data = &buf[..meta.len];
-                {
-                    let mut host = RelayHost::lock(&self.host);
+                let notes = {
+                    let mut host = self.cell.lock();
                     let now = Instant::now();
                     plan_client(&mut host, now, from, data, meta.stride.max(1), &mut outs);
                     self.rearm(&host);
-                }
+                    host.take_notifications()
+                };
+                self.cell.deliver(&notes);
                 self.execute(&mut outs, data).await;
             }
         }
@@ -208,11 +164,13 @@ impl<R: Runtime> Engine<R> {
             };
             for (meta, buf) in metas[..n].iter().zip(&bufs) {
                 let data = &buf[..meta.len];
-                {
-                    let mut host = RelayHost::lock(&self.host);
+                let notes = {
+                    let mut host = self.cell.lock();
                     let now = Instant::now();
                     plan_backend(&mut host, now, session, data, meta.stride.max(1), &mut outs);
-                }
+                    host.take_notifications()
+                };
+                self.cell.deliver(&notes);
                 self.execute(&mut outs, data).await;
             }
             self.upstream_slots.put(bufs);
@@ -259,9 +217,9 @@ impl<R: Runtime> Engine<R> {
                     }
                     i = next;
                 }
-                Out::Act(_) => {
-                    if let Out::Act(action) = std::mem::replace(&mut outs[i], Out::Done) {
-                        self.act(action).await;
+                Out::Command(_) => {
+                    if let Out::Command(command) = std::mem::replace(&mut outs[i], Out::Done) {
+                        self.command(command).await;
                     }
                     i += 1;
                 }
@@ -271,10 +229,15 @@ impl<R: Runtime> Engine<R> {
         outs.clear();
     }
 
-    async fn act(self: &Arc<Self>, action: Action) {
-        match action {
-            Action::OpenUpstream { session, backend } => self.open_upstream(session, backend),
-            Action::SendToBackend { session, datagrams } => {
+    async fn command(self: &Arc<Self>, command: Command) {
+        match command {
+            Command::OpenUpstream {
+                session,
+                client,
+                backend,
+                datagrams,
+            } => {
+                self.open_upstream(session, backend);
                 if let Some(socket) = self.upstream_socket(session) {
                     if let Ok(peer) = socket.peer_addr() {
                         for d in datagrams {
@@ -283,28 +246,48 @@ impl<R: Runtime> Engine<R> {
                             }
                         }
                     }
+                } else {
+                    tracing::debug!(%session, %client, "no upstream socket for the held datagrams");
                 }
             }
-            Action::SendToClient { to, datagram } => {
+            Command::Transmit { to, datagram } => {
                 if let Some(listener) = self.listener_for(to.0) {
                     if let Err(e) = listener.send(to.0, &datagram, None).await {
                         tracing::debug!(client = %to, "send to client failed: {e}");
                     }
                 }
             }
-            Action::CloseUpstream { session } => {
+            Command::CloseUpstream { session } => {
                 let upstream = lock(&self.upstreams).remove(&session);
                 if let Some(upstream) = upstream {
                     R::abort(upstream.reader);
                 }
             }
-            Action::Allocate {
+            Command::Allocate {
                 id,
+                session,
                 fleet,
-                tag,
-                deadline,
-            } => self.start_allocation(id, fleet, tag, deadline),
-            Action::CancelAllocation { id } => {
+                sni,
+                client,
+                ..
+            } => {
+                tracing::info!(
+                    allocation = %id,
+                    %session,
+                    %client,
+                    sni = sni.as_deref().unwrap_or("-"),
+                    %fleet,
+                    "allocating a game server"
+                );
+                // The core's handshake timer decides when to give up (and cancels the
+                // request); the allocator's own deadline is a little later so the two do
+                // not race.
+                let handshake = self.cell.lock().relay().config().handshake_timeout;
+                let deadline = Instant::now() + handshake + ALLOCATION_GRACE;
+                // The tag names the connection: the player ID in the game server's list.
+                self.start_allocation(id, fleet, format!("{client}/{session}"), deadline);
+            }
+            Command::CancelAllocation { id } => {
                 let task = lock(&self.allocations).remove(&id);
                 if let Some(task) = task {
                     R::abort(task);
@@ -324,10 +307,10 @@ impl<R: Runtime> Engine<R> {
             }
             Err(e) => {
                 tracing::error!(%session, %backend, "cannot open upstream socket: {e}");
-                let mut host = RelayHost::lock(&self.host);
-                host.relay_mut().close_session(Instant::now(), session);
-                let mut actions = Vec::new();
-                host.drain(&mut actions);
+                // The session ends; its close (no upstream to close, but the
+                // notification) is executed by whoever drains next.
+                self.cell.lock().upstream_failed(Instant::now(), session);
+                self.cell.work_pending();
             }
         }
     }
@@ -357,13 +340,16 @@ impl<R: Runtime> Engine<R> {
                 .map(BackendAddr)
                 .map_err(|reason| AllocationFailure { reason });
             let mut outs = Vec::new();
-            {
-                let mut host = RelayHost::lock(&engine.host);
+            let notes = {
+                let mut host = engine.cell.lock();
                 // Dropping the handle detaches: this task runs on to the end.
                 drop(lock(&engine.allocations).remove(&id));
                 host.complete_allocation(Instant::now(), id, result);
-                plan_events(&mut host, &mut outs);
-            }
+                plan_commands(&mut host, &mut outs);
+                engine.rearm(&host);
+                host.take_notifications()
+            };
+            engine.cell.deliver(&notes);
             engine.execute(&mut outs, &[]).await;
         });
         allocations.insert(id, task);
@@ -377,24 +363,35 @@ impl<R: Runtime> Engine<R> {
         let mut armed = lock(&self.armed);
         if armed.is_none_or(|a| next < a) {
             *armed = Some(next);
-            self.timer.notify_one();
+            self.cell.work_pending();
         }
     }
 
     async fn run_timer(self: Arc<Self>) {
+        let mut outs = Vec::new();
         loop {
-            let next = RelayHost::lock(&self.host).poll_timeout();
-            *lock(&self.armed) = next;
+            // Commands of control-plane changes first, then the deadline they may have
+            // moved.
+            let notes = {
+                let mut host = self.cell.lock();
+                plan_commands(&mut host, &mut outs);
+                *lock(&self.armed) = host.poll_timeout();
+                host.take_notifications()
+            };
+            self.cell.deliver(&notes);
+            self.execute(&mut outs, &[]).await;
+            let next = *lock(&self.armed);
             let at = next.unwrap_or_else(|| Instant::now() + NO_DEADLINE);
-            if race(self.rt.sleep_until(at), self.timer.notified()).await == First::B {
+            if race(self.rt.sleep_until(at), self.cell.work()).await == First::B {
                 continue;
             }
-            let mut outs = Vec::new();
-            {
-                let mut host = RelayHost::lock(&self.host);
+            let notes = {
+                let mut host = self.cell.lock();
                 host.handle_timeout(Instant::now());
-                plan_events(&mut host, &mut outs);
-            }
+                plan_commands(&mut host, &mut outs);
+                host.take_notifications()
+            };
+            self.cell.deliver(&notes);
             self.execute(&mut outs, &[]).await;
         }
     }
@@ -410,19 +407,15 @@ pub enum StartError {
     /// The routes or limits were rejected by the core.
     #[error(transparent)]
     Setup(#[from] SetupError),
-    /// The Agones allocator client could not be built.
-    #[error("agones allocator client: {0}")]
-    Allocator(#[from] ClientConfigError),
 }
 
 /// Starts the relay on `rt`: binds the listeners, builds the relay host from `settings`,
-/// builds the Agones allocator client with `agones` when Agones is enabled
-/// ([`AgonesAllocator::new`] on tokio, [`AgonesAllocator::with_own_runtime`] elsewhere),
-/// spawns the engine's tasks and logs each listen address.
+/// spawns the engine's tasks and logs each listen address. Allocation requests go to
+/// `allocator` (none: they fail, Agones is not enabled).
 pub fn start<R: Runtime>(
     rt: R,
     settings: &Settings,
-    agones: impl FnOnce(AgonesClientConfig) -> Result<Arc<AgonesAllocator>, ClientConfigError>,
+    allocator: Option<Arc<dyn Allocator>>,
 ) -> Result<Arc<Engine<R>>, StartError> {
     let mut listeners = Vec::new();
     // With an IPv4 listener beside it, an IPv6 listener takes IPv6 only.
@@ -430,14 +423,8 @@ pub fn start<R: Runtime>(
     for addr in &settings.listen {
         listeners.push(bind_listener(&rt, *addr, has_v4)?);
     }
-    let host = RelayHost::new(settings.new_relay()?, settings.log_requests).shared();
-    let agones = settings.agones.clone().map(agones).transpose()?;
-    let allocator = agones.clone().map(|a| a as Arc<dyn Allocator>);
-    let engine = Arc::new(Engine {
-        agones,
-        allocate_route_ttl: settings.allocate_route_ttl,
-        ..Engine::build(rt, host, listeners, allocator)
-    });
+    let cell = HostCell::new(RelayHost::new(settings.new_relay()?, settings.log_requests));
+    let engine = Engine::new(rt, cell, listeners, allocator);
     engine.start();
     for addr in engine.listen_addrs() {
         tracing::info!(listen = %addr, "relay listening");
@@ -457,13 +444,12 @@ pub async fn drain<R: Runtime>(
         drain_seconds = period.as_secs_f64(),
         "shutting down: no new sessions, draining existing ones"
     );
-    RelayHost::lock(&engine.host)
-        .relay_mut()
-        .set_accepting(false);
+    let handle = engine.handle();
+    handle.set_accepting(false);
     let deadline = Instant::now() + period;
     let mut second_signal = std::pin::pin!(second_signal);
     loop {
-        let sessions = RelayHost::lock(&engine.host).relay().session_count();
+        let sessions = handle.session_count();
         if sessions == 0 || Instant::now() >= deadline {
             tracing::info!(sessions, "exiting");
             return;
