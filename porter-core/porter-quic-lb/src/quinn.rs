@@ -144,13 +144,14 @@ mod tests {
         let config = Config::new(3, 2, 5, Some(Key::new([7; 16]))).unwrap();
         let mine = ServerId::new(&[1, 2]).unwrap();
         let theirs = ServerId::new(&[1, 3]).unwrap();
-        let mut gen = QuicLbGenerator::new(config.clone(), mine).unwrap();
+        let mut generator = QuicLbGenerator::new(config.clone(), mine).unwrap();
         let mut other = QuicLbGenerator::new(config, theirs).unwrap();
-        assert_eq!(gen.cid_len(), 8);
-        assert!(gen.validate(&gen.generate_cid()).is_ok());
-        assert!(gen.validate(&other.generate_cid()).is_err());
-        assert!(gen.validate(&QuinnCid::new(&[0u8; 8])).is_err());
-        assert!(gen.validate(&QuinnCid::new(&[0u8; 4])).is_err());
+        assert_eq!(generator.cid_len(), 8);
+        let own = generator.generate_cid();
+        assert!(generator.validate(&own).is_ok());
+        assert!(generator.validate(&other.generate_cid()).is_err());
+        assert!(generator.validate(&QuinnCid::new(&[0u8; 8])).is_err());
+        assert!(generator.validate(&QuinnCid::new(&[0u8; 4])).is_err());
     }
 
     #[test]
@@ -158,21 +159,21 @@ mod tests {
         let config = Config::new(0, 1, 4, Some(Key::new([7; 16]))).unwrap();
         // A one-octet counter has 256 nonces, where a real (4-octet) one has 2^32.
         let small = CounterNonces::starting_at(&[0]);
-        let mut gen = QuicLbGenerator::with_nonce_source(
+        let mut generator = QuicLbGenerator::with_nonce_source(
             config,
             ServerId::new(&[9]).unwrap(),
             Box::new(small),
         )
         .unwrap()
         .with_lifetime(Duration::from_secs(60));
-        assert_eq!(gen.cid_lifetime(), Some(Duration::from_secs(60)));
+        assert_eq!(generator.cid_lifetime(), Some(Duration::from_secs(60)));
         for _ in 0..256 {
-            let cid = gen.generate_cid();
+            let cid = generator.generate_cid();
             assert_eq!(cid[0] >> 5, 0);
         }
-        let cid = gen.generate_cid();
+        let cid = generator.generate_cid();
         assert_eq!(cid.len(), 6);
         assert_eq!(cid[0] >> 5, UNROUTABLE_CONFIG_ID);
-        assert!(gen.validate(&cid).is_ok());
+        assert!(generator.validate(&cid).is_ok());
     }
 }
