@@ -11,6 +11,8 @@
 //! - `four_pass_3`: 3 + 4 octets (odd length): three AES-128 block encryptions.
 //! - `four_pass_4`: 10 + 5 octets (server ID longer than the nonce): four.
 //! - `unknown_config`: a CID naming a config ID the decoder lacks: the early exit.
+//! - `floor_aes_block_chained`: one AES-128 block encryption whose input is the previous
+//!   output, the latency each four-pass round pays (per item = per block).
 //!
 //! Run with `cargo bench -p porter-quic-lb`.
 
@@ -80,4 +82,20 @@ fn unknown_config(bencher: Bencher<'_, '_>) {
     let mut decoder = Decoder::new();
     decoder.insert(Config::new(4, 4, 4, None).expect("valid configuration"));
     run(bencher, &decoder, &cids, false);
+}
+
+/// The floor of the encrypted modes: one AES-128 block encryption whose input depends
+/// on the previous output, as the passes of the four-pass decode do (same `aes` crate).
+#[divan::bench]
+fn floor_aes_block_chained(bencher: Bencher<'_, '_>) {
+    use aes::cipher::{BlockEncrypt, KeyInit};
+    let cipher = aes::Aes128::new(&[0x8f; 16].into());
+    bencher.counter(ItemsCount::new(BATCH)).bench(|| {
+        let mut block = aes::Block::default();
+        for i in 0..BATCH {
+            block[0] ^= i as u8;
+            black_box(&cipher).encrypt_block(&mut block);
+        }
+        block
+    });
 }
