@@ -1,0 +1,153 @@
+//! Fixed-capacity values: a server ID and a connection ID, held inline so that encoding
+//! and decoding never allocate.
+
+use std::fmt;
+use std::ops::Deref;
+
+use crate::config::{MAX_CID_LEN, MAX_SERVER_ID_LEN, MIN_SERVER_ID_LEN};
+
+/// A server ID: 1 to 15 opaque octets (§4.1; they are bytes, not an integer).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServerId {
+    len: u8,
+    bytes: [u8; MAX_SERVER_ID_LEN],
+}
+
+/// A server ID of a length no configuration can have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("a server ID is {MIN_SERVER_ID_LEN} to {MAX_SERVER_ID_LEN} octets, not {0}")]
+pub struct ServerIdLengthError(pub usize);
+
+impl ServerId {
+    /// A server ID from its octets.
+    ///
+    /// # Errors
+    /// [`ServerIdLengthError`] unless `bytes` is 1 to 15 octets long.
+    pub fn new(bytes: &[u8]) -> Result<Self, ServerIdLengthError> {
+        if !(MIN_SERVER_ID_LEN..=MAX_SERVER_ID_LEN).contains(&bytes.len()) {
+            return Err(ServerIdLengthError(bytes.len()));
+        }
+        let mut id = Self {
+            len: bytes.len() as u8,
+            bytes: [0; MAX_SERVER_ID_LEN],
+        };
+        id.bytes[..bytes.len()].copy_from_slice(bytes);
+        Ok(id)
+    }
+
+    /// The octets.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+
+    /// The length in octets (1 to 15).
+    pub fn len(&self) -> usize {
+        usize::from(self.len)
+    }
+
+    /// Always false: a server ID has at least one octet. Present for the
+    /// `len_without_is_empty` convention.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Deref for ServerId {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl AsRef<[u8]> for ServerId {
+    fn as_ref(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl fmt::Debug for ServerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ServerId({self})")
+    }
+}
+
+impl fmt::Display for ServerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_hex(f, self.as_bytes())
+    }
+}
+
+impl TryFrom<&[u8]> for ServerId {
+    type Error = ServerIdLengthError;
+    fn try_from(bytes: &[u8]) -> Result<Self, Self::Error> {
+        Self::new(bytes)
+    }
+}
+
+/// A connection ID this crate produced: 1 to 20 octets, held inline.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectionId {
+    len: u8,
+    bytes: [u8; MAX_CID_LEN],
+}
+
+impl ConnectionId {
+    /// Caller guarantees `bytes.len() <= MAX_CID_LEN`.
+    pub(crate) fn from_slice(bytes: &[u8]) -> Self {
+        debug_assert!(bytes.len() <= MAX_CID_LEN);
+        let len = bytes.len().min(MAX_CID_LEN);
+        let mut cid = Self {
+            len: len as u8,
+            bytes: [0; MAX_CID_LEN],
+        };
+        cid.bytes[..len].copy_from_slice(&bytes[..len]);
+        cid
+    }
+
+    /// The octets, first octet first.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+
+    /// The length in octets.
+    pub fn len(&self) -> usize {
+        usize::from(self.len)
+    }
+
+    /// Whether the CID is empty (never, for CIDs this crate produces).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Deref for ConnectionId {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl AsRef<[u8]> for ConnectionId {
+    fn as_ref(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl fmt::Debug for ConnectionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ConnectionId({self})")
+    }
+}
+
+impl fmt::Display for ConnectionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_hex(f, self.as_bytes())
+    }
+}
+
+fn write_hex(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
+    for byte in bytes {
+        write!(f, "{byte:02x}")?;
+    }
+    Ok(())
+}
