@@ -374,9 +374,9 @@ impl Api {
     /// `<game server name>.<domain>` to it for the configured time.
     async fn allocate(&self, body: AllocateJson) -> Result<Reply, Failure> {
         let fleet = body.fleet.trim();
-        crate::config::check_kubernetes_name(fleet, true)
+        porter_config::check_kubernetes_name(fleet, true)
             .map_err(|why| Failure::bad_request(format!("fleet: {fleet:?}: {why}")))?;
-        let domain = match crate::config::parse_route_name(body.domain.trim()) {
+        let domain = match porter_config::parse_route_name(body.domain.trim()) {
             Ok(RouteName::Exact(domain)) => domain,
             Ok(_) => {
                 return Err(Failure::bad_request(
@@ -408,7 +408,7 @@ impl Api {
             ));
         };
         let fqdn = format!("{}.{domain}", allocation.game_server_name);
-        let name = crate::config::parse_route_name(&fqdn)
+        let name = porter_config::parse_route_name(&fqdn)
             .map_err(|e| Failure::new(StatusCode::BAD_GATEWAY, format!("game server name: {e}")))?;
         let route = Route {
             name: name.clone(),
@@ -456,7 +456,7 @@ impl Api {
 
     fn put_route(&self, name: &RouteName, body: PutRouteJson) -> Reply {
         if let Some(fqdn) = &body.fqdn {
-            match crate::config::parse_route_name(fqdn) {
+            match porter_config::parse_route_name(fqdn) {
                 Ok(n) if n == *name => {}
                 Ok(n) => {
                     return error(
@@ -695,10 +695,10 @@ fn match_path<'p>(pattern: &str, path: &'p str) -> Option<Option<&'p str>> {
 
 /// The route name in a path segment (percent-decoded).
 fn route_name_param(segment: &str) -> Result<RouteName, Failure> {
-    let text = crate::config::percent_decode(segment).ok_or_else(|| {
+    let text = porter_config::percent_decode(segment).ok_or_else(|| {
         Failure::bad_request(format!("fqdn: {segment:?} has a bad percent-escape"))
     })?;
-    crate::config::parse_route_name(&text).map_err(|e| Failure::bad_request(format!("fqdn: {e}")))
+    porter_config::parse_route_name(&text).map_err(|e| Failure::bad_request(format!("fqdn: {e}")))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -806,12 +806,12 @@ mod tests {
     #[test]
     fn percent_decoding() {
         assert_eq!(
-            crate::config::percent_decode("%2A.a.test").as_deref(),
+            porter_config::percent_decode("%2A.a.test").as_deref(),
             Some("*.a.test")
         );
-        assert_eq!(crate::config::percent_decode("a%2"), None);
-        assert_eq!(crate::config::percent_decode("a%zz"), None);
-        assert_eq!(crate::config::percent_decode("%FF"), None);
+        assert_eq!(porter_config::percent_decode("a%2"), None);
+        assert_eq!(porter_config::percent_decode("a%zz"), None);
+        assert_eq!(porter_config::percent_decode("%FF"), None);
     }
 
     #[test]

@@ -11,9 +11,9 @@ use porter_core::{AssemblerConfig, BackendAddr, RefusalMode, Relay, Route, Route
 
 use crate::agones::AgonesClientConfig;
 use crate::api::ApiSettings;
-use crate::config::{self, Config, RouteKind};
+use porter_config::{self as config, Config, RouteKind};
 
-pub use crate::config::LogFormat;
+pub use porter_config::LogFormat;
 
 /// Problems found while turning a configuration into settings (unresolvable targets,
 /// routes the core rejects). Display prints one per line.

@@ -115,14 +115,14 @@ pub struct SharedRoute {
 impl SharedRoute {
     /// Validates the JSON form (name, type, target syntax) without resolving anything.
     pub fn from_json(json: &RouteJson) -> Result<Self, String> {
-        let name = crate::config::parse_route_name(&json.fqdn).map_err(|e| format!("fqdn: {e}"))?;
+        let name = porter_config::parse_route_name(&json.fqdn).map_err(|e| format!("fqdn: {e}"))?;
         let kind = RouteType::parse(&json.kind)?;
         Self::new(name, kind, &json.target)
     }
 
     /// Builds one from a hash entry (`field`, `value`) of the hash of `kind`.
     pub fn from_entry(kind: RouteType, field: &str, value: &str) -> Result<Self, String> {
-        let name = crate::config::parse_route_name(field).map_err(|e| format!("fqdn: {e}"))?;
+        let name = porter_config::parse_route_name(field).map_err(|e| format!("fqdn: {e}"))?;
         Self::new(name, kind, &TargetJson::One(value.to_owned()))
     }
 
@@ -315,7 +315,7 @@ pub fn decode_message(payload: &[u8]) -> Result<Decoded, String> {
             Change::Set(SharedRoute::from_json(&json)?)
         }
         Op::Delete => Change::Delete(
-            crate::config::parse_route_name(&msg.fqdn).map_err(|e| format!("fqdn: {e}"))?,
+            porter_config::parse_route_name(&msg.fqdn).map_err(|e| format!("fqdn: {e}"))?,
         ),
     };
     Ok(Decoded {

@@ -10,15 +10,15 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::error::{Problem, Span};
-use super::names::{check_dns_name, check_kubernetes_name, parse_route_name, RouteName};
-use super::target::Target;
-use super::tree::{Node, Value};
-use super::types::{
+use crate::error::{Problem, Span};
+use crate::names::{check_dns_name, check_kubernetes_name, parse_route_name, RouteName};
+use crate::target::Target;
+use crate::tree::{Node, Value};
+use crate::types::{
     AgonesConfig, ApiConfig, Config, LogConfig, LogFormat, RedisConfig, Refusal, RelayConfig,
     RouteKind, RouteSpec, Secret, UdpConfig,
 };
-use super::units::{format_byte_size, format_duration, parse_byte_size, parse_duration};
+use crate::units::{format_byte_size, format_duration, parse_byte_size, parse_duration};
 
 /// Looks up an environment variable; injectable so tests need not touch the process
 /// environment.
@@ -886,7 +886,7 @@ fn redis_address(text: &str) -> Result<RedisAddress, String> {
 
 /// Decodes `%XX` escapes (URL user names and passwords, API path segments); `None` for a
 /// bad escape or bytes that are not UTF-8.
-pub(crate) fn percent_decode(text: &str) -> Option<String> {
+pub fn percent_decode(text: &str) -> Option<String> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

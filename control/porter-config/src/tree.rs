@@ -21,7 +21,7 @@ use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
-use super::error::Span;
+use crate::error::Span;
 
 /// A YAML value, with the position of its scalar or of its first entry.
 #[derive(Debug, Clone, PartialEq)]

@@ -5,8 +5,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use control::config::{
-    self, Config, ConfigErrors, LogFormat, RouteKind, RouteName, RouteSpec, Target,
+use porter_config::{
+    self as config, Config, ConfigErrors, LogFormat, RouteKind, RouteName, RouteSpec, Target,
 };
 
 /// The original project's `config.yaml`, byte for byte.
@@ -118,7 +118,7 @@ fn original_format_with_both_integrations_enabled() {
 
 #[test]
 fn example_config_in_the_repository_loads() {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config.yaml");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../config.yaml");
     let config = config::load_with_env(&path, &no_env).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         config.udp.listen_addrs(),

@@ -11,7 +11,7 @@
 //! only checked for syntax here; [`Target::resolve`] looks them up at start-up.
 //!
 //! ```
-//! let config = control::config::from_str(
+//! let config = porter_config::from_str(
 //!     "udp: {port: 4433}\nroutes:\n  - {fqdn: a.test, type: simple, target: \"127.0.0.1:4434\"}\n",
 //!     "example.yaml",
 //! )
@@ -30,10 +30,9 @@ mod units;
 
 use std::path::Path;
 
-pub(crate) use self::check::percent_decode;
+pub use self::check::percent_decode;
 pub use self::error::{ConfigErrors, InvalidValue, Problem};
-pub(crate) use self::names::check_kubernetes_name;
-pub use self::names::{parse_route_name, RouteName};
+pub use self::names::{check_kubernetes_name, parse_route_name, RouteName};
 pub use self::target::{Host, Target};
 pub use self::types::{
     AgonesConfig, ApiConfig, Config, LogConfig, LogFormat, RedisConfig, Refusal, RelayConfig,

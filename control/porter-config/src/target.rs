@@ -6,8 +6,8 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::str::FromStr;
 
-use super::error::InvalidValue;
-use super::names::check_dns_name;
+use crate::error::InvalidValue;
+use crate::names::check_dns_name;
 
 /// A `host:port` address: a DNS name, an IPv4 literal, or an IPv6 literal in brackets
 /// (`[::1]:443`), with a port from 1 to 65535.

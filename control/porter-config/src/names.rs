@@ -2,7 +2,7 @@
 //! with `_` allowed as in service names), and Kubernetes object names for fleets
 //! (RFC 1123 labels, as Kubernetes validates them).
 
-use super::error::InvalidValue;
+use crate::error::InvalidValue;
 
 pub use porter_core::RouteName;
 
@@ -86,7 +86,7 @@ pub(crate) fn check_dns_name(name: &str) -> Result<(), String> {
 /// Checks a Kubernetes object name (a DNS subdomain as Kubernetes defines it: at most 253
 /// characters, dot-separated parts of `[a-z0-9-]` that start and end with a letter or digit).
 /// With `allow_dots` (fleets) the limit is 253 characters; without (namespaces: one label) 63.
-pub(crate) fn check_kubernetes_name(name: &str, allow_dots: bool) -> Result<(), String> {
+pub fn check_kubernetes_name(name: &str, allow_dots: bool) -> Result<(), String> {
     let max = if allow_dots { 253 } else { 63 };
     if name.is_empty() {
         return Err("the name is empty".to_owned());
