@@ -26,6 +26,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Body;
 use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
+use porter_config::{RouteSpec, RouteText, TargetText};
 use porter_core::{Route, RouteName, RouteTarget, SessionInfo, SessionState, Version};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -80,22 +81,8 @@ pub const ENDPOINTS: &[(Method, &str)] = &[
 const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 1000;
 
-/// A route as the API reads and writes it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RouteJson {
-    /// `name`, `*.suffix` or `*`.
-    pub fqdn: String,
-    /// `simple` or `agones`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// `host:port` (several as a list, or separated by commas) for `simple`; the fleet name
-    /// for `agones`.
-    pub target: TargetJson,
-}
-
 /// The body of `PUT /routes/{fqdn}`: the name comes from the path; if the body has one too,
-/// it must be the same route name.
+/// it must be the same route name. Otherwise the shared text form ([`RouteText`]).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PutRouteJson {
@@ -103,45 +90,7 @@ struct PutRouteJson {
     fqdn: Option<String>,
     #[serde(rename = "type")]
     kind: String,
-    target: TargetJson,
-}
-
-/// One target or several.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum TargetJson {
-    /// One `host:port` (or several separated by commas) or a fleet name.
-    One(String),
-    /// Several `host:port`.
-    Many(Vec<String>),
-}
-
-impl RouteJson {
-    /// The JSON form of a route.
-    pub fn from_route(route: &Route) -> Self {
-        let (kind, target) = match &route.target {
-            RouteTarget::Simple(backends) => {
-                let mut t: Vec<String> = backends.iter().map(|b| b.to_string()).collect();
-                let target = if t.len() == 1 {
-                    TargetJson::One(t.remove(0))
-                } else {
-                    TargetJson::Many(t)
-                };
-                ("simple", target)
-            }
-            RouteTarget::Agones { fleet } => ("agones", TargetJson::One(fleet.to_string())),
-        };
-        Self {
-            fqdn: route.name.to_string(),
-            kind: kind.to_owned(),
-            target,
-        }
-    }
-
-    /// Validates and converts to a core route. Host names in targets are resolved here.
-    pub fn to_route(&self) -> Result<Route, String> {
-        SharedRoute::from_json(self)?.to_route()
-    }
+    target: TargetText,
 }
 
 /// The API: its settings and what it reaches.
@@ -271,7 +220,7 @@ impl Api {
             (Method::GET, "/stats", _) => self.stats(),
             (Method::GET, "/sessions", _) => self.sessions(req.uri().query()),
             (Method::GET, "/routes", _) => self.list_routes(),
-            (Method::POST, "/routes", _) => match self.read_json::<RouteJson, B>(req).await {
+            (Method::POST, "/routes", _) => match self.read_json::<RouteText, B>(req).await {
                 Ok(body) => match self.set_route(&body) {
                     Ok(_) => json_reply(StatusCode::OK, &json!({"status": "ok"})),
                     Err(failure) => failure.reply(),
@@ -356,9 +305,13 @@ impl Api {
 
     /// Validates, resolves and installs a route (through the sync when there is one);
     /// returns it and whether it is new.
-    fn set_route(&self, body: &RouteJson) -> Result<(Route, bool), Failure> {
-        let shared = SharedRoute::from_json(body).map_err(Failure::bad_request)?;
-        let route = shared.to_route().map_err(Failure::bad_request)?;
+    fn set_route(&self, body: &RouteText) -> Result<(Route, bool), Failure> {
+        let spec = RouteSpec::from_text(body).map_err(|e| Failure::bad_request(e.to_string()))?;
+        let route = spec.resolve().map_err(|failures| {
+            let messages: Vec<String> = failures.iter().map(ToString::to_string).collect();
+            Failure::bad_request(messages.join("; "))
+        })?;
+        let shared = SharedRoute::from_spec(&spec);
         let previous = match &self.sync {
             Some(sync) => sync.set_route(route.clone(), shared),
             None => RelayHost::lock(&self.host)
@@ -417,11 +370,13 @@ impl Api {
         let until = Instant::now() + *ttl;
         match &self.sync {
             Some(sync) => {
-                let shared = SharedRoute {
+                let spec = RouteSpec {
                     name: name.clone(),
-                    kind: crate::sync::RouteType::Simple,
-                    target: addr.to_string(),
+                    kind: porter_config::RouteKind::Simple {
+                        targets: vec![addr.into()],
+                    },
                 };
+                let shared = SharedRoute::from_spec(&spec);
                 sync.set_route_until(route, shared, until)
             }
             None => RelayHost::lock(&self.host)
@@ -449,7 +404,7 @@ impl Api {
     fn get_route(&self, name: &RouteName) -> Reply {
         let host = RelayHost::lock(&self.host);
         match host.relay().route(name) {
-            Some(route) => json_reply(StatusCode::OK, &RouteJson::from_route(route)),
+            Some(route) => json_reply(StatusCode::OK, &RouteText::from_route(route)),
             None => no_route(name),
         }
     }
@@ -467,7 +422,7 @@ impl Api {
                 Err(e) => return error(StatusCode::BAD_REQUEST, &format!("fqdn: {e}")),
             }
         }
-        let json = RouteJson {
+        let json = RouteText {
             fqdn: name.to_string(),
             kind: body.kind,
             target: body.target,
@@ -479,7 +434,7 @@ impl Api {
                 } else {
                     StatusCode::OK
                 };
-                json_reply(status, &RouteJson::from_route(&route))
+                json_reply(status, &RouteText::from_route(&route))
             }
             Err(failure) => failure.reply(),
         }
@@ -501,7 +456,7 @@ impl Api {
 
     fn list_routes(&self) -> Reply {
         let routes = RelayHost::lock(&self.host).relay().routes();
-        let list: Vec<RouteJson> = routes.iter().map(RouteJson::from_route).collect();
+        let list: Vec<RouteText> = routes.iter().map(RouteText::from_route).collect();
         json_reply(StatusCode::OK, &list)
     }
 

@@ -17,7 +17,9 @@ use redis::aio::MultiplexedConnection;
 use redis::AsyncConnectionConfig;
 
 use crate::host::SharedHost;
-use crate::sync::{new_epoch, PendingWrite, RedisCommand, RouteSync, SharedRoute, EPOCH_KEY};
+use crate::sync::{
+    new_epoch, PendingWrite, RedisCommand, RouteHash, RouteSync, SharedRoute, EPOCH_KEY,
+};
 use porter_config::RedisConfig;
 
 /// How long to wait for a connection or an answer before taking the link as down.

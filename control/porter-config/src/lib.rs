@@ -23,6 +23,7 @@
 mod check;
 mod error;
 mod names;
+mod route;
 mod target;
 mod tree;
 mod types;
@@ -33,6 +34,7 @@ use std::path::Path;
 pub use self::check::percent_decode;
 pub use self::error::{ConfigErrors, InvalidValue, Problem};
 pub use self::names::{check_kubernetes_name, parse_route_name, RouteName};
+pub use self::route::{ResolveError, RouteText, RouteTextError, RouteType, TargetText};
 pub use self::target::{Host, Target};
 pub use self::types::{
     AgonesConfig, ApiConfig, Config, LogConfig, LogFormat, RedisConfig, Refusal, RelayConfig,

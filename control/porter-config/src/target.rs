@@ -48,7 +48,14 @@ impl Target {
     }
 
     fn parse_inner(text: &str, default_port: Option<u16>) -> Result<Self, InvalidValue> {
-        let fail = |why: &str| InvalidValue::new(format!("{text:?} is not host:port: {why}"));
+        Self::parse_reason(text, default_port)
+            .map_err(|why| InvalidValue::new(format!("{text:?} is not host:port: {why}")))
+    }
+
+    /// Parses `host:port`; the error says only what is wrong, for callers that phrase the
+    /// message themselves (the route text form).
+    pub(crate) fn parse_reason(text: &str, default_port: Option<u16>) -> Result<Self, String> {
+        let fail = |why: &str| why.to_owned();
         if text.is_empty() {
             return Err(fail("it is empty"));
         }
