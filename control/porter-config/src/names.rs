@@ -42,7 +42,31 @@ pub fn parse_route_name(text: &str) -> Result<RouteName, InvalidValue> {
 }
 
 /// Checks a lower-case DNS name without trailing dot; the error says what is wrong.
+///
+/// The rules are the core's ([`porter_core::client_hello::normalize_host_name`], which the
+/// relay applies to every SNI): it alone decides. When it refuses a name, [`explain`] finds
+/// the rule that is broken, for the message.
 pub(crate) fn check_dns_name(name: &str) -> Result<(), String> {
+    let accepted = !name.ends_with('.')
+        && porter_core::client_hello::normalize_host_name(name.as_bytes()).is_some();
+    if accepted {
+        Ok(())
+    } else {
+        Err(explain(name))
+    }
+}
+
+/// Why the core refuses `name`: the first rule it breaks.
+fn explain(name: &str) -> String {
+    match first_broken_rule(name) {
+        Err(why) => why,
+        // Only the rule against a numeric last label is left: `1.2.3.4` would be an IPv4
+        // literal, which a server name may not be (RFC 6066 §3).
+        Ok(()) => "its last label is all digits (an IP address is not a name)".to_owned(),
+    }
+}
+
+fn first_broken_rule(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("the name is empty".to_owned());
     }
@@ -161,6 +185,10 @@ mod tests {
             let err = parse_route_name(bad).expect_err(bad);
             assert!(err.message().contains(why), "{bad:?}: {err}");
         }
+        // The core decides; a rule only it has still gets its own explanation.
+        let err = parse_route_name("game.123").expect_err("numeric last label");
+        assert!(err.message().contains("all digits"), "{err}");
+        assert!(check_dns_name("game.example.com").is_ok());
         // `*.` is `*` with a trailing dot: the default route.
         assert_eq!(parse_route_name("*.").unwrap(), RouteName::Default);
     }
