@@ -10,15 +10,15 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::error::{Problem, Span};
+use crate::error::Problem;
 use crate::names::{check_dns_name, check_kubernetes_name, parse_route_name, RouteName};
 use crate::target::Target;
-use crate::tree::{Node, Value};
 use crate::types::{
     AgonesConfig, ApiConfig, Config, LogConfig, LogFormat, RedisConfig, Refusal, RelayConfig,
     RouteKind, RouteSpec, Secret, UdpConfig,
 };
 use crate::units::{format_byte_size, format_duration, parse_byte_size, parse_duration};
+use crate::yaml::{Node, Span, Value};
 
 /// Looks up an environment variable; injectable so tests need not touch the process
 /// environment.

@@ -2,12 +2,7 @@
 
 use std::fmt;
 
-/// A place in the configuration file: 1-based line and column.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub(crate) struct Span {
-    pub(crate) line: usize,
-    pub(crate) column: usize,
-}
+use crate::yaml::Span;
 
 /// One problem found in a configuration file.
 ///

@@ -25,9 +25,9 @@ mod error;
 mod names;
 mod route;
 mod target;
-mod tree;
 mod types;
 mod units;
+mod yaml;
 
 use std::path::Path;
 
@@ -97,7 +97,7 @@ pub fn from_str_with_env(
     origin: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigErrors> {
-    let root = tree::parse(text).map_err(|fatal| {
+    let root = yaml::parse(text).map_err(|fatal| {
         ConfigErrors::new(origin, vec![Problem::new("", fatal.span, fatal.message)])
     })?;
     check::check(&root, env).map_err(|problems| ConfigErrors::new(origin, problems))
