@@ -22,6 +22,7 @@
 
 mod check;
 mod error;
+pub mod keys;
 mod names;
 mod route;
 mod target;
