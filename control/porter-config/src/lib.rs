@@ -10,6 +10,12 @@
 //! and column of the offending key or value. Unknown keys are errors. Target addresses are
 //! only checked for syntax here; [`Target::resolve`] looks them up at start-up.
 //!
+//! Inside: `yaml` (the document tree with a position per scalar, the only code that knows
+//! serde_yaml), [`keys`] (one table of keys per section: known keys, kinds, defaults),
+//! `check` (tree to [`Config`], every problem collected), `route` (the text form of a
+//! route shared with the REST API and Redis: [`RouteText`], [`RouteSpec::from_text`],
+//! [`RouteSpec::resolve`]), `names`, `target`, `units` (value parsers), `types`, `error`.
+//!
 //! ```
 //! let config = porter_config::from_str(
 //!     "udp: {port: 4433}\nroutes:\n  - {fqdn: a.test, type: simple, target: \"127.0.0.1:4434\"}\n",

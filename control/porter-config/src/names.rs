@@ -110,13 +110,18 @@ fn first_broken_rule(name: &str) -> Result<(), String> {
 /// Checks a Kubernetes object name (a DNS subdomain as Kubernetes defines it: at most 253
 /// characters, dot-separated parts of `[a-z0-9-]` that start and end with a letter or digit).
 /// With `allow_dots` (fleets) the limit is 253 characters; without (namespaces: one label) 63.
-pub fn check_kubernetes_name(name: &str, allow_dots: bool) -> Result<(), String> {
+///
+/// # Errors
+/// [`InvalidValue`] saying which rule the name breaks.
+pub fn check_kubernetes_name(name: &str, allow_dots: bool) -> Result<(), InvalidValue> {
     let max = if allow_dots { 253 } else { 63 };
     if name.is_empty() {
-        return Err("the name is empty".to_owned());
+        return Err(InvalidValue::new("the name is empty"));
     }
     if name.len() > max {
-        return Err(format!("{name:?} is longer than {max} characters"));
+        return Err(InvalidValue::new(format!(
+            "{name:?} is longer than {max} characters"
+        )));
     }
     for part in name.split('.') {
         let ok = !part.is_empty()
@@ -131,7 +136,9 @@ pub fn check_kubernetes_name(name: &str, allow_dots: bool) -> Result<(), String>
             } else {
                 "lower-case letters, digits and `-`, starting and ending with a letter or digit"
             };
-            return Err(format!("{name:?} is not a valid Kubernetes name ({what})"));
+            return Err(InvalidValue::new(format!(
+                "{name:?} is not a valid Kubernetes name ({what})"
+            )));
         }
     }
     Ok(())
