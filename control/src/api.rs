@@ -26,6 +26,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Body;
 use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
+use porter_config::{RouteSpec, RouteText, TargetText};
 use porter_core::{Route, RouteName, RouteTarget, SessionId, SessionInfo, SessionState, Version};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -80,22 +81,8 @@ pub const ENDPOINTS: &[(Method, &str)] = &[
 const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 1000;
 
-/// A route as the API reads and writes it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RouteJson {
-    /// `name`, `*.suffix` or `*`.
-    pub fqdn: String,
-    /// `simple` or `agones`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// `host:port` (several as a list, or separated by commas) for `simple`; the fleet name
-    /// for `agones`.
-    pub target: TargetJson,
-}
-
 /// The body of `PUT /routes/{fqdn}`: the name comes from the path; if the body has one too,
-/// it must be the same route name.
+/// it must be the same route name. Otherwise the shared text form ([`RouteText`]).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PutRouteJson {
@@ -103,45 +90,7 @@ struct PutRouteJson {
     fqdn: Option<String>,
     #[serde(rename = "type")]
     kind: String,
-    target: TargetJson,
-}
-
-/// One target or several.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum TargetJson {
-    /// One `host:port` (or several separated by commas) or a fleet name.
-    One(String),
-    /// Several `host:port`.
-    Many(Vec<String>),
-}
-
-impl RouteJson {
-    /// The JSON form of a route.
-    pub fn from_route(route: &Route) -> Self {
-        let (kind, target) = match &route.target {
-            RouteTarget::Simple(backends) => {
-                let mut t: Vec<String> = backends.iter().map(|b| b.to_string()).collect();
-                let target = if t.len() == 1 {
-                    TargetJson::One(t.remove(0))
-                } else {
-                    TargetJson::Many(t)
-                };
-                ("simple", target)
-            }
-            RouteTarget::Agones { fleet } => ("agones", TargetJson::One(fleet.to_string())),
-        };
-        Self {
-            fqdn: route.name.to_string(),
-            kind: kind.to_owned(),
-            target,
-        }
-    }
-
-    /// Validates and converts to a core route. Host names in targets are resolved here.
-    pub fn to_route(&self) -> Result<Route, String> {
-        SharedRoute::from_json(self)?.to_route()
-    }
+    target: TargetText,
 }
 
 /// The API: its settings and what it reaches.
@@ -293,7 +242,7 @@ impl Api {
             (Method::GET, "/stats", _) => self.stats(),
             (Method::GET, "/sessions", _) => self.sessions(req.uri().query()),
             (Method::GET, "/routes", _) => self.list_routes(),
-            (Method::POST, "/routes", _) => match self.read_json::<RouteJson, B>(req).await {
+            (Method::POST, "/routes", _) => match self.read_json::<RouteText, B>(req).await {
                 Ok(body) => match self.set_route(&body) {
                     Ok(_) => json_reply(StatusCode::OK, &json!({"status": "ok"})),
                     Err(failure) => failure.reply(),
@@ -378,9 +327,13 @@ impl Api {
 
     /// Validates, resolves and installs a route (through the sync when there is one);
     /// returns it and whether it is new.
-    fn set_route(&self, body: &RouteJson) -> Result<(Route, bool), Failure> {
-        let shared = SharedRoute::from_json(body).map_err(Failure::bad_request)?;
-        let route = shared.to_route().map_err(Failure::bad_request)?;
+    fn set_route(&self, body: &RouteText) -> Result<(Route, bool), Failure> {
+        let spec = RouteSpec::from_text(body).map_err(|e| Failure::bad_request(e.to_string()))?;
+        let route = spec.resolve().map_err(|failures| {
+            let messages: Vec<String> = failures.iter().map(ToString::to_string).collect();
+            Failure::bad_request(messages.join("; "))
+        })?;
+        let shared = SharedRoute::from_spec(&spec);
         let previous = match &self.sync {
             Some(sync) => sync.set_route(route.clone(), shared),
             None => self.relay.set_route(route.clone(), None),
@@ -394,9 +347,9 @@ impl Api {
     /// `<game server name>.<domain>` to it for the configured time.
     async fn allocate(&self, body: AllocateJson) -> Result<Reply, Failure> {
         let fleet = body.fleet.trim();
-        crate::config::check_kubernetes_name(fleet, true)
+        porter_config::check_kubernetes_name(fleet, true)
             .map_err(|why| Failure::bad_request(format!("fleet: {fleet:?}: {why}")))?;
-        let domain = match crate::config::parse_route_name(body.domain.trim()) {
+        let domain = match porter_config::parse_route_name(body.domain.trim()) {
             Ok(name) if name.exact().is_some() => name.exact().unwrap_or_default().to_owned(),
             Ok(_) => {
                 return Err(Failure::bad_request(
@@ -428,7 +381,7 @@ impl Api {
             ));
         };
         let fqdn = format!("{}.{domain}", allocation.game_server_name);
-        let name = crate::config::parse_route_name(&fqdn)
+        let name = porter_config::parse_route_name(&fqdn)
             .map_err(|e| Failure::new(StatusCode::BAD_GATEWAY, format!("game server name: {e}")))?;
         let route = Route {
             name: name.clone(),
@@ -437,11 +390,13 @@ impl Api {
         let until = Instant::now() + *ttl;
         match &self.sync {
             Some(sync) => {
-                let shared = SharedRoute {
+                let spec = RouteSpec {
                     name: name.clone(),
-                    kind: crate::sync::RouteType::Simple,
-                    target: addr.to_string(),
+                    kind: porter_config::RouteKind::Simple {
+                        targets: vec![addr.into()],
+                    },
                 };
+                let shared = SharedRoute::from_spec(&spec);
                 sync.set_route_until(route, shared, until)
             }
             None => self.relay.set_route(route, Some(until)),
@@ -466,14 +421,14 @@ impl Api {
 
     fn get_route(&self, name: &RouteName) -> Reply {
         match self.relay.route(name) {
-            Some((route, _)) => json_reply(StatusCode::OK, &RouteJson::from_route(&route)),
+            Some((route, _)) => json_reply(StatusCode::OK, &RouteText::from_route(&route)),
             None => no_route(name),
         }
     }
 
     fn put_route(&self, name: &RouteName, body: PutRouteJson) -> Reply {
         if let Some(fqdn) = &body.fqdn {
-            match crate::config::parse_route_name(fqdn) {
+            match porter_config::parse_route_name(fqdn) {
                 Ok(n) if n == *name => {}
                 Ok(n) => {
                     return error(
@@ -484,7 +439,7 @@ impl Api {
                 Err(e) => return error(StatusCode::BAD_REQUEST, &format!("fqdn: {e}")),
             }
         }
-        let json = RouteJson {
+        let json = RouteText {
             fqdn: name.to_string(),
             kind: body.kind,
             target: body.target,
@@ -496,7 +451,7 @@ impl Api {
                 } else {
                     StatusCode::OK
                 };
-                json_reply(status, &RouteJson::from_route(&route))
+                json_reply(status, &RouteText::from_route(&route))
             }
             Err(failure) => failure.reply(),
         }
@@ -518,7 +473,7 @@ impl Api {
 
     fn list_routes(&self) -> Reply {
         let routes = self.relay.routes();
-        let list: Vec<RouteJson> = routes.iter().map(RouteJson::from_route).collect();
+        let list: Vec<RouteText> = routes.iter().map(RouteText::from_route).collect();
         json_reply(StatusCode::OK, &list)
     }
 
@@ -703,10 +658,10 @@ fn match_path<'p>(pattern: &str, path: &'p str) -> Option<Option<&'p str>> {
 
 /// The route name in a path segment (percent-decoded).
 fn route_name_param(segment: &str) -> Result<RouteName, Failure> {
-    let text = crate::config::percent_decode(segment).ok_or_else(|| {
+    let text = porter_config::percent_decode(segment).ok_or_else(|| {
         Failure::bad_request(format!("fqdn: {segment:?} has a bad percent-escape"))
     })?;
-    crate::config::parse_route_name(&text).map_err(|e| Failure::bad_request(format!("fqdn: {e}")))
+    porter_config::parse_route_name(&text).map_err(|e| Failure::bad_request(format!("fqdn: {e}")))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -814,12 +769,12 @@ mod tests {
     #[test]
     fn percent_decoding() {
         assert_eq!(
-            crate::config::percent_decode("%2A.a.test").as_deref(),
+            porter_config::percent_decode("%2A.a.test").as_deref(),
             Some("*.a.test")
         );
-        assert_eq!(crate::config::percent_decode("a%2"), None);
-        assert_eq!(crate::config::percent_decode("a%zz"), None);
-        assert_eq!(crate::config::percent_decode("%FF"), None);
+        assert_eq!(porter_config::percent_decode("a%2"), None);
+        assert_eq!(porter_config::percent_decode("a%zz"), None);
+        assert_eq!(porter_config::percent_decode("%FF"), None);
     }
 
     #[test]

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{self, Config, ConfigErrors};
 use crate::setup::{LogFormat, Settings};
+use porter_config::{self as config, Config, ConfigErrors};
 
 /// The example configuration (`config.yaml` at the top of the repository), built into
 /// the binaries: used when no `--config` is given and there is no `config.yaml` in the

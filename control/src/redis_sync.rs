@@ -16,9 +16,11 @@ use futures_util::StreamExt as _;
 use redis::aio::MultiplexedConnection;
 use redis::AsyncConnectionConfig;
 
-use crate::config::RedisConfig;
 use crate::host::RelayHandle;
-use crate::sync::{new_epoch, PendingWrite, RedisCommand, RouteSync, SharedRoute, EPOCH_KEY};
+use crate::sync::{
+    new_epoch, PendingWrite, RedisCommand, RouteHash, RouteSync, SharedRoute, EPOCH_KEY,
+};
+use porter_config::RedisConfig;
 
 /// How long to wait for a connection or an answer before taking the link as down.
 const IO_TIMEOUT: Duration = Duration::from_secs(2);

@@ -4,16 +4,15 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use porter_core::{AssemblerConfig, BackendAddr, RefusalMode, Relay, Route, RouteTarget};
+use porter_core::{AssemblerConfig, RefusalMode, Relay, Route};
 
 use crate::agones::AgonesClientConfig;
 use crate::api::ApiSettings;
-use crate::config::{self, Config, RouteKind};
+use porter_config::{self as config, Config};
 
-pub use crate::config::LogFormat;
+pub use porter_config::LogFormat;
 
 /// Problems found while turning a configuration into settings (unresolvable targets,
 /// routes the core rejects). Display prints one per line.
@@ -79,31 +78,17 @@ impl Settings {
         let mut problems = Vec::new();
         let mut routes = Vec::new();
         for (i, spec) in config.routes.iter().enumerate() {
-            let name = spec.name.clone();
-            let target = match &spec.kind {
-                RouteKind::Simple { targets } => {
-                    let mut backends = Vec::new();
-                    for (j, t) in targets.iter().enumerate() {
-                        match t.resolve() {
-                            Ok(addrs) if !addrs.is_empty() => backends.push(BackendAddr(addrs[0])),
-                            Ok(_) => problems.push(format!(
-                                "routes[{i}].target[{j}]: {t} resolves to no address"
-                            )),
-                            Err(e) => problems
-                                .push(format!("routes[{i}].target[{j}]: cannot resolve {t}: {e}")),
-                        }
-                    }
-                    RouteTarget::Simple(backends)
-                }
-                RouteKind::Agones { fleet } => {
-                    // With Agones disabled (as in the original project's sample file) the
-                    // route loads, and its connections are refused; the loader warns.
-                    RouteTarget::Agones {
-                        fleet: Arc::from(fleet.as_str()),
-                    }
-                }
-            };
-            routes.push(Route { name, target });
+            // With Agones disabled (as in the original project's sample file) an Agones
+            // route loads, and its connections are refused; the loader warns.
+            match spec.resolve() {
+                Ok(route) => routes.push(route),
+                Err(failures) => problems.extend(failures.iter().map(|f| {
+                    format!(
+                        "routes[{i}].target[{}]: cannot resolve {}: {}",
+                        f.index, f.target, f.source
+                    )
+                })),
+            }
         }
         let r = &config.relay;
         let relay = porter_core::RelayConfig {

@@ -37,14 +37,13 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use porter_core::{BackendAddr, Notification, Route, RouteError, RouteName, RouteTarget};
+use porter_config::{RouteSpec, RouteText, RouteTextError, TargetText};
+use porter_core::{Notification, Route, RouteError, RouteName};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-use crate::api::{RouteJson, TargetJson};
 use crate::host::RelayHandle;
 
 /// The hash that holds simple routes.
@@ -54,45 +53,25 @@ pub const AGONES_KEY: &str = "porter:routes:agones";
 /// The key whose value changes when Redis loses its data.
 pub const EPOCH_KEY: &str = "porter:routes:epoch";
 
-/// A route's type, which is also the hash it is stored in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum RouteType {
-    /// Fixed `host:port` backends.
-    Simple,
-    /// An Agones fleet.
-    Agones,
+pub use porter_config::RouteType;
+
+/// The Redis hash a route of each type is stored in.
+pub trait RouteHash {
+    /// The Redis hash of this type.
+    fn key(self) -> &'static str;
+    /// The hash of the other type.
+    fn other_key(self) -> &'static str;
 }
 
-impl RouteType {
-    /// `simple` or `agones`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Simple => "simple",
-            Self::Agones => "agones",
-        }
-    }
-
-    /// Parses `simple` or `agones`.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        match text {
-            "simple" => Ok(Self::Simple),
-            "agones" => Ok(Self::Agones),
-            other => Err(format!(
-                "type: {other:?} is not a route type (expected \"simple\" or \"agones\")"
-            )),
-        }
-    }
-
-    /// The Redis hash of this type.
-    pub fn key(self) -> &'static str {
+impl RouteHash for RouteType {
+    fn key(self) -> &'static str {
         match self {
             Self::Simple => SIMPLE_KEY,
             Self::Agones => AGONES_KEY,
         }
     }
 
-    /// The hash of the other type.
-    pub fn other_key(self) -> &'static str {
+    fn other_key(self) -> &'static str {
         match self {
             Self::Simple => AGONES_KEY,
             Self::Agones => SIMPLE_KEY,
@@ -100,8 +79,9 @@ impl RouteType {
     }
 }
 
-/// A route as written by people and stored in Redis: the target as text (each instance
-/// resolves host names itself), the name normalised.
+/// A route as Redis stores it: the entry `name` = `target` in the hash of `kind`. Made only
+/// from the shared text form ([`RouteSpec`]), which checks it; each instance resolves the
+/// host names itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SharedRoute {
     /// The name it answers to.
@@ -113,121 +93,62 @@ pub struct SharedRoute {
 }
 
 impl SharedRoute {
+    /// The Redis entry of a checked route.
+    pub fn from_spec(spec: &RouteSpec) -> Self {
+        Self {
+            name: spec.name.clone(),
+            kind: spec.route_type(),
+            target: spec.target_text(),
+        }
+    }
+
     /// Validates the JSON form (name, type, target syntax) without resolving anything.
-    pub fn from_json(json: &RouteJson) -> Result<Self, String> {
-        let name = crate::config::parse_route_name(&json.fqdn).map_err(|e| format!("fqdn: {e}"))?;
-        let kind = RouteType::parse(&json.kind)?;
-        Self::new(name, kind, &json.target)
+    pub fn from_json(json: &RouteText) -> Result<Self, RouteTextError> {
+        RouteSpec::from_text(json).map(|spec| Self::from_spec(&spec))
     }
 
     /// Builds one from a hash entry (`field`, `value`) of the hash of `kind`.
-    pub fn from_entry(kind: RouteType, field: &str, value: &str) -> Result<Self, String> {
-        let name = crate::config::parse_route_name(field).map_err(|e| format!("fqdn: {e}"))?;
-        Self::new(name, kind, &TargetJson::One(value.to_owned()))
+    pub fn from_entry(kind: RouteType, field: &str, value: &str) -> Result<Self, RouteTextError> {
+        RouteSpec::from_entry(kind, field, value).map(|spec| Self::from_spec(&spec))
     }
 
-    fn new(name: RouteName, kind: RouteType, target: &TargetJson) -> Result<Self, String> {
-        let target = match kind {
-            RouteType::Simple => {
-                let texts: Vec<&str> = match target {
-                    TargetJson::One(t) => t.split(',').collect(),
-                    TargetJson::Many(list) => list.iter().map(String::as_str).collect(),
-                };
-                let mut clean = Vec::with_capacity(texts.len());
-                for t in texts {
-                    let t = t.trim();
-                    if t.is_empty() || t.contains(',') {
-                        return Err(format!(
-                            "target: {t:?} is not a host:port (a simple route takes host:port, \
-                             several as a list or separated by commas)"
-                        ));
-                    }
-                    check_host_port(t)?;
-                    clean.push(t);
-                }
-                if clean.is_empty() {
-                    return Err("target: a simple route needs at least one host:port".into());
-                }
-                clean.join(",")
-            }
-            RouteType::Agones => match target {
-                TargetJson::One(fleet) if !fleet.trim().is_empty() => fleet.trim().to_owned(),
-                _ => return Err("target: an agones route needs a fleet name".into()),
-            },
-        };
-        Ok(Self { name, kind, target })
+    /// The shared text form.
+    pub fn spec(&self) -> Result<RouteSpec, RouteTextError> {
+        RouteSpec::with_target(
+            self.name.clone(),
+            self.kind,
+            &TargetText::One(self.target.clone()),
+        )
     }
 
     /// The JSON form.
-    pub fn to_json(&self) -> RouteJson {
-        let target = match self.kind {
-            RouteType::Simple if self.target.contains(',') => {
-                TargetJson::Many(self.target.split(',').map(str::to_owned).collect())
-            }
-            _ => TargetJson::One(self.target.clone()),
-        };
-        RouteJson {
-            fqdn: self.name.to_string(),
-            kind: self.kind.as_str().to_owned(),
-            target,
-        }
+    pub fn to_json(&self) -> Result<RouteText, RouteTextError> {
+        Ok(self.spec()?.to_text())
     }
 
     /// The core route, host names resolved now (to their first address).
     pub fn to_route(&self) -> Result<Route, String> {
-        let target = match self.kind {
-            RouteType::Simple => {
-                let mut backends = Vec::new();
-                for t in self.target.split(',') {
-                    backends.push(BackendAddr(resolve(t)?));
-                }
-                RouteTarget::Simple(backends)
-            }
-            RouteType::Agones => RouteTarget::Agones {
-                fleet: Arc::from(self.target.as_str()),
-            },
-        };
-        Ok(Route {
-            name: self.name.clone(),
-            target,
+        let spec = self.spec().map_err(|e| e.to_string())?;
+        spec.resolve().map_err(|failures| {
+            failures
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
         })
     }
 
     /// The message announcing this route.
     pub fn set_message(&self, instance: &str) -> String {
-        let json = self.to_json();
         Message {
             op: Op::Set,
-            fqdn: json.fqdn,
-            kind: Some(json.kind),
-            target: Some(TargetJson::One(self.target.clone())),
+            fqdn: self.name.to_string(),
+            kind: Some(self.kind.as_str().to_owned()),
+            target: Some(TargetText::One(self.target.clone())),
             instance: Some(instance.to_owned()),
         }
         .encode()
     }
-}
-
-/// `host:port` with a port that is a number; the host is checked when resolved.
-fn check_host_port(text: &str) -> Result<(), String> {
-    if text.parse::<SocketAddr>().is_ok() {
-        return Ok(());
-    }
-    let bad = || format!("target: {text:?} is not a host:port");
-    let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
-    if host.is_empty() || host.contains(':') || port.parse::<u16>().is_err() {
-        return Err(bad());
-    }
-    Ok(())
-}
-
-/// Resolves `host:port` to its first address.
-fn resolve(text: &str) -> Result<SocketAddr, String> {
-    let mut addrs = text
-        .to_socket_addrs()
-        .map_err(|e| format!("target: {text:?} is not a reachable host:port ({e})"))?;
-    addrs
-        .next()
-        .ok_or_else(|| format!("target: {text:?} resolves to no address"))
 }
 
 /// What a message asks for.
@@ -248,7 +169,7 @@ struct Message {
     #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
     kind: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    target: Option<TargetJson>,
+    target: Option<TargetText>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     instance: Option<String>,
 }
@@ -307,15 +228,15 @@ pub fn decode_message(payload: &[u8]) -> Result<Decoded, String> {
             let (Some(kind), Some(target)) = (msg.kind, msg.target) else {
                 return Err("a set message needs `type` and `target`".into());
             };
-            let json = RouteJson {
+            let text = RouteText {
                 fqdn: msg.fqdn,
                 kind,
                 target,
             };
-            Change::Set(SharedRoute::from_json(&json)?)
+            Change::Set(SharedRoute::from_json(&text).map_err(|e| e.to_string())?)
         }
         Op::Delete => Change::Delete(
-            crate::config::parse_route_name(&msg.fqdn).map_err(|e| format!("fqdn: {e}"))?,
+            porter_config::parse_route_name(&msg.fqdn).map_err(|e| format!("fqdn: {e}"))?,
         ),
     };
     Ok(Decoded {

@@ -27,7 +27,7 @@ fn original_sample_runs() {
     let relay = settings.new_relay().expect("relay");
     let routes = relay.routes();
     assert_eq!(routes.len(), 2);
-    assert_eq!(routes[0].name, RouteName::Exact("game1.example.com".into()));
+    assert_eq!(routes[0].name, RouteName::parse("game1.example.com").unwrap());
     assert_eq!(
         routes[0].target,
         RouteTarget::Simple(vec![porter_core::BackendAddr(

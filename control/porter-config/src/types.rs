@@ -6,9 +6,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::error::Problem;
-use super::names::RouteName;
-use super::target::Target;
+use crate::error::Problem;
+use crate::names::RouteName;
+use crate::target::Target;
 
 /// Porter's whole configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

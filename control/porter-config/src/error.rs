@@ -2,12 +2,7 @@
 
 use std::fmt;
 
-/// A place in the configuration file: 1-based line and column.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub(crate) struct Span {
-    pub(crate) line: usize,
-    pub(crate) column: usize,
-}
+use crate::yaml::Span;
 
 /// One problem found in a configuration file.
 ///
@@ -144,7 +139,8 @@ impl std::error::Error for ConfigErrors {}
 ///
 /// Returned by the parsers that the control plane shares with the configuration file
 /// (for instance when a route arrives through the REST API).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
 pub struct InvalidValue(String);
 
 impl InvalidValue {
@@ -158,14 +154,6 @@ impl InvalidValue {
         &self.0
     }
 }
-
-impl fmt::Display for InvalidValue {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for InvalidValue {}
 
 impl From<InvalidValue> for String {
     fn from(value: InvalidValue) -> Self {

@@ -6,8 +6,8 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::str::FromStr;
 
-use super::error::InvalidValue;
-use super::names::check_dns_name;
+use crate::error::InvalidValue;
+use crate::names::check_dns_name;
 
 /// A `host:port` address: a DNS name, an IPv4 literal, or an IPv6 literal in brackets
 /// (`[::1]:443`), with a port from 1 to 65535.
@@ -48,7 +48,14 @@ impl Target {
     }
 
     fn parse_inner(text: &str, default_port: Option<u16>) -> Result<Self, InvalidValue> {
-        let fail = |why: &str| InvalidValue::new(format!("{text:?} is not host:port: {why}"));
+        Self::parse_reason(text, default_port)
+            .map_err(|why| InvalidValue::new(format!("{text:?} is not host:port: {why}")))
+    }
+
+    /// Parses `host:port`; the error says only what is wrong, for callers that phrase the
+    /// message themselves (the route text form).
+    pub(crate) fn parse_reason(text: &str, default_port: Option<u16>) -> Result<Self, String> {
+        let fail = |why: &str| why.to_owned();
         if text.is_empty() {
             return Err(fail("it is empty"));
         }

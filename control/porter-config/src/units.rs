@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::error::InvalidValue;
+use crate::error::InvalidValue;
 
 const DURATION_HINT: &str =
     "expected a duration such as 500ms, 5s, 2m or 1h (a bare number means seconds)";

@@ -10,8 +10,14 @@
 //! and column of the offending key or value. Unknown keys are errors. Target addresses are
 //! only checked for syntax here; [`Target::resolve`] looks them up at start-up.
 //!
+//! Inside: `yaml` (the document tree with a position per scalar, the only code that knows
+//! serde_yaml), [`keys`] (one table of keys per section: known keys, kinds, defaults),
+//! `check` (tree to [`Config`], every problem collected), `route` (the text form of a
+//! route shared with the REST API and Redis: [`RouteText`], [`RouteSpec::from_text`],
+//! [`RouteSpec::resolve`]), `names`, `target`, `units` (value parsers), `types`, `error`.
+//!
 //! ```
-//! let config = control::config::from_str(
+//! let config = porter_config::from_str(
 //!     "udp: {port: 4433}\nroutes:\n  - {fqdn: a.test, type: simple, target: \"127.0.0.1:4434\"}\n",
 //!     "example.yaml",
 //! )
@@ -22,18 +28,20 @@
 
 mod check;
 mod error;
+pub mod keys;
 mod names;
+mod route;
 mod target;
-mod tree;
 mod types;
 mod units;
+mod yaml;
 
 use std::path::Path;
 
-pub(crate) use self::check::percent_decode;
+pub use self::check::percent_decode;
 pub use self::error::{ConfigErrors, InvalidValue, Problem};
-pub(crate) use self::names::check_kubernetes_name;
-pub use self::names::{parse_route_name, RouteName};
+pub use self::names::{check_kubernetes_name, parse_route_name, RouteName};
+pub use self::route::{ResolveError, RouteText, RouteTextError, RouteType, TargetText};
 pub use self::target::{Host, Target};
 pub use self::types::{
     AgonesConfig, ApiConfig, Config, LogConfig, LogFormat, RedisConfig, Refusal, RelayConfig,
@@ -96,7 +104,7 @@ pub fn from_str_with_env(
     origin: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigErrors> {
-    let root = tree::parse(text).map_err(|fatal| {
+    let root = yaml::parse(text).map_err(|fatal| {
         ConfigErrors::new(origin, vec![Problem::new("", fatal.span, fatal.message)])
     })?;
     check::check(&root, env).map_err(|problems| ConfigErrors::new(origin, problems))

@@ -2,7 +2,7 @@
 //! with `_` allowed as in service names), and Kubernetes object names for fleets
 //! (RFC 1123 labels, as Kubernetes validates them).
 
-use super::error::InvalidValue;
+use crate::error::InvalidValue;
 
 pub use porter_core::RouteName;
 
@@ -42,7 +42,31 @@ pub fn parse_route_name(text: &str) -> Result<RouteName, InvalidValue> {
 }
 
 /// Checks a lower-case DNS name without trailing dot; the error says what is wrong.
+///
+/// The rules are the core's ([`porter_core::client_hello::normalize_host_name`], which the
+/// relay applies to every SNI): it alone decides. When it refuses a name, [`explain`] finds
+/// the rule that is broken, for the message.
 pub(crate) fn check_dns_name(name: &str) -> Result<(), String> {
+    let accepted = !name.ends_with('.')
+        && porter_core::client_hello::normalize_host_name(name.as_bytes()).is_some();
+    if accepted {
+        Ok(())
+    } else {
+        Err(explain(name))
+    }
+}
+
+/// Why the core refuses `name`: the first rule it breaks.
+fn explain(name: &str) -> String {
+    match first_broken_rule(name) {
+        Err(why) => why,
+        // Only the rule against a numeric last label is left: `1.2.3.4` would be an IPv4
+        // literal, which a server name may not be (RFC 6066 §3).
+        Ok(()) => "its last label is all digits (an IP address is not a name)".to_owned(),
+    }
+}
+
+fn first_broken_rule(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("the name is empty".to_owned());
     }
@@ -86,13 +110,18 @@ pub(crate) fn check_dns_name(name: &str) -> Result<(), String> {
 /// Checks a Kubernetes object name (a DNS subdomain as Kubernetes defines it: at most 253
 /// characters, dot-separated parts of `[a-z0-9-]` that start and end with a letter or digit).
 /// With `allow_dots` (fleets) the limit is 253 characters; without (namespaces: one label) 63.
-pub(crate) fn check_kubernetes_name(name: &str, allow_dots: bool) -> Result<(), String> {
+///
+/// # Errors
+/// [`InvalidValue`] saying which rule the name breaks.
+pub fn check_kubernetes_name(name: &str, allow_dots: bool) -> Result<(), InvalidValue> {
     let max = if allow_dots { 253 } else { 63 };
     if name.is_empty() {
-        return Err("the name is empty".to_owned());
+        return Err(InvalidValue::new("the name is empty"));
     }
     if name.len() > max {
-        return Err(format!("{name:?} is longer than {max} characters"));
+        return Err(InvalidValue::new(format!(
+            "{name:?} is longer than {max} characters"
+        )));
     }
     for part in name.split('.') {
         let ok = !part.is_empty()
@@ -107,7 +136,9 @@ pub(crate) fn check_kubernetes_name(name: &str, allow_dots: bool) -> Result<(), 
             } else {
                 "lower-case letters, digits and `-`, starting and ending with a letter or digit"
             };
-            return Err(format!("{name:?} is not a valid Kubernetes name ({what})"));
+            return Err(InvalidValue::new(format!(
+                "{name:?} is not a valid Kubernetes name ({what})"
+            )));
         }
     }
     Ok(())
@@ -161,6 +192,10 @@ mod tests {
             let err = parse_route_name(bad).expect_err(bad);
             assert!(err.message().contains(why), "{bad:?}: {err}");
         }
+        // The core decides; a rule only it has still gets its own explanation.
+        let err = parse_route_name("game.123").expect_err("numeric last label");
+        assert!(err.message().contains("all digits"), "{err}");
+        assert!(check_dns_name("game.example.com").is_ok());
         // `*.` is `*` with a trailing dot: the default route.
         assert_eq!(parse_route_name("*.").unwrap(), RouteName::DEFAULT);
     }

@@ -5,8 +5,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use control::config::{
-    self, Config, ConfigErrors, LogFormat, RouteKind, RouteName, RouteSpec, Target,
+use porter_config::{
+    self as config, Config, ConfigErrors, LogFormat, RouteKind, RouteName, RouteSpec, Target,
 };
 
 /// The original project's `config.yaml`, byte for byte.
@@ -64,7 +64,7 @@ fn original_format_loads_unchanged() {
         vec![
             simple("game1.example.com", &["10.0.0.5:7777"]),
             RouteSpec {
-                name: RouteName::Exact("game2.example.com".into()),
+                name: RouteName::parse("game2.example.com").unwrap(),
                 kind: RouteKind::Agones {
                     fleet: "my-fleet".into()
                 },
@@ -118,7 +118,7 @@ fn original_format_with_both_integrations_enabled() {
 
 #[test]
 fn example_config_in_the_repository_loads() {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config.yaml");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../config.yaml");
     let config = config::load_with_env(&path, &no_env).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         config.udp.listen_addrs(),
@@ -253,7 +253,7 @@ routes:
             ),
             simple("*.example.com", &["10.0.0.9:7000"]),
             RouteSpec {
-                name: RouteName::Default,
+                name: RouteName::DEFAULT,
                 kind: RouteKind::Agones {
                     fleet: "default-fleet".into()
                 },

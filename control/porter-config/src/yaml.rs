@@ -1,5 +1,8 @@
-//! The YAML document as a tree whose scalars remember their line and column.
+//! Positions on serde_yaml: the one place that knows how. [`parse`] turns YAML text into a
+//! document tree ([`Node`]) in which every scalar carries its line and column ([`Span`]);
+//! nothing else in the crate touches serde_yaml or its error texts.
 //!
+//! How:
 //! serde_yaml 0.9 exposes positions only inside its errors: an error raised by a visitor
 //! gets the position of the event being visited (`fix_mark`). So the visitor here stores
 //! each scalar it is shown in a slot and then *fails* with a marker message; the seed
@@ -21,7 +24,12 @@ use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
-use super::error::Span;
+/// A place in the YAML text: 1-based line and column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct Span {
+    pub(crate) line: usize,
+    pub(crate) column: usize,
+}
 
 /// A YAML value, with the position of its scalar or of its first entry.
 #[derive(Debug, Clone, PartialEq)]
@@ -62,7 +70,8 @@ impl Value {
 }
 
 /// A problem that stops the reading of the file: not YAML, several documents, tags.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
 pub(crate) struct Fatal {
     pub(crate) message: String,
     pub(crate) span: Option<Span>,

@@ -1,0 +1,527 @@
+//! One table of keys per section: name, kind, default and a one-line description. The
+//! checker takes the known keys (unknown-key errors and suggestions), the choices of
+//! enumerated keys and every default from here; a test ties these tables to the reference
+//! tables in `docs/configuration.md`, both ways.
+
+/// One key of a section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Key {
+    /// The key as written in the file.
+    pub name: &'static str,
+    /// What kind of value it takes.
+    pub kind: Kind,
+    /// What it is when left out.
+    pub default: KeyDefault,
+    /// One line on what it is for.
+    pub doc: &'static str,
+}
+
+/// The kind of value a key takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Kind {
+    /// `true` or `false`.
+    Bool,
+    /// A port, 0–65535.
+    Port,
+    /// A whole number (the checker applies the key's bounds).
+    Integer,
+    /// A string.
+    String,
+    /// A duration: `500ms`, `5s`, `2m`, `1h`, or a number of seconds.
+    Duration,
+    /// A byte size: a number of bytes, or `64KiB`, `16MiB`.
+    ByteSize,
+    /// One IP address.
+    IpAddress,
+    /// One IP address or a list.
+    IpAddresses,
+    /// `host:port` (or a URL, for `redis.address`).
+    Address,
+    /// A file path.
+    Path,
+    /// One of these words.
+    Choice(&'static [&'static str]),
+    /// A log level or filter.
+    LogLevel,
+    /// An environment variable name.
+    EnvVar,
+    /// A Kubernetes object name.
+    KubernetesName,
+    /// A DNS name or an IP address.
+    ServerName,
+    /// A route name (`name`, `*.suffix`, `*`).
+    RouteName,
+    /// A route's target: `host:port` (one or a list) or a fleet.
+    RouteTarget,
+    /// A mapping of keys (a section).
+    Section,
+    /// The list of routes.
+    Routes,
+}
+
+/// What a key is when left out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyDefault {
+    /// This value, written as in the file (YAML).
+    Value(&'static str),
+    /// Nothing.
+    None,
+    /// Depends on something else; the text says what.
+    Derived(&'static str),
+    /// The key must be given (route keys).
+    Required,
+}
+
+impl KeyDefault {
+    /// How the reference tables in `docs/configuration.md` write it.
+    #[must_use]
+    pub fn doc_text(&self) -> String {
+        match self {
+            Self::Value(v) => format!("`{v}`"),
+            Self::None => "none".to_owned(),
+            Self::Derived(text) => (*text).to_owned(),
+            Self::Required => "required".to_owned(),
+        }
+    }
+}
+
+/// A section of the file and its keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Section {
+    /// The section's key at the top level; `routes` for the keys of one route.
+    pub name: &'static str,
+    /// Its keys, in the order the messages list them.
+    pub keys: &'static [Key],
+}
+
+impl Section {
+    /// The key called `name`.
+    #[must_use]
+    pub fn key(&self, name: &str) -> Option<&'static Key> {
+        self.keys.iter().find(|k| k.name == name)
+    }
+
+    /// The names of the keys.
+    #[must_use]
+    pub fn names(&self) -> Vec<&'static str> {
+        self.keys.iter().map(|k| k.name).collect()
+    }
+}
+
+const fn key(name: &'static str, kind: Kind, default: KeyDefault, doc: &'static str) -> Key {
+    Key {
+        name,
+        kind,
+        default,
+        doc,
+    }
+}
+
+use KeyDefault::{Derived, Required, Value};
+
+const REQUIRED_WHEN_ENABLED: KeyDefault = Derived("none; **required when enabled**");
+const LOG_FORMATS: &[&str] = &["human", "json"];
+
+/// The top level: the sections.
+pub const ROOT: Section = Section {
+    name: "",
+    keys: &[
+        key(
+            "udp",
+            Kind::Section,
+            Value("{}"),
+            "The public UDP listener.",
+        ),
+        key(
+            "api",
+            Kind::Section,
+            Value("{}"),
+            "The management REST API.",
+        ),
+        key(
+            "redis",
+            Kind::Section,
+            Value("{}"),
+            "Sharing routes through Redis.",
+        ),
+        key(
+            "agones",
+            Kind::Section,
+            Value("{}"),
+            "Allocating game servers from Agones.",
+        ),
+        key(
+            "relay",
+            Kind::Section,
+            Value("{}"),
+            "Limits and timers of the relay.",
+        ),
+        key("log", Kind::Section, Value("{}"), "Logging."),
+        key(
+            "routes",
+            Kind::Routes,
+            Value("[]"),
+            "The routes known at start-up.",
+        ),
+    ],
+};
+
+/// Section `udp`.
+pub const UDP: Section = Section {
+    name: "udp",
+    keys: &[
+        key(
+            "port",
+            Kind::Port,
+            Value("7777"),
+            "UDP port clients connect to.",
+        ),
+        key(
+            "log_requests",
+            Kind::Bool,
+            Value("false"),
+            "Log each new connection.",
+        ),
+        key(
+            "bind",
+            Kind::IpAddresses,
+            Value("0.0.0.0"),
+            "Address(es) to listen on.",
+        ),
+        key(
+            "log_format",
+            Kind::Choice(LOG_FORMATS),
+            Derived("the value of `log.format`"),
+            "Format of the connection logs.",
+        ),
+    ],
+};
+
+/// Section `api`.
+pub const API: Section = Section {
+    name: "api",
+    keys: &[
+        key("port", Kind::Port, Value("8080"), "TCP port of the API."),
+        key(
+            "log_requests",
+            Kind::Bool,
+            Value("false"),
+            "Log each API request.",
+        ),
+        key(
+            "bind",
+            Kind::IpAddress,
+            Value("127.0.0.1"),
+            "Address of the API.",
+        ),
+        key(
+            "token",
+            Kind::String,
+            KeyDefault::None,
+            "Bearer token requests must present.",
+        ),
+        key(
+            "token_env",
+            Kind::EnvVar,
+            Value("PORTER_API_TOKEN"),
+            "Environment variable holding the token.",
+        ),
+        key(
+            "max_body_bytes",
+            Kind::ByteSize,
+            Value("64KiB"),
+            "Largest request body.",
+        ),
+    ],
+};
+
+/// Section `redis`.
+pub const REDIS: Section = Section {
+    name: "redis",
+    keys: &[
+        key(
+            "enabled",
+            Kind::Bool,
+            Value("false"),
+            "Share routes through Redis.",
+        ),
+        key(
+            "address",
+            Kind::Address,
+            Value("localhost:6379"),
+            "Redis server or URL.",
+        ),
+        key(
+            "password",
+            Kind::String,
+            KeyDefault::None,
+            "Password (AUTH).",
+        ),
+        key("db", Kind::Integer, Value("0"), "Database number."),
+        key(
+            "channel",
+            Kind::String,
+            Value("porter_routes"),
+            "Pub/sub channel of route changes.",
+        ),
+    ],
+};
+
+/// Section `agones`.
+pub const AGONES: Section = Section {
+    name: "agones",
+    keys: &[
+        key(
+            "enabled",
+            Kind::Bool,
+            Value("false"),
+            "Allocate game servers for agones routes.",
+        ),
+        key(
+            "namespace",
+            Kind::KubernetesName,
+            Value("default"),
+            "Namespace to allocate in.",
+        ),
+        key(
+            "allocator_host",
+            Kind::Address,
+            REQUIRED_WHEN_ENABLED,
+            "Allocator service (gRPC).",
+        ),
+        key(
+            "allocator_client_cert",
+            Kind::Path,
+            REQUIRED_WHEN_ENABLED,
+            "PEM client certificate.",
+        ),
+        key(
+            "allocator_client_key",
+            Kind::Path,
+            REQUIRED_WHEN_ENABLED,
+            "PEM client key.",
+        ),
+        key(
+            "allocator_ca_cert",
+            Kind::Path,
+            REQUIRED_WHEN_ENABLED,
+            "PEM CA of the allocator.",
+        ),
+        key(
+            "tls_server_name",
+            Kind::ServerName,
+            Derived("the host of `allocator_host`"),
+            "Name to verify the allocator's certificate against.",
+        ),
+        key(
+            "insecure_skip_verify",
+            Kind::Bool,
+            Value("false"),
+            "Skip certificate checks (tests).",
+        ),
+        key(
+            "request_timeout",
+            Kind::Duration,
+            Value("2s"),
+            "Deadline of one allocation.",
+        ),
+        key(
+            "max_retries",
+            Kind::Integer,
+            Value("3"),
+            "Retries after a failed allocation.",
+        ),
+        key(
+            "player_list",
+            Kind::String,
+            Value("players"),
+            "List connected players join.",
+        ),
+        key(
+            "reserve_player_slot",
+            Kind::Bool,
+            Value("true"),
+            "Reserve a slot when allocating.",
+        ),
+        key(
+            "port_name",
+            Kind::String,
+            Derived("the server's first port"),
+            "Game server port to route to.",
+        ),
+        key(
+            "allocate_route_ttl",
+            Kind::Duration,
+            Value("10m"),
+            "Life of a POST /allocate route.",
+        ),
+    ],
+};
+
+/// Section `relay`.
+pub const RELAY: Section = Section {
+    name: "relay",
+    keys: &[
+        key(
+            "idle_timeout",
+            Kind::Duration,
+            Value("120s"),
+            "Idle sessions end after this.",
+        ),
+        key(
+            "handshake_timeout",
+            Kind::Duration,
+            Value("5s"),
+            "Time to settle a ClientHello.",
+        ),
+        key(
+            "max_sessions",
+            Kind::Integer,
+            Value("100000"),
+            "Sessions at once.",
+        ),
+        key(
+            "max_cids_per_session",
+            Kind::Integer,
+            Value("8"),
+            "Connection IDs per session.",
+        ),
+        key(
+            "max_buffered_bytes_per_connection",
+            Kind::ByteSize,
+            Value("64KiB"),
+            "Bytes held for one pending connection.",
+        ),
+        key(
+            "max_buffered_bytes_total",
+            Kind::ByteSize,
+            Value("64MiB"),
+            "Bytes held for all pending connections.",
+        ),
+        key(
+            "max_pending_allocations",
+            Kind::Integer,
+            Value("1024"),
+            "Allocations in flight.",
+        ),
+        key(
+            "new_sessions_per_second",
+            Kind::Integer,
+            Value("10000"),
+            "New-session rate.",
+        ),
+        key(
+            "new_sessions_burst",
+            Kind::Integer,
+            Derived("the value of `new_sessions_per_second`"),
+            "New-session burst.",
+        ),
+        key(
+            "max_client_hello_bytes",
+            Kind::ByteSize,
+            Value("16KiB"),
+            "Largest ClientHello.",
+        ),
+        key(
+            "refusal",
+            Kind::Choice(&["close", "drop"]),
+            Value("close"),
+            "What to do with a name without a route.",
+        ),
+        key(
+            "drain_period",
+            Kind::Duration,
+            Value("10s"),
+            "How long to drain on shutdown.",
+        ),
+    ],
+};
+
+/// Section `log`.
+pub const LOG: Section = Section {
+    name: "log",
+    keys: &[
+        key("level", Kind::LogLevel, Value("info"), "Level or filter."),
+        key(
+            "format",
+            Kind::Choice(LOG_FORMATS),
+            Value("human"),
+            "How log lines look.",
+        ),
+    ],
+};
+
+/// The keys of one route (each entry of `routes`).
+pub const ROUTE: Section = Section {
+    name: "routes",
+    keys: &[
+        key(
+            "fqdn",
+            Kind::RouteName,
+            Required,
+            "The server name(s) it answers to.",
+        ),
+        key(
+            "type",
+            Kind::Choice(&["simple", "agones"]),
+            Required,
+            "Fixed backends or an Agones fleet.",
+        ),
+        key(
+            "target",
+            Kind::RouteTarget,
+            Required,
+            "host:port (one or a list), or a fleet.",
+        ),
+    ],
+};
+
+/// Every section with keys of its own, in the order of `docs/configuration.md`.
+pub const SECTIONS: &[Section] = &[UDP, API, REDIS, AGONES, RELAY, LOG, ROUTE];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(text: &str) -> Result<crate::Config, String> {
+        crate::from_str_with_env(text, "t.yaml", &|_| None).map_err(|e| e.to_string())
+    }
+
+    /// The checker accepts exactly the choices the tables list, and says so.
+    #[test]
+    fn choices_are_the_tables() {
+        for section in [UDP, RELAY, LOG] {
+            for key in section.keys {
+                let Kind::Choice(choices) = key.kind else {
+                    continue;
+                };
+                for choice in choices {
+                    let text = format!("{}: {{{}: {choice}}}\n", section.name, key.name);
+                    check(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+                }
+                let text = format!("{}: {{{}: bogus}}\n", section.name, key.name);
+                let listed: Vec<String> = choices.iter().map(|c| format!("`{c}`")).collect();
+                let err = check(&text).expect_err(&text);
+                assert!(err.contains(&listed.join(", ")), "{text}: {err}");
+            }
+        }
+        let err = check("routes: [{fqdn: a.test, type: bogus, target: x}]\n").unwrap_err();
+        assert!(err.contains("`simple`, `agones`"), "{err}");
+    }
+
+    /// Every default the tables give passes its key's own check (the checker reads them
+    /// with the same parsers), and no key is listed twice.
+    #[test]
+    fn defaults_parse_and_names_are_unique() {
+        check("").expect("an empty file takes every default from the tables");
+        for section in SECTIONS.iter().chain([&ROOT]) {
+            let mut names = section.names();
+            names.sort_unstable();
+            names.dedup();
+            assert_eq!(names.len(), section.keys.len(), "{}", section.name);
+        }
+    }
+}
