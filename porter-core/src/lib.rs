@@ -28,8 +28,8 @@
 //! packets), [`initial`] (Initial keys and packet protection), [`frame`],
 //! [`crypto_stream`] and [`client_hello`].
 //!
-//! With the `sim` feature, the `sim` module is a deterministic simulation harness for the relay
-//! (virtual clock, emulated network, driver loop, QUIC client and server models).
+//! The deterministic simulation harness for the relay (virtual clock, emulated network,
+//! driver loop, QUIC client and server models) is the separate crate `porter-sim`.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -39,16 +39,11 @@ mod cid;
 pub mod client_hello;
 pub mod crypto_stream;
 pub mod frame;
-#[cfg(feature = "fuzzing")]
-#[doc(hidden)]
-pub mod fuzzing;
 mod ids;
 pub mod initial;
 mod relay;
 mod routes;
 mod session;
-#[cfg(feature = "sim")]
-pub mod sim;
 pub mod wire;
 
 pub use assembler::{

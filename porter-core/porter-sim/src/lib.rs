@@ -1,5 +1,7 @@
-//! Deterministic simulation of the relay, for porter's own tests and for embedders
-//! (feature `sim`).
+//! # porter-sim
+//!
+//! Deterministic simulation of porter-core's relay, for porter's own tests, its fuzz
+//! targets, its load generator and for embedders.
 //!
 //! Everything runs on one thread in virtual time: a [`Clock`], an emulated [`Network`]
 //! with latency, jitter, loss, duplication and reordering drawn from a seeded
@@ -15,7 +17,7 @@
 //!
 //! ```
 //! use std::time::{Duration, Instant};
-//! use porter_core::sim::{ConnState, ConnectSpec, ServerConfig, Sim, SimConfig};
+//! use porter_sim::{ConnState, ConnectSpec, ServerConfig, Sim, SimConfig};
 //!
 //! let mut sim = Sim::new(Instant::now(), SimConfig::default());
 //! let a = sim.add_server(ServerConfig::new("a", "10.1.0.1:443".parse().unwrap()));
@@ -26,6 +28,9 @@
 //! assert_eq!(sim.conn(conn).state(), ConnState::Connected);
 //! assert_eq!(sim.conn(conn).servers(), ["a"]);
 //! ```
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 mod client;
 mod clock;
@@ -46,19 +51,20 @@ use bytes::Bytes;
 pub use client::{Answer, ClientConnection, ClientId, ConnId, ConnState, ConnectSpec, HelloShape};
 pub use clock::Clock;
 pub use driver::{AllocatorBehaviour, DriverStats, LogEntry, RelayDriver};
-pub use hello::ClientHelloSpec;
+pub use hello::{ClientHelloSpec, DescribedAlpn, DescribedHello, DescribedSni, SNI_POOL};
 pub use net::{Datagram, LinkConditions, Network, NetworkStats};
 pub use packets::{
-    client_initial_flight, long_header_packet, retry_integrity_tag, retry_packet,
-    server_first_flight, short_header_packet, InitialFlightSpec,
+    client_initial_flight, initial_spec, long_header_packet, retry_integrity_tag, retry_packet,
+    seal_padded, server_first_flight, short_header_packet, write_crypto, AckSpec,
+    InitialFlightSpec,
 };
 pub use rng::SimRng;
 pub use server::{Server, ServerConfig, ServerConnection, ServerStats};
 
-use crate::ids::{BackendAddr, SessionId};
-use crate::relay::{Relay, RelayConfig, Verdict};
-use crate::routes::{Route, RouteName, RouteTarget};
-use crate::wire::ConnectionId;
+use porter_core::wire::ConnectionId;
+use porter_core::{BackendAddr, SessionId};
+use porter_core::{Relay, RelayConfig, Verdict};
+use porter_core::{Route, RouteName, RouteTarget};
 
 /// How to set up a [`Sim`].
 #[derive(Clone, Debug)]
@@ -452,8 +458,8 @@ impl Sim {
 
 /// The Destination CID of a datagram's first packet, if it is a long header.
 fn first_dcid(datagram: &[u8]) -> Option<ConnectionId> {
-    match crate::wire::parse_packet(datagram) {
-        Ok((crate::wire::Packet::Long(p), _)) => ConnectionId::new(p.dcid),
+    match porter_core::wire::parse_packet(datagram) {
+        Ok((porter_core::wire::Packet::Long(p), _)) => ConnectionId::new(p.dcid),
         _ => None,
     }
 }

@@ -3,9 +3,9 @@
 use std::ops::Range;
 use std::sync::OnceLock;
 
-use crate::frame::{InitialFrame, InitialFrames};
-use crate::initial::{decode_packet_number, Keys, Side, TAG_LEN};
-use crate::wire::{
+use porter_core::frame::{InitialFrame, InitialFrames};
+use porter_core::initial::{decode_packet_number, Keys, Side, TAG_LEN};
+use porter_core::wire::{
     parse_packet, read_varint, short_header_dcid, varint_len, write_varint, ConnectionId,
     LongPacket, LongType, Packet, Packets, Version, MAX_CID_LEN, VARINT_MAX,
 };

@@ -11,9 +11,9 @@ use bytes::Bytes;
 use super::message::{Kind, Message};
 use super::packets::{retry_packet, server_first_flight, short_header_packet};
 use super::rng::SimRng;
-use crate::ids::BackendAddr;
-use crate::initial::{Keys, Side};
-use crate::wire::{self, ConnectionId, LongType, Packet, Version, MAX_CID_LEN};
+use porter_core::initial::{Keys, Side};
+use porter_core::wire::{self, ConnectionId, LongType, Packet, Version, MAX_CID_LEN};
+use porter_core::BackendAddr;
 
 const TOKEN_PREFIX: &[u8] = b"porter-sim-retry";
 

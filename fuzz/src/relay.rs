@@ -8,14 +8,16 @@ use std::time::{Duration, Instant};
 
 use arbitrary::{Arbitrary, Unstructured};
 
-use super::build::{initial_spec, seal_padded, write_crypto, HelloSpec, NAMES};
-use crate::initial::{seal_long_packet, Keys, Side};
-use crate::wire::{parse_packet, write_varint, LongType, Packet, Version, MIN_INITIAL_DATAGRAM};
-use crate::{
+use porter_core::initial::{seal_long_packet, Keys, Side};
+use porter_core::wire::{
+    parse_packet, write_varint, LongType, Packet, Version, MIN_INITIAL_DATAGRAM,
+};
+use porter_core::{
     AllocationFailure, AllocationId, AssemblerConfig, BackendAddr, ClientAddr,
     CompleteAllocationError, Event, RefusalMode, Relay, RelayConfig, Route, RouteName, RouteTarget,
     SessionId, SessionState, Verdict,
 };
+use porter_sim::{initial_spec, seal_padded, write_crypto, DescribedHello, SNI_POOL};
 
 const CLIENTS: [&str; 6] = [
     "192.0.2.1:1000",
@@ -389,10 +391,14 @@ impl Harness {
     }
 
     fn hello(&mut self, name: Option<u8>, big: bool) -> Vec<u8> {
-        let name = name.map(|n| n % NAMES.len() as u8);
+        let name = name.map(|n| n % SNI_POOL.len() as u8);
         self.hellos
             .entry((name, big))
-            .or_insert_with(|| HelloSpec::named(name, if big { 1500 } else { 0 }).build().0)
+            .or_insert_with(|| {
+                DescribedHello::named(name, if big { 1500 } else { 0 })
+                    .build()
+                    .0
+            })
             .clone()
     }
 
@@ -739,7 +745,7 @@ impl Harness {
         &mut self,
         cause: Cause,
         verdict: &Verdict,
-        before: &crate::RelayStats,
+        before: &porter_core::RelayStats,
         events: &[Event],
     ) {
         let after = self.relay.stats();
@@ -796,8 +802,8 @@ impl Harness {
                 .session(id, self.now)
                 .is_some_and(|s| s.state == SessionState::Established);
             match verdict {
-                Verdict::Drop(crate::DropReason::UnknownSession) => assert!(!routed),
-                Verdict::Drop(crate::DropReason::Empty) => assert!(routed),
+                Verdict::Drop(porter_core::DropReason::UnknownSession) => assert!(!routed),
+                Verdict::Drop(porter_core::DropReason::Empty) => assert!(routed),
                 _ => assert!(routed, "backend datagram for {id} forwarded"),
             }
         }

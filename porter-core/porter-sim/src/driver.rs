@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::net::{Datagram, Network};
-use crate::ids::{AllocationId, BackendAddr, ClientAddr, SessionId};
-use crate::relay::{AllocationFailure, Event, Relay, Verdict};
+use porter_core::{AllocationFailure, Event, Relay, Verdict};
+use porter_core::{AllocationId, BackendAddr, ClientAddr, SessionId};
 
 /// How the simulated allocator answers the requests for one fleet.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -14,9 +14,9 @@ use super::packets::{
     InitialFlightSpec,
 };
 use super::rng::SimRng;
-use crate::frame::{InitialFrame, InitialFrames};
-use crate::initial::{seal_long_packet, Keys, LongPacketSpec, Side};
-use crate::wire::{self, ConnectionId, LongType, Packet, Packets, Version};
+use porter_core::frame::{InitialFrame, InitialFrames};
+use porter_core::initial::{seal_long_packet, Keys, LongPacketSpec, Side};
+use porter_core::wire::{self, ConnectionId, LongType, Packet, Packets, Version};
 
 /// Initial retransmission timeout; doubled after each retransmission.
 const INITIAL_PTO: Duration = Duration::from_millis(250);

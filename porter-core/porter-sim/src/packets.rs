@@ -1,14 +1,19 @@
 //! Real QUIC packets for the simulated endpoints: client Initial flights protected with
 //! the Initial keys (RFC 9001 §5), server Initial+Handshake flights with real header
 //! layout and Length fields (RFC 9000 §17.2, §12.2), Retry packets with their integrity
-//! tag (RFC 9001 §5.8, RFC 9369 §3.3.3), and short headers (RFC 9000 §17.3).
+//! tag (RFC 9001 §5.8, RFC 9369 §3.3.3), and short headers (RFC 9000 §17.3); for the
+//! fuzz targets and the relay model, single client Initials padded (or not) around any
+//! payload, CRYPTO frames at any offset and described ACK frames (RFC 9000 §19.3).
 
+use arbitrary::Arbitrary;
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
 
 use super::rng::SimRng;
-use crate::frame::write_crypto_frame;
-use crate::initial::{seal_long_packet, Keys, LongPacketSpec, Side, TAG_LEN};
-use crate::wire::{varint_len, write_varint, LongType, Version};
+use porter_core::frame::write_crypto_frame;
+use porter_core::initial::{seal_long_packet, Keys, LongPacketSpec, Side, TAG_LEN};
+use porter_core::wire::{
+    varint_len, write_varint, LongType, Version, MIN_INITIAL_DATAGRAM, VARINT_MAX,
+};
 
 /// How to cut a CRYPTO stream into a client's Initial datagrams.
 #[derive(Clone, Copy, Debug)]
@@ -239,12 +244,77 @@ pub fn short_header_packet(bits: u8, dcid: &[u8], packet_number: u8, payload: &[
     out
 }
 
+/// The header of a single client Initial: no token, a 1-byte packet number.
+pub fn initial_spec<'a>(dcid: &'a [u8], scid: &'a [u8], packet_number: u64) -> LongPacketSpec<'a> {
+    LongPacketSpec {
+        ty: LongType::Initial,
+        dcid,
+        scid,
+        token: &[],
+        packet_number,
+        pn_len: 1,
+    }
+}
+
+/// Seals one packet with `keys`, PADDING frames added inside it so that `out` reaches the
+/// 1200 bytes a client Initial datagram needs (RFC 9000 §14.1).
+pub fn seal_padded(keys: &Keys, spec: &LongPacketSpec<'_>, payload: &[u8], out: &mut Vec<u8>) {
+    let start = out.len();
+    seal_long_packet(keys, spec, payload, out);
+    let short = MIN_INITIAL_DATAGRAM.saturating_sub(out.len());
+    if short > 0 {
+        out.truncate(start);
+        let mut padded = payload.to_vec();
+        padded.resize(payload.len() + short, 0);
+        seal_long_packet(keys, spec, &padded, out);
+    }
+}
+
+/// Appends a CRYPTO frame whose offset may be anything (capped at the varint maximum).
+pub fn write_crypto(offset: u64, data: &[u8], out: &mut Vec<u8>) {
+    write_crypto_frame(offset.min(VARINT_MAX), data, out);
+}
+
+/// An ACK frame, described (possibly invalid: ranges below zero).
+#[derive(Arbitrary, Clone, Debug)]
+pub struct AckSpec {
+    /// Largest Acknowledged.
+    pub largest: u32,
+    /// ACK Delay.
+    pub delay: u16,
+    /// First ACK Range.
+    pub first: u16,
+    /// Further (Gap, ACK Range Length) pairs; the first 8 are written.
+    pub ranges: Vec<(u8, u8)>,
+    /// Writes an ACK_ECN frame (type 0x03) with ECN counts.
+    pub ecn: bool,
+}
+
+impl AckSpec {
+    /// Appends the frame.
+    pub fn write(&self, out: &mut Vec<u8>) {
+        out.push(if self.ecn { 0x03 } else { 0x02 });
+        write_varint(u64::from(self.largest), out);
+        write_varint(u64::from(self.delay), out);
+        let ranges = &self.ranges[..self.ranges.len().min(8)];
+        write_varint(ranges.len() as u64, out);
+        write_varint(u64::from(self.first), out);
+        for &(gap, len) in ranges {
+            write_varint(u64::from(gap), out);
+            write_varint(u64::from(len), out);
+        }
+        if self.ecn {
+            out.extend_from_slice(&[1, 2, 3]);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::assembler::{AssemblerConfig, InitialAssembler, Progress};
-    use crate::sim::hello::ClientHelloSpec;
-    use crate::wire::{parse_packet, Packet, Packets};
+    use crate::hello::ClientHelloSpec;
+    use porter_core::wire::{parse_packet, Packet, Packets};
+    use porter_core::{AssemblerConfig, InitialAssembler, Progress};
 
     #[test]
     fn rfc9001_a4_retry_tag() {

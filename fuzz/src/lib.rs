@@ -1,28 +1,32 @@
-//! The logic of Porter's fuzz targets, behind the `fuzzing` feature.
+//! # porter-fuzz
 //!
-//! The cargo-fuzz crate (`fuzz/` at the repository root) is a thin shell: each of its
-//! targets calls one function here. The same functions replay the committed corpus
-//! (`fuzz/corpus/<target>/`) and regressions (`fuzz/regressions/<target>/`) in
-//! porter-core's ordinary test suite, so an input the fuzzer once found keeps being
-//! checked by `cargo test` without cargo-fuzz.
+//! The logic of Porter's fuzz targets. The cargo-fuzz binaries (`fuzz_targets/*.rs`) are
+//! thin shells: each calls one function here. The same functions replay the committed
+//! corpus (`fuzz/corpus/<target>/`) and regressions (`fuzz/regressions/<target>/`) in the
+//! workspace's ordinary test suite (`tests/corpus_replay.rs`), so an input the fuzzer once
+//! found keeps being checked by `cargo test` without cargo-fuzz. The packet and
+//! ClientHello builders come from `porter-sim`.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
 //!
 //! Every target takes arbitrary bytes, never panics on its own account, and panics (with
 //! a message saying which invariant broke) when porter-core misbehaves:
 //!
-//! - [`datagram`]: the wire parsers: [`crate::wire::Packets`], [`crate::wire::parse_packet`],
+//! - [`datagram`]: the wire parsers: [`porter_core::wire::Packets`], [`porter_core::wire::parse_packet`],
 //!   short-header DCID extraction, varints, packet-number recovery, header-protection
 //!   removal and the Initial frame parser. Packets must lie inside the datagram, follow
 //!   one another without gap or overlap, and re-parse to themselves.
 //! - [`initial`]: Initial decryption, CRYPTO reassembly and ClientHello parsing through
-//!   an [`crate::InitialAssembler`] with small limits. Structure-aware: the input
+//!   an [`porter_core::InitialAssembler`] with small limits. Structure-aware: the input
 //!   describes frames, packets and datagrams, which are encrypted with the Initial keys
 //!   of the chosen DCID, so the fuzzer works past the AEAD. Checks the bounds, the
 //!   stickiness of outcomes, and that an attempt whose CRYPTO stream is complete
 //!   completes with exactly what the ClientHello says.
-//! - [`client_hello`]: [`crate::client_hello::parse_client_hello`] on raw bytes, on bytes
+//! - [`client_hello`]: [`porter_core::client_hello::parse_client_hello`] on raw bytes, on bytes
 //!   behind a valid handshake header, and on ClientHellos built from a description whose
 //!   parse is known in advance. A returned SNI must be normalised.
-//! - [`relay`]: the [`crate::Relay`] state machine driven by a sequence of operations,
+//! - [`relay`]: the [`porter_core::Relay`] state machine driven by a sequence of operations,
 //!   with its bounds, timers and verdicts checked against a model after every step.
 //!
 //! Inputs whose first byte is even are "raw": the rest is a list of datagrams, each a
@@ -30,7 +34,6 @@
 //! committed to the corpus in this form. Odd first bytes select the structured
 //! (`arbitrary`-decoded) form, which the fuzzer discovers by itself.
 
-mod build;
 mod client_hello;
 mod datagram;
 mod initial;

@@ -2,12 +2,12 @@
 
 use arbitrary::{Arbitrary, Unstructured};
 
-use super::build::HelloSpec;
-use crate::client_hello::{
+use porter_core::client_hello::{
     handshake_message_len, normalize_host_name, parse_client_hello, ClientHelloError,
     ClientHelloInfo,
 };
-use crate::routes::RouteName;
+use porter_core::RouteName;
+use porter_sim::DescribedHello;
 
 /// Parses `data` as a ClientHello. Panics when an invariant breaks.
 ///
@@ -37,7 +37,7 @@ pub fn client_hello(data: &[u8]) {
             let _ = check_parse(&msg);
         }
         _ => {
-            let Ok(spec) = HelloSpec::arbitrary(&mut Unstructured::new(rest)) else {
+            let Ok(spec) = DescribedHello::arbitrary(&mut Unstructured::new(rest)) else {
                 return;
             };
             let (msg, expected) = spec.build();

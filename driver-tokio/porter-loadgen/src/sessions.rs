@@ -5,10 +5,10 @@ use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use porter_core::sim::{
+use porter_core::wire::Version;
+use porter_sim::{
     client_initial_flight, short_header_packet, ClientHelloSpec, InitialFlightSpec, SimRng,
 };
-use porter_core::wire::Version;
 
 use crate::responder::{bind_loopback, server_cid_for};
 

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use porter_core::sim::{server_first_flight, SimRng};
 use porter_core::wire::{LongType, Version};
+use porter_sim::{server_first_flight, SimRng};
 
 /// Socket buffer asked for (the kernel caps it at `net.core.rmem_max`).
 const BUFFER_BYTES: usize = 8 << 20;

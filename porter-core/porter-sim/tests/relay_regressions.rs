@@ -4,12 +4,12 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use porter_core::sim::{client_initial_flight, ClientHelloSpec, InitialFlightSpec, SimRng};
 use porter_core::wire::Version;
 use porter_core::{
     BackendAddr, ClientAddr, CloseReason, DropReason, Event, Relay, RelayConfig, Route, RouteName,
     RouteTarget, SessionId, SessionState, Verdict,
 };
+use porter_sim::{client_initial_flight, ClientHelloSpec, InitialFlightSpec, SimRng};
 
 fn initial(sni: &str, seed: u64) -> Vec<u8> {
     let mut rng = SimRng::new(seed);
@@ -126,7 +126,7 @@ fn backend_datagram_for_unrouted_session_is_dropped() {
     let session = open(&mut relay, now);
     let cids = relay.stats().connection_ids;
     let mut long = Vec::new();
-    porter_core::sim::long_header_packet(
+    porter_sim::long_header_packet(
         Version::V1,
         &porter_core::initial::LongPacketSpec {
             ty: porter_core::wire::LongType::Handshake,
@@ -164,7 +164,7 @@ fn unknown_cid_on_a_shared_socket_is_not_guessed() {
         while relay.poll_event().is_some() {}
         // The backend answers from its own 8-byte CID.
         let mut answer = Vec::new();
-        porter_core::sim::long_header_packet(
+        porter_sim::long_header_packet(
             Version::V1,
             &porter_core::initial::LongPacketSpec {
                 ty: porter_core::wire::LongType::Handshake,
@@ -181,7 +181,7 @@ fn unknown_cid_on_a_shared_socket_is_not_guessed() {
         assert!(matches!(v, Verdict::ForwardToClient { .. }), "{v:?}");
         sessions.push(session);
     }
-    let known = porter_core::sim::short_header_packet(0, &[1; 8], 0, &[0; 40]);
+    let known = porter_sim::short_header_packet(0, &[1; 8], 0, &[0; 40]);
     assert_eq!(
         relay.handle_client_datagram(now, client(), &known),
         Verdict::Forward {
@@ -190,7 +190,7 @@ fn unknown_cid_on_a_shared_socket_is_not_guessed() {
         }
     );
     let cids = relay.stats().connection_ids;
-    let unknown = porter_core::sim::short_header_packet(0, &[7; 8], 0, &[0; 40]);
+    let unknown = porter_sim::short_header_packet(0, &[7; 8], 0, &[0; 40]);
     assert_eq!(
         relay.handle_client_datagram(now, client(), &unknown),
         Verdict::Drop(DropReason::UnknownConnection)

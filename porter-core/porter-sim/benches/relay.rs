@@ -4,7 +4,7 @@
 //! session at 1M sessions (printed before the timings, measured with a counting global
 //! allocator).
 //!
-//! Run with `cargo bench -p porter-core --bench relay`.
+//! Run with `cargo bench -p porter-sim --bench relay`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -14,13 +14,13 @@ use std::time::Instant;
 
 use divan::Bencher;
 use porter_core::initial::LongPacketSpec;
-use porter_core::sim::{
-    client_initial_flight, long_header_packet, short_header_packet, ClientHelloSpec,
-    InitialFlightSpec, SimRng,
-};
 use porter_core::wire::{LongType, Version};
 use porter_core::{
     BackendAddr, ClientAddr, Relay, RelayConfig, Route, RouteName, RouteTarget, SessionId, Verdict,
+};
+use porter_sim::{
+    client_initial_flight, long_header_packet, short_header_packet, ClientHelloSpec,
+    InitialFlightSpec, SimRng,
 };
 
 /// Counts the bytes currently allocated, to measure memory per session.

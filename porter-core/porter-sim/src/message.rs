@@ -3,7 +3,7 @@
 //! the clear: who asks, who answers, and the spare CIDs a real server would issue in
 //! encrypted NEW_CONNECTION_ID frames.
 
-use crate::wire::ConnectionId;
+use porter_core::wire::ConnectionId;
 
 const MAGIC: &[u8; 4] = b"PSIM";
 

@@ -5,13 +5,13 @@ use std::ops::Range;
 
 use arbitrary::{Arbitrary, Unstructured};
 
-use super::build::{write_crypto, AckSpec, HelloSpec};
-use crate::client_hello::{handshake_message_len, parse_client_hello};
-use crate::crypto_stream::MAX_RANGES;
-use crate::frame::write_connection_close;
-use crate::initial::{decode_packet_number, seal_long_packet, Keys, LongPacketSpec, Side};
-use crate::wire::{LongType, Version, MAX_CID_LEN, MIN_INITIAL_DATAGRAM};
-use crate::{AssemblerConfig, InitialAssembler, InitialError, Progress};
+use porter_core::client_hello::{handshake_message_len, parse_client_hello};
+use porter_core::crypto_stream::MAX_RANGES;
+use porter_core::frame::write_connection_close;
+use porter_core::initial::{decode_packet_number, seal_long_packet, Keys, LongPacketSpec, Side};
+use porter_core::wire::{LongType, Version, MAX_CID_LEN, MIN_INITIAL_DATAGRAM};
+use porter_core::{AssemblerConfig, InitialAssembler, InitialError, Progress};
+use porter_sim::{write_crypto, AckSpec, DescribedHello};
 
 /// Feeds client datagrams to an [`InitialAssembler`] and checks every answer. Panics when
 /// an invariant breaks.
@@ -106,7 +106,7 @@ impl Checker {
                 assert!(self.attempt.connection().is_some());
                 if let Some(sni) = &info.sni {
                     assert_eq!(
-                        crate::client_hello::normalize_host_name(sni.as_bytes()).as_deref(),
+                        porter_core::client_hello::normalize_host_name(sni.as_bytes()).as_deref(),
                         Some(sni.as_str())
                     );
                 }
@@ -131,7 +131,7 @@ impl Checker {
 
 #[derive(Arbitrary, Debug)]
 enum HelloSource {
-    Built(HelloSpec),
+    Built(DescribedHello),
     Raw(Vec<u8>),
 }
 
@@ -382,7 +382,7 @@ impl Case {
                     Err(InitialError::ClientHello(e)) => {
                         let too_large = matches!(
                             e,
-                            crate::ClientHelloError::TooLarge { len, limit }
+                            porter_core::ClientHelloError::TooLarge { len, limit }
                                 if *limit == max_len && *len > max_len
                         );
                         assert!(too_large || expected == Err(*e), "{e} vs {expected:?}");

@@ -1,12 +1,13 @@
 //! Replays the committed fuzz inputs through the fuzz targets' own logic
-//! (`porter_core::fuzzing`), so `cargo test` checks every input the fuzzer once found
-//! without cargo-fuzz: `../fuzz/corpus/<target>/*` (seeds and the minimised corpus) and
-//! `../fuzz/regressions/<target>/*` (inputs that once broke an invariant).
+//! (`porter_fuzz`), so `cargo test` checks every input the fuzzer once found
+//! without cargo-fuzz: `fuzz/corpus/<target>/*` (seeds and the minimised corpus) and
+//! `fuzz/regressions/<target>/*` (inputs that once broke an invariant).
 //!
 //! `write_seed_corpus` (ignored) regenerates the seeds from the real captures and RFC
-//! vectors in `tests/data`:
-//! `cargo test -p porter-core --test fuzz_corpus_replay -- --ignored write_seed_corpus`.
+//! vectors in `porter-core/tests/data`:
+//! `cargo test -p porter-fuzz --test corpus_replay -- --ignored write_seed_corpus`.
 
+#[path = "../../porter-core/tests/common/mod.rs"]
 mod common;
 
 use std::fs;
@@ -15,12 +16,12 @@ use std::path::{Path, PathBuf};
 
 use porter_core::crypto_stream::CryptoStream;
 use porter_core::frame::{InitialFrame, InitialFrames};
-use porter_core::fuzzing::{join_datagrams, RAW, TARGETS};
 use porter_core::initial::{Keys, Side};
 use porter_core::wire::{LongType, Packet, Packets};
+use porter_fuzz::{join_datagrams, RAW, TARGETS};
 
 fn fuzz_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 /// The files of `dir`, sorted; none if it does not exist.
@@ -62,10 +63,7 @@ fn every_target_has_a_cargo_fuzz_binary() {
     for &(name, _) in TARGETS {
         let source = fuzz_dir().join(format!("fuzz_targets/{name}.rs"));
         let text = fs::read_to_string(&source).expect("fuzz target source");
-        assert!(
-            text.contains(&format!("porter_core::fuzzing::{name}(")),
-            "{name}"
-        );
+        assert!(text.contains(&format!("porter_fuzz::{name}(")), "{name}");
         assert!(manifest.contains(&format!("name = \"{name}\"")), "{name}");
     }
 }

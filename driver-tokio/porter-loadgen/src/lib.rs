@@ -4,7 +4,7 @@
 //!
 //! - [`Responder`]: a mock QUIC backend. It answers each client Initial the relay
 //!   forwards with a real server first flight (Initial + Handshake, from
-//!   `porter_core::sim::server_first_flight`) whose Source CID is
+//!   `porter_sim::server_first_flight`) whose Source CID is
 //!   [`server_cid_for`] the client's original DCID, so the relay learns it; it counts the
 //!   short-header datagrams that reach it.
 //! - [`Sessions`]: opens many sessions through a relay from many source ports, each with

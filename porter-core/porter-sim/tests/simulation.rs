@@ -1,9 +1,10 @@
-//! Deterministic simulations of the relay (`porter_core::sim`): virtual time, a network
+//! Deterministic simulations of the relay (`porter_sim`): virtual time, a network
 //! with latency, jitter, loss, duplication and reordering from a fixed seed, client and
 //! server models that put real QUIC headers on the wire, and the relay driven exactly as
 //! a runtime driver drives it. Every test names the backend each client must reach and
 //! checks the relay's counters, so a routing mistake fails it.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::collections::HashMap;
@@ -11,14 +12,14 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use porter_core::sim::{
-    AllocatorBehaviour, ConnId, ConnState, ConnectSpec, HelloShape, LinkConditions, LogEntry,
-    ServerConfig, ServerId, Sim, SimConfig,
-};
 use porter_core::wire::Version;
 use porter_core::{
     BackendAddr, ClientAddr, CloseReason, DropReason, Event, RefuseReason, RelayConfig, SessionId,
     Verdict,
+};
+use porter_sim::{
+    AllocatorBehaviour, ConnId, ConnState, ConnectSpec, HelloShape, LinkConditions, LogEntry,
+    ServerConfig, ServerId, Sim, SimConfig,
 };
 
 fn addr(s: &str) -> SocketAddr {

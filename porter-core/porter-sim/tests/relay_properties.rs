@@ -12,14 +12,14 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use porter_core::initial::LongPacketSpec;
-use porter_core::sim::{
-    client_initial_flight, long_header_packet, short_header_packet, ClientHelloSpec,
-    InitialFlightSpec, SimRng,
-};
 use porter_core::wire::{LongType, Version};
 use porter_core::{
     AllocationFailure, AllocationId, AssemblerConfig, BackendAddr, ClientAddr, Event, Relay,
     RelayConfig, Route, RouteName, RouteTarget, SessionId, SessionState, Verdict,
+};
+use porter_sim::{
+    client_initial_flight, long_header_packet, short_header_packet, ClientHelloSpec,
+    InitialFlightSpec, SimRng,
 };
 use proptest::prelude::*;
 use proptest::test_runner::TestRunner;
@@ -592,7 +592,7 @@ impl Harness {
                         };
                         for &ty in types {
                             if ty == LongType::Retry {
-                                d = porter_core::sim::retry_packet(
+                                d = porter_sim::retry_packet(
                                     Version::V1,
                                     &[1; 8],
                                     &[],

@@ -3,6 +3,7 @@
 //! client-side Initial keys decrypt; an unknown version gets a well-formed Version
 //! Negotiation reply; timers close what they must.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::net::SocketAddr;
