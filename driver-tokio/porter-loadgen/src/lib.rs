@@ -1,4 +1,5 @@
-//! A load generator for Porter's relay binaries, reusable by bigger harnesses.
+//! The library half of Porter's load generator (the `porter-loadgen` binary's `compare`
+//! command), reusable by bigger harnesses.
 //!
 //! Everything runs on plain std threads and sockets, on loopback only:
 //!
@@ -9,7 +10,7 @@
 //!   short-header datagrams that reach it.
 //! - [`Sessions`]: opens many sessions through a relay from many source ports, each with
 //!   a valid client Initial (a ClientHello for a routed SNI, sealed with the Initial keys
-//!   by `porter_core::initial::seal_long_packet`), waits for the server's answer, then
+//!   by `porter_sim::client_initial_flight`), waits for the server's answer, then
 //!   floods short-header datagrams over the established sessions.
 //! - [`RelayProcess`]: runs a relay binary with a generated configuration, waits for its
 //!   API, and reads its resident memory (`VmRSS`).
