@@ -1,7 +1,7 @@
-//! The `relay` target: the [`Relay`] state machine driven by a sequence of operations,
-//! checked against a model after every step.
+//! The `relay` target: the `porter_core::Relay` state machine driven by a sequence of
+//! operations, checked by porter-sim's relay model after every step.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,15 +9,14 @@ use std::time::{Duration, Instant};
 use arbitrary::{Arbitrary, Unstructured};
 
 use porter_core::initial::{seal_long_packet, Keys, Side};
-use porter_core::wire::{
-    parse_packet, write_varint, LongType, Packet, Version, MIN_INITIAL_DATAGRAM,
-};
+use porter_core::wire::{write_varint, LongType, Version, MIN_INITIAL_DATAGRAM};
 use porter_core::{
-    AllocationFailure, AllocationId, AssemblerConfig, BackendAddr, ClientAddr,
-    CompleteAllocationError, Event, RefusalMode, Relay, RelayConfig, Route, RouteName, RouteTarget,
-    SessionId, SessionState, Verdict,
+    AllocationFailure, AllocationId, AssemblerConfig, BackendAddr, ClientAddr, RefusalMode,
+    RelayConfig, Route, RouteName, RouteTarget, SessionId,
 };
-use porter_sim::{initial_spec, seal_padded, write_crypto, DescribedHello, SNI_POOL};
+use porter_sim::{
+    initial_spec, seal_padded, write_crypto, DescribedHello, ModelOp, RelayModel, SNI_POOL,
+};
 
 const CLIENTS: [&str; 6] = [
     "192.0.2.1:1000",
@@ -38,7 +37,7 @@ const ROUTE_NAMES: [&str; 6] = [
 ];
 const FLEETS: [&str; 2] = ["fleet-a", "fleet-b"];
 
-/// Drives a [`Relay`] through the operations `data` describes and checks it after each.
+/// Drives a `porter_core::Relay` through the operations `data` describes and checks it after each.
 /// Panics when an invariant breaks.
 ///
 /// Raw inputs (see [`super::split_datagrams`]) are sent as client datagrams from one
@@ -50,21 +49,10 @@ const FLEETS: [&str; 2] = ["fleet-a", "fleet-b"];
 /// server CIDs, route changes, allocation answers (including late and unknown ones),
 /// session closes, draining, and time steps with or without `handle_timeout`.
 ///
-/// Checked after every step:
-/// - bounds: sessions `<= max_sessions`, connection IDs `<= sessions *
-///   max_cids_per_session`, buffered bytes `<= max_buffered_total`, allocations in flight
-///   `<= max_pending_allocations`, pending sessions counted once;
-/// - after `handle_timeout(now)`, no routed session idle for the idle timeout and no
-///   pending one older than the handshake timeout; the next timeout is never later than
-///   any session's deadline, and there is one while a session exists;
-/// - verdicts: `Forward` goes to the backend the session's `SessionOpened` announced, to
-///   a live session; a backend's datagram for a live session goes to its current client
-///   address; every drop is counted once under its reason;
-/// - events: `SessionOpened` only for a route of the table that names that backend (or
-///   the allocation answer), immediately followed by its `Release`; allocations requested
-///   only for fleet routes, each answered, cancelled or timed out once; every session
-///   closed exactly once, none left waiting on an allocation; the sessions the relay lists
-///   are exactly those the events say are open.
+/// Every operation becomes a [`ModelOp`] for one [`RelayModel`], which checks the
+/// relay's bounds, timers, verdicts and events after each (see `porter_sim::RelayModel`);
+/// at the end of the input, the longest timeout passes and nothing may be left
+/// ([`RelayModel::finish`]).
 pub fn relay(data: &[u8]) {
     if let Some(datagrams) = super::raw_datagrams(data) {
         let setup = Setup::for_captures();
@@ -74,8 +62,8 @@ pub fn relay(data: &[u8]) {
                 client: 0,
                 bytes: d.to_vec(),
             });
-            if !h.seen.is_empty() {
-                let last = (h.seen.len() - 1) as u8;
+            if !h.model.seen().is_empty() {
+                let last = (h.model.seen().len() - 1) as u8;
                 h.apply(&Op::BackendRaw {
                     session: last,
                     bytes: d.to_vec(),
@@ -83,6 +71,7 @@ pub fn relay(data: &[u8]) {
             }
             h.apply(&Op::AdvanceThenTimeout(1));
         }
+        h.model.finish();
         return;
     }
     let Some(body) = super::structured(data) else {
@@ -102,6 +91,7 @@ pub fn relay(data: &[u8]) {
             break;
         }
     }
+    h.model.finish();
 }
 
 #[derive(Arbitrary, Debug)]
@@ -324,70 +314,29 @@ fn route(spec: &RouteSpec) -> Route {
     }
 }
 
-/// What an operation was, for judging the events it caused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Cause {
-    Client(ClientAddr),
-    Backend(SessionId),
-    Allocation(AllocationId, Option<BackendAddr>),
-    Timeout,
-    Other,
-}
-
+/// The fuzz input's operations, turned into [`ModelOp`]s for one [`RelayModel`].
 struct Harness {
-    relay: Relay,
-    config: RelayConfig,
-    now: Instant,
-    /// Every session ID seen, in order.
-    seen: Vec<SessionId>,
-    seen_set: HashSet<SessionId>,
-    /// Routed sessions and the backend their `SessionOpened` named.
-    opened: HashMap<SessionId, BackendAddr>,
-    opened_total: u64,
-    closed: HashSet<SessionId>,
-    /// Every allocation requested, in order.
-    allocations: Vec<AllocationId>,
-    waiting: HashMap<AllocationId, SessionId>,
+    model: RelayModel,
     hellos: HashMap<(Option<u8>, bool), Vec<u8>>,
 }
 
 impl Harness {
     fn new(setup: &Setup) -> Self {
-        let config = setup.config();
-        let mut relay = Relay::new(config.clone());
+        let mut model = RelayModel::new(setup.config(), Instant::now());
         for spec in setup.routes.iter().take(6) {
-            let r = route(spec);
-            let valid = match &r.target {
-                RouteTarget::Simple(list) => !list.is_empty(),
-                RouteTarget::Agones { fleet } => !fleet.is_empty(),
-            };
-            assert_eq!(relay.set_route(r).is_ok(), valid, "route validation");
+            model.apply(ModelOp::SetRoute(route(spec)));
         }
         Self {
-            relay,
-            config,
-            now: Instant::now(),
-            seen: Vec::new(),
-            seen_set: HashSet::new(),
-            opened: HashMap::new(),
-            opened_total: 0,
-            closed: HashSet::new(),
-            allocations: Vec::new(),
-            waiting: HashMap::new(),
+            model,
             hellos: HashMap::new(),
-        }
-    }
-
-    fn see(&mut self, id: SessionId) {
-        if self.seen_set.insert(id) {
-            self.seen.push(id);
         }
     }
 
     /// A session of those seen, or one that never existed.
     fn session_ref(&self, i: u8) -> SessionId {
-        let i = usize::from(i) % (self.seen.len() + 1);
-        self.seen.get(i).copied().unwrap_or(SessionId(u64::MAX))
+        let seen = self.model.seen();
+        let i = usize::from(i) % (seen.len() + 1);
+        seen.get(i).copied().unwrap_or(SessionId(u64::MAX))
     }
 
     fn hello(&mut self, name: Option<u8>, big: bool) -> Vec<u8> {
@@ -403,9 +352,12 @@ impl Harness {
     }
 
     fn apply(&mut self, op: &Op) {
-        let before = self.relay.stats();
-        let mut timed_out = false;
-        let (cause, verdict) = match op {
+        let op = self.model_op(op);
+        self.model.apply(op);
+    }
+
+    fn model_op(&mut self, op: &Op) -> ModelOp {
+        match op {
             Op::Initial {
                 client,
                 cid,
@@ -443,7 +395,7 @@ impl Harness {
                     }
                     _ => seal_long_packet(&keys, &spec, &payload, &mut datagram),
                 }
-                self.client(*client, &datagram)
+                client_op(*client, datagram)
             }
             Op::ClientLong {
                 client,
@@ -466,15 +418,15 @@ impl Harness {
                 d.push(0);
                 write_varint(u64::from(*len) + 20, &mut d);
                 d.resize(d.len() + usize::from(*len) + 20, 0x33);
-                self.client(*client, &d)
+                client_op(*client, d)
             }
             Op::ClientShort { client, cid, len } => {
                 let mut d = vec![0x40];
                 d.extend_from_slice(&cid_bytes(cid));
                 d.resize(d.len() + usize::from(*len), 0x77);
-                self.client(*client, &d)
+                client_op(*client, d)
             }
-            Op::ClientRaw { client, bytes } => self.client(*client, bytes),
+            Op::ClientRaw { client, bytes } => client_op(*client, bytes.clone()),
             Op::Backend { session, packets } => {
                 let mut d = Vec::new();
                 for p in packets.iter().take(3) {
@@ -510,42 +462,28 @@ impl Harness {
                         }
                     }
                 }
-                let id = self.session_ref(*session);
-                self.backend(id, &d)
-            }
-            Op::BackendRaw { session, bytes } => {
-                let id = self.session_ref(*session);
-                self.backend(id, bytes)
-            }
-            Op::SetRoute(spec) => {
-                let r = route(spec);
-                let valid = match &r.target {
-                    RouteTarget::Simple(list) => !list.is_empty(),
-                    RouteTarget::Agones { fleet } => !fleet.is_empty(),
-                };
-                let name = r.name.clone();
-                let expected = r.clone();
-                assert_eq!(self.relay.set_route(r).is_ok(), valid, "route validation");
-                if valid {
-                    assert_eq!(self.relay.route(&name), Some(&expected));
+                ModelOp::Backend {
+                    session: self.session_ref(*session),
+                    datagram: d,
                 }
-                (Cause::Other, None)
             }
-            Op::RemoveRoute(i) => {
-                let name = RouteName::parse(ROUTE_NAMES[usize::from(*i) % ROUTE_NAMES.len()])
-                    .expect("route name constants parse");
-                let _ = self.relay.remove_route(&name);
-                assert!(self.relay.route(&name).is_none());
-                (Cause::Other, None)
-            }
+            Op::BackendRaw { session, bytes } => ModelOp::Backend {
+                session: self.session_ref(*session),
+                datagram: bytes.clone(),
+            },
+            Op::SetRoute(spec) => ModelOp::SetRoute(route(spec)),
+            Op::RemoveRoute(i) => ModelOp::RemoveRoute(
+                RouteName::parse(ROUTE_NAMES[usize::from(*i) % ROUTE_NAMES.len()])
+                    .expect("route name constants parse"),
+            ),
             Op::Complete {
                 allocation,
                 ok,
                 backend,
             } => {
-                let i = usize::from(*allocation) % (self.allocations.len() + 1);
-                let id = self
-                    .allocations
+                let allocations = self.model.allocations();
+                let i = usize::from(*allocation) % (allocations.len() + 1);
+                let id = allocations
                     .get(i)
                     .copied()
                     .unwrap_or(AllocationId(u64::MAX));
@@ -557,357 +495,22 @@ impl Harness {
                         reason: "fuzz".into(),
                     })
                 };
-                let answer = self.relay.complete_allocation(self.now, id, result);
-                if self.waiting.remove(&id).is_some() {
-                    assert_eq!(answer, Ok(()), "a waiting allocation takes its answer");
-                } else {
-                    assert_eq!(answer, Err(CompleteAllocationError::NotPending(id)));
-                }
-                (Cause::Allocation(id, ok.then_some(backend)), None)
+                ModelOp::Complete { id, result }
             }
-            Op::Advance(ms) => {
-                self.now += Duration::from_millis(u64::from(*ms));
-                (Cause::Other, None)
-            }
-            Op::Timeout => {
-                self.relay.handle_timeout(self.now);
-                timed_out = true;
-                (Cause::Timeout, None)
-            }
+            Op::Advance(ms) => ModelOp::Advance(Duration::from_millis(u64::from(*ms))),
+            Op::Timeout => ModelOp::Timeout,
             Op::AdvanceThenTimeout(ms) => {
-                self.now += Duration::from_millis(u64::from(*ms));
-                self.relay.handle_timeout(self.now);
-                timed_out = true;
-                (Cause::Timeout, None)
+                ModelOp::AdvanceThenTimeout(Duration::from_millis(u64::from(*ms)))
             }
-            Op::Close(i) => {
-                let id = self.session_ref(*i);
-                let live = self.relay.session(id, self.now).is_some();
-                assert_eq!(self.relay.close_session(self.now, id), live);
-                (Cause::Other, None)
-            }
-            Op::Accepting(on) => {
-                self.relay.set_accepting(*on);
-                (Cause::Other, None)
-            }
-        };
-        let events: Vec<Event> = std::iter::from_fn(|| self.relay.poll_event()).collect();
-        self.check_events(cause, &events);
-        if let Some(verdict) = &verdict {
-            self.check_verdict(cause, verdict, &before, &events);
-        }
-        self.check_state(timed_out);
-    }
-
-    fn client(&mut self, client: u8, datagram: &[u8]) -> (Cause, Option<Verdict>) {
-        let from = client_addr(client);
-        let verdict = self.relay.handle_client_datagram(self.now, from, datagram);
-        (Cause::Client(from), Some(verdict))
-    }
-
-    fn backend(&mut self, id: SessionId, datagram: &[u8]) -> (Cause, Option<Verdict>) {
-        let verdict = self.relay.handle_backend_datagram(self.now, id, datagram);
-        (Cause::Backend(id), Some(verdict))
-    }
-
-    fn check_events(&mut self, cause: Cause, events: &[Event]) {
-        let mut i = 0;
-        while i < events.len() {
-            match &events[i] {
-                Event::SessionOpened {
-                    session,
-                    backend,
-                    sni,
-                    ..
-                } => {
-                    match cause {
-                        Cause::Client(_) => {
-                            let Some(route) = self.relay.route_for(sni.as_deref()) else {
-                                panic!("session opened for {sni:?} without a route");
-                            };
-                            let RouteTarget::Simple(list) = &route.target else {
-                                panic!(
-                                    "session opened on fleet route {route:?} without allocation"
-                                );
-                            };
-                            assert!(
-                                list.contains(backend),
-                                "{backend} not a target of {route:?}"
-                            );
-                        }
-                        Cause::Allocation(_, Some(allocated)) => {
-                            assert_eq!(*backend, allocated, "the allocated backend");
-                        }
-                        other => panic!("session opened by {other:?}"),
-                    }
-                    assert!(!self.opened.contains_key(session) && !self.closed.contains(session));
-                    self.see(*session);
-                    self.opened.insert(*session, *backend);
-                    self.opened_total += 1;
-                    let Some(Event::Release {
-                        session: s,
-                        backend: b,
-                        datagrams,
-                    }) = events.get(i + 1)
-                    else {
-                        panic!("SessionOpened not followed by its Release: {events:?}");
-                    };
-                    assert_eq!((s, b), (session, backend));
-                    assert!(!datagrams.is_empty(), "a session opens on held datagrams");
-                    let held: usize = datagrams.iter().map(|d| d.len()).sum();
-                    assert!(held <= self.config.max_buffered_per_session);
-                    i += 1;
-                }
-                Event::Release { .. } => panic!("Release without SessionOpened: {events:?}"),
-                Event::AllocationRequested {
-                    id,
-                    session,
-                    fleet,
-                    sni,
-                    client,
-                    ..
-                } => {
-                    assert_eq!(
-                        cause,
-                        Cause::Client(*client),
-                        "allocation requested by {cause:?}"
-                    );
-                    let route = self.relay.route_for(sni.as_deref());
-                    assert!(
-                        matches!(route, Some(Route { target: RouteTarget::Agones { fleet: f }, .. }) if f == fleet),
-                        "allocation from {fleet} for {sni:?}, route {route:?}"
-                    );
-                    assert!(
-                        self.waiting.insert(*id, *session).is_none(),
-                        "allocation ID reused"
-                    );
-                    self.allocations.push(*id);
-                    self.see(*session);
-                }
-                Event::AllocationCancelled { id } => {
-                    assert!(
-                        self.waiting.remove(id).is_some(),
-                        "cancelled {id}, which was not waiting"
-                    );
-                }
-                Event::RouteExpired { name } => {
-                    assert_eq!(
-                        cause,
-                        Cause::Timeout,
-                        "route {name} expired outside a timeout"
-                    );
-                    assert!(
-                        self.relay.route(name).is_none(),
-                        "expired route {name} still set"
-                    );
-                }
-                Event::Transmit { datagram, .. } => {
-                    assert!(
-                        matches!(cause, Cause::Allocation(..) | Cause::Timeout),
-                        "Transmit caused by {cause:?}"
-                    );
-                    check_refusal(datagram);
-                }
-                Event::ConnectionRefused { session, .. } => {
-                    let closes = events[i..].iter().any(
-                        |e| matches!(e, Event::SessionClosed { info, .. } if info.id == *session),
-                    );
-                    assert!(closes, "a refused session closes");
-                }
-                Event::ClientAddressChanged { session, from, to } => {
-                    assert_eq!(
-                        cause,
-                        Cause::Client(*to),
-                        "address change caused by {cause:?}"
-                    );
-                    assert_ne!(from, to);
-                    assert!(
-                        self.opened.contains_key(session),
-                        "only routed sessions move"
-                    );
-                }
-                Event::SessionClosed { info, .. } => {
-                    let id = info.id;
-                    assert!(self.closed.insert(id), "{id} closed twice");
-                    self.see(id);
-                    self.opened.remove(&id);
-                    assert!(
-                        !self.waiting.values().any(|s| *s == id),
-                        "{id} closed while its allocation is still awaited"
-                    );
-                }
-            }
-            i += 1;
-        }
-    }
-
-    fn check_verdict(
-        &mut self,
-        cause: Cause,
-        verdict: &Verdict,
-        before: &porter_core::RelayStats,
-        events: &[Event],
-    ) {
-        let after = self.relay.stats();
-        match verdict {
-            Verdict::Forward { session, backend } => {
-                assert!(matches!(cause, Cause::Client(_)));
-                assert_eq!(
-                    self.opened.get(session),
-                    Some(backend),
-                    "Forward to the backend SessionOpened announced"
-                );
-            }
-            Verdict::ForwardToClient { session, client } => {
-                assert_eq!(cause, Cause::Backend(*session));
-                let info = self
-                    .relay
-                    .session(*session, self.now)
-                    .expect("forwarded for a live session");
-                assert_eq!(info.client, *client, "to the session's current client");
-            }
-            Verdict::Buffered { session } => {
-                assert!(matches!(cause, Cause::Client(_)));
-                self.see(*session);
-                let live = self.relay.session(*session, self.now);
-                let opened_now = events
-                    .iter()
-                    .any(|e| matches!(e, Event::SessionOpened { session: s, .. } if s == session));
-                assert!(
-                    live.is_some_and(|s| s.state != SessionState::Established) || opened_now,
-                    "buffered for a session neither pending nor just routed"
-                );
-            }
-            Verdict::Reply(bytes) => {
-                assert!(matches!(cause, Cause::Client(_)));
-                match parse_packet(bytes) {
-                    Ok((Packet::VersionNegotiation { versions, .. }, _)) => {
-                        assert_eq!(versions.len(), 8);
-                    }
-                    _ => check_refusal(bytes),
-                }
-            }
-            Verdict::Drop(reason) => {
-                assert_eq!(
-                    after.drops(*reason),
-                    before.drops(*reason) + 1,
-                    "a drop is counted once under {reason:?}"
-                );
-            }
-        }
-        if let Cause::Backend(id) = cause {
-            // Only a routed session has an upstream socket for its backend to answer on.
-            let routed = self
-                .relay
-                .session(id, self.now)
-                .is_some_and(|s| s.state == SessionState::Established);
-            match verdict {
-                Verdict::Drop(porter_core::DropReason::UnknownSession) => assert!(!routed),
-                Verdict::Drop(porter_core::DropReason::Empty) => assert!(routed),
-                _ => assert!(routed, "backend datagram for {id} forwarded"),
-            }
-        }
-    }
-
-    fn check_state(&mut self, timed_out: bool) {
-        let c = self.config.clone();
-        let stats = self.relay.stats();
-        assert!(
-            stats.sessions <= c.max_sessions,
-            "sessions {}",
-            stats.sessions
-        );
-        assert!(
-            stats.connection_ids <= stats.sessions * c.max_cids_per_session,
-            "{} CIDs for {} sessions",
-            stats.connection_ids,
-            stats.sessions
-        );
-        assert!(
-            stats.buffered_bytes <= c.max_buffered_total,
-            "buffered {}",
-            stats.buffered_bytes
-        );
-        assert!(stats.allocations_in_flight <= c.max_pending_allocations);
-        assert_eq!(stats.allocations_in_flight, self.waiting.len());
-        assert_eq!(stats.sessions_closed, self.closed.len() as u64);
-        assert_eq!(stats.sessions_opened, self.opened_total);
-
-        let sessions = self.relay.sessions(self.now);
-        assert_eq!(sessions.len(), stats.sessions);
-        assert_eq!(self.relay.session_count(), stats.sessions);
-        let mut established = 0;
-        let next = self.relay.poll_timeout();
-        assert!(
-            sessions.is_empty() || next.is_some(),
-            "live sessions need a timer"
-        );
-        for s in &sessions {
-            assert!(
-                !self.closed.contains(&s.id),
-                "{} listed after SessionClosed",
-                s.id
-            );
-            self.see(s.id);
-            let deadline = if s.state == SessionState::Established {
-                established += 1;
-                assert_eq!(
-                    s.backend,
-                    self.opened.get(&s.id).copied(),
-                    "a routed session has the backend SessionOpened named"
-                );
-                if timed_out {
-                    assert!(
-                        s.idle < c.idle_timeout,
-                        "{} idle for {:?} after timeout",
-                        s.id,
-                        s.idle
-                    );
-                }
-                (self.now + c.idle_timeout).checked_sub(s.idle)
-            } else {
-                assert!(!self.opened.contains_key(&s.id));
-                assert!(s.backend.is_none());
-                if timed_out {
-                    assert!(
-                        s.age < c.handshake_timeout,
-                        "{} pending for {:?} after timeout",
-                        s.id,
-                        s.age
-                    );
-                }
-                (self.now + c.handshake_timeout).checked_sub(s.age)
-            };
-            if let (Some(next), Some(deadline)) = (next, deadline) {
-                assert!(next <= deadline, "the timer fires by {}'s deadline", s.id);
-            }
-        }
-        assert_eq!(
-            established,
-            self.opened.len(),
-            "every opened session is listed"
-        );
-        assert_eq!(
-            stats.pending_sessions,
-            sessions.len() - established,
-            "pending sessions counted once each"
-        );
-        if timed_out {
-            assert!(
-                next.is_none_or(|t| t > self.now),
-                "nothing due after handle_timeout"
-            );
+            Op::Close(i) => ModelOp::Close(self.session_ref(*i)),
+            Op::Accepting(on) => ModelOp::Accepting(*on),
         }
     }
 }
 
-/// A refusal: a server Initial (CONNECTION_CLOSE inside, not checked here).
-fn check_refusal(bytes: &[u8]) {
-    match parse_packet(bytes) {
-        Ok((Packet::Long(p), used)) => {
-            assert_eq!(p.ty, LongType::Initial, "a refusal is an Initial");
-            assert_eq!(used, bytes.len());
-        }
-        other => panic!("refusal does not parse: {other:?}"),
+fn client_op(client: u8, datagram: Vec<u8>) -> ModelOp {
+    ModelOp::Client {
+        from: client_addr(client),
+        datagram,
     }
 }

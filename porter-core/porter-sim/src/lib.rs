@@ -28,6 +28,18 @@
 //! assert_eq!(sim.conn(conn).state(), ConnState::Connected);
 //! assert_eq!(sim.conn(conn).servers(), ["a"]);
 //! ```
+//!
+//! Besides the simulation, the crate is the one home of what tests, fuzz targets and the
+//! load generator build packets with, and of the relay's model checker:
+//!
+//! - builders: [`ClientHelloSpec`] (a real client's ClientHello) and [`DescribedHello`]
+//!   (a ClientHello from an `arbitrary`-decodable description, with its expected parse);
+//!   [`client_initial_flight`], [`initial_spec`] and [`seal_padded`] (client Initials),
+//!   [`server_first_flight`], [`retry_packet`], [`long_header_packet`],
+//!   [`short_header_packet`], [`write_crypto`] and [`AckSpec`];
+//! - [`SimRng`], the one seeded random number generator of the harnesses;
+//! - [`RelayModel`]: performs [`ModelOp`]s on a [`porter_core::Relay`] and checks its
+//!   invariants after each (the property tests and the `relay` fuzz target drive it).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -37,6 +49,7 @@ mod clock;
 mod driver;
 mod hello;
 mod message;
+mod model;
 mod net;
 mod packets;
 mod rng;
@@ -52,6 +65,7 @@ pub use client::{Answer, ClientConnection, ClientId, ConnId, ConnState, ConnectS
 pub use clock::Clock;
 pub use driver::{AllocatorBehaviour, DriverStats, LogEntry, RelayDriver};
 pub use hello::{ClientHelloSpec, DescribedAlpn, DescribedHello, DescribedSni, SNI_POOL};
+pub use model::{ModelOp, RelayModel};
 pub use net::{Datagram, LinkConditions, Network, NetworkStats};
 pub use packets::{
     client_initial_flight, initial_spec, long_header_packet, retry_integrity_tag, retry_packet,

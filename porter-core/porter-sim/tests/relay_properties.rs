@@ -3,10 +3,12 @@
 //! CIDs, garbage, truncations), backend datagrams, route changes, allocation answers and
 //! time steps, the relay never panics, keeps every table within its configured bounds,
 //! gives verdicts and events consistent with its routes and with each other, never
-//! arms its timer late, and expires exactly what is due.
+//! arms its timer late, and expires exactly what is due. The checks are porter-sim's
+//! relay model ([`RelayModel`]), shared with the `relay` fuzz target; this file
+//! generates the operations.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -14,12 +16,12 @@ use std::time::{Duration, Instant};
 use porter_core::initial::LongPacketSpec;
 use porter_core::wire::{LongType, Version};
 use porter_core::{
-    AllocationFailure, AllocationId, AssemblerConfig, BackendAddr, ClientAddr, Event, Relay,
-    RelayConfig, Route, RouteName, RouteTarget, SessionId, SessionState, Verdict,
+    AllocationFailure, AllocationId, AssemblerConfig, BackendAddr, ClientAddr, RelayConfig, Route,
+    RouteName, RouteTarget, SessionId,
 };
 use porter_sim::{
-    client_initial_flight, long_header_packet, short_header_packet, ClientHelloSpec,
-    InitialFlightSpec, SimRng,
+    client_initial_flight, long_header_packet, retry_packet, short_header_packet, ClientHelloSpec,
+    InitialFlightSpec, ModelOp, RelayModel, SimRng,
 };
 use proptest::prelude::*;
 use proptest::test_runner::TestRunner;
@@ -243,263 +245,51 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-/// What the test knows, from the relay's own outputs, to check the next ones against.
-#[derive(Default)]
-struct Model {
-    /// Sessions seen (in any verdict or event), in order.
-    seen: Vec<SessionId>,
-    /// Sessions opened and not closed, with their backend.
-    open: HashMap<SessionId, BackendAddr>,
-    closed: HashSet<SessionId>,
-    /// Allocations requested and not yet completed or cancelled, with their session.
-    outstanding: Vec<(AllocationId, SessionId)>,
+/// The generator's side of a case: the operations above, turned into porter-sim's
+/// [`ModelOp`]s for one [`RelayModel`], which checks every invariant after each.
+struct Harness {
+    model: RelayModel,
     /// CIDs the relay should know (pool DCIDs and SCIDs it saw from backends).
     cids: Vec<Vec<u8>>,
     next_unknown_allocation: u64,
 }
 
-impl Model {
-    fn see(&mut self, s: SessionId) {
-        if !self.seen.contains(&s) {
-            self.seen.push(s);
-        }
-    }
-}
-
-struct Harness {
-    relay: Relay,
-    model: Model,
-    now: Instant,
-    config: RelayConfig,
-    /// What the case exercised, by name (verdicts, drop reasons, events).
-    coverage: HashMap<String, u64>,
-}
-
 impl Harness {
     fn new(idle_timeout: Duration) -> Self {
-        let config = config(idle_timeout);
-        let mut relay = Relay::new(config.clone());
-        relay
-            .set_route(Route {
-                name: RouteName::Default,
-                target: RouteTarget::Simple(vec![backend(0), backend(1)]),
-            })
-            .unwrap();
-        let mut model = Model {
-            next_unknown_allocation: 1_000_000,
-            ..Model::default()
-        };
-        model.cids = pool().iter().map(|c| c.dcid.clone()).collect();
+        let mut model = RelayModel::new(config(idle_timeout), Instant::now());
+        model.apply(ModelOp::SetRoute(Route {
+            name: RouteName::Default,
+            target: RouteTarget::Simple(vec![backend(0), backend(1)]),
+        }));
         Self {
-            relay,
             model,
-            now: Instant::now(),
-            config,
-            coverage: HashMap::new(),
-        }
-    }
-
-    /// Checks a verdict and the events that follow it. `allocated` is the backend just
-    /// passed to `complete_allocation`, if that was the input.
-    fn cover(&mut self, what: impl Into<String>) {
-        *self.coverage.entry(what.into()).or_default() += 1;
-    }
-
-    fn after(&mut self, verdict: Option<Verdict>, allocated: Option<(SessionId, BackendAddr)>) {
-        let now = self.now;
-        match &verdict {
-            Some(Verdict::Forward { .. }) => self.cover("forward"),
-            Some(Verdict::ForwardToClient { .. }) => self.cover("forward_to_client"),
-            Some(Verdict::Buffered { .. }) => self.cover("buffered"),
-            Some(Verdict::Reply(_)) => self.cover("reply"),
-            Some(Verdict::Drop(reason)) => self.cover(format!("drop:{}", reason.as_str())),
-            None => {}
-        }
-        match verdict {
-            Some(Verdict::Forward { session, backend }) => {
-                self.model.see(session);
-                assert_eq!(
-                    self.model.open.get(&session),
-                    Some(&backend),
-                    "{session}: Forward to the backend it was opened with"
-                );
-            }
-            Some(Verdict::ForwardToClient { session, client }) => {
-                self.model.see(session);
-                assert!(self.model.open.contains_key(&session), "{session} is open");
-                let info = self.relay.session(session, now).expect("a live session");
-                assert_eq!(info.client, client);
-            }
-            Some(Verdict::Buffered { session }) => self.model.see(session),
-            Some(Verdict::Reply(_)) | Some(Verdict::Drop(_)) | None => {}
-        }
-        let events: Vec<Event> = std::iter::from_fn(|| self.relay.poll_event()).collect();
-        for event in events {
-            match &event {
-                Event::SessionClosed { reason, .. } => {
-                    self.cover(format!("closed:{}", reason.as_str()));
-                }
-                Event::SessionOpened { .. } => self.cover("opened"),
-                Event::AllocationRequested { .. } => self.cover("allocation_requested"),
-                Event::AllocationCancelled { .. } => self.cover("allocation_cancelled"),
-                Event::ClientAddressChanged { .. } => self.cover("client_moved"),
-                Event::Transmit { .. } => self.cover("transmit"),
-                _ => {}
-            }
-            match event {
-                Event::SessionOpened {
-                    session,
-                    backend,
-                    sni,
-                    ..
-                } => {
-                    self.model.see(session);
-                    assert!(!self.model.open.contains_key(&session), "opened twice");
-                    assert!(!self.model.closed.contains(&session), "opened after close");
-                    match allocated {
-                        Some((s, b)) => assert_eq!((session, backend), (s, b)),
-                        None => {
-                            // Routed now: the backend is one the current route names.
-                            let route = self.relay.route_for(sni.as_deref()).expect("a route");
-                            match &route.target {
-                                RouteTarget::Simple(backends) => {
-                                    assert!(
-                                        backends.contains(&backend),
-                                        "{backend} not in {route:?}"
-                                    );
-                                }
-                                other => panic!("opened without allocation on {other:?}"),
-                            }
-                        }
-                    }
-                    self.model.open.insert(session, backend);
-                }
-                Event::Release {
-                    session,
-                    backend,
-                    datagrams,
-                } => {
-                    assert_eq!(
-                        self.model.open.get(&session),
-                        Some(&backend),
-                        "{session}: Release follows its SessionOpened"
-                    );
-                    assert!(!datagrams.is_empty());
-                }
-                Event::AllocationRequested {
-                    id, session, fleet, ..
-                } => {
-                    self.model.see(session);
-                    assert!(FLEETS.contains(&&*fleet));
-                    assert!(self.model.outstanding.iter().all(|(a, _)| *a != id));
-                    self.model.outstanding.push((id, session));
-                }
-                Event::AllocationCancelled { id } => {
-                    let i = self
-                        .model
-                        .outstanding
-                        .iter()
-                        .position(|(a, _)| *a == id)
-                        .expect("only outstanding allocations are cancelled");
-                    self.model.outstanding.remove(i);
-                }
-                Event::SessionClosed { info, .. } => {
-                    assert!(self.model.closed.insert(info.id), "closed twice");
-                    self.model.open.remove(&info.id);
-                    assert!(
-                        self.model.outstanding.iter().all(|(_, s)| *s != info.id),
-                        "a closed session's allocation was cancelled first"
-                    );
-                }
-                Event::Transmit { .. }
-                | Event::ConnectionRefused { .. }
-                | Event::ClientAddressChanged { .. } => {}
-                // This test installs no temporary routes.
-                Event::RouteExpired { name } => panic!("route {name} expired, none was temporary"),
-            }
-        }
-        self.check_bounds();
-    }
-
-    fn check_bounds(&self) {
-        let c = &self.config;
-        let stats = self.relay.stats();
-        let sessions = self.relay.sessions(self.now);
-        assert!(stats.sessions <= c.max_sessions, "{stats:?}");
-        assert_eq!(stats.sessions, sessions.len());
-        assert!(
-            stats.connection_ids <= stats.sessions * c.max_cids_per_session,
-            "{stats:?}"
-        );
-        assert!(stats.buffered_bytes <= c.max_buffered_total, "{stats:?}");
-        // Refusals are remembered for one handshake timeout, at most 16 384 of them.
-        assert!(stats.remembered_refusals <= 16 * 1024, "{stats:?}");
-        assert!(
-            stats.remembered_refusals as u64 <= stats.refused,
-            "{stats:?}"
-        );
-        assert!(
-            stats.allocations_in_flight <= c.max_pending_allocations,
-            "{stats:?}"
-        );
-        assert_eq!(stats.allocations_in_flight, self.model.outstanding.len());
-        let pending = sessions
-            .iter()
-            .filter(|s| s.state != SessionState::Established)
-            .count();
-        assert_eq!(stats.pending_sessions, pending, "{stats:?}");
-        if stats.sessions == 0 {
-            assert_eq!((stats.buffered_bytes, stats.connection_ids), (0, 0));
-        }
-        for s in &sessions {
-            assert_eq!(
-                s.backend.is_some(),
-                s.state == SessionState::Established,
-                "{s:?}"
-            );
-            if let Some(b) = s.backend {
-                assert_eq!(self.model.open.get(&s.id), Some(&b));
-            }
-        }
-        // The timer is never late: it is armed at or before every session's deadline.
-        let deadline = sessions
-            .iter()
-            .map(|s| match s.state {
-                SessionState::Established => self.now + c.idle_timeout - s.idle.min(c.idle_timeout),
-                _ => self.now + c.handshake_timeout - s.age.min(c.handshake_timeout),
-            })
-            .min();
-        if let Some(deadline) = deadline {
-            let timer = self.relay.poll_timeout().expect("sessions need a timer");
-            assert!(timer <= deadline, "timer armed after a session's deadline");
-        }
-    }
-
-    fn check_expired(&self) {
-        let c = &self.config;
-        if let Some(t) = self.relay.poll_timeout() {
-            assert!(t > self.now, "handle_timeout left due work");
-        }
-        for s in self.relay.sessions(self.now) {
-            match s.state {
-                SessionState::Established => {
-                    assert!(s.idle < c.idle_timeout, "{s:?} should have idled out");
-                }
-                _ => assert!(s.age < c.handshake_timeout, "{s:?} should have timed out"),
-            }
+            cids: pool().iter().map(|c| c.dcid.clone()).collect(),
+            next_unknown_allocation: 1_000_000,
         }
     }
 
     fn pick_session(&self, i: usize, known: bool) -> SessionId {
-        if known && !self.model.seen.is_empty() {
-            self.model.seen[i % self.model.seen.len()]
+        let seen = self.model.seen();
+        if known && !seen.is_empty() {
+            seen[i % seen.len()]
         } else {
             SessionId((i % 40) as u64)
         }
     }
 
+    fn known_cid(&self, cid: CidPick) -> Vec<u8> {
+        match cid {
+            CidPick::Known(i) => self.cids[i % self.cids.len()].clone(),
+            CidPick::Random(b) => b,
+        }
+    }
+
     fn apply(&mut self, op: Op) {
-        let now = self.now;
+        let op = self.model_op(op);
+        self.model.apply(op);
+    }
+
+    fn model_op(&mut self, op: Op) -> ModelOp {
         match op {
             Op::Initial {
                 client: c,
@@ -508,8 +298,10 @@ impl Harness {
             } => {
                 let flight = &pool()[conn].flight;
                 let d = &flight[part % flight.len()];
-                let v = self.relay.handle_client_datagram(now, client(c), d);
-                self.after(Some(v), None);
+                ModelOp::Client {
+                    from: client(c),
+                    datagram: d.clone(),
+                }
             }
             Op::Truncated {
                 client: c,
@@ -519,38 +311,33 @@ impl Harness {
             } => {
                 let flight = &pool()[conn].flight;
                 let d = &flight[part % flight.len()];
-                let v = self
-                    .relay
-                    .handle_client_datagram(now, client(c), &d[..cut.min(d.len())]);
-                self.after(Some(v), None);
+                ModelOp::Client {
+                    from: client(c),
+                    datagram: d[..cut.min(d.len())].to_vec(),
+                }
             }
             Op::Short {
                 client: c,
                 cid,
                 len,
             } => {
-                let cid = match cid {
-                    CidPick::Known(i) => self.model.cids[i % self.model.cids.len()].clone(),
-                    CidPick::Random(b) => b,
-                };
-                let d = short_header_packet(0x15, &cid, 7, &vec![0xab; len]);
-                let v = self.relay.handle_client_datagram(now, client(c), &d);
-                self.after(Some(v), None);
+                let cid = self.known_cid(cid);
+                ModelOp::Client {
+                    from: client(c),
+                    datagram: short_header_packet(0x15, &cid, 7, &vec![0xab; len]),
+                }
             }
-            Op::Garbage { client: c, bytes } => {
-                let v = self.relay.handle_client_datagram(now, client(c), &bytes);
-                self.after(Some(v), None);
-            }
+            Op::Garbage { client: c, bytes } => ModelOp::Client {
+                from: client(c),
+                datagram: bytes,
+            },
             Op::ClientLong {
                 client: c,
                 cid,
                 zero_rtt,
                 padded,
             } => {
-                let cid = match cid {
-                    CidPick::Known(i) => self.model.cids[i % self.model.cids.len()].clone(),
-                    CidPick::Random(b) => b,
-                };
+                let cid = self.known_cid(cid);
                 let mut d = Vec::new();
                 let ty = if zero_rtt {
                     LongType::ZeroRtt
@@ -573,8 +360,10 @@ impl Harness {
                 if padded {
                     d.resize(1200, 0);
                 }
-                let v = self.relay.handle_client_datagram(now, client(c), &d);
-                self.after(Some(v), None);
+                ModelOp::Client {
+                    from: client(c),
+                    datagram: d,
+                }
             }
             Op::Backend {
                 session,
@@ -592,14 +381,7 @@ impl Harness {
                         };
                         for &ty in types {
                             if ty == LongType::Retry {
-                                d = porter_sim::retry_packet(
-                                    Version::V1,
-                                    &[1; 8],
-                                    &[],
-                                    &scid,
-                                    b"tok",
-                                    0,
-                                );
+                                d = retry_packet(Version::V1, &[1; 8], &[], &scid, b"tok", 0);
                             } else {
                                 long_header_packet(
                                     Version::V1,
@@ -617,51 +399,46 @@ impl Harness {
                             }
                         }
                         if !scid.is_empty() {
-                            self.model.cids.push(scid);
+                            self.cids.push(scid);
                         }
                         d
                     }
                     BackendKind::Short(len) => short_header_packet(0, &[], 1, &vec![1; len]),
                     BackendKind::Garbage(bytes) => bytes,
                 };
-                let v = self.relay.handle_backend_datagram(now, id, &d);
-                self.after(Some(v), None);
+                ModelOp::Backend {
+                    session: id,
+                    datagram: d,
+                }
             }
-            Op::SetSimple { name, backends } => {
-                let route = Route {
-                    name: RouteName::parse(ROUTE_NAMES[name]).unwrap(),
-                    target: RouteTarget::Simple(backends.into_iter().map(backend).collect()),
-                };
-                self.relay.set_route(route).unwrap();
-            }
-            Op::SetAgones { name, fleet } => {
-                let route = Route {
-                    name: RouteName::parse(ROUTE_NAMES[name]).unwrap(),
-                    target: RouteTarget::Agones {
-                        fleet: FLEETS[fleet].into(),
-                    },
-                };
-                self.relay.set_route(route).unwrap();
-            }
+            Op::SetSimple { name, backends } => ModelOp::SetRoute(Route {
+                name: RouteName::parse(ROUTE_NAMES[name]).unwrap(),
+                target: RouteTarget::Simple(backends.into_iter().map(backend).collect()),
+            }),
+            Op::SetAgones { name, fleet } => ModelOp::SetRoute(Route {
+                name: RouteName::parse(ROUTE_NAMES[name]).unwrap(),
+                target: RouteTarget::Agones {
+                    fleet: FLEETS[fleet].into(),
+                },
+            }),
             Op::RemoveRoute { name } => {
-                let _ = self
-                    .relay
-                    .remove_route(&RouteName::parse(ROUTE_NAMES[name]).unwrap());
+                ModelOp::RemoveRoute(RouteName::parse(ROUTE_NAMES[name]).unwrap())
             }
             Op::Complete {
                 pick,
                 outstanding,
                 ok,
             } => {
-                let target = if outstanding && !self.model.outstanding.is_empty() {
-                    Some(self.model.outstanding[pick % self.model.outstanding.len()])
+                let waiting = self.model.waiting();
+                let target = if outstanding && !waiting.is_empty() {
+                    Some(waiting[pick % waiting.len()])
                 } else {
                     None
                 };
                 let id = target.map_or_else(
                     || {
-                        self.model.next_unknown_allocation += 1;
-                        AllocationId(self.model.next_unknown_allocation)
+                        self.next_unknown_allocation += 1;
+                        AllocationId(self.next_unknown_allocation)
                     },
                     |(id, _)| id,
                 );
@@ -671,40 +448,12 @@ impl Harness {
                         reason: "no game server".into(),
                     }),
                 };
-                let answer = self.relay.complete_allocation(now, id, result.clone());
-                assert_eq!(answer.is_ok(), target.is_some(), "{id}: {answer:?}");
-                self.cover(match (&answer, &result) {
-                    (Ok(()), Ok(_)) => "allocated",
-                    (Ok(()), Err(_)) => "allocation_failed",
-                    (Err(_), _) => "allocation_not_pending",
-                });
-                if let Some((id, session)) = target {
-                    self.model.outstanding.retain(|(a, _)| *a != id);
-                    let allocated = result.ok().map(|b| (session, b));
-                    self.after(None, allocated);
-                } else {
-                    self.after(None, None);
-                }
+                ModelOp::Complete { id, result }
             }
-            Op::Close { session } => {
-                let id = self.pick_session(session, true);
-                let existed = self.relay.session(id, now).is_some();
-                assert_eq!(self.relay.close_session(now, id), existed);
-                self.after(None, None);
-            }
-            Op::Accepting(on) => {
-                self.relay.set_accepting(on);
-                self.check_bounds();
-            }
-            Op::Advance { ms } => {
-                self.now += Duration::from_millis(ms);
-                self.check_bounds();
-            }
-            Op::Timeout => {
-                self.relay.handle_timeout(now);
-                self.after(None, None);
-                self.check_expired();
-            }
+            Op::Close { session } => ModelOp::Close(self.pick_session(session, true)),
+            Op::Accepting(on) => ModelOp::Accepting(on),
+            Op::Advance { ms } => ModelOp::Advance(Duration::from_millis(ms)),
+            Op::Timeout => ModelOp::Timeout,
         }
     }
 }
@@ -746,16 +495,10 @@ fn run_case(idle_timeout: Duration, ops: Vec<Op>, coverage: &RefCell<HashMap<Str
         h.apply(op);
     }
     // Whatever happened, everything ends by the longest timeout.
-    h.now += h.config.idle_timeout.max(h.config.handshake_timeout);
-    h.relay.handle_timeout(h.now);
-    h.after(None, None);
-    h.check_expired();
-    assert_eq!(h.relay.session_count(), 0);
-    let stats = h.relay.stats();
-    assert_eq!((stats.connection_ids, stats.buffered_bytes), (0, 0));
+    h.model.finish();
     let mut total = coverage.borrow_mut();
-    for (what, n) in h.coverage {
-        *total.entry(what).or_default() += n;
+    for (what, n) in h.model.coverage() {
+        *total.entry(what.clone()).or_default() += n;
     }
 }
 
