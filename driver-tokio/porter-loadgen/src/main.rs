@@ -264,7 +264,11 @@ fn client_initial(sni: &str, odcid: &[u8], scid: &[u8], rng: &mut SimRng) -> Vec
         },
         &hello,
     );
-    debug_assert_eq!(flight.len(), 1, "a ClientHello without post-quantum share fits");
+    debug_assert_eq!(
+        flight.len(),
+        1,
+        "a ClientHello without post-quantum share fits"
+    );
     flight.swap_remove(0)
 }
 
