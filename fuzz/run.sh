@@ -7,8 +7,10 @@
 #
 #   fuzz/run.sh [SECONDS] [TARGET...]
 #
-# Needs cargo-fuzz (installed here if missing) and only a stable toolchain:
-# RUSTC_BOOTSTRAP=1 lets cargo-fuzz use the nightly flags (sanitizer, coverage).
+# Needs cargo-fuzz 0.11.4 or later (installed here if missing; earlier ones cannot build a
+# fuzz crate that is a member of the root workspace, as porter-fuzz is) and only a stable
+# toolchain: RUSTC_BOOTSTRAP=1 lets cargo-fuzz use the nightly flags (sanitizer, coverage).
+# The builds go to the workspace's target/ directory.
 set -euo pipefail
 cd "$(dirname "$0")"
 

@@ -1,4 +1,4 @@
-//! The `initial` target; see `porter_core::fuzzing::initial` for what it feeds and checks.
+//! The `initial` target; see `porter_fuzz::initial` for what it feeds and checks.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| porter_core::fuzzing::initial(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| porter_fuzz::initial(data));

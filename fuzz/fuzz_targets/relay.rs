@@ -1,4 +1,4 @@
-//! The `relay` target; see `porter_core::fuzzing::relay` for what it feeds and checks.
+//! The `relay` target; see `porter_fuzz::relay` for what it feeds and checks.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| porter_core::fuzzing::relay(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| porter_fuzz::relay(data));

@@ -146,16 +146,11 @@ mod cid;
 pub mod client_hello;
 pub mod crypto_stream;
 pub mod frame;
-#[cfg(feature = "fuzzing")]
-#[doc(hidden)]
-pub mod fuzzing;
 mod ids;
 pub mod initial;
 mod relay;
 mod routes;
 mod session;
-#[cfg(feature = "sim")]
-pub mod sim;
 pub mod wire;
 
 pub use assembler::{

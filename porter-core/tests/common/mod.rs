@@ -1,12 +1,18 @@
-//! Shared helpers for porter-core's integration tests: test data loading.
+//! Shared helpers for the integration tests of porter-core, porter-sim and porter-fuzz
+//! (the last two include this file by path): test data loading.
 #![allow(dead_code, unreachable_pub)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-/// Path of a file in `tests/data`.
+/// Path of a file in porter-core's `tests/data`, from porter-core itself, from
+/// porter-sim (nested in porter-core) or from a sibling of porter-core (porter-fuzz).
 pub fn data_path(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data")
+    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    ["tests/data", "../tests/data", "../porter-core/tests/data"]
+        .iter()
+        .map(|dir| crate_dir.join(dir))
+        .find(|dir| dir.join("README.md").is_file())
+        .expect("porter-core/tests/data")
         .join(name)
 }
 
