@@ -39,10 +39,6 @@ mod config;
 mod error;
 mod tls;
 
-#[cfg(feature = "testing")]
-#[doc(hidden)]
-pub mod testing;
-
 pub use allocator::AgonesAllocator;
 pub use client::{AgonesClient, Allocation, FLEET_LABEL, KEEPALIVE_INTERVAL};
 pub use config::{
@@ -52,7 +48,8 @@ pub use config::{
 pub use error::{AllocateError, ClientConfigError, TlsError};
 
 /// Wire types and gRPC stubs generated from `control/proto/allocation.proto` (package
-/// `allocation`): the client Porter uses and the server the test allocator is built on.
+/// `allocation`): the client Porter uses. `porter-test-support` builds the test
+/// allocator's server on these types.
 #[allow(
     missing_docs,
     unreachable_pub,

@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use control::agones::proto::game_server_selector::GameServerState;
 use control::agones::proto::{ListAction, ListSelector};
-use control::agones::testing::{
-    ServerCert, TestAllocator, TestGameServer, TestGameServerState, TestPki, SERVER_DNS_NAME,
-};
 use control::agones::{
     AgonesClient, AgonesClientConfig, AllocateError, ClientConfigError, PemRole, TlsError,
     FLEET_LABEL,
+};
+use porter_test_support::{
+    ServerCert, TestAllocator, TestGameServer, TestGameServerState, TestPki, SERVER_DNS_NAME,
 };
 use tokio::time::Instant;
 use tonic::Code;

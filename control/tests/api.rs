@@ -11,21 +11,17 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use control::api::{Api, ApiSettings, DriverGauges, ENDPOINTS};
-use control::host::{RelayHost, SharedHost};
+use control::host::SharedHost;
 use control::sync::RouteSync;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame};
 use hyper::{Method, Request, StatusCode};
-use porter_core::{Relay, RelayConfig};
+use porter_test_support::host;
 use proptest::prelude::*;
 use serde_json::Value;
 
 const TOKEN: &str = "s3cret-token";
 const LIMIT: usize = 1024;
-
-fn host() -> SharedHost {
-    RelayHost::new(Relay::new(RelayConfig::default()), false).shared()
-}
 
 fn api_with(host: SharedHost, token: Option<&str>) -> Api {
     let settings = ApiSettings {

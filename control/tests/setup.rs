@@ -2,17 +2,7 @@
 
 use control::setup::Settings;
 use porter_core::{RouteName, RouteTarget};
-
-/// The original project's sample file, unchanged.
-const ORIGINAL: &str = r#"
-udp: {port: 7777, log_requests: true}
-api: {port: 8080, log_requests: false}
-redis: {enabled: false, address: "localhost:6379", password: "", db: 0, channel: "porter_routes"}
-agones: {enabled: false, namespace: default, allocator_host: "agones-allocator.agones-system.svc:443", allocator_client_cert: /certs/client.crt, allocator_client_key: /certs/client.key, allocator_ca_cert: /certs/ca.crt}
-routes:
-  - {fqdn: game1.example.com, type: simple, target: "10.0.0.5:7777"}
-  - {fqdn: game2.example.com, type: agones, target: my-fleet}
-"#;
+use porter_test_support::ORIGINAL_CONFIG as ORIGINAL;
 
 #[test]
 fn original_sample_runs() {

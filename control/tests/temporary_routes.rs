@@ -5,11 +5,11 @@ use std::time::{Duration, Instant};
 
 use control::host::RelayHost;
 use control::sync::{Change, RouteSync, RouteType, SharedRoute};
-use porter_core::{Relay, RelayConfig};
+use porter_test_support::host;
 
 #[test]
 fn an_expired_route_is_deleted_from_redis_too() {
-    let host = RelayHost::new(Relay::new(RelayConfig::default()), false).shared();
+    let host = host();
     let sync = RouteSync::with_instance(host.clone(), "porter_routes", "instance-a");
     let shared = SharedRoute::from_entry(RouteType::Simple, "gs-1.play.test", "127.0.0.1:7000")
         .expect("valid route");

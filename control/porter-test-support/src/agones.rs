@@ -2,9 +2,8 @@
 //! `allocation.proto`, over mutual TLS (rustls, client certificates required and
 //! verified), in front of a simulated fleet.
 //!
-//! Built for tests (enabled by the `testing` feature), here so that the drivers'
-//! end-to-end tests can use the same allocator as `control`'s. Everything binds to
-//! 127.0.0.1 on a port the OS picks.
+//! Shared by control's tests of the Agones client and the end-to-end suite. Everything
+//! binds to 127.0.0.1 on a port the OS picks.
 //!
 //! The simulation follows Agones where Porter depends on it: selectors are tried in
 //! order; a selector matches a game server of the request's namespace that carries all its
@@ -27,11 +26,26 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Code, Request, Response, Status};
 
-use super::proto::allocation_response::GameServerStatusPort;
-use super::proto::allocation_service_server::{AllocationService, AllocationServiceServer};
-use super::proto::game_server_selector::GameServerState;
-use super::proto::{AllocationRequest, AllocationResponse, GameServerSelector};
-use super::{AgonesClientConfig, FLEET_LABEL};
+use control::agones::proto::allocation_response::GameServerStatusPort;
+use control::agones::proto::game_server_selector::GameServerState;
+use control::agones::proto::{AllocationRequest, AllocationResponse, GameServerSelector};
+use control::agones::{AgonesClientConfig, FLEET_LABEL};
+use server::allocation_service_server::{AllocationService, AllocationServiceServer};
+
+/// The server side generated from control's `allocation.proto` (see `build.rs`), on
+/// control's message types.
+#[allow(
+    unreachable_pub,
+    unused_qualifications,
+    clippy::all,
+    clippy::pedantic,
+    clippy::use_self,
+    clippy::semicolon_if_nothing_returned,
+    clippy::manual_let_else
+)]
+mod server {
+    tonic::include_proto!("allocation");
+}
 
 /// The DNS name in [`TestPki::server_with_dns`].
 pub const SERVER_DNS_NAME: &str = "allocator.porter.test";

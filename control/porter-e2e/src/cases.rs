@@ -1,5 +1,6 @@
-//! The end-to-end cases, written once and run against every relay binary. The including
-//! test file defines `BINARY` (the binary's path) and declares `mod support`.
+//! The end-to-end cases, written once and run against every relay binary: each takes the
+//! [`Binary`] under test (the drivers' `tests/e2e.rs` instantiate them with
+//! [`suite!`](crate::suite)).
 //!
 //! Each case runs the real binary with a generated config, with real QUIC peers (quinn)
 //! or plain UDP sockets on loopback.
@@ -7,8 +8,9 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use super::support::*;
-use super::BINARY;
+use porter_test_support::*;
+
+use crate::peers::*;
 
 fn simple_route(fqdn: &str, target: SocketAddr) -> String {
     format!("  - {{fqdn: \"{fqdn}\", type: simple, target: \"{target}\"}}\n")
@@ -16,8 +18,7 @@ fn simple_route(fqdn: &str, target: SocketAddr) -> String {
 
 /// Acceptance 1: two servers with different certificates behind one relay; exact,
 /// wildcard and default routes reach the right one.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn routes_by_sni_exact_wildcard_and_default() {
+pub async fn routes_by_sni_exact_wildcard_and_default(bin: Binary) {
     let pki = Pki::new();
     let a = EchoServer::start("A", pki.server_config(&["a.test", "x.wild.test"]), false);
     let b = EchoServer::start("B", pki.server_config(&["b.test", "other.test"]), false);
@@ -28,7 +29,7 @@ async fn routes_by_sni_exact_wildcard_and_default() {
         simple_route("*.wild.test", a.addr),
         simple_route("*", b.addr),
     );
-    let porter = Porter::start(BINARY, &routes);
+    let porter = Porter::start(bin, &routes);
     let client = client_endpoint(pki.client_config(None));
     for (sni, expect) in [
         ("a.test", "A"),
@@ -48,14 +49,10 @@ async fn routes_by_sni_exact_wildcard_and_default() {
 }
 
 /// Acceptance 2: a ClientHello that spans two Initial packets (a long ALPN list).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_hello_spanning_two_initials() {
+pub async fn client_hello_spanning_two_initials(bin: Binary) {
     let pki = Pki::new();
     let a = EchoServer::start("A", pki.server_config(&["a.test"]), false);
-    let porter = Porter::start(
-        BINARY,
-        &format!("routes:\n{}", simple_route("a.test", a.addr)),
-    );
+    let porter = Porter::start(bin, &format!("routes:\n{}", simple_route("a.test", a.addr)));
     // 40 protocols of 40 bytes: the ClientHello is well over one packet.
     let mut alpn: Vec<Vec<u8>> = (0..40)
         .map(|i| format!("proto-{i:02}-{}", "x".repeat(31)).into_bytes())
@@ -77,8 +74,7 @@ async fn client_hello_spanning_two_initials() {
 
 /// Acceptance 3: a client that moves to a new socket (Endpoint::rebind) and a client
 /// behind a NAT that changes its outside port both stay with their backend.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn migration_and_nat_rebinding_keep_the_backend() {
+pub async fn migration_and_nat_rebinding_keep_the_backend(bin: Binary) {
     let pki = Pki::new();
     let a = EchoServer::start("A", pki.server_config(&["a.test"]), false);
     let b = EchoServer::start("B", pki.server_config(&["b.test"]), false);
@@ -87,7 +83,7 @@ async fn migration_and_nat_rebinding_keep_the_backend() {
         simple_route("a.test", a.addr),
         simple_route("b.test", b.addr)
     );
-    let porter = Porter::start(BINARY, &routes);
+    let porter = Porter::start(bin, &routes);
 
     // Rebind: the client's own socket changes.
     let client = client_endpoint(pki.client_config(None));
@@ -128,12 +124,11 @@ async fn migration_and_nat_rebinding_keep_the_backend() {
 }
 
 /// Acceptance 4: a server that always sends Retry works through the relay.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retry_server_works() {
+pub async fn retry_server_works(bin: Binary) {
     let pki = Pki::new();
     let a = EchoServer::start("R", pki.server_config(&["retry.test"]), true);
     let porter = Porter::start(
-        BINARY,
+        bin,
         &format!("routes:\n{}", simple_route("retry.test", a.addr)),
     );
     let client = client_endpoint(pki.client_config(None));
@@ -145,14 +140,10 @@ async fn retry_server_works() {
 }
 
 /// Acceptance 5: an unknown SNI fails fast with CONNECTION_REFUSED.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unknown_sni_is_refused_fast() {
+pub async fn unknown_sni_is_refused_fast(bin: Binary) {
     let pki = Pki::new();
     let a = EchoServer::start("A", pki.server_config(&["a.test"]), false);
-    let porter = Porter::start(
-        BINARY,
-        &format!("routes:\n{}", simple_route("a.test", a.addr)),
-    );
+    let porter = Porter::start(bin, &format!("routes:\n{}", simple_route("a.test", a.addr)));
     let client = client_endpoint(pki.client_config(None));
     let started = Instant::now();
     let err = connect(&client, porter.udp, "nobody.test")
@@ -174,8 +165,7 @@ async fn unknown_sni_is_refused_fast() {
 
 /// Acceptance 6: 200 concurrent connections over two backends; once they close and the
 /// idle timeout passes, nothing is left.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn many_connections_then_nothing_left() {
+pub async fn many_connections_then_nothing_left(bin: Binary) {
     let pki = Pki::new();
     let a = EchoServer::start("A", pki.server_config(&["a.test"]), false);
     let b = EchoServer::start("B", pki.server_config(&["b.test"]), false);
@@ -187,7 +177,7 @@ async fn many_connections_then_nothing_left() {
         simple_route("a.test", a.addr),
         simple_route("b.test", b.addr)
     );
-    let porter = Porter::start(BINARY, &routes);
+    let porter = Porter::start(bin, &routes);
     // Four client sockets carry 50 connections each: many connections share a 4-tuple.
     let endpoints: Vec<quinn::Endpoint> = (0..4)
         .map(|_| client_endpoint(pki.client_config(None)))
@@ -222,9 +212,8 @@ async fn many_connections_then_nothing_left() {
 
 /// Acceptance 7: every capture's datagrams, replayed at the relay, reach the backend for
 /// its SNI byte for byte and in order.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn corpus_replay_reaches_the_right_backend() {
-    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/../porter-core/tests/data");
+pub async fn corpus_replay_reaches_the_right_backend(bin: Binary) {
+    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/../../porter-core/tests/data");
     let captures = [
         ("chromium-156-h3.json", "game1.example.com"),
         (
@@ -241,7 +230,7 @@ async fn corpus_replay_reaches_the_right_backend() {
         routes.push_str(&simple_route(sni, sink.addr));
         sinks.push(sink);
     }
-    let porter = Porter::start(BINARY, &routes);
+    let porter = Porter::start(bin, &routes);
     for ((file, sni), sink) in captures.iter().zip(&sinks) {
         let text = std::fs::read_to_string(format!("{data}/{file}")).unwrap();
         let list: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -288,10 +277,9 @@ fn hex_decode(s: &str) -> Vec<u8> {
 }
 
 /// Acceptance 8a: a malformed config is reported with the key at fault.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn malformed_config_names_the_problem() {
+pub async fn malformed_config_names_the_problem(bin: Binary) {
     let config = "udp: {port: 7000, colour: blue}\nroutes:\n  - {fqdn: \"a..test\", type: simple, target: \"127.0.0.1:1\"}\n";
-    let mut check = Porter::spawn(BINARY, config, &["check"]);
+    let mut check = Porter::spawn(bin, config, &["check"]);
     let code = check
         .wait_exit(Duration::from_secs(10))
         .expect("check exits");
@@ -301,7 +289,7 @@ async fn malformed_config_names_the_problem() {
     assert!(log.contains("routes[0]"), "bad route not located:\n{log}");
 
     let missing = temp_dir().join("no-such-config.yaml");
-    let out = std::process::Command::new(BINARY)
+    let out = std::process::Command::new(bin.path)
         .arg("--config")
         .arg(&missing)
         .output()
@@ -313,21 +301,20 @@ async fn malformed_config_names_the_problem() {
         "missing file not named: {stderr}"
     );
 
-    let mut run = Porter::spawn(BINARY, config, &[]);
+    let mut run = Porter::spawn(bin, config, &[]);
     assert_ne!(run.wait_exit(Duration::from_secs(10)), Some(0));
     assert!(run.log().contains("colour"), "{}", run.log());
 }
 
 /// Acceptance 8b: a port in use is a clear start-up error.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn port_in_use_is_a_clear_error() {
+pub async fn port_in_use_is_a_clear_error(bin: Binary) {
     let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
     let config = format!(
         "udp: {{port: {port}, bind: 127.0.0.1}}\napi: {{port: {}}}\nroutes: []\n",
         free_tcp_port()
     );
-    let mut porter = Porter::spawn(BINARY, &config, &[]);
+    let mut porter = Porter::spawn(bin, &config, &[]);
     let code = porter.wait_exit(Duration::from_secs(10));
     assert!(matches!(code, Some(c) if c != 0), "exit {code:?}");
     let log = porter.log();
@@ -338,12 +325,11 @@ async fn port_in_use_is_a_clear_error() {
 }
 
 /// Acceptance 8c: an unreachable backend is named in the log.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unreachable_backend_is_logged() {
+pub async fn unreachable_backend_is_logged(bin: Binary) {
     let pki = Pki::new();
     let closed: SocketAddr = ([127, 0, 0, 1], free_udp_port()).into();
     let porter = Porter::start(
-        BINARY,
+        bin,
         &format!("routes:\n{}", simple_route("dead.test", closed)),
     );
     let client = client_endpoint(pki.client_config(None));
@@ -359,9 +345,8 @@ async fn unreachable_backend_is_logged() {
 }
 
 /// SIGTERM drains and exits 0.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_exits_cleanly() {
-    let mut porter = Porter::start(BINARY, "relay: {drain_period: 1s}\nroutes: []\n");
+pub async fn sigterm_exits_cleanly(bin: Binary) {
+    let mut porter = Porter::start(bin, "relay: {drain_period: 1s}\nroutes: []\n");
     porter.terminate();
     assert_eq!(
         porter.wait_exit(Duration::from_secs(10)),

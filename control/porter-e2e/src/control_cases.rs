@@ -6,8 +6,9 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use super::support::*;
-use super::BINARY;
+use porter_test_support::*;
+
+use crate::peers::*;
 
 /// Enough for a debug build on a loaded two-core machine; conditions are polled, so a
 /// passing run takes only as long as the condition needs.
@@ -37,13 +38,12 @@ fn readyz(porter: &Porter) -> (u16, String) {
 /// Acceptance 1: two instances on one Redis; a route POSTed to A carries real QUIC traffic
 /// through B within a second, and a DELETE on A removes it from B. Messages on the channel
 /// that are not valid routes are ignored whole.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_route_set_on_one_instance_routes_traffic_through_another() {
+pub async fn a_route_set_on_one_instance_routes_traffic_through_another(bin: Binary) {
     let redis = RedisServer::start();
     let pki = Pki::new();
     let server = EchoServer::start("S", pki.server_config(&["shared.test"]), false);
-    let a = Porter::start(BINARY, &redis_section(&redis));
-    let b = Porter::start(BINARY, &redis_section(&redis));
+    let a = Porter::start(bin, &redis_section(&redis));
+    let b = Porter::start(bin, &redis_section(&redis));
     assert!(
         a.wait_ready(PATIENCE),
         "A not ready: {:?}\n{}",
@@ -155,15 +155,14 @@ async fn a_route_set_on_one_instance_routes_traffic_through_another() {
 /// Acceptance 2: Redis stops; the relays keep routing; a route changed and one added on A
 /// during the outage reach B once Redis is back (empty: it had no persistence), without a
 /// restart; and after every instance restarts, no route is lost.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn after_a_redis_outage_instances_converge_and_keep_every_route() {
+pub async fn after_a_redis_outage_instances_converge_and_keep_every_route(bin: Binary) {
     let mut redis = RedisServer::start();
     let pki = Pki::new();
     let names = ["one.test", "two.test", "three.test"];
     let first = EchoServer::start("FIRST", pki.server_config(&names), false);
     let second = EchoServer::start("SECOND", pki.server_config(&names), false);
-    let a = Porter::start(BINARY, &redis_section(&redis));
-    let b = Porter::start(BINARY, &redis_section(&redis));
+    let a = Porter::start(bin, &redis_section(&redis));
+    let b = Porter::start(bin, &redis_section(&redis));
     assert!(a.wait_ready(PATIENCE) && b.wait_ready(PATIENCE));
     let (status, _) = http(
         a.api,
@@ -268,8 +267,8 @@ async fn after_a_redis_outage_instances_converge_and_keep_every_route() {
         "routes:\n  - {{fqdn: one.test, type: simple, target: \"{}\"}}\n",
         first.addr
     );
-    let a = Porter::start(BINARY, &format!("{}{stale}", redis_section(&redis)));
-    let b = Porter::start(BINARY, &redis_section(&redis));
+    let a = Porter::start(bin, &format!("{}{stale}", redis_section(&redis)));
+    let b = Porter::start(bin, &redis_section(&redis));
     assert!(a.wait_ready(PATIENCE) && b.wait_ready(PATIENCE));
     for p in [&a, &b] {
         assert_eq!(target_of(p, "one.test"), Some(second.addr.to_string()));
@@ -283,11 +282,10 @@ async fn after_a_redis_outage_instances_converge_and_keep_every_route() {
 
 /// Acceptance 3 over real HTTP: the token, the body limit (413 from Content-Length, without
 /// the body), JSON errors for unknown paths and wrong methods.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn api_over_http_checks_the_token_and_the_body_limit() {
+pub async fn api_over_http_checks_the_token_and_the_body_limit(bin: Binary) {
     let token = "e2e-token";
     let porter = Porter::start_with_api(
-        BINARY,
+        bin,
         &format!(", token: {token}, max_body_bytes: 1024"),
         "routes: []\n",
     );
@@ -329,15 +327,14 @@ async fn api_over_http_checks_the_token_and_the_body_limit() {
 }
 
 /// The API on a non-loopback address without a token: Porter refuses to start, and says why.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_public_api_without_a_token_refuses_to_start() {
+pub async fn a_public_api_without_a_token_refuses_to_start(bin: Binary) {
     let config = format!(
         "udp: {{port: {}, bind: 127.0.0.1}}\n\
          api: {{port: {}, bind: 0.0.0.0, token_env: PORTER_E2E_TOKEN_NEVER_SET}}\nroutes: []\n",
         free_udp_port(),
         free_tcp_port()
     );
-    let mut porter = Porter::spawn(BINARY, &config, &[]);
+    let mut porter = Porter::spawn(bin, &config, &[]);
     let code = porter.wait_exit(Duration::from_secs(10));
     assert!(matches!(code, Some(c) if c != 0), "exit {code:?}");
     let log = porter.log();
@@ -349,13 +346,12 @@ async fn a_public_api_without_a_token_refuses_to_start() {
 
 /// Acceptance 4: `/metrics` parses as Prometheus text and its counters follow real traffic;
 /// `/sessions` pages through live sessions; the Redis link shows in the metrics.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_follow_traffic_and_sessions_page() {
+pub async fn metrics_follow_traffic_and_sessions_page(bin: Binary) {
     let mut redis = RedisServer::start();
     let pki = Pki::new();
     let server = EchoServer::start("M", pki.server_config(&["m.test"]), false);
     let porter = Porter::start(
-        BINARY,
+        bin,
         &format!(
             "{}routes:\n  - {{fqdn: m.test, type: simple, target: \"{}\"}}\n",
             redis_section(&redis),

@@ -3,13 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use control::agones::testing::{
-    ServerCert, TestAllocator, TestGameServer, TestPki, SERVER_DNS_NAME,
-};
+use porter_test_support::*;
 use tonic::Code;
 
-use super::support::*;
-use super::BINARY;
+use crate::peers::*;
 
 const NAMESPACE: &str = "games";
 const FLEET: &str = "arena";
@@ -54,8 +51,7 @@ fn assert_refused(result: Result<quinn::Connection, quinn::ConnectionError>) {
 }
 
 /// Players fill one game server before the next is used; a full fleet refuses fast.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn players_fill_servers_in_order_then_fleet_is_full() {
+pub async fn players_fill_servers_in_order_then_fleet_is_full(bin: Binary) {
     let pki = Pki::new();
     let gs1 = EchoServer::start("GS1", pki.server_config(&["play.test"]), false);
     let gs2 = EchoServer::start("GS2", pki.server_config(&["play.test"]), false);
@@ -76,7 +72,7 @@ async fn players_fill_servers_in_order_then_fleet_is_full() {
         agones_section(&apki, &allocator, ", max_retries: 1"),
         agones_route("play.test")
     );
-    let porter = Porter::start(BINARY, &config);
+    let porter = Porter::start(bin, &config);
     let client = client_endpoint(pki.client_config(None));
 
     let mut answered = Vec::new();
@@ -121,8 +117,7 @@ async fn players_fill_servers_in_order_then_fleet_is_full() {
 
 /// A slow or failing allocator: the connection is refused at its handshake deadline,
 /// nothing is left pending, and connections work again once the allocator recovers.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slow_or_down_allocator_then_recovery() {
+pub async fn slow_or_down_allocator_then_recovery(bin: Binary) {
     let pki = Pki::new();
     let gs = EchoServer::start("GS", pki.server_config(&["play.test"]), false);
     let apki = TestPki::generate();
@@ -141,7 +136,7 @@ async fn slow_or_down_allocator_then_recovery() {
         agones_section(&apki, &allocator, ", request_timeout: 5s, max_retries: 0"),
         agones_route("play.test")
     );
-    let porter = Porter::start(BINARY, &config);
+    let porter = Porter::start(bin, &config);
     let client = client_endpoint(pki.client_config(None));
 
     // Slow: no answer before the handshake deadline.
@@ -178,8 +173,7 @@ async fn slow_or_down_allocator_then_recovery() {
 
 /// `POST /allocate` allocates a game server, routes `<name>.<domain>` to it for the
 /// configured time, and the route carries QUIC until it expires.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn allocate_endpoint_adds_a_temporary_route() {
+pub async fn allocate_endpoint_adds_a_temporary_route(bin: Binary) {
     let pki = Pki::new();
     let gs = EchoServer::start("GS", pki.server_config(&["gs-7.play.test"]), false);
     let apki = TestPki::generate();
@@ -195,7 +189,7 @@ async fn allocate_endpoint_adds_a_temporary_route() {
         "{}routes: []\n",
         agones_section(&apki, &allocator, ", allocate_route_ttl: 2s")
     );
-    let porter = Porter::start(BINARY, &config);
+    let porter = Porter::start(bin, &config);
 
     let (status, body) = http(
         porter.api,

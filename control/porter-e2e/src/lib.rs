@@ -1,0 +1,145 @@
+//! Porter's end-to-end suite, written once and run against every relay binary.
+//!
+//! Each case is an `async fn(Binary)`: it starts the binary under test with a generated
+//! config (see [`porter_test_support::Porter`]) and drives it with real QUIC peers
+//! (quinn), plain UDP sockets, a `redis-server` and an mTLS Agones test allocator, all on
+//! loopback. A driver's `tests/e2e.rs` is one line that makes every case a `#[test]`:
+//!
+//! ```text
+//! porter_e2e::suite!(env!("CARGO_BIN_EXE_porter"), "porter");
+//! ```
+//!
+//! The tests keep the case names, in modules named after the files that hold them:
+//! `cases::routes_by_sni_exact_wildcard_and_default`, `control_cases::..`,
+//! `agones_cases::..`.
+//!
+//! The peers the cases use are public too: [`Pki`], [`EchoServer`], [`client_endpoint`],
+//! [`connect`], [`echo`], [`UdpSink`], [`Nat`].
+
+use std::future::Future;
+
+pub use peers::{client_endpoint, connect, echo, EchoServer, Nat, Pki, UdpSink, ALPN};
+pub use porter_test_support::Binary;
+
+#[doc(hidden)]
+pub mod agones_cases;
+#[doc(hidden)]
+pub mod cases;
+#[doc(hidden)]
+pub mod control_cases;
+mod peers;
+
+/// Runs one case against `binary` on the runtime each case had as a
+/// `#[tokio::test(flavor = "multi_thread", worker_threads = 2)]`.
+///
+/// # Panics
+/// If the runtime cannot be built, or when the case fails.
+pub fn run<F: Future<Output = ()>>(binary: Binary, case: impl FnOnce(Binary) -> F) {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime for an end-to-end case")
+        .block_on(case(binary));
+}
+
+/// Makes every case of the suite a `#[test]` against the binary at `$path` named
+/// `$name`: `porter_e2e::suite!(env!("CARGO_BIN_EXE_porter"), "porter");`.
+#[macro_export]
+macro_rules! suite {
+    ($path:expr, $name:expr $(,)?) => {
+        $crate::__with_cases!(__tests($path, $name));
+    };
+}
+
+/// The list of every case, by module: calls `$crate::$callback!` with `($args)` and then
+/// `module { case, .. }` for each module. The one list the suite is made from; the test
+/// `every_case_is_in_the_suite` checks it against the case files.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __with_cases {
+    ($callback:ident ( $($args:tt)* )) => {
+        $crate::$callback! {
+            ($($args)*)
+            cases {
+                routes_by_sni_exact_wildcard_and_default,
+                client_hello_spanning_two_initials,
+                migration_and_nat_rebinding_keep_the_backend,
+                retry_server_works,
+                unknown_sni_is_refused_fast,
+                many_connections_then_nothing_left,
+                corpus_replay_reaches_the_right_backend,
+                malformed_config_names_the_problem,
+                port_in_use_is_a_clear_error,
+                unreachable_backend_is_logged,
+                sigterm_exits_cleanly,
+            }
+            control_cases {
+                a_route_set_on_one_instance_routes_traffic_through_another,
+                after_a_redis_outage_instances_converge_and_keep_every_route,
+                api_over_http_checks_the_token_and_the_body_limit,
+                a_public_api_without_a_token_refuses_to_start,
+                metrics_follow_traffic_and_sessions_page,
+            }
+            agones_cases {
+                players_fill_servers_in_order_then_fleet_is_full,
+                slow_or_down_allocator_then_recovery,
+                allocate_endpoint_adds_a_temporary_route,
+            }
+        }
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __tests {
+    (($path:expr, $name:expr) $($module:ident { $($case:ident),* $(,)? })*) => {
+        $(
+            mod $module {
+                $(
+                    #[test]
+                    fn $case() {
+                        $crate::run(
+                            $crate::Binary { path: $path, name: $name },
+                            $crate::$module::$case,
+                        );
+                    }
+                )*
+            }
+        )*
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __names {
+    (() $($module:ident { $($case:ident),* $(,)? })*) => {
+        &[$($(concat!(stringify!($module), "::", stringify!($case)),)*)*]
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every `pub async fn` of the case files is in [`__with_cases!`], once: a case added
+    /// to a file but not to the list would silently not run.
+    #[test]
+    fn every_case_is_in_the_suite() {
+        let listed: &[&str] = crate::__with_cases!(__names());
+        let mut found: Vec<String> = [
+            ("cases", include_str!("cases.rs")),
+            ("control_cases", include_str!("control_cases.rs")),
+            ("agones_cases", include_str!("agones_cases.rs")),
+        ]
+        .iter()
+        .flat_map(|(module, text)| {
+            text.lines()
+                .filter_map(|l| l.strip_prefix("pub async fn "))
+                .map(move |l| format!("{module}::{}", &l[..l.find('(').unwrap_or(l.len())]))
+        })
+        .collect();
+        let mut listed: Vec<String> = listed.iter().map(|s| (*s).to_owned()).collect();
+        found.sort();
+        listed.sort();
+        assert_eq!(listed, found);
+    }
+}

@@ -1,0 +1,261 @@
+//! The network around the relay in the end-to-end cases: QUIC echo backends and clients
+//! (quinn) with a throw-away CA, plain UDP backends, and a small UDP NAT that can change
+//! its outside port.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio::net::UdpSocket;
+
+/// ALPN the test servers speak.
+pub const ALPN: &[u8] = b"porter-test";
+
+/// A test certificate authority and the client config that trusts it.
+pub struct Pki {
+    ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl Default for Pki {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Pki {
+    /// A new CA.
+    pub fn new() -> Self {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "porter test CA");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let ca = rcgen::CertifiedIssuer::self_signed(params, key).unwrap();
+        Self { ca }
+    }
+
+    /// A server config for a QUIC server answering to `names`.
+    pub fn server_config(&self, names: &[&str]) -> quinn::ServerConfig {
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let params = rcgen::CertificateParams::new(names).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        let chain = vec![CertificateDer::from(cert.der().to_vec())];
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        let mut config =
+            quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls).unwrap()));
+        let mut transport = quinn::TransportConfig::default();
+        transport.max_idle_timeout(Some(Duration::from_secs(10).try_into().unwrap()));
+        config.transport_config(Arc::new(transport));
+        config
+    }
+
+    /// A client config trusting this CA, offering `alpn` (the test ALPN by default).
+    pub fn client_config(&self, alpn: Option<Vec<Vec<u8>>>) -> quinn::ClientConfig {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from(self.ca.der().to_vec()))
+            .unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tls.alpn_protocols = alpn.unwrap_or_else(|| vec![ALPN.to_vec()]);
+        let mut config =
+            quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls).unwrap()));
+        let mut transport = quinn::TransportConfig::default();
+        transport.max_idle_timeout(Some(Duration::from_secs(10).try_into().unwrap()));
+        config.transport_config(Arc::new(transport));
+        config
+    }
+}
+
+/// A QUIC echo server: answers each bidirectional stream with `"<name>:" + request`.
+pub struct EchoServer {
+    /// Its address.
+    pub addr: SocketAddr,
+    endpoint: quinn::Endpoint,
+}
+
+impl EchoServer {
+    /// Starts a server named `name` with `config`; with `retry`, every new connection is
+    /// first sent a Retry.
+    pub fn start(name: &str, config: quinn::ServerConfig, retry: bool) -> Self {
+        let endpoint = quinn::Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = endpoint.local_addr().unwrap();
+        let ep = endpoint.clone();
+        let name = name.to_owned();
+        tokio::spawn(async move {
+            while let Some(incoming) = ep.accept().await {
+                if retry && !incoming.remote_address_validated() {
+                    let _ = incoming.retry();
+                    continue;
+                }
+                let name = name.clone();
+                tokio::spawn(async move {
+                    let Ok(conn) = incoming.await else { return };
+                    while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                        let name = name.clone();
+                        tokio::spawn(async move {
+                            let Ok(data) = recv.read_to_end(1 << 20).await else {
+                                return;
+                            };
+                            let mut reply = format!("{name}:").into_bytes();
+                            reply.extend_from_slice(&data);
+                            let _ = send.write_all(&reply).await;
+                            let _ = send.finish();
+                        });
+                    }
+                });
+            }
+        });
+        Self { addr, endpoint }
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        self.endpoint.close(0u32.into(), b"");
+    }
+}
+
+/// A client endpoint on a fresh loopback port.
+pub fn client_endpoint(config: quinn::ClientConfig) -> quinn::Endpoint {
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(config);
+    endpoint
+}
+
+/// Connects to `relay` asking for `sni`: the handshake's outcome, within 10 seconds.
+pub async fn connect(
+    endpoint: &quinn::Endpoint,
+    relay: SocketAddr,
+    sni: &str,
+) -> Result<quinn::Connection, quinn::ConnectionError> {
+    let connecting = endpoint
+        .connect(relay, sni)
+        .expect("valid connect parameters");
+    tokio::time::timeout(Duration::from_secs(10), connecting)
+        .await
+        .expect("handshake finished or failed in time")
+}
+
+/// Sends `payload` on a new stream and returns the echo.
+pub async fn echo(conn: &quinn::Connection, payload: &[u8]) -> String {
+    let (mut send, mut recv) = conn.open_bi().await.expect("open stream");
+    send.write_all(payload).await.expect("write");
+    send.finish().expect("finish");
+    let reply = tokio::time::timeout(Duration::from_secs(10), recv.read_to_end(1 << 20))
+        .await
+        .expect("echo in time")
+        .expect("read echo");
+    String::from_utf8(reply).expect("utf-8 echo")
+}
+
+/// A plain UDP backend that records what it receives.
+pub struct UdpSink {
+    /// Its address.
+    pub addr: SocketAddr,
+    received: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl UdpSink {
+    /// Starts one on a loopback port.
+    pub async fn start() -> Self {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let r = received.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 65536];
+            while let Ok((n, _)) = socket.recv_from(&mut buf).await {
+                r.lock().unwrap().push(buf[..n].to_vec());
+            }
+        });
+        Self { addr, received }
+    }
+
+    /// What it received so far.
+    pub fn received(&self) -> Vec<Vec<u8>> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+/// A UDP NAT between a client and the relay: the client talks to `inside`; the NAT
+/// talks to the relay from an outside port that [`Nat::rebind`] changes, as a home
+/// router does when its mapping expires.
+pub struct Nat {
+    /// Where the client sends.
+    pub inside: SocketAddr,
+    inside_sock: Arc<UdpSocket>,
+    outside: Arc<Mutex<Arc<UdpSocket>>>,
+    client: Arc<Mutex<Option<SocketAddr>>>,
+}
+
+impl Nat {
+    /// A NAT forwarding to `target`.
+    pub async fn start(target: SocketAddr) -> Self {
+        let inside_sock = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let inside = inside_sock.local_addr().unwrap();
+        let first = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let nat = Self {
+            inside,
+            inside_sock: inside_sock.clone(),
+            outside: Arc::new(Mutex::new(first.clone())),
+            client: Arc::default(),
+        };
+        nat.return_path(first);
+        let (outside, client) = (nat.outside.clone(), nat.client.clone());
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 65536];
+            while let Ok((n, from)) = inside_sock.recv_from(&mut buf).await {
+                *client.lock().unwrap() = Some(from);
+                let out = outside.lock().unwrap().clone();
+                let _ = out.send_to(&buf[..n], target).await;
+            }
+        });
+        nat
+    }
+
+    /// Delivers what arrives on an outside socket to the client, for as long as the
+    /// socket lives (an old mapping keeps working, as in a real NAT).
+    fn return_path(&self, sock: Arc<UdpSocket>) {
+        let (inside, client) = (self.inside_sock.clone(), self.client.clone());
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 65536];
+            while let Ok((n, _)) = sock.recv_from(&mut buf).await {
+                let to = *client.lock().unwrap();
+                if let Some(c) = to {
+                    let _ = inside.send_to(&buf[..n], c).await;
+                }
+            }
+        });
+    }
+
+    /// Moves to a new outside port; returns it.
+    pub async fn rebind(&self) -> SocketAddr {
+        let sock = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let addr = sock.local_addr().unwrap();
+        self.return_path(sock.clone());
+        *self.outside.lock().unwrap() = sock;
+        addr
+    }
+
+    /// The current outside address.
+    pub fn outside(&self) -> SocketAddr {
+        self.outside.lock().unwrap().local_addr().unwrap()
+    }
+}

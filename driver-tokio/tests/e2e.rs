@@ -1,0 +1,3 @@
+//! The shared end-to-end suite (`porter-e2e`) against the `porter` binary.
+
+porter_e2e::suite!(env!("CARGO_BIN_EXE_porter"), "porter");
