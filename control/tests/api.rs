@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use control::api::{Api, ApiSettings, DriverGauges, ENDPOINTS};
-use control::host::SharedHost;
+use control::host::RelayHandle;
 use control::sync::RouteSync;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame};
@@ -23,7 +23,7 @@ use serde_json::Value;
 const TOKEN: &str = "s3cret-token";
 const LIMIT: usize = 1024;
 
-fn api_with(host: SharedHost, token: Option<&str>) -> Api {
+fn api_with(host: RelayHandle, token: Option<&str>) -> Api {
     let settings = ApiSettings {
         bind: ([127, 0, 0, 1], 0).into(),
         token: token.map(str::to_owned),

@@ -3,14 +3,17 @@
 
 use std::time::{Duration, Instant};
 
-use control::host::RelayHost;
+use control::host::{HostCell, RelayHandle, RelayHost};
 use control::sync::{Change, RouteSync, RouteType, SharedRoute};
-use porter_test_support::host;
+use porter_core::{Relay, RelayConfig};
 
 #[test]
 fn an_expired_route_is_deleted_from_redis_too() {
-    let host = host();
-    let sync = RouteSync::with_instance(host.clone(), "porter_routes", "instance-a");
+    // The engine's part is played by hand: its timer task locks the host, expires what is
+    // due, drains, and hands the notifications to the subscribers once unlocked.
+    let cell = HostCell::new(RelayHost::new(Relay::new(RelayConfig::default()), false));
+    let handle = RelayHandle::new(cell.clone());
+    let sync = RouteSync::with_instance(handle.clone(), "porter_routes", "instance-a");
     let shared = SharedRoute::from_entry(RouteType::Simple, "gs-1.play.test", "127.0.0.1:7000")
         .expect("valid route");
     let route = shared.to_route().expect("resolves");
@@ -23,13 +26,19 @@ fn an_expired_route_is_deleted_from_redis_too() {
         sync.written(w);
     }
 
-    {
-        let mut host = RelayHost::lock(&host);
+    let notes = {
+        let mut host = cell.lock();
         host.handle_timeout(t0 + Duration::from_secs(30));
-        let mut actions = Vec::new();
-        host.drain(&mut actions);
+        let mut commands = Vec::new();
+        host.drain(&mut commands);
         assert!(host.relay().routes().is_empty());
-    }
+        host.take_notifications()
+    };
+    assert!(
+        sync.pending_writes().is_empty(),
+        "nothing reaches the sync while the host is locked"
+    );
+    cell.deliver(&notes);
     let writes = sync.pending_writes();
     assert_eq!(writes.len(), 1, "{writes:?}");
     match &writes[0].change {

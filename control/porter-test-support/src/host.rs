@@ -1,9 +1,10 @@
-//! An in-process relay host for control's tests of the API and the route sync.
+//! An in-process relay for control's tests of the API and the route sync.
 
-use control::host::{RelayHost, SharedHost};
+use control::host::RelayHandle;
 use porter_core::{Relay, RelayConfig};
 
-/// A host around a relay with the default settings and no routes, request logging off.
-pub fn host() -> SharedHost {
-    RelayHost::new(Relay::new(RelayConfig::default()), false).shared()
+/// A relay with the default settings and no routes, behind a handle with no engine (its
+/// commands wait in the outbox).
+pub fn host() -> RelayHandle {
+    RelayHandle::detached(Relay::new(RelayConfig::default()))
 }
