@@ -1,12 +1,12 @@
-//! Generates the Agones allocator's gRPC server side from control's
-//! `proto/allocation.proto`, for the test allocator. The message types are control's own
+//! Generates the Agones allocator's gRPC server side from porter-agones'
+//! `proto/allocation.proto`, for the test allocator. The message types are porter-agones' own
 //! (`extern_path`), so requests and answers are the very types Porter's client sends.
 //! Compiled by `protox` (pure Rust): no system `protoc`.
 
 use std::error::Error;
 
-const PROTO_DIR: &str = "../proto";
-const PROTO: &str = "../proto/allocation.proto";
+const PROTO_DIR: &str = "../porter-agones/proto";
+const PROTO: &str = "../porter-agones/proto/allocation.proto";
 
 fn main() -> Result<(), Box<dyn Error>> {
     println!("cargo:rerun-if-changed={PROTO}");
@@ -15,7 +15,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         .build_client(false)
         .build_server(true)
         .build_transport(false)
-        .extern_path(".allocation", "::control::agones::proto")
+        .extern_path(".allocation", "::porter_agones::proto")
         .compile_fds(descriptors)?;
     Ok(())
 }

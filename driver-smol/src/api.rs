@@ -1,12 +1,12 @@
 //! The management API on smol: async-io's TCP listener, hyper through `smol-hyper`'s
-//! futures-io adapter, requests answered by [`control::api::Api::handle`].
+//! futures-io adapter, requests answered by [`porter_control::api::Api::handle`].
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
 use async_io::Async;
-use control::api::Api;
+use porter_control::api::Api;
 use smol_hyper::rt::FuturesIo;
 
 use crate::runtime::Smol;
@@ -20,7 +20,7 @@ pub(crate) fn serve(rt: &Smol, api: Api) -> io::Result<SocketAddr> {
     rt.spawn_detached(async move {
         loop {
             match listener.accept().await {
-                Ok((stream, _)) => spawner.spawn_detached(control::http::serve_connection(
+                Ok((stream, _)) => spawner.spawn_detached(porter_control::http::serve_connection(
                     api.clone(),
                     FuturesIo::new(stream),
                 )),

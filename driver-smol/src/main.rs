@@ -16,13 +16,12 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use async_executor::Executor;
 use async_signal::{Signal, Signals};
-use control::agones::AgonesAllocator;
-use control::api::Api;
-use control::cli::Cli;
-use control::io::Allocator;
-use control::setup::Settings;
-use control::sync::RouteSync;
 use futures_lite::StreamExt as _;
+use porter_control::api::Api;
+use porter_control::cli::Cli;
+use porter_control::setup::Settings;
+use porter_control::sync::RouteSync;
+use porter_host::Allocator;
 
 use crate::runtime::{Smol, SmolTimer};
 
@@ -44,7 +43,26 @@ fn main() -> ExitCode {
     }
     let rt = Smol::new(executor.clone());
     let result = async_io::block_on(executor.run(run(rt, settings)));
-    control::cli::finish("porter-smol", result)
+    porter_control::cli::finish("porter-smol", result)
+}
+
+/// The Agones allocator client for the `agones` section, on a small tokio runtime of its
+/// own (tonic needs tokio).
+#[cfg(feature = "agones")]
+fn agones_allocator(section: &porter_config::AgonesConfig) -> anyhow::Result<Arc<dyn Allocator>> {
+    let config = porter_agones::AgonesClientConfig::from_config(section).context("agones")?;
+    let allocator = porter_agones::AgonesAllocator::with_own_runtime(config)
+        .context("agones allocator client")?;
+    Ok(allocator)
+}
+
+/// Built without the `agones` feature: an enabled `agones` section is an error.
+#[cfg(not(feature = "agones"))]
+fn agones_allocator(_: &porter_config::AgonesConfig) -> anyhow::Result<Arc<dyn Allocator>> {
+    anyhow::bail!(
+        "agones.enabled is true, but this porter-smol was built without Agones support \
+         (cargo feature `agones`)"
+    )
 }
 
 /// Executor threads: `SMOL_THREADS` (smol's own convention), else 1.
@@ -60,26 +78,27 @@ async fn run(rt: Smol, settings: Settings) -> anyhow::Result<()> {
     // Registered first, so that a signal during start-up is not the default (fatal) one.
     let mut signals =
         Signals::new([Signal::Term, Signal::Int]).context("cannot listen for SIGINT/SIGTERM")?;
-    let agones = match settings.agones.clone() {
-        Some(config) => {
-            Some(AgonesAllocator::with_own_runtime(config).context("agones allocator client")?)
-        }
+    let allocator = match &settings.agones {
+        Some(section) => Some(agones_allocator(section)?),
         None => None,
     };
-    let allocator = agones.clone().map(|a| a as Arc<dyn Allocator>);
-    let driver = control::io::start(rt.clone(), &settings, allocator)?;
+    let driver = porter_host::start(rt.clone(), &settings.host_settings(), allocator.clone())?;
     let sync = match &settings.redis {
         Some(redis) => {
             // The redis crate is built with tokio support too (for `porter`): choose smol.
             let _ = redis::aio::prefer_smol();
             let sync = RouteSync::new(driver.handle(), redis.channel.clone());
-            rt.spawn_detached(control::redis_sync::task(redis, sync.clone(), SmolTimer)?);
+            rt.spawn_detached(porter_control::redis_sync::task(
+                redis,
+                sync.clone(),
+                SmolTimer,
+            )?);
             Some(sync)
         }
         None => None,
     };
     if let Some(api) = &settings.api {
-        let agones = agones.map(|a| (a, settings.allocate_route_ttl));
+        let agones = allocator.map(|a| (a, settings.allocate_route_ttl));
         let bound = api::serve(&rt, Api::for_engine(api, &driver, sync.as_ref(), agones))
             .with_context(|| format!("cannot start the API on {}", api.bind))?;
         tracing::info!(listen = %bound, "API listening");
@@ -89,6 +108,6 @@ async fn run(rt: Smol, settings: Settings) -> anyhow::Result<()> {
     let second = async {
         signals.next().await;
     };
-    control::io::drain(&driver, settings.drain_period, second).await;
+    porter_host::drain(&driver, settings.drain_period, second).await;
     Ok(())
 }

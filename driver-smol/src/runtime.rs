@@ -1,4 +1,4 @@
-//! smol under [`control::io`]'s relay loop: an `async-executor` for tasks, `async-io`'s
+//! smol under [`porter_host`]'s relay loop: an `async-executor` for tasks, `async-io`'s
 //! reactor for socket readiness and timers.
 
 use std::future::Future;
@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use async_executor::{Executor, Task};
 use async_io::{Async, Timer};
-use control::io::{AsyncUdp, Runtime, UdpSockRef};
-use control::redis_sync::Timer as RedisTimer;
+use porter_control::redis_sync::Timer as RedisTimer;
+use porter_host::{AsyncUdp, Runtime, UdpSockRef};
 
 /// The driver's executor.
 #[derive(Clone, Debug)]

@@ -10,11 +10,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use control::agones::AgonesAllocator;
-use control::api::Api;
-use control::cli::Cli;
-use control::io::Allocator;
-use control::setup::Settings;
+use porter_control::api::Api;
+use porter_control::cli::Cli;
+use porter_control::setup::Settings;
+use porter_host::Allocator;
 
 fn main() -> ExitCode {
     let settings = match Cli::parse_as("porter").prepare() {
@@ -32,32 +31,48 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    control::cli::finish("porter", runtime.block_on(run(settings)))
+    porter_control::cli::finish("porter", runtime.block_on(run(settings)))
 }
 
 async fn run(settings: Settings) -> anyhow::Result<()> {
-    let agones = match settings.agones.clone() {
-        Some(config) => Some(AgonesAllocator::new(config).context("agones allocator client")?),
+    let agones = match &settings.agones {
+        Some(section) => Some(agones_allocator(section)?),
         None => None,
     };
-    let allocator = agones.clone().map(|a| a as Arc<dyn Allocator>);
-    let driver = control::io::start(runtime::Tokio, &settings, allocator)?;
+    let allocator = agones.map(|a| a as Arc<dyn Allocator>);
+    let driver = porter_host::start(runtime::Tokio, &settings.host_settings(), allocator.clone())?;
     let sync = match &settings.redis {
-        Some(redis) => Some(control::redis_sync::start_tokio(redis, driver.handle())?),
+        Some(redis) => Some(porter_control::redis_sync::start_tokio(
+            redis,
+            driver.handle(),
+        )?),
         None => None,
     };
     if let Some(api) = &settings.api {
-        let agones = agones.map(|a| (a, settings.allocate_route_ttl));
-        let bound =
-            control::api::serve_api_tokio(Api::for_engine(api, &driver, sync.as_ref(), agones))
-                .await
-                .with_context(|| format!("cannot start the API on {}", api.bind))?;
+        let agones = allocator.map(|a| (a, settings.allocate_route_ttl));
+        let bound = porter_control::api::serve_api_tokio(Api::for_engine(
+            api,
+            &driver,
+            sync.as_ref(),
+            agones,
+        ))
+        .await
+        .with_context(|| format!("cannot start the API on {}", api.bind))?;
         tracing::info!(listen = %bound, "API listening");
     }
 
     shutdown_signal().await;
-    control::io::drain(&driver, settings.drain_period, shutdown_signal()).await;
+    porter_host::drain(&driver, settings.drain_period, shutdown_signal()).await;
     Ok(())
+}
+
+/// The Agones allocator client for the `agones` section (inside the runtime: tonic needs
+/// it).
+fn agones_allocator(
+    section: &porter_config::AgonesConfig,
+) -> anyhow::Result<Arc<porter_agones::AgonesAllocator>> {
+    let config = porter_agones::AgonesClientConfig::from_config(section).context("agones")?;
+    porter_agones::AgonesAllocator::new(config).context("agones allocator client")
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -1,11 +1,11 @@
-//! tokio under [`control::io`]'s relay loop: tasks, timers and readiness of UDP sockets.
+//! tokio under [`porter_host`]'s relay loop: tasks, timers and readiness of UDP sockets.
 
 use std::future::Future;
 use std::io;
 use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
 use std::time::Instant;
 
-use control::io::{AsyncUdp, Runtime, UdpSockRef};
+use porter_host::{AsyncUdp, Runtime, UdpSockRef};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::task::AbortHandle;

@@ -26,10 +26,10 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Code, Request, Response, Status};
 
-use control::agones::proto::allocation_response::GameServerStatusPort;
-use control::agones::proto::game_server_selector::GameServerState;
-use control::agones::proto::{AllocationRequest, AllocationResponse, GameServerSelector};
-use control::agones::{AgonesClientConfig, FLEET_LABEL};
+use porter_agones::proto::allocation_response::GameServerStatusPort;
+use porter_agones::proto::game_server_selector::GameServerState;
+use porter_agones::proto::{AllocationRequest, AllocationResponse, GameServerSelector};
+use porter_agones::{AgonesClientConfig, FLEET_LABEL};
 use server::allocation_service_server::{AllocationService, AllocationServiceServer};
 
 /// The server side generated from control's `allocation.proto` (see `build.rs`), on

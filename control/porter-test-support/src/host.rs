@@ -1,7 +1,7 @@
 //! An in-process relay for control's tests of the API and the route sync.
 
-use control::host::RelayHandle;
 use porter_core::{Relay, RelayConfig};
+use porter_host::RelayHandle;
 
 /// A relay with the default settings and no routes, behind a handle with no engine (its
 /// commands wait in the outbox).

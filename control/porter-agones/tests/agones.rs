@@ -5,9 +5,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use control::agones::proto::game_server_selector::GameServerState;
-use control::agones::proto::{ListAction, ListSelector};
-use control::agones::{
+use porter_agones::proto::game_server_selector::GameServerState;
+use porter_agones::proto::{ListAction, ListSelector};
+use porter_agones::{
     AgonesClient, AgonesClientConfig, AllocateError, ClientConfigError, PemRole, TlsError,
     FLEET_LABEL,
 };

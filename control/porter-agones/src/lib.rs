@@ -11,7 +11,7 @@
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
-//! use control::agones::{AgonesClient, AgonesClientConfig};
+//! use porter_agones::{AgonesClient, AgonesClientConfig};
 //! use std::time::Duration;
 //!
 //! let mut config = AgonesClientConfig::from_pem_files(
@@ -30,7 +30,7 @@
 //! # }
 //! ```
 //!
-//! The wire types come from `control/proto/allocation.proto`, Porter's wire-compatible
+//! The wire types come from `control/porter-agones/proto/allocation.proto`, Porter's wire-compatible
 //! subset of Agones' `allocation.proto`, compiled at build time without `protoc`.
 
 mod allocator;
@@ -47,7 +47,7 @@ pub use config::{
 };
 pub use error::{AllocateError, ClientConfigError, TlsError};
 
-/// Wire types and gRPC stubs generated from `control/proto/allocation.proto` (package
+/// Wire types and gRPC stubs generated from `control/porter-agones/proto/allocation.proto` (package
 /// `allocation`): the client Porter uses. `porter-test-support` builds the test
 /// allocator's server on these types.
 #[allow(

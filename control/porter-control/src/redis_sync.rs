@@ -16,11 +16,11 @@ use futures_util::StreamExt as _;
 use redis::aio::MultiplexedConnection;
 use redis::AsyncConnectionConfig;
 
-use crate::host::RelayHandle;
 use crate::sync::{
     new_epoch, PendingWrite, RedisCommand, RouteHash, RouteSync, SharedRoute, EPOCH_KEY,
 };
 use porter_config::RedisConfig;
+use porter_host::RelayHandle;
 
 /// How long to wait for a connection or an answer before taking the link as down.
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
@@ -37,9 +37,11 @@ pub trait Timer: Send + Sync + 'static {
 }
 
 /// [`Timer`] on tokio.
+#[cfg(feature = "tokio")]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TokioTimer;
 
+#[cfg(feature = "tokio")]
 impl Timer for TokioTimer {
     fn sleep(&self, duration: Duration) -> Pin<Box<dyn Future<Output = ()> + Send>> {
         Box::pin(tokio::time::sleep(duration))
@@ -58,6 +60,7 @@ pub fn client(config: &RedisConfig) -> Result<redis::Client, RedisSetupError> {
 
 /// Shares the routes of `relay` through Redis, on the current tokio runtime (until it stops);
 /// returns the sync, for the API.
+#[cfg(feature = "tokio")]
 pub fn start_tokio(config: &RedisConfig, relay: RelayHandle) -> Result<RouteSync, RedisSetupError> {
     let sync = RouteSync::new(relay, config.channel.clone());
     spawn_tokio(config, sync.clone())?;
@@ -65,6 +68,7 @@ pub fn start_tokio(config: &RedisConfig, relay: RelayHandle) -> Result<RouteSync
 }
 
 /// Runs `sync` on the current tokio runtime. It runs until the runtime stops.
+#[cfg(feature = "tokio")]
 pub fn spawn_tokio(
     config: &RedisConfig,
     sync: RouteSync,

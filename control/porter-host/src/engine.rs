@@ -13,15 +13,16 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use porter_core::{AllocationFailure, AllocationId, BackendAddr, ClientAddr, Command, SessionId};
+use porter_core::{AllocationId, BackendAddr, ClientAddr, Command, SessionId};
 use quinn_udp::{RecvMeta, BATCH_SIZE};
 
-use super::batch::{plan_backend, plan_client, plan_commands, run, Out};
-use super::notify::{lock, race, First};
-use super::socket::{bind_listener, canonical, connect_upstream, BindError, SlotPool, Socket};
-use super::{Allocator, Runtime};
+use crate::batch::{plan_backend, plan_client, plan_commands, run, Out};
 use crate::host::{HostCell, RelayHandle, RelayHost, ALLOCATION_GRACE};
-use crate::setup::{Settings, SetupError};
+use crate::notify::{lock, race, First};
+use crate::socket::{bind_listener, canonical, connect_upstream, BindError, SlotPool, Socket};
+use crate::{
+    Allocated, AllocationError, AllocationErrorKind, Allocator, HostSettings, Runtime, SetupError,
+};
 
 /// Receive buffer per batch slot: room for a GRO-coalesced run of datagrams.
 const SLOT_LEN: usize = 64 * 1024;
@@ -332,13 +333,13 @@ impl<R: Runtime> Engine<R> {
         // removes its own entry under the same lock.
         let mut allocations = lock(&self.allocations);
         let task = self.rt.spawn(async move {
-            let result = match allocation {
+            let result: Result<Allocated, AllocationError> = match allocation {
                 Some(allocation) => allocation.await,
-                None => Err("agones is not enabled in this relay's configuration".to_owned()),
+                None => Err(AllocationError::new(
+                    AllocationErrorKind::NotEnabled,
+                    "agones is not enabled in this relay's configuration",
+                )),
             };
-            let result = result
-                .map(BackendAddr)
-                .map_err(|reason| AllocationFailure { reason });
             let mut outs = Vec::new();
             let notes = {
                 let mut host = engine.cell.lock();
@@ -414,7 +415,7 @@ pub enum StartError {
 /// `allocator` (none: they fail, Agones is not enabled).
 pub fn start<R: Runtime>(
     rt: R,
-    settings: &Settings,
+    settings: &HostSettings,
     allocator: Option<Arc<dyn Allocator>>,
 ) -> Result<Arc<Engine<R>>, StartError> {
     let mut listeners = Vec::new();

@@ -13,7 +13,7 @@ use porter_config::{self as config, Config, ConfigErrors};
 /// the binaries: used when no `--config` is given and there is no `config.yaml` in the
 /// working directory. It needs no Redis and no Agones.
 pub const EXAMPLE_CONFIG: &str =
-    include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../config.yaml"));
+    include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../config.yaml"));
 
 /// The file looked for when no `--config` is given.
 pub const DEFAULT_CONFIG_FILE: &str = "config.yaml";

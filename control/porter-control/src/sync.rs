@@ -44,7 +44,7 @@ use porter_core::{Notification, Route, RouteError, RouteName};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-use crate::host::RelayHandle;
+use porter_host::RelayHandle;
 
 /// The hash that holds simple routes.
 pub const SIMPLE_KEY: &str = "porter:routes:simple";

@@ -3,9 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use control::host::{HostCell, RelayHandle, RelayHost};
-use control::sync::{Change, RouteSync, RouteType, SharedRoute};
+use porter_control::sync::{Change, RouteSync, RouteType, SharedRoute};
 use porter_core::{Relay, RelayConfig};
+use porter_host::{HostCell, RelayHandle, RelayHost};
 
 #[test]
 fn an_expired_route_is_deleted_from_redis_too() {

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use porter_core::SessionId;
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 
-use super::{AsyncUdp, Runtime};
+use crate::{AsyncUdp, Runtime};
 
 /// A UDP socket with quinn-udp's batched I/O state: receives many datagrams per call
 /// (and GRO-coalesced runs), sends runs of equal-sized datagrams as one GSO send.

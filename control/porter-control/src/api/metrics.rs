@@ -4,7 +4,8 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use porter_core::{DropReason, RelayStats};
+use porter_core::DropReason;
+use porter_host::HostStats;
 
 use super::DriverGauges;
 use crate::sync::{LinkState, SyncStatus};
@@ -52,11 +53,12 @@ impl Exposition {
 
 /// Renders every metric.
 pub(super) fn render(
-    stats: &RelayStats,
+    host: &HostStats,
     gauges: DriverGauges,
     uptime: Duration,
     sync: Option<&SyncStatus>,
 ) -> String {
+    let stats = &host.relay;
     let mut m = Exposition { out: String::new() };
     m.single(
         "porter_uptime_seconds",
@@ -169,6 +171,18 @@ pub(super) fn render(
         ("rejected", a.rejected),
     ] {
         m.sample("porter_allocations_total", &[("outcome", outcome)], n);
+    }
+    m.family(
+        "porter_allocation_failures_total",
+        "counter",
+        "Failed Agones allocations, by kind of failure.",
+    );
+    for (kind, n) in &host.allocation_failures {
+        m.sample(
+            "porter_allocation_failures_total",
+            &[("kind", kind.as_str())],
+            n,
+        );
     }
     m.single(
         "porter_allocations_in_flight",

@@ -10,12 +10,12 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use control::api::{Api, ApiSettings, DriverGauges, ENDPOINTS};
-use control::host::RelayHandle;
-use control::sync::RouteSync;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame};
 use hyper::{Method, Request, StatusCode};
+use porter_control::api::{Api, ApiSettings, DriverGauges, ENDPOINTS};
+use porter_control::sync::RouteSync;
+use porter_host::RelayHandle;
 use porter_test_support::host;
 use proptest::prelude::*;
 use serde_json::Value;
@@ -594,7 +594,7 @@ async fn every_listed_endpoint_is_served() {
 /// `docs/openapi.yaml` lists exactly the endpoints the router serves.
 #[test]
 fn openapi_document_matches_the_router() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/openapi.yaml");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/openapi.yaml");
     let text = std::fs::read_to_string(path).expect("docs/openapi.yaml");
     let doc: serde_yaml::Value = serde_yaml::from_str(&text).expect("OpenAPI YAML parses");
     assert!(
@@ -625,7 +625,7 @@ fn openapi_document_matches_the_router() {
         .collect();
     assert_eq!(
         documented, served,
-        "docs/openapi.yaml and control::api::ENDPOINTS differ"
+        "docs/openapi.yaml and porter_control::api::ENDPOINTS differ"
     );
 }
 

@@ -31,9 +31,8 @@ use porter_core::{Route, RouteName, RouteTarget, SessionId, SessionInfo, Session
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::agones::AgonesAllocator;
-use crate::host::RelayHandle;
 use crate::sync::{LinkState, RouteSync, SharedRoute};
+use porter_host::{AllocationErrorKind, Allocator, RelayHandle};
 
 /// API settings, resolved from the configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -100,7 +99,7 @@ pub struct Api {
     relay: RelayHandle,
     gauges: GaugeFn,
     sync: Option<RouteSync>,
-    allocator: Option<(Arc<AgonesAllocator>, Duration)>,
+    allocator: Option<(Arc<dyn Allocator>, Duration)>,
     started: Instant,
 }
 
@@ -132,11 +131,11 @@ impl Api {
 
     /// The API of a started engine: its relay and gauges, the route sync when there is
     /// one, and `POST /allocate` when Agones is enabled (its routes live `route_ttl`).
-    pub fn for_engine<R: crate::io::Runtime>(
+    pub fn for_engine<R: porter_host::Runtime>(
         settings: &ApiSettings,
-        engine: &Arc<crate::io::Engine<R>>,
+        engine: &Arc<porter_host::Engine<R>>,
         sync: Option<&RouteSync>,
-        agones: Option<(Arc<AgonesAllocator>, Duration)>,
+        agones: Option<(Arc<dyn Allocator>, Duration)>,
     ) -> Self {
         let gauged = engine.clone();
         let gauges: GaugeFn = Arc::new(move || DriverGauges {
@@ -163,7 +162,7 @@ impl Api {
     /// `POST /allocate` allocates game servers with `allocator`; the routes it adds live
     /// for `route_ttl`.
     #[must_use]
-    pub fn with_allocator(mut self, allocator: Arc<AgonesAllocator>, route_ttl: Duration) -> Self {
+    pub fn with_allocator(mut self, allocator: Arc<dyn Allocator>, route_ttl: Duration) -> Self {
         self.allocator = Some((allocator, route_ttl));
         self
     }
@@ -366,21 +365,17 @@ impl Api {
         };
         let tag = format!("porter-api-{}", self.started.elapsed().as_nanos());
         let allocation = allocator
-            .allocate_game_server(fleet, &tag, Instant::now() + ALLOCATE_TIMEOUT)
+            .allocate(Arc::from(fleet), tag, Instant::now() + ALLOCATE_TIMEOUT)
             .await
-            .map_err(|e| {
-                Failure::new(StatusCode::BAD_GATEWAY, format!("allocation failed: {e}"))
+            .map_err(|e| match e.kind() {
+                // The answer itself is unusable: say what it was, as it is.
+                AllocationErrorKind::InvalidAnswer => {
+                    Failure::new(StatusCode::BAD_GATEWAY, e.to_string())
+                }
+                _ => Failure::new(StatusCode::BAD_GATEWAY, format!("allocation failed: {e}")),
             })?;
-        let Some(addr) = allocation.socket_addr else {
-            return Err(Failure::new(
-                StatusCode::BAD_GATEWAY,
-                format!(
-                    "game server {} has address {:?}, which does not resolve",
-                    allocation.game_server_name, allocation.address
-                ),
-            ));
-        };
-        let fqdn = format!("{}.{domain}", allocation.game_server_name);
+        let addr = allocation.addr;
+        let fqdn = format!("{}.{domain}", allocation.game_server);
         let name = porter_config::parse_route_name(&fqdn)
             .map_err(|e| Failure::new(StatusCode::BAD_GATEWAY, format!("game server name: {e}")))?;
         let route = Route {
@@ -404,7 +399,7 @@ impl Api {
         .map_err(|e| Failure::bad_request(e.to_string()))?;
         tracing::info!(
             %fqdn,
-            game_server = %allocation.game_server_name,
+            game_server = %allocation.game_server,
             target = %addr,
             ttl_seconds = ttl.as_secs(),
             "temporary route for an allocated game server"
@@ -413,7 +408,7 @@ impl Api {
             StatusCode::OK,
             &json!({
                 "fqdn": name.to_string(),
-                "name": allocation.game_server_name,
+                "name": allocation.game_server,
                 "target": addr.to_string(),
             }),
         ))
@@ -516,7 +511,7 @@ impl Api {
     }
 
     fn metrics(&self) -> Reply {
-        let (stats, _) = self.relay.stats();
+        let stats = self.relay.stats();
         let gauges = (self.gauges)();
         let sync = self.sync.as_ref().map(RouteSync::status);
         let text = metrics::render(&stats, gauges, self.started.elapsed(), sync.as_ref());
@@ -529,8 +524,14 @@ impl Api {
     }
 
     fn stats(&self) -> Reply {
-        let (stats, upstreams) = self.relay.stats();
+        let host = self.relay.stats();
+        let (stats, upstreams) = (&host.relay, host.upstream_sockets);
         let gauges = (self.gauges)();
+        let failures: serde_json::Map<String, serde_json::Value> = host
+            .allocation_failures
+            .iter()
+            .map(|(kind, n)| (kind.as_str().to_owned(), json!(n)))
+            .collect();
         let drops: serde_json::Map<String, serde_json::Value> = porter_core::DropReason::ALL
             .iter()
             .map(|r| (r.as_str().to_owned(), json!(stats.drops(*r))))
@@ -563,6 +564,7 @@ impl Api {
                 "requested": stats.allocations.requested,
                 "succeeded": stats.allocations.succeeded,
                 "failed": stats.allocations.failed,
+                "failed_by_kind": failures,
                 "timed_out": stats.allocations.timed_out,
                 "rejected": stats.allocations.rejected,
             },
@@ -719,6 +721,7 @@ fn json_reply<T: Serialize>(status: StatusCode, value: &T) -> Reply {
 }
 
 /// Binds the API and serves it on the current tokio runtime; returns the bound address.
+#[cfg(feature = "tokio")]
 pub async fn serve_tokio(
     settings: ApiSettings,
     relay: RelayHandle,
@@ -729,6 +732,7 @@ pub async fn serve_tokio(
 
 /// Binds `api`'s address and serves it on the current tokio runtime; returns the bound
 /// address.
+#[cfg(feature = "tokio")]
 pub async fn serve_api_tokio(api: Api) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(api.settings.bind).await?;
     let bound = listener.local_addr()?;

@@ -2,39 +2,17 @@
 //! [`porter_core::RelayConfig`], routes with their targets resolved, API settings.
 //! Shared by both binaries so they start identically.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use porter_core::{AssemblerConfig, RefusalMode, Relay, Route};
+use porter_core::{AssemblerConfig, RefusalMode, Route};
+use porter_host::HostSettings;
+pub use porter_host::SetupError;
 
-use crate::agones::AgonesClientConfig;
 use crate::api::ApiSettings;
 use porter_config::{self as config, Config};
 
 pub use porter_config::LogFormat;
-
-/// Problems found while turning a configuration into settings (unresolvable targets,
-/// routes the core rejects). Display prints one per line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SetupError {
-    /// One message per problem, each naming where it is.
-    pub problems: Vec<String>,
-}
-
-impl fmt::Display for SetupError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, p) in self.problems.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            f.write_str(p)?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for SetupError {}
 
 /// Everything a driver needs to run.
 #[derive(Clone, Debug)]
@@ -55,8 +33,9 @@ pub struct Settings {
     pub drain_period: Duration,
     /// The management API.
     pub api: Option<ApiSettings>,
-    /// The Agones allocator client, when `agones.enabled`.
-    pub agones: Option<AgonesClientConfig>,
+    /// The `agones` section, when `agones.enabled` (the driver builds the allocator client
+    /// from it: `porter_agones::AgonesClientConfig::from_config`).
+    pub agones: Option<config::AgonesConfig>,
     /// How long routes added by `POST /allocate` live.
     pub allocate_route_ttl: Duration,
     /// Route sharing through Redis, when `redis.enabled`.
@@ -123,31 +102,7 @@ impl Settings {
             log_requests: api.log_requests,
             max_body_bytes: api.max_body_bytes,
         });
-        let agones = config.agones.as_ref().and_then(|a| {
-            let client = AgonesClientConfig::from_pem_files(
-                a.namespace.clone(),
-                a.allocator_host.to_string(),
-                &a.allocator_client_cert,
-                &a.allocator_client_key,
-                &a.allocator_ca_cert,
-            );
-            match client {
-                Ok(mut c) => {
-                    c.tls_server_name.clone_from(&a.tls_server_name);
-                    c.insecure_skip_verify = a.insecure_skip_verify;
-                    c.request_timeout = a.request_timeout;
-                    c.max_retries = a.max_retries;
-                    c.player_list.clone_from(&a.player_list);
-                    c.reserve_player_slot = a.reserve_player_slot;
-                    c.port_name.clone_from(&a.port_name);
-                    Some(c)
-                }
-                Err(e) => {
-                    problems.push(format!("agones: {e}"));
-                    None
-                }
-            }
-        });
+        let agones = config.agones.clone();
         let allocate_route_ttl = config
             .agones
             .as_ref()
@@ -170,19 +125,13 @@ impl Settings {
         })
     }
 
-    /// A relay with these settings' limits and routes.
-    pub fn new_relay(&self) -> Result<Relay, SetupError> {
-        let mut relay = Relay::new(self.relay.clone());
-        let mut problems = Vec::new();
-        for route in &self.routes {
-            if let Err(e) = relay.set_route(route.clone()) {
-                problems.push(format!("route {}: {e}", route.name));
-            }
-        }
-        if problems.is_empty() {
-            Ok(relay)
-        } else {
-            Err(SetupError { problems })
+    /// What the data plane needs of these settings.
+    pub fn host_settings(&self) -> HostSettings {
+        HostSettings {
+            listen: self.listen.clone(),
+            relay: self.relay.clone(),
+            routes: self.routes.clone(),
+            log_requests: self.log_requests,
         }
     }
 }

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use control::sync::{LinkState, SharedRoute};
+use porter_control::sync::{LinkState, SharedRoute};
 use porter_core::RouteName;
 use porter_test_support::{host, RedisServer};
 
@@ -46,10 +46,10 @@ async fn password_and_database_from_url_or_keys() {
             "redis: {{enabled: true, address: \"127.0.0.1:{port}\", password: \"{PASSWORD}\", db: 3}}"
         ),
     ] {
-        let config = control::config::from_str(&section, "test.yaml").unwrap();
+        let config = porter_config::from_str(&section, "test.yaml").unwrap();
         let redis = config.redis.expect("redis enabled");
         let host = host();
-        let sync = control::redis_sync::start_tokio(&redis, host.clone()).unwrap();
+        let sync = porter_control::redis_sync::start_tokio(&redis, host.clone()).unwrap();
         wait_until("the load", || sync.status().state == LinkState::Synced).await;
         let stored = RouteName::parse("stored.test").unwrap();
         assert!(
@@ -58,7 +58,7 @@ async fn password_and_database_from_url_or_keys() {
         );
 
         let shared = SharedRoute::from_entry(
-            control::sync::RouteType::Simple,
+            porter_control::sync::RouteType::Simple,
             "local.test",
             "127.0.0.1:7002",
         )
@@ -87,8 +87,8 @@ async fn a_wrong_password_keeps_the_link_down_with_the_reason() {
         "redis: {{enabled: true, address: \"127.0.0.1:{}\", password: wrong}}",
         server.port
     );
-    let config = control::config::from_str(&section, "test.yaml").unwrap();
-    let sync = control::redis_sync::start_tokio(&config.redis.unwrap(), host()).unwrap();
+    let config = porter_config::from_str(&section, "test.yaml").unwrap();
+    let sync = porter_control::redis_sync::start_tokio(&config.redis.unwrap(), host()).unwrap();
     wait_until("the link to fail", || {
         sync.status().state == LinkState::Down
     })

@@ -1,38 +1,52 @@
-//! The relay's I/O loop, written once for every async runtime.
+//! # porter-host
 //!
-//! A driver (the `porter` binary on tokio, `porter-smol` on smol) implements two small
-//! traits for its runtime: [`AsyncUdp`] (wait until a UDP socket is ready, then run a
-//! non-blocking operation on it) and [`Runtime`] (spawn and abort tasks, sleep, register
-//! a socket). Everything else lives here and is shared:
+//! The data plane around [`porter_core::Relay`], written once for every async runtime:
+//! the relay behind one lock ([`RelayHost`], [`HostCell`]), the control plane's one door
+//! into it ([`RelayHandle`]), and the I/O engine that runs it ([`Engine`]). It knows
+//! nothing of the management API, the route sync or Agones: the control plane reaches the
+//! relay through a [`RelayHandle`], and allocation requests go to an [`Allocator`] trait
+//! object the driver hands in. No tokio: a driver implements two small traits for its
+//! runtime, [`AsyncUdp`] (wait until a UDP socket is ready, then run a non-blocking
+//! operation on it) and [`Runtime`] (spawn and abort tasks, sleep, register a socket).
 //!
 //! - [`Socket`]: a UDP socket with quinn-udp's batched I/O state (receive with GRO, send
 //!   with GSO), and the "backend unreachable, reported once per session" rule;
 //! - [`bind_listener`]: the dual-stack listener bind (socket2), with the start-up error
 //!   messages both binaries print;
 //! - [`Engine`]: one task per listener and per session's upstream socket, the timer task
-//!   the core asks for, and the execution of the [`RelayHost`](crate::host::RelayHost)'s
-//!   [`Action`](crate::host::Action)s in order, coalescing runs of same-sized datagrams
-//!   for one destination into one GSO send;
-//! - [`start`] and [`drain`]: start-up from [`Settings`](crate::setup::Settings) and the
-//!   shutdown drain after the first SIGINT/SIGTERM.
+//!   the core asks for, and the execution of the relay's [`porter_core::Command`]s in
+//!   order, coalescing runs of same-sized datagrams for one destination into one GSO send;
+//! - [`start`] and [`drain`]: start-up from [`HostSettings`] and the shutdown drain after
+//!   the first SIGINT/SIGTERM.
 //!
-//! The [`Allocator`] trait is how the engine asks for Agones game servers
-//! ([`crate::agones::AgonesAllocator`] implements it).
+//! ## Locks
+//!
+//! One data-plane lock, the [`HostCell`]'s mutex around the [`RelayHost`]: every datagram,
+//! timer expiry, allocation answer and control-plane change takes it once, briefly, and
+//! never across an await. Beside it, small leaf locks that are never held while taking
+//! the host lock: the engine's upstream-socket and allocation-task maps, its armed
+//! deadline, the subscriber list, and each socket's quinn-udp state.
 
+mod allocator;
 mod batch;
 mod engine;
-pub(crate) mod notify;
+mod host;
+mod notify;
+mod settings;
 mod socket;
 
 use std::future::Future;
 use std::io;
 use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
-use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Instant;
 
+pub use allocator::{Allocated, AllocationError, AllocationErrorKind, AllocationFuture, Allocator};
 pub use engine::{drain, start, Engine, StartError};
+pub use host::{
+    HostCell, HostStats, RelayHandle, RelayHost, RouteEditor, Subscriber, ALLOCATION_GRACE,
+};
 pub use quinn_udp::UdpSockRef;
+pub use settings::{HostSettings, SetupError};
 pub use socket::{bind_listener, canonical, BindError, Socket};
 
 /// A UDP socket registered with a runtime's reactor.
@@ -80,14 +94,4 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Registers a bound, non-blocking std socket with the runtime's reactor.
     fn register(&self, socket: StdUdpSocket) -> io::Result<Self::Udp>;
-}
-
-/// The answer of an [`Allocator`]: the game server's address, or why there is none.
-pub type AllocationFuture = Pin<Box<dyn Future<Output = Result<SocketAddr, String>> + Send>>;
-
-/// How allocation requests (`agones` routes) are served.
-pub trait Allocator: Send + Sync + 'static {
-    /// Allocates a game server from `fleet` for the connection named by `tag`, giving up
-    /// at `deadline`. The future must be runnable on the driver's runtime.
-    fn allocate(&self, fleet: Arc<str>, tag: String, deadline: Instant) -> AllocationFuture;
 }

@@ -5,7 +5,7 @@
 //!
 //! Two kinds of callers reach the relay:
 //!
-//! - the I/O engine ([`crate::io::Engine`]), for datagrams, timers and allocation answers:
+//! - the I/O engine ([`crate::Engine`]), for datagrams, timers and allocation answers:
 //!   it locks the [`RelayHost`], hands the input over, drains the relay's commands into its
 //!   own plan with [`RelayHost::drain`], unlocks, and executes the plan;
 //! - the control plane (API, route sync), through a [`RelayHandle`]: every change it
@@ -26,7 +26,9 @@ use porter_core::{
     RelayStats, Route, RouteError, RouteName, SessionId, SessionInfo, SessionPage, Verdict,
 };
 
-use crate::io::notify::Notify;
+use crate::{Allocated, AllocationError, AllocationErrorKind};
+
+use crate::notify::Notify;
 
 /// Called with each notification, after the host lock is released.
 pub type Subscriber = Arc<dyn Fn(&Notification) + Send + Sync>;
@@ -36,6 +38,8 @@ pub struct RelayHost {
     relay: Relay,
     log_requests: bool,
     upstream_sockets: usize,
+    /// Failed allocations by kind, indexed like [`AllocationErrorKind::ALL`].
+    allocation_failures: Vec<u64>,
     /// Commands of control-plane changes, for the engine to execute.
     outbox: Vec<Command>,
     /// Notifications not yet handed to the subscribers.
@@ -59,6 +63,7 @@ impl RelayHost {
             relay,
             log_requests,
             upstream_sockets: 0,
+            allocation_failures: vec![0; AllocationErrorKind::ALL.len()],
             outbox: Vec::new(),
             notes: Vec::new(),
         }
@@ -112,11 +117,20 @@ impl RelayHost {
         &mut self,
         now: Instant,
         id: AllocationId,
-        result: Result<BackendAddr, AllocationFailure>,
+        result: Result<Allocated, AllocationError>,
     ) {
-        if let Err(e) = &result {
-            tracing::warn!(allocation = %id, reason = %e.reason, "allocation failed");
-        }
+        let result = match result {
+            Ok(allocated) => Ok(BackendAddr(allocated.addr)),
+            Err(e) => {
+                tracing::warn!(allocation = %id, kind = e.kind().as_str(), reason = %e, "allocation failed");
+                if let Some(i) = AllocationErrorKind::ALL.iter().position(|k| *k == e.kind()) {
+                    self.allocation_failures[i] += 1;
+                }
+                Err(AllocationFailure {
+                    reason: e.to_string(),
+                })
+            }
+        };
         if let Err(e) = self.relay.complete_allocation(now, id, result) {
             tracing::debug!(allocation = %id, "{e}");
         }
@@ -225,6 +239,17 @@ fn log_notification(note: &Notification) {
     }
 }
 
+/// A snapshot of the data plane's counters, as the API and the metrics show them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostStats {
+    /// The core's gauges and counters.
+    pub relay: RelayStats,
+    /// Upstream sockets the relay asked for and has not closed.
+    pub upstream_sockets: usize,
+    /// Failed allocations by kind (every kind, zeros included).
+    pub allocation_failures: Vec<(AllocationErrorKind, u64)>,
+}
+
 /// The host and the engine's wake-up, shared by the engine's tasks and every
 /// [`RelayHandle`].
 pub struct HostCell {
@@ -322,10 +347,18 @@ impl RelayHandle {
         f(self.cell.lock().relay())
     }
 
-    /// Gauges and counters, and the number of upstream sockets.
-    pub fn stats(&self) -> (RelayStats, usize) {
+    /// Gauges and counters.
+    pub fn stats(&self) -> HostStats {
         let host = self.cell.lock();
-        (host.relay().stats(), host.upstream_sockets())
+        HostStats {
+            relay: host.relay().stats(),
+            upstream_sockets: host.upstream_sockets(),
+            allocation_failures: AllocationErrorKind::ALL
+                .iter()
+                .copied()
+                .zip(host.allocation_failures.iter().copied())
+                .collect(),
+        }
     }
 
     /// Every route, sorted by name.

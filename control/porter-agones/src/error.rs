@@ -183,3 +183,18 @@ pub enum TlsError {
         source: rustls::Error,
     },
 }
+
+impl AllocateError {
+    /// The kind of failure, as the relay counts it.
+    pub fn kind(&self) -> porter_host::AllocationErrorKind {
+        use porter_host::AllocationErrorKind as Kind;
+        match self {
+            Self::NoGameServerAvailable { .. } => Kind::NoCapacity,
+            Self::Unavailable { .. } => Kind::Unavailable,
+            Self::Timeout { .. } => Kind::Timeout,
+            Self::Rejected { .. } => Kind::Rejected,
+            Self::Tls(_) => Kind::Tls,
+            Self::InvalidResponse { .. } => Kind::InvalidAnswer,
+        }
+    }
+}

@@ -15,7 +15,7 @@ use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
 use super::{AgonesClient, AgonesClientConfig, Allocation, ClientConfigError};
-use crate::io::{AllocationFuture, Allocator};
+use porter_host::{Allocated, AllocationError, AllocationErrorKind, AllocationFuture, Allocator};
 
 /// Allocates game servers through the Agones allocator service.
 #[derive(Debug)]
@@ -67,13 +67,13 @@ impl AgonesAllocator {
         fleet: &str,
         tag: &str,
         deadline: Instant,
-    ) -> Pin<Box<dyn Future<Output = Result<Allocation, String>> + Send>> {
+    ) -> Pin<Box<dyn Future<Output = Result<Allocation, AllocationError>> + Send>> {
         let (client, fleet, tag) = (self.client.clone(), fleet.to_owned(), tag.to_owned());
         let allocation = async move {
             let allocation = client
                 .allocate(&fleet, &tag, deadline.into())
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| AllocationError::new(e.kind(), e.to_string()))?;
             tracing::info!(
                 %fleet,
                 game_server = %allocation.game_server_name,
@@ -95,26 +95,38 @@ impl Allocator for AgonesAllocator {
         let allocation = self.allocate_game_server(&fleet, &tag, deadline);
         Box::pin(async move {
             let allocation = allocation.await?;
-            allocation.socket_addr.ok_or_else(|| {
-                format!(
-                    "game server {} has address {:?}, which does not resolve",
-                    allocation.game_server_name, allocation.address
+            let addr = allocation.socket_addr.ok_or_else(|| {
+                AllocationError::new(
+                    AllocationErrorKind::InvalidAnswer,
+                    format!(
+                        "game server {} has address {:?}, which does not resolve",
+                        allocation.game_server_name, allocation.address
+                    ),
                 )
+            })?;
+            Ok(Allocated {
+                game_server: allocation.game_server_name,
+                addr,
             })
         })
     }
 }
 
 /// A task on the allocator's runtime, cancelled when the relay stops waiting for it.
-struct AbortOnDrop<T>(JoinHandle<Result<T, String>>);
+struct AbortOnDrop<T>(JoinHandle<Result<T, AllocationError>>);
 
 impl<T> Future for AbortOnDrop<T> {
-    type Output = Result<T, String>;
+    type Output = Result<T, AllocationError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.0)
-            .poll(cx)
-            .map(|joined| joined.unwrap_or_else(|e| Err(format!("allocation task failed: {e}"))))
+        Pin::new(&mut self.0).poll(cx).map(|joined| {
+            joined.unwrap_or_else(|e| {
+                Err(AllocationError::new(
+                    AllocationErrorKind::Internal,
+                    format!("allocation task failed: {e}"),
+                ))
+            })
+        })
     }
 }
 

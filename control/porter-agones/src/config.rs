@@ -180,3 +180,25 @@ pub fn read_pem_file(path: impl AsRef<Path>, role: PemRole) -> Result<Vec<u8>, P
         source,
     })
 }
+
+impl AgonesClientConfig {
+    /// The client configuration for a validated `agones` section: reads the PEM files
+    /// now, so a missing or unreadable file fails at start-up with its path.
+    pub fn from_config(section: &porter_config::AgonesConfig) -> Result<Self, PemFileError> {
+        let mut config = Self::from_pem_files(
+            section.namespace.clone(),
+            section.allocator_host.to_string(),
+            &section.allocator_client_cert,
+            &section.allocator_client_key,
+            &section.allocator_ca_cert,
+        )?;
+        config.tls_server_name.clone_from(&section.tls_server_name);
+        config.insecure_skip_verify = section.insecure_skip_verify;
+        config.request_timeout = section.request_timeout;
+        config.max_retries = section.max_retries;
+        config.player_list.clone_from(&section.player_list);
+        config.reserve_player_slot = section.reserve_player_slot;
+        config.port_name.clone_from(&section.port_name);
+        Ok(config)
+    }
+}

@@ -1,0 +1,60 @@
+//! What the data plane is started with: listen addresses, the core's limits, the routes
+//! and the log setting; and the problems found while building the relay from them.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use porter_core::{Relay, RelayConfig, Route};
+
+/// The data plane's settings (the control plane derives them from the configuration).
+#[derive(Clone, Debug)]
+pub struct HostSettings {
+    /// UDP listen addresses.
+    pub listen: Vec<SocketAddr>,
+    /// The core's limits and timeouts.
+    pub relay: RelayConfig,
+    /// The routes at start, targets resolved.
+    pub routes: Vec<Route>,
+    /// Log every dropped datagram.
+    pub log_requests: bool,
+}
+
+impl HostSettings {
+    /// A relay with these settings' limits and routes.
+    pub fn new_relay(&self) -> Result<Relay, SetupError> {
+        let mut relay = Relay::new(self.relay.clone());
+        let mut problems = Vec::new();
+        for route in &self.routes {
+            if let Err(e) = relay.set_route(route.clone()) {
+                problems.push(format!("route {}: {e}", route.name));
+            }
+        }
+        if problems.is_empty() {
+            Ok(relay)
+        } else {
+            Err(SetupError { problems })
+        }
+    }
+}
+
+/// Problems found while turning a configuration into settings (unresolvable targets,
+/// routes the core rejects). Display prints one per line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetupError {
+    /// One message per problem, each naming where it is.
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for SetupError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            f.write_str(p)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for SetupError {}
