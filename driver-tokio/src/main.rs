@@ -50,7 +50,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     };
     if let Some(api) = &settings.api {
         let agones = allocator.map(|a| (a, settings.allocate_route_ttl));
-        let bound = porter_control::api::serve_api_tokio(Api::for_engine(
+        let bound = porter_control::http::serve_api_tokio(Api::for_engine(
             api,
             &driver,
             sync.as_ref(),

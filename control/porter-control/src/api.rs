@@ -720,39 +720,6 @@ fn json_reply<T: Serialize>(status: StatusCode, value: &T) -> Reply {
     reply
 }
 
-/// Binds the API and serves it on the current tokio runtime; returns the bound address.
-#[cfg(feature = "tokio")]
-pub async fn serve_tokio(
-    settings: ApiSettings,
-    relay: RelayHandle,
-    gauges: GaugeFn,
-) -> std::io::Result<SocketAddr> {
-    serve_api_tokio(Api::new(settings, relay, gauges)).await
-}
-
-/// Binds `api`'s address and serves it on the current tokio runtime; returns the bound
-/// address.
-#[cfg(feature = "tokio")]
-pub async fn serve_api_tokio(api: Api) -> std::io::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(api.settings.bind).await?;
-    let bound = listener.local_addr()?;
-    let api = Arc::new(api);
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = match listener.accept().await {
-                Ok(conn) => conn,
-                Err(e) => {
-                    tracing::warn!("API accept failed: {e}");
-                    continue;
-                }
-            };
-            let io = hyper_util::rt::TokioIo::new(stream);
-            tokio::spawn(crate::http::serve_connection(api.clone(), io));
-        }
-    });
-    Ok(bound)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

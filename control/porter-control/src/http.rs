@@ -1,11 +1,18 @@
-//! Serving the management API over one accepted connection, on any runtime: the driver
+//! Serving the management API: over one accepted connection, on any runtime (the driver
 //! accepts TCP connections with its own runtime and wraps each in hyper's `rt::Read` +
-//! `rt::Write` (`TokioIo` on tokio, `smol_hyper::rt::FuturesIo` on smol).
+//! `rt::Write`: `TokioIo` on tokio, `smol_hyper::rt::FuturesIo` on smol), and the whole
+//! listener on tokio ([`serve_api_tokio`], feature `tokio`).
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
 use crate::api::Api;
+#[cfg(feature = "tokio")]
+use crate::api::{ApiSettings, GaugeFn};
+#[cfg(feature = "tokio")]
+use porter_host::RelayHandle;
+#[cfg(feature = "tokio")]
+use std::net::SocketAddr;
 
 /// Serves HTTP/1.1 requests on `io` with [`Api::handle`] until the client closes it.
 /// Connection errors are logged at debug level (clients that go away are not news).
@@ -23,4 +30,37 @@ where
     {
         tracing::debug!("API connection: {e}");
     }
+}
+
+/// Binds the API and serves it on the current tokio runtime; returns the bound address.
+#[cfg(feature = "tokio")]
+pub async fn serve_tokio(
+    settings: ApiSettings,
+    relay: RelayHandle,
+    gauges: GaugeFn,
+) -> std::io::Result<SocketAddr> {
+    serve_api_tokio(Api::new(settings, relay, gauges)).await
+}
+
+/// Binds `api`'s address and serves it on the current tokio runtime; returns the bound
+/// address.
+#[cfg(feature = "tokio")]
+pub async fn serve_api_tokio(api: Api) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(api.settings().bind).await?;
+    let bound = listener.local_addr()?;
+    let api = Arc::new(api);
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = match listener.accept().await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::warn!("API accept failed: {e}");
+                    continue;
+                }
+            };
+            let io = hyper_util::rt::TokioIo::new(stream);
+            tokio::spawn(serve_connection(api.clone(), io));
+        }
+    });
+    Ok(bound)
 }

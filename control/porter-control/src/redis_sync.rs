@@ -20,6 +20,7 @@ use crate::sync::{
     new_epoch, PendingWrite, RedisCommand, RouteHash, RouteSync, SharedRoute, EPOCH_KEY,
 };
 use porter_config::RedisConfig;
+#[cfg(feature = "tokio")]
 use porter_host::RelayHandle;
 
 /// How long to wait for a connection or an answer before taking the link as down.
