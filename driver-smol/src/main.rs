@@ -85,8 +85,8 @@ async fn run(rt: Smol, settings: Settings) -> anyhow::Result<()> {
     let driver = porter_host::start(rt.clone(), &settings.host_settings(), allocator.clone())?;
     let sync = match &settings.redis {
         Some(redis) => {
-            // The redis crate is built with tokio support too (for `porter`): choose smol.
-            let _ = redis::aio::prefer_smol();
+            // The redis crate may be built with tokio support too (for `porter`).
+            porter_control::redis_sync::prefer_smol();
             let sync = RouteSync::new(driver.handle(), redis.channel.clone());
             rt.spawn_detached(porter_control::redis_sync::task(
                 redis,

@@ -49,6 +49,16 @@ impl Timer for TokioTimer {
     }
 }
 
+/// Makes the redis crate run its connections on smol. Needed only when this crate is
+/// built with both runtime features (one build of the whole workspace: the redis crate
+/// then supports both and defaults to tokio); otherwise smol is its only runtime.
+pub fn prefer_smol() {
+    #[cfg(all(feature = "smol", feature = "tokio"))]
+    {
+        let _ = redis::aio::prefer_smol();
+    }
+}
+
 /// The Redis settings cannot be used.
 #[derive(Debug, thiserror::Error)]
 #[error("redis.address: {0}")]
