@@ -76,10 +76,16 @@ fn check_parse(msg: &[u8]) -> Result<ClientHelloInfo, ClientHelloError> {
     if let Ok(info) = &result {
         if let Some(sni) = &info.sni {
             check_normalised(sni);
+            let name = RouteName::parse(sni);
             assert_eq!(
-                RouteName::parse(sni),
-                Ok(RouteName::Exact(sni.clone())),
+                name.as_ref().map(RouteName::exact),
+                Ok(Some(sni.as_str())),
                 "a parsed SNI is a valid exact route name"
+            );
+            assert_eq!(
+                name.map(|n| n.to_string()).as_ref(),
+                Ok(sni),
+                "an exact route name reads as its SNI"
             );
         }
         for name in &info.alpn {

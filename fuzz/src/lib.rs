@@ -27,7 +27,8 @@
 //!   behind a valid handshake header, and on ClientHellos built from a description whose
 //!   parse is known in advance. A returned SNI must be normalised.
 //! - [`relay`]: the [`porter_core::Relay`] state machine driven by a sequence of operations,
-//!   with its bounds, timers and verdicts checked against a model after every step.
+//!   with its bounds, timers, verdicts, commands and notifications checked against a
+//!   model after every step.
 //!
 //! Inputs whose first byte is even are "raw": the rest is a list of datagrams, each a
 //! 2-byte big-endian length and its bytes (see [`join_datagrams`]). Real captures are

@@ -50,9 +50,9 @@ const FLEETS: [&str; 2] = ["fleet-a", "fleet-b"];
 /// session closes, draining, and time steps with or without `handle_timeout`.
 ///
 /// Every operation becomes a [`ModelOp`] for one [`RelayModel`], which checks the
-/// relay's bounds, timers, verdicts and events after each (see `porter_sim::RelayModel`);
-/// at the end of the input, the longest timeout passes and nothing may be left
-/// ([`RelayModel::finish`]).
+/// relay's bounds, timers, verdicts, commands and notifications after each (see
+/// `porter_sim::RelayModel`); at the end of the input, the longest timeout passes and
+/// nothing may be left ([`RelayModel::finish`]).
 pub fn relay(data: &[u8]) {
     if let Some(datagrams) = super::raw_datagrams(data) {
         let setup = Setup::for_captures();

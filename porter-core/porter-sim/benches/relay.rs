@@ -166,16 +166,18 @@ impl Fixture {
         let mut relay = relay(n);
         let mut server_cids = Vec::with_capacity(n);
         let mut sessions = Vec::with_capacity(n);
-        // Measured from here: what the relay keeps per session (the Initials and events
-        // are freed within each iteration; the two Vecs above are reserved already).
+        // Measured from here: what the relay keeps per session (the Initials, commands and
+        // notifications are freed within each iteration; the two Vecs above are reserved
+        // already).
         let before = ALLOCATED.load(Ordering::Relaxed);
         for i in 0..n {
             let initial = maker.next();
             let session = match relay.handle_client_datagram(now, client_addr(i), &initial) {
-                Verdict::Buffered { session } => session,
+                Verdict::Held { session } => session,
                 other => panic!("session {i}: {other:?}"),
             };
-            while relay.poll_event().is_some() {}
+            while relay.poll_command().is_some() {}
+            while relay.poll_notification().is_some() {}
             let scid: [u8; 8] = rng.next_u64().to_be_bytes();
             let mut answer = Vec::with_capacity(200);
             for ty in [LongType::Initial, LongType::Handshake] {
@@ -194,7 +196,7 @@ impl Fixture {
                 );
             }
             let v = relay.handle_backend_datagram(now, session, &answer);
-            assert!(matches!(v, Verdict::ForwardToClient { .. }), "{v:?}");
+            assert!(matches!(v, Verdict::ToClient { .. }), "{v:?}");
             server_cids.push(scid);
             sessions.push(session);
         }
@@ -256,7 +258,8 @@ fn backend_short_header(bencher: Bencher<'_, '_>, sessions: usize) {
 }
 
 /// A new connection: a one-datagram Initial with a fresh DCID on a simple route, decrypted,
-/// parsed, routed and released (events drained), as the driver does it.
+/// parsed, routed and opened (its `OpenUpstream` and `SessionOpened` drained), as the
+/// driver does it.
 #[divan::bench(sample_count = 200, sample_size = 100)]
 fn new_session(bencher: Bencher<'_, '_>) {
     let mut relay = relay(10_000_000);
@@ -270,9 +273,12 @@ fn new_session(bencher: Bencher<'_, '_>) {
         })
         .bench_local_values(|(from, initial)| {
             let verdict = relay.handle_client_datagram(now, from, &initial);
-            debug_assert!(matches!(verdict, Verdict::Buffered { .. }));
-            while let Some(event) = relay.poll_event() {
-                drop(divan::black_box(event));
+            debug_assert!(matches!(verdict, Verdict::Held { .. }));
+            while let Some(command) = relay.poll_command() {
+                drop(divan::black_box(command));
+            }
+            while let Some(notification) = relay.poll_notification() {
+                drop(divan::black_box(notification));
             }
             verdict
         });

@@ -1,7 +1,8 @@
 //! The driver loop around [`Relay`], as a real runtime runs it, but over the emulated
 //! [`Network`]: one listener address for clients, one upstream "socket" (address) per
-//! session, verdicts and events turned into sends, and an allocator that answers
-//! [`Event::AllocationRequested`] after a virtual delay.
+//! session, verdicts acted on and [`Command`]s executed as they come (after every input:
+//! the verdict, then the commands in order, then the notifications), and an allocator
+//! that answers [`Command::Allocate`] after a virtual delay.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::net::{Datagram, Network};
-use porter_core::{AllocationFailure, Event, Relay, Verdict};
+use porter_core::{AllocationFailure, Command, Notification, Relay, Verdict};
 use porter_core::{AllocationId, BackendAddr, ClientAddr, SessionId};
 
 /// How the simulated allocator answers the requests for one fleet.
@@ -58,12 +59,19 @@ pub enum LogEntry {
         /// The relay's decision.
         verdict: Verdict,
     },
-    /// The relay emitted an event.
-    Event {
+    /// The relay gave a command, and the driver executed it.
+    Command {
         /// When.
         at: Instant,
-        /// The event.
-        event: Event,
+        /// The command.
+        command: Command,
+    },
+    /// The relay gave a notification.
+    Notification {
+        /// When.
+        at: Instant,
+        /// The notification.
+        notification: Notification,
     },
     /// The driver passed an allocation's answer to the relay.
     Completed {
@@ -85,23 +93,28 @@ pub struct DriverStats {
     pub client_datagrams: u64,
     /// Datagrams that reached an upstream socket and were given to the relay.
     pub backend_datagrams: u64,
-    /// Datagrams sent to backends (forwarded or released).
+    /// Datagrams sent to backends (forwarded, or held and sent by an
+    /// [`Command::OpenUpstream`]).
     pub to_backends: u64,
     /// Datagrams sent to clients (forwarded backend datagrams).
     pub to_clients: u64,
-    /// Replies and refusals sent to clients from the listener.
+    /// Datagrams the relay made, sent to clients from the listener
+    /// ([`Command::Transmit`]: Version Negotiation and refusals).
     pub replies: u64,
     /// Datagrams that reached an upstream socket after its session closed (the socket
     /// is gone), or came from an address other than the socket's backend (a connected
     /// socket filters them).
     pub stray: u64,
-    /// Verdicts or events that contradict the driver's view (a Forward to a backend that
-    /// is not its session's, a Release before its SessionOpened, ...). Always 0 unless
-    /// the relay is broken.
+    /// Verdicts, commands or notifications that contradict the driver's view (a
+    /// `ToBackend` to a backend that is not its session's socket's, an `OpenUpstream` for
+    /// a session that has a socket, a `CloseUpstream` for one that has none, a
+    /// `SessionOpened` without its socket, a `SessionClosed` that leaves its socket open,
+    /// an `Answered` verdict without a `Transmit` to the sender, ...). Always 0 unless the
+    /// relay is broken.
     pub inconsistencies: u64,
-    /// Sessions opened (upstream sockets created).
+    /// Upstream sockets opened ([`Command::OpenUpstream`]).
     pub sockets_opened: u64,
-    /// Sessions closed.
+    /// Upstream sockets closed ([`Command::CloseUpstream`]).
     pub sockets_closed: u64,
 }
 
@@ -150,8 +163,8 @@ impl RelayDriver {
         &self.relay
     }
 
-    /// The relay, to change routes or settings. Drain its events through
-    /// [`Self::drain_events`] after calling an input method directly.
+    /// The relay, to change routes or settings. Drain its outputs through [`Self::drain`]
+    /// after calling an input method directly.
     pub fn relay_mut(&mut self) -> &mut Relay {
         &mut self.relay
     }
@@ -172,10 +185,19 @@ impl RelayDriver {
         &self.log
     }
 
-    /// The events the relay emitted, in order, with their times.
-    pub fn events(&self) -> impl Iterator<Item = (Instant, &Event)> {
+    /// The commands the relay gave (and the driver executed), in order, with their
+    /// times.
+    pub fn commands(&self) -> impl Iterator<Item = (Instant, &Command)> {
         self.log.iter().filter_map(|e| match e {
-            LogEntry::Event { at, event } => Some((*at, event)),
+            LogEntry::Command { at, command } => Some((*at, command)),
+            _ => None,
+        })
+    }
+
+    /// The notifications the relay gave, in order, with their times.
+    pub fn notifications(&self) -> impl Iterator<Item = (Instant, &Notification)> {
+        self.log.iter().filter_map(|e| match e {
+            LogEntry::Notification { at, notification } => Some((*at, notification)),
             _ => None,
         })
     }
@@ -212,27 +234,40 @@ impl RelayDriver {
                 .relay
                 .handle_client_datagram(now, from, &datagram.bytes);
             match &verdict {
-                Verdict::Forward { session, backend } => match self.sockets.get(session) {
+                Verdict::ToBackend { session, backend } => match self.sockets.get(session) {
                     Some(up) if up.backend == *backend => {
                         self.stats.to_backends += 1;
                         net.send(now, up.local, backend.0, datagram.bytes.clone());
                     }
                     _ => self.stats.inconsistencies += 1,
                 },
-                Verdict::Reply(reply) => {
-                    self.stats.replies += 1;
-                    net.send(now, self.listener, datagram.from, reply.clone());
-                }
-                Verdict::ForwardToClient { .. } => self.stats.inconsistencies += 1,
-                Verdict::Buffered { .. } | Verdict::Drop(_) => {}
+                Verdict::ToClient { .. } => self.stats.inconsistencies += 1,
+                // The answer is a Transmit among the commands drained below.
+                Verdict::Held { .. } | Verdict::Answered | Verdict::Drop(_) => {}
             }
+            let answered = verdict == Verdict::Answered;
             self.log.push(LogEntry::Client {
                 at: now,
                 from,
                 bytes: datagram.bytes,
                 verdict,
             });
-            self.drain_events(now, net);
+            let first = self.log.len();
+            self.drain(now, net);
+            if answered {
+                let transmits = self.log[first..]
+                    .iter()
+                    .filter(|e| {
+                        matches!(e, LogEntry::Command {
+                            command: Command::Transmit { to, .. },
+                            ..
+                        } if *to == from)
+                    })
+                    .count();
+                if transmits != 1 {
+                    self.stats.inconsistencies += 1;
+                }
+            }
             return true;
         }
         let Some(&session) = self.by_local.get(&datagram.to) else {
@@ -252,7 +287,7 @@ impl RelayDriver {
             .relay
             .handle_backend_datagram(now, session, &datagram.bytes);
         match &verdict {
-            Verdict::ForwardToClient { session: s, client } if *s == session => {
+            Verdict::ToClient { session: s, client } if *s == session => {
                 self.stats.to_clients += 1;
                 net.send(now, self.listener, client.0, datagram.bytes.clone());
             }
@@ -265,7 +300,7 @@ impl RelayDriver {
             len: datagram.bytes.len(),
             verdict,
         });
-        self.drain_events(now, net);
+        self.drain(now, net);
         true
     }
 
@@ -303,26 +338,37 @@ impl RelayDriver {
                 result,
                 accepted,
             });
-            self.drain_events(now, net);
+            self.drain(now, net);
         }
         if self.relay.poll_timeout().is_some_and(|at| at <= now) {
             self.relay.handle_timeout(now);
-            self.drain_events(now, net);
+            self.drain(now, net);
         }
     }
 
-    /// Drains the relay's events and acts on each, as a driver must after every input.
-    pub fn drain_events(&mut self, now: Instant, net: &mut Network) {
-        while let Some(event) = self.relay.poll_event() {
-            self.act(now, net, &event);
-            self.log.push(LogEntry::Event { at: now, event });
+    /// Drains the relay's outputs as a driver must after every input: executes each
+    /// command in order, then takes the notifications; both are logged.
+    pub fn drain(&mut self, now: Instant, net: &mut Network) {
+        while let Some(command) = self.relay.poll_command() {
+            self.execute(now, net, &command);
+            self.log.push(LogEntry::Command { at: now, command });
+        }
+        while let Some(notification) = self.relay.poll_notification() {
+            self.check(&notification);
+            self.log.push(LogEntry::Notification {
+                at: now,
+                notification,
+            });
         }
     }
 
-    fn act(&mut self, now: Instant, net: &mut Network, event: &Event) {
-        match event {
-            Event::SessionOpened {
-                session, backend, ..
+    fn execute(&mut self, now: Instant, net: &mut Network, command: &Command) {
+        match command {
+            Command::OpenUpstream {
+                session,
+                backend,
+                datagrams,
+                ..
             } => {
                 if self.sockets.contains_key(session) {
                     self.stats.inconsistencies += 1;
@@ -342,21 +388,16 @@ impl RelayDriver {
                 );
                 self.by_local.insert(local, *session);
                 self.stats.sockets_opened += 1;
-            }
-            Event::Release {
-                session,
-                backend,
-                datagrams,
-            } => match self.sockets.get(session) {
-                Some(up) if up.backend == *backend => {
-                    for d in datagrams {
-                        self.stats.to_backends += 1;
-                        net.send(now, up.local, backend.0, d.clone());
-                    }
+                for d in datagrams {
+                    self.stats.to_backends += 1;
+                    net.send(now, local, backend.0, d.clone());
                 }
-                _ => self.stats.inconsistencies += 1,
-            },
-            Event::AllocationRequested { id, fleet, .. } => {
+            }
+            Command::Transmit { to, datagram } => {
+                self.stats.replies += 1;
+                net.send(now, self.listener, to.0, datagram.clone());
+            }
+            Command::Allocate { id, fleet, .. } => {
                 let Some((behaviour, next)) = self.allocators.get_mut(fleet) else {
                     return;
                 };
@@ -379,20 +420,36 @@ impl RelayDriver {
                     self.scheduled.insert((now + delay, *id), result);
                 }
             }
-            Event::AllocationCancelled { id } => {
+            Command::CancelAllocation { id } => {
                 self.scheduled.retain(|(_, a), _| a != id);
             }
-            Event::Transmit { to, datagram } => {
-                self.stats.replies += 1;
-                net.send(now, self.listener, to.0, datagram.clone());
-            }
-            Event::SessionClosed { info, .. } => {
-                if let Some(up) = self.sockets.remove(&info.id) {
+            Command::CloseUpstream { session } => match self.sockets.remove(session) {
+                Some(up) => {
                     self.by_local.remove(&up.local);
                     self.stats.sockets_closed += 1;
                 }
-            }
-            _ => {}
+                None => self.stats.inconsistencies += 1,
+            },
+        }
+    }
+
+    /// Notifications change nothing for the driver; they are checked against the sockets
+    /// the commands left (the commands of the same input were executed already).
+    fn check(&mut self, notification: &Notification) {
+        let consistent = match notification {
+            Notification::SessionOpened {
+                session, backend, ..
+            } => self
+                .sockets
+                .get(session)
+                .is_some_and(|up| up.backend == *backend),
+            Notification::SessionClosed { info, .. } => !self.sockets.contains_key(&info.id),
+            Notification::Refused { session, .. } => !self.sockets.contains_key(session),
+            Notification::AddressChanged { session, .. } => self.sockets.contains_key(session),
+            Notification::RouteExpired { .. } => true,
+        };
+        if !consistent {
+            self.stats.inconsistencies += 1;
         }
     }
 }

@@ -5,10 +5,11 @@
 //!
 //! Everything runs on one thread in virtual time: a [`Clock`], an emulated [`Network`]
 //! with latency, jitter, loss, duplication and reordering drawn from a seeded
-//! [`SimRng`], the [`RelayDriver`] that maps the relay's verdicts and events to network
-//! sends exactly as a runtime driver does (one upstream socket per session), and QUIC
-//! endpoint models that put real headers on the wire: [`ClientConnection`]s send real
-//! protected Initials (built with [`ClientHelloSpec`] and
+//! [`SimRng`], the [`RelayDriver`] that acts on the relay's verdicts and executes its
+//! commands exactly as a runtime driver does (one upstream socket per session, opened and
+//! closed when the relay says, the held datagrams sent on it as it opens) and logs them
+//! with the notifications, and QUIC endpoint models that put real headers on the wire:
+//! [`ClientConnection`]s send real protected Initials (built with [`ClientHelloSpec`] and
 //! [`client_initial_flight`], or captured bytes), [`Server`]s answer with coalesced
 //! Initial+Handshake flights or a Retry, and both then exchange short-header pings in
 //! which each server names itself. The same seed gives the same run, to the datagram.
@@ -315,13 +316,13 @@ impl Sim {
     }
 
     /// The relay session that carries a connection: the one its first datagram that the
-    /// relay took (buffered or forwarded) went to, found in the driver's log.
+    /// relay took (held or forwarded) went to, found in the driver's log.
     pub fn session_of(&self, id: ConnId) -> Option<SessionId> {
         let odcid = self.conns[id.0].original_dcid();
         self.driver.log().iter().find_map(|e| match e {
             LogEntry::Client {
                 bytes,
-                verdict: Verdict::Buffered { session } | Verdict::Forward { session, .. },
+                verdict: Verdict::Held { session } | Verdict::ToBackend { session, .. },
                 ..
             } if first_dcid(bytes) == Some(odcid) => Some(*session),
             _ => None,

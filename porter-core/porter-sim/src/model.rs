@@ -1,35 +1,52 @@
 //! A model checker of the [`Relay`] state machine: one vocabulary of operations
 //! ([`ModelOp`], each a call of the relay's API with its arguments), one `apply` that
-//! performs an operation and drains its outputs, and one set of invariant checks run after
-//! every operation. The relay property tests (proptest) and the `relay` fuzz target
+//! performs an operation and drains its outputs as a driver does (the verdict, then every
+//! [`Command`] in order, then every [`Notification`]), and one set of invariant checks run
+//! after every operation. The relay property tests (proptest) and the `relay` fuzz target
 //! (`arbitrary`) generate operations their own way and feed them here.
 //!
 //! What [`RelayModel::apply`] checks after every operation:
 //! - bounds: sessions `<= max_sessions`, connection IDs `<= sessions *
 //!   max_cids_per_session`, buffered bytes `<= max_buffered_total` (none left once no
-//!   session is), allocations in flight `<= max_pending_allocations` and equal to those
+//!   session is) and exactly the bytes of the datagrams answered `Held` for sessions not
+//!   opened yet, allocations in flight `<= max_pending_allocations` and equal to those
 //!   requested and neither answered nor cancelled, remembered refusals `<= 16 384` and
 //!   `<=` refusals, pending sessions counted once, opened and closed sessions counted
-//!   exactly as the events announced them;
+//!   exactly as the notifications announced them;
 //! - timers: while a session exists there is a timeout, never later than any session's
 //!   deadline; after `handle_timeout(now)` nothing is due, no routed session has been
 //!   idle for the idle timeout and no pending one is older than the handshake timeout;
-//! - verdicts: `Forward` comes from a client datagram and goes to the backend the
-//!   session's `SessionOpened` announced; `ForwardToClient` comes from that session's
-//!   backend and goes to its current client address; `Buffered` is for a pending session
-//!   or one just routed; a `Reply` is a version negotiation with 8 versions or a refusal
-//!   (a server Initial); every drop is counted once under its reason; a backend datagram is
-//!   forwarded only for a routed session;
-//! - events: `SessionOpened` only by a client datagram for a simple route of the table
-//!   that names that backend, or by the answer to that session's allocation with the
-//!   allocated backend, never twice, never after the close, immediately followed by its
-//!   `Release` of held datagrams within `max_buffered_per_session`; allocations requested
-//!   by a client datagram, for the fleet of the name's route, each ID once, and each
-//!   answered, cancelled or timed out once; `Transmit` only by an allocation answer or a
-//!   timeout, carrying a refusal; a refused session closes; only routed sessions change
-//!   client address, to the sender; every session closed exactly once, none while its
-//!   allocation is awaited; no route expires (the model sets only permanent routes); the
-//!   sessions the relay lists are exactly those the events say are open or pending;
+//! - verdicts: `ToBackend` comes from a client datagram and goes to the backend the
+//!   session's `OpenUpstream` (and `SessionOpened`) named; `ToClient` comes from that
+//!   session's backend and goes to its current client address; `Held` is for a pending
+//!   session or one just opened; `Answered` comes with exactly one `Transmit`, to the
+//!   datagram's sender, of a Version Negotiation with 8 versions or a refusal (a server
+//!   Initial), and no other verdict of a client datagram comes with a `Transmit`; a
+//!   refusal while handling a client datagram is `Answered` when refusals are answered,
+//!   a drop otherwise; every drop is counted once under its reason; a backend datagram
+//!   is forwarded only for a routed session;
+//! - commands: `OpenUpstream` only by a client datagram or by the answer to that
+//!   session's allocation, never twice, never after the close, carrying exactly the
+//!   datagrams the session was answered `Held` for, in arrival order (within
+//!   `max_buffered_per_session`); `CloseUpstream` only for a session whose
+//!   `OpenUpstream` came before, once, together with that session's `SessionClosed`;
+//!   `Allocate` only by a client datagram, for the fleet of the name's route, each ID
+//!   once, and each allocation answered, cancelled (`CancelAllocation`) or timed out
+//!   once; a `Transmit` not answering a client datagram only by an allocation answer or
+//!   a timeout, carrying a refusal, one per refused connection (to its client) when
+//!   refusals are answered and none otherwise;
+//! - notifications: one `SessionOpened` for each `OpenUpstream`, in the same order, with
+//!   the same session, client and backend, for a simple route of the table that names
+//!   that backend (client datagram) or with the allocated backend for the session that
+//!   awaited it (allocation answer); `Refused` only for a session never opened, by a
+//!   client datagram (no route, allocation limit), a failed allocation of that session or
+//!   a timeout (allocation timeout), and the session then closes with that reason; only
+//!   routed sessions change client address, to the sender; every session closed exactly
+//!   once, none while its allocation is awaited, with a `CloseUpstream` exactly when it
+//!   had an `OpenUpstream` (and then with that backend in its final info); no route
+//!   expires (the model sets only permanent routes); the sessions the relay lists are
+//!   exactly those the outputs say are open or pending, and the upstreams the commands
+//!   left open are exactly the sessions the notifications say are open;
 //! - the API's answers: `set_route` accepts exactly the valid routes and stores them,
 //!   `remove_route` leaves none, `complete_allocation` accepts exactly the awaited IDs,
 //!   `close_session` closes exactly the live sessions.
@@ -43,9 +60,9 @@ use std::time::{Duration, Instant};
 
 use porter_core::wire::{parse_packet, LongType, Packet};
 use porter_core::{
-    AllocationFailure, AllocationId, BackendAddr, ClientAddr, CompleteAllocationError, DropReason,
-    Event, Relay, RelayConfig, RelayStats, Route, RouteName, RouteTarget, SessionId, SessionState,
-    Verdict,
+    AllocationFailure, AllocationId, BackendAddr, ClientAddr, CloseReason, Command,
+    CompleteAllocationError, DropReason, Notification, RefusalMode, RefuseReason, Relay,
+    RelayConfig, RelayStats, Route, RouteName, RouteTarget, SessionId, SessionState, Verdict,
 };
 
 /// One call of the relay's API, with its arguments: what [`RelayModel::apply`] performs.
@@ -111,12 +128,21 @@ pub struct RelayModel {
     relay: Relay,
     config: RelayConfig,
     now: Instant,
-    /// Every session ID seen (in a verdict, an event or the relay's list), in order.
+    /// Every session ID seen (in a verdict, a command, a notification or the relay's
+    /// list), in order.
     seen: Vec<SessionId>,
     seen_set: HashSet<SessionId>,
-    /// Routed sessions and the backend their `SessionOpened` named.
+    /// Routed sessions and the backend their `SessionOpened` named (kept from the
+    /// notifications).
     opened: HashMap<SessionId, BackendAddr>,
     opened_total: u64,
+    /// Open upstreams and their backends (kept from the commands: `OpenUpstream` in,
+    /// `CloseUpstream` out).
+    upstreams: HashMap<SessionId, BackendAddr>,
+    /// Every session that ever had an `OpenUpstream`.
+    ever_upstream: HashSet<SessionId>,
+    /// The datagrams answered `Held` for sessions not opened yet, in arrival order.
+    held: HashMap<SessionId, Vec<Vec<u8>>>,
     closed: HashSet<SessionId>,
     /// Every allocation requested, in order.
     allocations: Vec<AllocationId>,
@@ -124,8 +150,9 @@ pub struct RelayModel {
     waiting: Vec<(AllocationId, SessionId)>,
     /// Every fleet a route was set to.
     fleets: HashSet<Arc<str>>,
-    /// What the operations exercised, by name: verdicts (`forward`, `drop:<reason>`, ...),
-    /// events (`opened`, `closed:<reason>`, ...) and allocation answers.
+    /// What the operations exercised, by name: verdicts (`to_backend`, `drop:<reason>`,
+    /// ...), commands (`open_upstream`, `close_upstream`, ...), notifications
+    /// (`session_opened`, `closed:<reason>`, ...) and allocation answers.
     coverage: BTreeMap<String, u64>,
 }
 
@@ -140,6 +167,9 @@ impl RelayModel {
             seen_set: HashSet::new(),
             opened: HashMap::new(),
             opened_total: 0,
+            upstreams: HashMap::new(),
+            ever_upstream: HashSet::new(),
+            held: HashMap::new(),
             closed: HashSet::new(),
             allocations: Vec::new(),
             waiting: Vec::new(),
@@ -183,14 +213,17 @@ impl RelayModel {
         &self.coverage
     }
 
-    /// Performs `op`, drains the events it caused, and checks everything (see the module
-    /// docs). Panics, saying which invariant broke, when one does.
+    /// Performs `op`, drains the commands and then the notifications it caused, and
+    /// checks everything (see the module docs). Panics, saying which invariant broke,
+    /// when one does.
     pub fn apply(&mut self, op: ModelOp) {
         let before = self.relay.stats();
         let mut timed_out = false;
+        let mut input = None;
         let (cause, verdict) = match op {
             ModelOp::Client { from, datagram } => {
                 let verdict = self.relay.handle_client_datagram(self.now, from, &datagram);
+                input = Some(datagram);
                 (Cause::Client(from), Some(verdict))
             }
             ModelOp::Backend { session, datagram } => {
@@ -278,10 +311,19 @@ impl RelayModel {
         if let Some(verdict) = &verdict {
             self.cover_verdict(verdict);
         }
-        let events: Vec<Event> = std::iter::from_fn(|| self.relay.poll_event()).collect();
-        self.check_events(cause, &events);
+        // The relay keeps a held datagram for its session's OpenUpstream.
+        if let (Some(Verdict::Held { session }), Some(datagram)) = (&verdict, input) {
+            self.held.entry(*session).or_default().push(datagram);
+        }
+        // As a driver drains: every command, then every notification.
+        let commands: Vec<Command> = std::iter::from_fn(|| self.relay.poll_command()).collect();
+        let notifications: Vec<Notification> =
+            std::iter::from_fn(|| self.relay.poll_notification()).collect();
+        self.check_pairing(&commands, &notifications);
+        self.check_commands(cause, &commands, &notifications);
+        self.check_notifications(cause, &commands, &notifications);
         if let Some(verdict) = &verdict {
-            self.check_verdict(cause, verdict, &before, &events);
+            self.check_verdict(cause, verdict, &before, &commands, &notifications);
         }
         self.check_state(timed_out);
     }
@@ -302,6 +344,7 @@ impl RelayModel {
             (0, 0),
             "state left after the last session"
         );
+        assert!(self.upstreams.is_empty(), "upstreams left open at the end");
     }
 
     fn cover(&mut self, what: impl Into<String>) {
@@ -316,30 +359,204 @@ impl RelayModel {
 
     fn cover_verdict(&mut self, verdict: &Verdict) {
         match verdict {
-            Verdict::Forward { .. } => self.cover("forward"),
-            Verdict::ForwardToClient { .. } => self.cover("forward_to_client"),
-            Verdict::Buffered { .. } => self.cover("buffered"),
-            Verdict::Reply(_) => self.cover("reply"),
+            Verdict::ToBackend { .. } => self.cover("to_backend"),
+            Verdict::ToClient { .. } => self.cover("to_client"),
+            Verdict::Held { .. } => self.cover("held"),
+            Verdict::Answered => self.cover("answered"),
             Verdict::Drop(reason) => self.cover(format!("drop:{}", reason.as_str())),
         }
     }
 
-    fn check_events(&mut self, cause: Cause, events: &[Event]) {
-        let mut i = 0;
-        while i < events.len() {
-            match &events[i] {
-                Event::SessionClosed { reason, .. } => {
+    /// Each `OpenUpstream` has its `SessionOpened`, queued at the same moment: the two
+    /// sequences name the same sessions, clients and backends, in the same order.
+    fn check_pairing(&self, commands: &[Command], notifications: &[Notification]) {
+        let opens: Vec<(SessionId, ClientAddr, BackendAddr)> = commands
+            .iter()
+            .filter_map(|c| match c {
+                Command::OpenUpstream {
+                    session,
+                    client,
+                    backend,
+                    ..
+                } => Some((*session, *client, *backend)),
+                _ => None,
+            })
+            .collect();
+        let announced: Vec<(SessionId, ClientAddr, BackendAddr)> = notifications
+            .iter()
+            .filter_map(|n| match n {
+                Notification::SessionOpened {
+                    session,
+                    client,
+                    backend,
+                    ..
+                } => Some((*session, *client, *backend)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            opens, announced,
+            "one SessionOpened for each OpenUpstream, in the same order: \
+             {commands:?} {notifications:?}"
+        );
+    }
+
+    fn check_commands(
+        &mut self,
+        cause: Cause,
+        commands: &[Command],
+        notifications: &[Notification],
+    ) {
+        let closes = |id: SessionId| {
+            notifications
+                .iter()
+                .any(|n| matches!(n, Notification::SessionClosed { info, .. } if info.id == id))
+        };
+        for command in commands {
+            match command {
+                Command::OpenUpstream { .. } => self.cover("open_upstream"),
+                Command::Transmit { .. } => self.cover("transmit"),
+                Command::Allocate { .. } => self.cover("allocate"),
+                Command::CancelAllocation { .. } => self.cover("cancel_allocation"),
+                Command::CloseUpstream { .. } => self.cover("close_upstream"),
+            }
+            match command {
+                Command::OpenUpstream {
+                    session,
+                    client,
+                    backend,
+                    datagrams,
+                } => {
+                    assert!(
+                        matches!(cause, Cause::Client(_) | Cause::Allocation { .. }),
+                        "OpenUpstream caused by {cause:?}"
+                    );
+                    assert!(
+                        self.ever_upstream.insert(*session) && !self.closed.contains(session),
+                        "{session}: OpenUpstream twice or after its close"
+                    );
+                    self.upstreams.insert(*session, *backend);
+                    self.see(*session);
+                    if let Some(info) = self.relay.session(*session, self.now) {
+                        assert_eq!(info.client, *client, "{session} opens for its client");
+                        assert_eq!(info.backend, Some(*backend), "{session}'s backend");
+                    }
+                    assert!(!datagrams.is_empty(), "a session opens on held datagrams");
+                    let size: usize = datagrams.iter().map(|d| d.len()).sum();
+                    assert!(size <= self.config.max_buffered_per_session);
+                    let held = self.held.remove(session).unwrap_or_default();
+                    assert!(
+                        datagrams.len() == held.len()
+                            && datagrams.iter().zip(&held).all(|(d, h)| d[..] == h[..]),
+                        "{session}: OpenUpstream sends what was held, in arrival order \
+                         ({} datagrams held, {} sent)",
+                        held.len(),
+                        datagrams.len()
+                    );
+                }
+                Command::Allocate {
+                    id,
+                    session,
+                    fleet,
+                    sni,
+                    client,
+                    ..
+                } => {
+                    assert_eq!(
+                        cause,
+                        Cause::Client(*client),
+                        "allocation requested by {cause:?}"
+                    );
+                    assert!(
+                        self.fleets.contains(fleet),
+                        "allocation from {fleet}, which no route named"
+                    );
+                    let route = self.relay.route_for(sni.as_deref());
+                    assert!(
+                        matches!(route, Some(Route { target: RouteTarget::Agones { fleet: f }, .. }) if f == fleet),
+                        "allocation from {fleet} for {sni:?}, route {route:?}"
+                    );
+                    assert!(!self.allocations.contains(id), "allocation ID {id} reused");
+                    self.waiting.push((*id, *session));
+                    self.allocations.push(*id);
+                    self.see(*session);
+                }
+                Command::CancelAllocation { id } => {
+                    let Some(w) = self.waiting.iter().position(|(a, _)| a == id) else {
+                        panic!("cancelled {id}, which was not waiting");
+                    };
+                    self.waiting.remove(w);
+                }
+                Command::Transmit { to, datagram } => match cause {
+                    // The answer to the datagram (checked with the verdict).
+                    Cause::Client(from) => {
+                        assert_eq!(*to, from, "a Transmit answers the datagram's sender");
+                    }
+                    Cause::Allocation { .. } | Cause::Timeout => {
+                        self.cover("transmit_async");
+                        check_refusal(datagram);
+                    }
+                    other => panic!("Transmit caused by {other:?}"),
+                },
+                Command::CloseUpstream { session } => {
+                    assert!(
+                        self.upstreams.remove(session).is_some(),
+                        "{session}: CloseUpstream without an OpenUpstream before it, or twice"
+                    );
+                    assert!(
+                        closes(*session),
+                        "{session}: CloseUpstream without its SessionClosed"
+                    );
+                }
+            }
+        }
+        // Refusals outside a client datagram's handling go out as Transmits, one per
+        // refused connection, to its client, in the same order.
+        if matches!(cause, Cause::Allocation { .. } | Cause::Timeout) {
+            let transmitted: Vec<ClientAddr> = commands
+                .iter()
+                .filter_map(|c| match c {
+                    Command::Transmit { to, .. } => Some(*to),
+                    _ => None,
+                })
+                .collect();
+            let refused: Vec<ClientAddr> = notifications
+                .iter()
+                .filter_map(|n| match n {
+                    Notification::Refused { client, .. } => Some(*client),
+                    _ => None,
+                })
+                .collect();
+            match self.config.refusal {
+                RefusalMode::Close => assert_eq!(
+                    transmitted, refused,
+                    "one refusal sent to each refused client"
+                ),
+                RefusalMode::Drop => assert!(transmitted.is_empty(), "silent refusals"),
+            }
+        }
+    }
+
+    fn check_notifications(
+        &mut self,
+        cause: Cause,
+        commands: &[Command],
+        notifications: &[Notification],
+    ) {
+        for (i, notification) in notifications.iter().enumerate() {
+            match notification {
+                Notification::SessionClosed { reason, .. } => {
                     self.cover(format!("closed:{}", reason.as_str()));
                 }
-                Event::SessionOpened { .. } => self.cover("opened"),
-                Event::AllocationRequested { .. } => self.cover("allocation_requested"),
-                Event::AllocationCancelled { .. } => self.cover("allocation_cancelled"),
-                Event::ClientAddressChanged { .. } => self.cover("client_moved"),
-                Event::Transmit { .. } => self.cover("transmit"),
-                _ => {}
+                Notification::SessionOpened { .. } => self.cover("session_opened"),
+                Notification::Refused { reason, .. } => {
+                    self.cover(format!("refused:{}", reason.as_str()));
+                }
+                Notification::AddressChanged { .. } => self.cover("address_changed"),
+                Notification::RouteExpired { .. } => self.cover("route_expired"),
             }
-            match &events[i] {
-                Event::SessionOpened {
+            match notification {
+                Notification::SessionOpened {
                     session,
                     backend,
                     sni,
@@ -380,55 +597,8 @@ impl RelayModel {
                     self.see(*session);
                     self.opened.insert(*session, *backend);
                     self.opened_total += 1;
-                    let Some(Event::Release {
-                        session: s,
-                        backend: b,
-                        datagrams,
-                    }) = events.get(i + 1)
-                    else {
-                        panic!("SessionOpened not followed by its Release: {events:?}");
-                    };
-                    assert_eq!((s, b), (session, backend));
-                    assert!(!datagrams.is_empty(), "a session opens on held datagrams");
-                    let held: usize = datagrams.iter().map(|d| d.len()).sum();
-                    assert!(held <= self.config.max_buffered_per_session);
-                    i += 1;
                 }
-                Event::Release { .. } => panic!("Release without SessionOpened: {events:?}"),
-                Event::AllocationRequested {
-                    id,
-                    session,
-                    fleet,
-                    sni,
-                    client,
-                    ..
-                } => {
-                    assert_eq!(
-                        cause,
-                        Cause::Client(*client),
-                        "allocation requested by {cause:?}"
-                    );
-                    assert!(
-                        self.fleets.contains(fleet),
-                        "allocation from {fleet}, which no route named"
-                    );
-                    let route = self.relay.route_for(sni.as_deref());
-                    assert!(
-                        matches!(route, Some(Route { target: RouteTarget::Agones { fleet: f }, .. }) if f == fleet),
-                        "allocation from {fleet} for {sni:?}, route {route:?}"
-                    );
-                    assert!(!self.allocations.contains(id), "allocation ID {id} reused");
-                    self.waiting.push((*id, *session));
-                    self.allocations.push(*id);
-                    self.see(*session);
-                }
-                Event::AllocationCancelled { id } => {
-                    let Some(w) = self.waiting.iter().position(|(a, _)| a == id) else {
-                        panic!("cancelled {id}, which was not waiting");
-                    };
-                    self.waiting.remove(w);
-                }
-                Event::RouteExpired { name } => {
+                Notification::RouteExpired { name } => {
                     assert_eq!(
                         cause,
                         Cause::Timeout,
@@ -440,20 +610,48 @@ impl RelayModel {
                     );
                     panic!("route {name} expired, none was temporary");
                 }
-                Event::Transmit { datagram, .. } => {
+                Notification::Refused {
+                    session,
+                    client,
+                    reason,
+                    ..
+                } => {
+                    match cause {
+                        Cause::Client(from) => {
+                            assert_eq!(*client, from, "refused while handling its datagram");
+                            assert!(
+                                matches!(
+                                    reason,
+                                    RefuseReason::NoRoute | RefuseReason::AllocationLimit
+                                ),
+                                "{reason:?} refused by a client datagram"
+                            );
+                        }
+                        Cause::Allocation {
+                            session: waited,
+                            backend: None,
+                            ..
+                        } => {
+                            assert_eq!(Some(*session), waited, "refused for its allocation");
+                            assert_eq!(*reason, RefuseReason::AllocationFailed);
+                        }
+                        Cause::Timeout => assert_eq!(*reason, RefuseReason::AllocationTimeout),
+                        other => panic!("{session} refused ({reason:?}) by {other:?}"),
+                    }
                     assert!(
-                        matches!(cause, Cause::Allocation { .. } | Cause::Timeout),
-                        "Transmit caused by {cause:?}"
+                        !self.opened.contains_key(session) && !self.ever_upstream.contains(session),
+                        "{session} refused after it opened"
                     );
-                    check_refusal(datagram);
-                }
-                Event::ConnectionRefused { session, .. } => {
-                    let closes = events[i..].iter().any(
-                        |e| matches!(e, Event::SessionClosed { info, .. } if info.id == *session),
+                    let closes = notifications[i..].iter().any(|n| {
+                        matches!(n, Notification::SessionClosed { reason: CloseReason::Refused(r), info }
+                            if info.id == *session && info.client == *client && r == reason)
+                    });
+                    assert!(
+                        closes,
+                        "a refused session closes, with the refusal's reason"
                     );
-                    assert!(closes, "a refused session closes");
                 }
-                Event::ClientAddressChanged { session, from, to } => {
+                Notification::AddressChanged { session, from, to } => {
                     assert_eq!(
                         cause,
                         Cause::Client(*to),
@@ -465,18 +663,33 @@ impl RelayModel {
                         "only routed sessions move"
                     );
                 }
-                Event::SessionClosed { info, .. } => {
+                Notification::SessionClosed { info, .. } => {
                     let id = info.id;
                     assert!(self.closed.insert(id), "{id} closed twice");
                     self.see(id);
-                    self.opened.remove(&id);
+                    let opened = self.opened.remove(&id);
+                    self.held.remove(&id);
                     assert!(
                         !self.waiting.iter().any(|(_, s)| *s == id),
                         "{id} closed while its allocation is still awaited"
                     );
+                    let upstream_closes = commands
+                        .iter()
+                        .filter(
+                            |c| matches!(c, Command::CloseUpstream { session } if *session == id),
+                        )
+                        .count();
+                    assert_eq!(
+                        upstream_closes,
+                        usize::from(opened.is_some()),
+                        "{id}: one CloseUpstream exactly when it was opened"
+                    );
+                    assert_eq!(
+                        info.backend, opened,
+                        "{id} closes with the backend it opened on"
+                    );
                 }
             }
-            i += 1;
         }
     }
 
@@ -485,48 +698,104 @@ impl RelayModel {
         cause: Cause,
         verdict: &Verdict,
         before: &RelayStats,
-        events: &[Event],
+        commands: &[Command],
+        notifications: &[Notification],
     ) {
         let after = self.relay.stats();
+        let transmits: Vec<&[u8]> = commands
+            .iter()
+            .filter_map(|c| match c {
+                Command::Transmit { datagram, .. } => Some(&datagram[..]),
+                _ => None,
+            })
+            .collect();
+        if let Cause::Client(_) = cause {
+            // The answer to a client datagram is the verdict's Transmit, and only then.
+            let answers = usize::from(*verdict == Verdict::Answered);
+            assert_eq!(
+                transmits.len(),
+                answers,
+                "{verdict:?} comes with {answers} Transmit: {commands:?}"
+            );
+            // The datagram that completes a ClientHello is held, and leaves with its
+            // session's OpenUpstream (or waits with it for its Allocate).
+            for command in commands {
+                if let Command::OpenUpstream { session, .. } | Command::Allocate { session, .. } =
+                    command
+                {
+                    assert_eq!(
+                        *verdict,
+                        Verdict::Held { session: *session },
+                        "{command:?} by a datagram not held for its session"
+                    );
+                }
+            }
+            if notifications
+                .iter()
+                .any(|n| matches!(n, Notification::Refused { .. }))
+            {
+                match self.config.refusal {
+                    RefusalMode::Close => assert_eq!(*verdict, Verdict::Answered),
+                    RefusalMode::Drop => assert!(
+                        matches!(
+                            verdict,
+                            Verdict::Drop(DropReason::NoRoute | DropReason::AllocationRefused)
+                        ),
+                        "a silent refusal is a drop, not {verdict:?}"
+                    ),
+                }
+            }
+        }
         match verdict {
-            Verdict::Forward { session, backend } => {
+            Verdict::ToBackend { session, backend } => {
                 assert!(matches!(cause, Cause::Client(_)));
                 self.see(*session);
                 assert_eq!(
                     self.opened.get(session),
                     Some(backend),
-                    "{session}: Forward to the backend SessionOpened announced"
+                    "{session}: ToBackend to the backend SessionOpened announced"
+                );
+                assert_eq!(
+                    self.upstreams.get(session),
+                    Some(backend),
+                    "{session}: ToBackend through the upstream OpenUpstream opened"
                 );
             }
-            Verdict::ForwardToClient { session, client } => {
+            Verdict::ToClient { session, client } => {
                 assert_eq!(cause, Cause::Backend(*session));
                 self.see(*session);
                 assert!(self.opened.contains_key(session), "{session} is open");
+                assert!(
+                    self.upstreams.contains_key(session),
+                    "{session} has an upstream"
+                );
                 let info = self
                     .relay
                     .session(*session, self.now)
                     .expect("forwarded for a live session");
                 assert_eq!(info.client, *client, "to the session's current client");
             }
-            Verdict::Buffered { session } => {
+            Verdict::Held { session } => {
                 assert!(matches!(cause, Cause::Client(_)));
                 self.see(*session);
                 let live = self.relay.session(*session, self.now);
-                let opened_now = events
+                let opened_now = commands
                     .iter()
-                    .any(|e| matches!(e, Event::SessionOpened { session: s, .. } if s == session));
+                    .any(|c| matches!(c, Command::OpenUpstream { session: s, .. } if s == session));
                 assert!(
                     live.is_some_and(|s| s.state != SessionState::Established) || opened_now,
-                    "buffered for a session neither pending nor just routed"
+                    "held for a session neither pending nor just opened"
                 );
             }
-            Verdict::Reply(bytes) => {
+            Verdict::Answered => {
                 assert!(matches!(cause, Cause::Client(_)));
-                match parse_packet(bytes) {
+                // Exactly one Transmit, to the sender (checked above and with the
+                // commands): a Version Negotiation or a refusal.
+                match parse_packet(transmits[0]) {
                     Ok((Packet::VersionNegotiation { versions, .. }, _)) => {
                         assert_eq!(versions.len(), 8);
                     }
-                    _ => check_refusal(bytes),
+                    _ => check_refusal(transmits[0]),
                 }
             }
             Verdict::Drop(reason) => {
@@ -578,6 +847,15 @@ impl RelayModel {
         assert_eq!(stats.allocations_in_flight, self.waiting.len());
         assert_eq!(stats.sessions_closed, self.closed.len() as u64);
         assert_eq!(stats.sessions_opened, self.opened_total);
+        assert_eq!(
+            self.upstreams, self.opened,
+            "the upstreams the commands left open are the sessions notified open"
+        );
+        let held: usize = self.held.values().flatten().map(Vec::len).sum();
+        assert_eq!(
+            stats.buffered_bytes, held,
+            "buffered bytes are those of the datagrams held"
+        );
 
         let sessions = self.relay.sessions(self.now);
         assert_eq!(sessions.len(), stats.sessions);
@@ -618,6 +896,7 @@ impl RelayModel {
                 (self.now + c.idle_timeout).checked_sub(s.idle)
             } else {
                 assert!(!self.opened.contains_key(&s.id));
+                assert!(!self.upstreams.contains_key(&s.id));
                 if timed_out {
                     assert!(
                         s.age < c.handshake_timeout,
@@ -643,6 +922,19 @@ impl RelayModel {
             sessions.len() - established,
             "pending sessions counted once each"
         );
+        assert_eq!(
+            self.held.len(),
+            stats.pending_sessions,
+            "every pending session holds datagrams"
+        );
+        for id in self.held.keys() {
+            assert!(
+                sessions
+                    .iter()
+                    .any(|s| s.id == *id && s.state != SessionState::Established),
+                "{id}: datagrams held for a session that is not pending"
+            );
+        }
         if timed_out {
             assert!(
                 next.is_none_or(|t| t > self.now),

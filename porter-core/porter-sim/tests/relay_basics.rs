@@ -1,7 +1,8 @@
-//! The relay on real client bytes: Chromium's two-datagram ClientHello is held and
-//! released in order; an unknown SNI is refused with a CONNECTION_CLOSE that rustls'
-//! client-side Initial keys decrypt; an unknown version gets a well-formed Version
-//! Negotiation reply; timers close what they must.
+//! The relay on real client bytes: Chromium's two-datagram ClientHello is held and sent,
+//! in order, by the session's `OpenUpstream`; an unknown SNI is refused with a
+//! CONNECTION_CLOSE (a `Transmit` to the client) that rustls' client-side Initial keys
+//! decrypt; an unknown version gets a well-formed Version Negotiation reply; timers close
+//! what they must, upstreams included.
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
@@ -9,11 +10,12 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use common::capture;
 use porter_core::wire::{parse_packet, Packet, Version as WireVersion};
 use porter_core::{
-    BackendAddr, ClientAddr, CloseReason, DropReason, Event, RefusalMode, Relay, RelayConfig,
-    Route, RouteName, RouteTarget, SessionState, Verdict,
+    BackendAddr, ClientAddr, CloseReason, Command, DropReason, Notification, RefusalMode,
+    RefuseReason, Relay, RelayConfig, Route, RouteName, RouteTarget, SessionState, Verdict,
 };
 
 fn addr(s: &str) -> SocketAddr {
@@ -33,8 +35,24 @@ fn relay_with(routes: &[(&str, &str)], config: RelayConfig) -> Relay {
     relay
 }
 
-fn drain(relay: &mut Relay) -> Vec<Event> {
-    std::iter::from_fn(|| relay.poll_event()).collect()
+/// The commands, then the notifications, as a driver drains them.
+fn drain(relay: &mut Relay) -> (Vec<Command>, Vec<Notification>) {
+    let commands = std::iter::from_fn(|| relay.poll_command()).collect();
+    let notifications = std::iter::from_fn(|| relay.poll_notification()).collect();
+    (commands, notifications)
+}
+
+/// The one datagram the relay answered with: the drained commands must be exactly one
+/// `Transmit` to `client`.
+fn answer_to(relay: &mut Relay, client: ClientAddr) -> (Bytes, Vec<Notification>) {
+    let (commands, notifications) = drain(relay);
+    match &commands[..] {
+        [Command::Transmit { to, datagram }] => {
+            assert_eq!(*to, client, "the answer goes to the sender");
+            (datagram.clone(), notifications)
+        }
+        other => panic!("expected one Transmit, got {other:?}"),
+    }
 }
 
 #[test]
@@ -50,50 +68,55 @@ fn chromium_two_datagram_hello_is_released_in_order() {
     let now = Instant::now();
     let client = ClientAddr(addr("192.0.2.7:50000"));
     let v1 = relay.handle_client_datagram(now, client, &datagrams[0].bytes);
-    let Verdict::Buffered { session } = v1 else {
+    let Verdict::Held { session } = v1 else {
         panic!("first datagram: {v1:?}");
     };
-    assert!(drain(&mut relay).is_empty());
+    assert_eq!(drain(&mut relay), (vec![], vec![]));
     assert_eq!(
         relay.session(session, now).unwrap().state,
         SessionState::AwaitingClientHello
     );
     let v2 = relay.handle_client_datagram(now, client, &datagrams[1].bytes);
-    assert_eq!(v2, Verdict::Buffered { session });
-    let events = drain(&mut relay);
+    assert_eq!(v2, Verdict::Held { session });
+    let (commands, notifications) = drain(&mut relay);
     let backend = BackendAddr(addr("10.0.0.1:4433"));
-    match &events[..] {
-        [Event::SessionOpened {
+    match &commands[..] {
+        [Command::OpenUpstream {
+            session: s,
+            client: c,
+            backend: b,
+            datagrams: released,
+        }] => {
+            assert_eq!((*s, *c, *b), (session, client, backend));
+            assert_eq!(released.len(), 2);
+            assert_eq!(released[0], datagrams[0].bytes);
+            assert_eq!(released[1], datagrams[1].bytes);
+        }
+        other => panic!("unexpected commands {other:?}"),
+    }
+    match &notifications[..] {
+        [Notification::SessionOpened {
             session: s,
             client: c,
             backend: b,
             sni,
             alpn,
             ..
-        }, Event::Release {
-            session: s2,
-            backend: b2,
-            datagrams: released,
         }] => {
-            assert_eq!(
-                (*s, *c, *b, *s2, *b2),
-                (session, client, backend, session, backend)
-            );
+            assert_eq!((*s, *c, *b), (session, client, backend));
             assert_eq!(sni.as_deref(), Some("game1.example.com"));
             assert_eq!(alpn, &vec![b"h3".to_vec()]);
-            assert_eq!(released.len(), 2);
-            assert_eq!(released[0], datagrams[0].bytes);
-            assert_eq!(released[1], datagrams[1].bytes);
         }
-        other => panic!("unexpected events {other:?}"),
+        other => panic!("unexpected notifications {other:?}"),
     }
     // Retransmissions now go straight to the backend.
     for d in &datagrams[2..] {
         assert_eq!(
             relay.handle_client_datagram(now, client, &d.bytes),
-            Verdict::Forward { session, backend }
+            Verdict::ToBackend { session, backend }
         );
     }
+    assert_eq!(drain(&mut relay), (vec![], vec![]));
     let stats = relay.stats();
     assert_eq!(stats.to_backend.datagrams, datagrams.len() as u64);
     assert_eq!(stats.buffered_bytes, 0);
@@ -153,9 +176,12 @@ fn unknown_sni_is_refused_with_connection_refused() {
         let now = Instant::now();
         let client = ClientAddr(addr("192.0.2.1:1234"));
         let verdict = relay.handle_client_datagram(now, client, &datagrams[0].bytes);
-        let Verdict::Reply(reply) = verdict else {
-            panic!("{file}: expected a refusal, got {verdict:?}");
-        };
+        assert_eq!(
+            verdict,
+            Verdict::Answered,
+            "{file}: expected a refusal, got {verdict:?}"
+        );
+        let (reply, notifications) = answer_to(&mut relay, client);
         let (Packet::Long(request), _) = parse_packet(&datagrams[0].bytes).unwrap() else {
             panic!()
         };
@@ -173,14 +199,22 @@ fn unknown_sni_is_refused_with_connection_refused() {
         // CONNECTION_CLOSE (0x1c), error CONNECTION_REFUSED (0x02), frame type 0, no reason.
         assert_eq!(&payload[..4], &[0x1c, 0x02, 0x00, 0x00], "{file}");
         assert!(payload[4..].iter().all(|&b| b == 0), "only padding follows");
-        let events = drain(&mut relay);
-        assert!(events.iter().any(|e| matches!(
-            e,
-            Event::SessionClosed {
-                reason: CloseReason::Refused(_),
+        // Refused, then closed; never opened, so no upstream to close.
+        match &notifications[..] {
+            [Notification::Refused {
+                session,
+                client: c,
+                reason: RefuseReason::NoRoute,
                 ..
+            }, Notification::SessionClosed {
+                reason: CloseReason::Refused(RefuseReason::NoRoute),
+                info,
+            }] => {
+                assert_eq!((*c, info.id, info.client), (client, *session, client));
+                assert_eq!(info.backend, None);
             }
-        )));
+            other => panic!("{file}: unexpected notifications {other:?}"),
+        }
         assert_eq!(relay.session_count(), 0);
         assert_eq!(relay.stats().refused, 1);
     }
@@ -198,6 +232,22 @@ fn refusal_can_be_silent() {
     let verdict = relay.handle_client_datagram(Instant::now(), client, &datagrams[0].bytes);
     assert_eq!(verdict, Verdict::Drop(DropReason::NoRoute));
     assert_eq!(relay.stats().drops(DropReason::NoRoute), 1);
+    // Nothing is sent; the refusal is still notified.
+    let (commands, notifications) = drain(&mut relay);
+    assert_eq!(commands, vec![]);
+    assert!(matches!(
+        &notifications[..],
+        [
+            Notification::Refused {
+                reason: RefuseReason::NoRoute,
+                ..
+            },
+            Notification::SessionClosed {
+                reason: CloseReason::Refused(RefuseReason::NoRoute),
+                ..
+            }
+        ]
+    ));
 }
 
 #[test]
@@ -208,9 +258,13 @@ fn unknown_version_gets_version_negotiation() {
         0xc0, 0x1a, 0x2a, 0x3a, 0x4a, 8, 1, 2, 3, 4, 5, 6, 7, 8, 3, 9, 9, 9,
     ];
     probe.resize(1200, 0);
-    let Verdict::Reply(vn) = relay.handle_client_datagram(Instant::now(), client, &probe) else {
-        panic!("no Version Negotiation");
-    };
+    assert_eq!(
+        relay.handle_client_datagram(Instant::now(), client, &probe),
+        Verdict::Answered,
+        "no Version Negotiation"
+    );
+    let (vn, notifications) = answer_to(&mut relay, client);
+    assert_eq!(notifications, vec![], "no session");
     // RFC 8999 §6: long-header bit set, version 0, DCID = client's SCID, SCID = client's
     // DCID, then a list of 32-bit versions.
     assert_eq!(vn[0] & 0x80, 0x80);
@@ -230,6 +284,7 @@ fn unknown_version_gets_version_negotiation() {
         relay.handle_client_datagram(Instant::now(), client, &probe),
         Verdict::Drop(DropReason::UnsupportedVersion)
     );
+    assert_eq!(drain(&mut relay), (vec![], vec![]));
 }
 
 #[test]
@@ -262,9 +317,11 @@ fn handshake_and_idle_timeouts_close_sessions() {
     assert_eq!(relay.session_count(), 1);
     relay.handle_timeout(t0 + handshake);
     assert_eq!(relay.session_count(), 0);
-    assert!(drain(&mut relay).iter().any(|e| matches!(
-        e,
-        Event::SessionClosed {
+    let (commands, notifications) = drain(&mut relay);
+    assert_eq!(commands, vec![], "never opened: no upstream to close");
+    assert!(notifications.iter().any(|n| matches!(
+        n,
+        Notification::SessionClosed {
             reason: CloseReason::HandshakeTimeout,
             ..
         }
@@ -278,7 +335,7 @@ fn handshake_and_idle_timeouts_close_sessions() {
     let t1 = t0 + idle / 2;
     assert!(matches!(
         relay.handle_backend_datagram(t1, session, &[0x40, 1, 2, 3]),
-        Verdict::ForwardToClient { .. }
+        Verdict::ToClient { .. }
     ));
     relay.handle_timeout(t0 + idle);
     assert_eq!(relay.session_count(), 1, "activity at t1 keeps it alive");
@@ -286,9 +343,21 @@ fn handshake_and_idle_timeouts_close_sessions() {
     assert_eq!(deadline, t1 + idle);
     relay.handle_timeout(deadline);
     assert_eq!(relay.session_count(), 0);
-    assert!(drain(&mut relay).iter().any(|e| matches!(
-        e,
-        Event::SessionClosed {
+    // Not drained since it opened: its OpenUpstream, then its CloseUpstream.
+    let (commands, notifications) = drain(&mut relay);
+    assert!(
+        matches!(
+            &commands[..],
+            [
+                Command::OpenUpstream { session: a, .. },
+                Command::CloseUpstream { session: b },
+            ] if *a == session && *b == session
+        ),
+        "{commands:?}"
+    );
+    assert!(notifications.iter().any(|n| matches!(
+        n,
+        Notification::SessionClosed {
             reason: CloseReason::IdleTimeout,
             ..
         }
@@ -303,26 +372,32 @@ fn retransmitted_initial_of_a_refused_connection_gets_the_refusal_again() {
     let mut relay = relay_with(&[], config);
     let client = ClientAddr(addr("192.0.2.1:1234"));
     let t0 = Instant::now();
-    let Verdict::Reply(first) = relay.handle_client_datagram(t0, client, &datagrams[0].bytes)
-    else {
-        panic!("not refused")
-    };
-    let _ = drain(&mut relay);
+    let verdict = relay.handle_client_datagram(t0, client, &datagrams[0].bytes);
+    assert_eq!(verdict, Verdict::Answered, "not refused");
+    let (first, _) = answer_to(&mut relay, client);
     // The client retransmits before it sees the refusal: same answer, no new session.
     for d in &datagrams[1..] {
-        let Verdict::Reply(again) = relay.handle_client_datagram(t0, client, &d.bytes) else {
-            panic!("retransmission not answered")
-        };
+        let verdict = relay.handle_client_datagram(t0, client, &d.bytes);
+        assert_eq!(verdict, Verdict::Answered, "retransmission not answered");
+        let (again, notifications) = answer_to(&mut relay, client);
         assert_eq!(again.len(), first.len());
         assert_eq!(relay.session_count(), 0);
+        assert_eq!(notifications, vec![], "no new session, no notifications");
     }
-    assert!(drain(&mut relay).is_empty(), "no new session, no events");
+    assert_eq!(drain(&mut relay), (vec![], vec![]));
     assert_eq!(relay.stats().refused, 1);
     // After the handshake timeout the same DCID is a new attempt again.
     let later = t0 + handshake + Duration::from_millis(1);
-    let Verdict::Reply(_) = relay.handle_client_datagram(later, client, &datagrams[0].bytes) else {
-        panic!("not refused")
-    };
+    let verdict = relay.handle_client_datagram(later, client, &datagrams[0].bytes);
+    assert_eq!(verdict, Verdict::Answered, "not refused");
+    let (_, notifications) = answer_to(&mut relay, client);
+    assert!(matches!(
+        &notifications[..],
+        [
+            Notification::Refused { .. },
+            Notification::SessionClosed { .. }
+        ]
+    ));
     assert_eq!(relay.stats().refused, 2);
 }
 
@@ -355,9 +430,104 @@ fn temporary_routes_expire_and_can_be_made_permanent() {
     assert_eq!(names, vec!["gs-2.play.test"]);
     assert_eq!(
         drain(&mut relay),
-        vec![Event::RouteExpired {
-            name: RouteName::parse("gs-1.play.test").unwrap()
-        }]
+        (
+            vec![],
+            vec![Notification::RouteExpired {
+                name: RouteName::parse("gs-1.play.test").unwrap()
+            }]
+        )
     );
     assert_eq!(relay.poll_timeout(), None);
+}
+
+#[test]
+fn closing_a_session_closes_its_upstream_or_cancels_its_allocation() {
+    let chromium = capture("chromium-156-h3.json");
+    let mut relay = relay_with(
+        &[("game1.example.com", "10.0.0.1:4433")],
+        RelayConfig::default(),
+    );
+    let now = Instant::now();
+    let backend = BackendAddr(addr("10.0.0.1:4433"));
+
+    // Pending (half a ClientHello): no upstream, nothing to cancel.
+    let pending_client = ClientAddr(addr("192.0.2.1:1000"));
+    let Verdict::Held { session: pending } =
+        relay.handle_client_datagram(now, pending_client, &chromium[0].bytes)
+    else {
+        panic!("not held")
+    };
+    assert_eq!(drain(&mut relay), (vec![], vec![]));
+    assert!(relay.close_session(now, pending));
+    let (commands, notifications) = drain(&mut relay);
+    assert_eq!(commands, vec![]);
+    assert!(matches!(
+        &notifications[..],
+        [Notification::SessionClosed { reason: CloseReason::Closed, info }]
+            if info.id == pending && info.backend.is_none()
+    ));
+
+    // Routed: its upstream is closed, after the OpenUpstream that opened it. (The same
+    // capture: its DCID is free again once the first session closed.)
+    let routed_client = ClientAddr(addr("192.0.2.2:1000"));
+    let _ = relay.handle_client_datagram(now, routed_client, &chromium[0].bytes);
+    let Verdict::Held { session: routed } =
+        relay.handle_client_datagram(now, routed_client, &chromium[1].bytes)
+    else {
+        panic!("not held")
+    };
+    let (commands, _) = drain(&mut relay);
+    assert!(matches!(
+        &commands[..],
+        [Command::OpenUpstream { session, backend: b, .. }] if *session == routed && *b == backend
+    ));
+    assert!(relay.close_session(now, routed));
+    let (commands, notifications) = drain(&mut relay);
+    assert_eq!(commands, vec![Command::CloseUpstream { session: routed }]);
+    assert!(matches!(
+        &notifications[..],
+        [Notification::SessionClosed { reason: CloseReason::Closed, info }]
+            if info.id == routed && info.backend == Some(backend)
+    ));
+    assert!(!relay.close_session(now, routed), "closed already");
+    assert_eq!(drain(&mut relay), (vec![], vec![]));
+
+    // Waiting for its allocation: the allocation is cancelled, no upstream to close.
+    let datagrams = capture("chromium-156-h3-long-sni.json");
+    let mut relay = Relay::new(RelayConfig::default());
+    relay
+        .set_route(Route {
+            name: RouteName::DEFAULT,
+            target: RouteTarget::Agones {
+                fleet: "fleet".into(),
+            },
+        })
+        .unwrap();
+    let client = ClientAddr(addr("192.0.2.3:1000"));
+    let _ = relay.handle_client_datagram(now, client, &datagrams[0].bytes);
+    let Verdict::Held { session } = relay.handle_client_datagram(now, client, &datagrams[1].bytes)
+    else {
+        panic!("not held")
+    };
+    let (commands, notifications) = drain(&mut relay);
+    let [Command::Allocate {
+        id,
+        session: s,
+        fleet,
+        client: c,
+        ..
+    }] = &commands[..]
+    else {
+        panic!("{commands:?}")
+    };
+    assert_eq!((*s, &**fleet, *c), (session, "fleet", client));
+    assert_eq!(notifications, vec![]);
+    assert!(relay.close_session(now, session));
+    let (commands, notifications) = drain(&mut relay);
+    assert_eq!(commands, vec![Command::CancelAllocation { id: *id }]);
+    assert!(matches!(
+        &notifications[..],
+        [Notification::SessionClosed { reason: CloseReason::Closed, info }]
+            if info.id == session && info.backend.is_none()
+    ));
 }

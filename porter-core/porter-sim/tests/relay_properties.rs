@@ -2,10 +2,10 @@
 //! datagrams (valid Initials from a small pool, short headers with known and unknown
 //! CIDs, garbage, truncations), backend datagrams, route changes, allocation answers and
 //! time steps, the relay never panics, keeps every table within its configured bounds,
-//! gives verdicts and events consistent with its routes and with each other, never
-//! arms its timer late, and expires exactly what is due. The checks are porter-sim's
-//! relay model ([`RelayModel`]), shared with the `relay` fuzz target; this file
-//! generates the operations.
+//! gives verdicts, commands and notifications consistent with its routes and with each
+//! other, never arms its timer late, and expires exactly what is due. The checks are
+//! porter-sim's relay model ([`RelayModel`]), shared with the `relay` fuzz target; this
+//! file generates the operations.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -258,7 +258,7 @@ impl Harness {
     fn new(idle_timeout: Duration) -> Self {
         let mut model = RelayModel::new(config(idle_timeout), Instant::now());
         model.apply(ModelOp::SetRoute(Route {
-            name: RouteName::Default,
+            name: RouteName::DEFAULT,
             target: RouteTarget::Simple(vec![backend(0), backend(1)]),
         }));
         Self {
@@ -460,15 +460,18 @@ impl Harness {
 
 /// What every run must have exercised at least once, or the generator has gone blind.
 const MUST_COVER: &[&str] = &[
-    "forward",
-    "forward_to_client",
-    "buffered",
-    "reply",
-    "opened",
+    "to_backend",
+    "to_client",
+    "held",
+    "answered",
+    "open_upstream",
+    "session_opened",
+    "close_upstream",
     "transmit",
-    "client_moved",
-    "allocation_requested",
-    "allocation_cancelled",
+    "transmit_async",
+    "address_changed",
+    "allocate",
+    "cancel_allocation",
     "allocated",
     "allocation_failed",
     "allocation_not_pending",
@@ -478,6 +481,9 @@ const MUST_COVER: &[&str] = &[
     "closed:allocation_timeout",
     "closed:allocation_limit",
     "closed:closed",
+    "refused:no_route",
+    "refused:allocation_timeout",
+    "refused:allocation_limit",
     "drop:malformed",
     "drop:initial_too_small",
     "drop:unknown_connection",

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use porter_core::wire::Version;
 use porter_core::{
-    BackendAddr, ClientAddr, CloseReason, DropReason, Event, Relay, RelayConfig, Route, RouteName,
-    RouteTarget, SessionId, SessionState, Verdict,
+    BackendAddr, ClientAddr, CloseReason, Command, DropReason, Notification, Relay, RelayConfig,
+    Route, RouteName, RouteTarget, SessionId, SessionState, Verdict,
 };
 use porter_sim::{client_initial_flight, ClientHelloSpec, InitialFlightSpec, SimRng};
 
@@ -43,7 +43,7 @@ fn relay(config: RelayConfig, target: RouteTarget) -> Relay {
     let mut relay = Relay::new(config);
     relay
         .set_route(Route {
-            name: RouteName::Default,
+            name: RouteName::DEFAULT,
             target,
         })
         .unwrap();
@@ -54,12 +54,18 @@ fn simple() -> RouteTarget {
     RouteTarget::Simple(vec![BackendAddr(SocketAddr::from(([10, 0, 0, 1], 443)))])
 }
 
+/// Drains the relay as a driver does: commands, then notifications.
+fn drain(relay: &mut Relay) {
+    while relay.poll_command().is_some() {}
+    while relay.poll_notification().is_some() {}
+}
+
 fn open(relay: &mut Relay, now: Instant) -> SessionId {
     let v = relay.handle_client_datagram(now, client(), &initial("a.test", 1));
-    let Verdict::Buffered { session } = v else {
+    let Verdict::Held { session } = v else {
         panic!("{v:?}")
     };
-    while relay.poll_event().is_some() {}
+    drain(relay);
     session
 }
 
@@ -82,10 +88,12 @@ fn idle_timeout_shorter_than_handshake_timeout_fires_on_time() {
         None,
         "closed at its idle deadline"
     );
-    let closed = std::iter::from_fn(|| relay.poll_event()).any(|e| {
+    let commands: Vec<Command> = std::iter::from_fn(|| relay.poll_command()).collect();
+    assert_eq!(commands, vec![Command::CloseUpstream { session }]);
+    let closed = std::iter::from_fn(|| relay.poll_notification()).any(|n| {
         matches!(
-            e,
-            Event::SessionClosed {
+            n,
+            Notification::SessionClosed {
                 reason: CloseReason::IdleTimeout,
                 ..
             }
@@ -158,10 +166,10 @@ fn unknown_cid_on_a_shared_socket_is_not_guessed() {
     let mut sessions = Vec::new();
     for seed in [1, 2] {
         let v = relay.handle_client_datagram(now, client(), &initial("a.test", seed));
-        let Verdict::Buffered { session } = v else {
+        let Verdict::Held { session } = v else {
             panic!("{v:?}")
         };
-        while relay.poll_event().is_some() {}
+        drain(&mut relay);
         // The backend answers from its own 8-byte CID.
         let mut answer = Vec::new();
         porter_sim::long_header_packet(
@@ -178,13 +186,13 @@ fn unknown_cid_on_a_shared_socket_is_not_guessed() {
             &mut answer,
         );
         let v = relay.handle_backend_datagram(now, session, &answer);
-        assert!(matches!(v, Verdict::ForwardToClient { .. }), "{v:?}");
+        assert!(matches!(v, Verdict::ToClient { .. }), "{v:?}");
         sessions.push(session);
     }
     let known = porter_sim::short_header_packet(0, &[1; 8], 0, &[0; 40]);
     assert_eq!(
         relay.handle_client_datagram(now, client(), &known),
-        Verdict::Forward {
+        Verdict::ToBackend {
             session: sessions[0],
             backend: BackendAddr(SocketAddr::from(([10, 0, 0, 1], 443))),
         }

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use porter_core::wire::Version;
 use porter_core::{
-    BackendAddr, ClientAddr, CloseReason, DropReason, Event, RefuseReason, RelayConfig, SessionId,
-    Verdict,
+    BackendAddr, ClientAddr, CloseReason, Command, DropReason, Notification, RefuseReason,
+    RelayConfig, SessionId, Verdict,
 };
 use porter_sim::{
     AllocatorBehaviour, ConnId, ConnState, ConnectSpec, HelloShape, LinkConditions, LogEntry,
@@ -51,8 +51,8 @@ fn server(sim: &mut Sim, name: &str, at: &str) -> ServerId {
 /// The backend the relay gave the session that carries `conn`, from its SessionOpened.
 fn backend_of(sim: &Sim, conn: ConnId) -> Option<BackendAddr> {
     let session = sim.session_of(conn)?;
-    sim.driver().events().find_map(|(_, e)| match e {
-        Event::SessionOpened {
+    sim.driver().notifications().find_map(|(_, n)| match n {
+        Notification::SessionOpened {
             session: s,
             backend,
             ..
@@ -65,43 +65,95 @@ fn name_at(sim: &Sim, backend: BackendAddr) -> String {
     sim.server_at(backend).unwrap().config().name.clone()
 }
 
-/// Every session's Release holds exactly the datagrams the relay buffered for it, in the
-/// order they reached the relay; SessionOpened comes first; nothing contradicts the
-/// driver's view. Returns the releases checked.
-fn assert_releases_in_arrival_order(sim: &Sim) -> usize {
-    let mut buffered: HashMap<SessionId, Vec<Bytes>> = HashMap::new();
-    let mut opened: Vec<SessionId> = Vec::new();
-    let mut releases = 0;
+/// Every session's OpenUpstream sends exactly the datagrams the relay held for it, in the
+/// order they reached the relay; its SessionOpened (same session, client and backend)
+/// follows in the same drain, before the next input; every CloseUpstream comes after its
+/// session's OpenUpstream and with its SessionClosed; nothing contradicts the driver's
+/// view. Returns the OpenUpstreams checked.
+fn assert_held_datagrams_sent_in_arrival_order(sim: &Sim) -> usize {
+    let mut held: HashMap<SessionId, Vec<Bytes>> = HashMap::new();
+    // OpenUpstreams whose SessionOpened is still to come: (session, client, backend, at).
+    let mut announce: Vec<(SessionId, ClientAddr, BackendAddr, Instant)> = Vec::new();
+    let mut open: Vec<SessionId> = Vec::new();
+    let mut closing: Vec<SessionId> = Vec::new();
+    let mut opens = 0;
     for entry in sim.driver().log() {
+        match entry {
+            LogEntry::Client { .. } | LogEntry::Backend { .. } | LogEntry::Completed { .. } => {
+                assert_eq!(announce, [], "SessionOpened missing before the next input");
+                assert_eq!(closing, [], "SessionClosed missing before the next input");
+            }
+            _ => {}
+        }
         match entry {
             LogEntry::Client {
                 bytes,
-                verdict: Verdict::Buffered { session },
+                verdict: Verdict::Held { session },
                 ..
-            } => buffered.entry(*session).or_default().push(bytes.clone()),
-            LogEntry::Event {
-                event: Event::SessionOpened { session, .. },
-                ..
-            } => opened.push(*session),
-            LogEntry::Event {
-                event: Event::Release {
-                    session, datagrams, ..
-                },
+            } => held.entry(*session).or_default().push(bytes.clone()),
+            LogEntry::Command {
+                at,
+                command:
+                    Command::OpenUpstream {
+                        session,
+                        client,
+                        backend,
+                        datagrams,
+                    },
+            } => {
+                let held = held.remove(session).unwrap_or_default();
+                assert_eq!(datagrams, &held, "{session}: sent out of arrival order");
+                assert!(!open.contains(session), "{session} opened twice");
+                open.push(*session);
+                announce.push((*session, *client, *backend, *at));
+                opens += 1;
+            }
+            LogEntry::Command {
+                command: Command::CloseUpstream { session },
                 ..
             } => {
-                assert!(
-                    opened.contains(session),
-                    "{session}: Release before SessionOpened"
+                let Some(i) = open.iter().position(|s| s == session) else {
+                    panic!("{session}: CloseUpstream before its OpenUpstream");
+                };
+                open.remove(i);
+                closing.push(*session);
+            }
+            LogEntry::Notification {
+                at,
+                notification:
+                    Notification::SessionOpened {
+                        session,
+                        client,
+                        backend,
+                        ..
+                    },
+            } => {
+                assert_eq!(
+                    announce.first(),
+                    Some(&(*session, *client, *backend, *at)),
+                    "{session}: SessionOpened with its OpenUpstream, in order"
                 );
-                let held = buffered.remove(session).unwrap_or_default();
-                assert_eq!(datagrams, &held, "{session}: released out of arrival order");
-                releases += 1;
+                announce.remove(0);
+            }
+            LogEntry::Notification {
+                notification: Notification::SessionClosed { info, .. },
+                ..
+            } => {
+                assert_eq!(
+                    info.backend.is_some(),
+                    closing.contains(&info.id),
+                    "{}: a CloseUpstream exactly when it was opened",
+                    info.id
+                );
+                closing.retain(|s| *s != info.id);
             }
             _ => {}
         }
     }
+    assert_eq!(announce, []);
+    assert_eq!(closing, []);
     assert_eq!(sim.driver().stats().inconsistencies, 0);
-    releases
+    opens
 }
 
 fn all_done(sim: &Sim, conns: &[ConnId]) -> bool {
@@ -193,7 +245,7 @@ fn hundreds_of_clients_across_snis_reach_their_backends() {
         server_conns += server.connections().len();
     }
     assert_eq!(server_conns, 300);
-    assert_eq!(assert_releases_in_arrival_order(&sim), 300);
+    assert_eq!(assert_held_datagrams_sent_in_arrival_order(&sim), 300);
     let net = sim.network().stats();
     assert!(
         net.lost > 0 && net.duplicated > 0 && net.reordered > 0,
@@ -253,14 +305,14 @@ fn chromium_two_datagram_hellos_are_released_in_arrival_order() {
             );
             assert_eq!(sim.conn(conn).servers(), ["right"], "{file} seed {seed}");
             assert_eq!(sim.relay().stats().sessions_opened, 1);
-            assert_eq!(assert_releases_in_arrival_order(&sim), 1);
-            // The held datagrams are the first flight, released as they arrived; the
-            // first datagram alone never completes the ClientHello.
+            assert_eq!(assert_held_datagrams_sent_in_arrival_order(&sim), 1);
+            // The held datagrams are the first flight, sent as they arrived; the first
+            // datagram alone never completes the ClientHello.
             let release = sim
                 .driver()
-                .events()
-                .find_map(|(_, e)| match e {
-                    Event::Release { datagrams, .. } => Some(datagrams.clone()),
+                .commands()
+                .find_map(|(_, c)| match c {
+                    Command::OpenUpstream { datagrams, .. } => Some(datagrams.clone()),
                     _ => None,
                 })
                 .unwrap();
@@ -336,8 +388,8 @@ fn nat_rebinding_keeps_sessions_on_their_backends() {
     }
     let moved = sim
         .driver()
-        .events()
-        .filter(|(_, e)| matches!(e, Event::ClientAddressChanged { .. }))
+        .notifications()
+        .filter(|(_, n)| matches!(n, Notification::AddressChanged { .. }))
         .count();
     assert_eq!(moved, 20);
     let stats = sim.relay().stats();
@@ -433,7 +485,7 @@ fn retry_is_followed_to_the_same_backend() {
             assert_eq!(st.bad_tokens, 0);
             assert_eq!(sim.server(s).connections().len(), 5);
         }
-        assert_releases_in_arrival_order(&sim);
+        assert_held_datagrams_sent_in_arrival_order(&sim);
     }
 }
 
@@ -636,29 +688,41 @@ fn agones_allocation_routes_to_the_allocated_game_server() {
         // Held through the allocation: the client retransmitted (250 ms PTO < delay).
         assert!(sim.conn(c).flights() >= 2);
     }
-    // Each session opened `delay` after its allocation was requested.
+    // Each session opened `delay` after its allocation was requested: its upstream, and
+    // the notification.
     let mut requested = HashMap::new();
-    for (at, e) in sim.driver().events() {
-        match e {
-            Event::AllocationRequested { session, fleet, .. } => {
+    let mut upstreams = 0;
+    for (at, c) in sim.driver().commands() {
+        match c {
+            Command::Allocate { session, fleet, .. } => {
                 assert_eq!(&**fleet, "fleet-a");
                 requested.insert(*session, at);
             }
-            Event::SessionOpened { session, .. } => {
+            Command::OpenUpstream { session, .. } => {
                 assert_eq!(at - requested[session], delay);
+                upstreams += 1;
             }
             _ => {}
         }
     }
     assert_eq!(requested.len(), 4);
+    assert_eq!(upstreams, 4);
+    let mut opened = 0;
+    for (at, n) in sim.driver().notifications() {
+        if let Notification::SessionOpened { session, .. } = n {
+            assert_eq!(at - requested[session], delay);
+            opened += 1;
+        }
+    }
+    assert_eq!(opened, 4);
     let stats = sim.relay().stats();
     assert_eq!(
         (stats.allocations.requested, stats.allocations.succeeded),
         (4, 4)
     );
     assert_eq!(stats.allocations_in_flight, 0);
-    // Retransmissions held during the allocation are released in arrival order.
-    assert_eq!(assert_releases_in_arrival_order(&sim), 4);
+    // Retransmissions held during the allocation are sent by its OpenUpstream in arrival order.
+    assert_eq!(assert_held_datagrams_sent_in_arrival_order(&sim), 4);
 }
 
 fn assert_refused(sim: &Sim, conns: &[ConnId], reason: RefuseReason) {
@@ -672,15 +736,32 @@ fn assert_refused(sim: &Sim, conns: &[ConnId], reason: RefuseReason) {
     }
     let transmits = sim
         .driver()
-        .events()
-        .filter(|(_, e)| matches!(e, Event::Transmit { .. }))
+        .commands()
+        .filter(|(_, c)| matches!(c, Command::Transmit { .. }))
         .count();
-    assert_eq!(transmits, conns.len(), "refusals go out as Transmit events");
+    assert_eq!(
+        transmits,
+        conns.len(),
+        "refusals go out as Transmit commands"
+    );
+    assert!(
+        sim.driver().commands().all(|(_, c)| !matches!(
+            c,
+            Command::OpenUpstream { .. } | Command::CloseUpstream { .. }
+        )),
+        "a refused connection never has an upstream"
+    );
+    let refused = sim
+        .driver()
+        .notifications()
+        .filter(|(_, n)| matches!(n, Notification::Refused { reason: r, .. } if *r == reason))
+        .count();
+    assert_eq!(refused, conns.len());
     let closed = sim
         .driver()
-        .events()
-        .filter(|(_, e)| {
-            matches!(e, Event::SessionClosed { reason: CloseReason::Refused(r), .. } if *r == reason)
+        .notifications()
+        .filter(|(_, n)| {
+            matches!(n, Notification::SessionClosed { reason: CloseReason::Refused(r), .. } if *r == reason)
         })
         .count();
     assert_eq!(closed, conns.len());
@@ -690,6 +771,47 @@ fn assert_refused(sim: &Sim, conns: &[ConnId], reason: RefuseReason) {
     assert_eq!(stats.allocations_in_flight, 0);
     assert_eq!(stats.buffered_bytes, 0);
     assert_eq!(sim.driver().stats().sockets_opened, 0);
+}
+
+#[test]
+fn unknown_sni_is_refused_by_the_answer_to_its_initial() {
+    let mut sim = sim(22, LinkConditions::ideal(Duration::from_millis(10)));
+    let a = server(&mut sim, "a", "10.1.0.1:443");
+    sim.route("a.example.com", &[a]);
+    let client = sim.add_client(addr("198.51.100.3:4000"));
+    let conn = sim.connect(client, ConnectSpec::new("nowhere.example.com"));
+    sim.run_for(Duration::from_secs(1));
+    assert_refused(&sim, &[conn], RefuseReason::NoRoute);
+    // The refusal is the Initial's answer: an Answered verdict, then its Transmit to the
+    // sender, in the same drain.
+    let log = sim.driver().log();
+    let answered = log
+        .iter()
+        .position(|e| {
+            matches!(
+                e,
+                LogEntry::Client {
+                    verdict: Verdict::Answered,
+                    ..
+                }
+            )
+        })
+        .expect("an Answered verdict");
+    let LogEntry::Client { at, from, .. } = &log[answered] else {
+        unreachable!()
+    };
+    assert!(
+        matches!(
+            &log[answered + 1],
+            LogEntry::Command { at: t, command: Command::Transmit { to, .. } }
+                if t == at && *to == *from
+        ),
+        "{:?}",
+        &log[answered + 1]
+    );
+    assert_eq!(*from, ClientAddr(sim.client_addr(client)));
+    assert_eq!(sim.driver().stats().replies, 1);
+    assert_eq!(sim.server(a).connections().len(), 0);
 }
 
 #[test]
@@ -706,13 +828,13 @@ fn agones_allocation_failure_refuses_the_client() {
     // The refusal left `delay` after the request.
     let requested: Vec<Instant> = sim
         .driver()
-        .events()
-        .filter_map(|(at, e)| matches!(e, Event::AllocationRequested { .. }).then_some(at))
+        .commands()
+        .filter_map(|(at, c)| matches!(c, Command::Allocate { .. }).then_some(at))
         .collect();
     let refused: Vec<Instant> = sim
         .driver()
-        .events()
-        .filter_map(|(at, e)| matches!(e, Event::Transmit { .. }).then_some(at))
+        .commands()
+        .filter_map(|(at, c)| matches!(c, Command::Transmit { .. }).then_some(at))
         .collect();
     assert_eq!(requested.len(), 4);
     for (r, t) in requested.iter().zip(&refused) {
@@ -739,8 +861,8 @@ fn agones_without_answer_is_refused_at_the_handshake_timeout() {
     );
     let cancelled: Vec<Instant> = sim
         .driver()
-        .events()
-        .filter_map(|(at, e)| matches!(e, Event::AllocationCancelled { .. }).then_some(at))
+        .commands()
+        .filter_map(|(at, c)| matches!(c, Command::CancelAllocation { .. }).then_some(at))
         .collect();
     assert_eq!(cancelled.len(), 4);
     // Sessions were created when their first datagram arrived, 10 ms after the start.
@@ -778,13 +900,26 @@ fn idle_sessions_close_and_their_sockets_with_them() {
     sim.run_until(last + Duration::from_secs(4));
     assert_eq!(sim.relay().session_count(), 0);
     assert_eq!(sim.driver().stats().sockets_closed, 4);
-    for info in sim.driver().events().filter_map(|(_, e)| match e {
-        Event::SessionClosed { reason, info } => Some((reason, info)),
+    let mut closed = Vec::new();
+    for (at, info) in sim.driver().notifications().filter_map(|(at, n)| match n {
+        Notification::SessionClosed { reason, info } => Some((at, (reason, info))),
         _ => None,
     }) {
         assert_eq!(info.0, &CloseReason::IdleTimeout);
         assert_eq!(info.1.idle, Duration::from_secs(3));
+        closed.push((at, info.1.id));
     }
+    // Each upstream closed with its session.
+    let upstreams_closed: Vec<(Instant, SessionId)> = sim
+        .driver()
+        .commands()
+        .filter_map(|(at, c)| match c {
+            Command::CloseUpstream { session } => Some((at, *session)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(upstreams_closed, closed);
+    assert_eq!(closed.len(), 4);
     // The client comes back after its session expired: its short headers are unknown.
     sim.want_pings(conns[0], 1);
     sim.run_for(Duration::from_millis(500));
