@@ -310,7 +310,8 @@ pub enum RouteKind {
 }
 
 /// A value not to be printed: an API token, a password. `Debug` shows `Secret(***)`.
-#[derive(Clone, PartialEq, Eq, Hash)]
+/// Comparisons (`==` included) go through [`Secret::matches`], in constant time.
+#[derive(Clone)]
 pub struct Secret(String);
 
 impl Secret {
@@ -327,17 +328,31 @@ impl Secret {
     }
 
     /// Compares with a candidate (such as a presented bearer token) in time that does not
-    /// depend on where they differ.
+    /// depend on where they differ. The only comparison of secrets: `==` uses it too.
     #[must_use]
     pub fn matches(&self, candidate: &[u8]) -> bool {
         let expected = self.0.as_bytes();
-        let mut diff = u8::from(expected.len() != candidate.len());
-        for (i, e) in expected.iter().enumerate() {
-            diff |= e ^ candidate.get(i).copied().unwrap_or(0);
-        }
-        diff == 0
+        // Constant time: an `==` on the bytes returns at the first byte that differs, so
+        // how long a wrong guess takes would tell how many of its first bytes are right,
+        // and a token could be found a byte at a time. Folding the XOR of every pair of
+        // bytes visits them all, whatever they hold. Only the length may leak (the lengths
+        // are compared first), which says nothing about the bytes.
+        expected.len() == candidate.len()
+            && expected
+                .iter()
+                .zip(candidate)
+                .fold(0u8, |diff, (e, c)| diff | (e ^ c))
+                == 0
     }
 }
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Self) -> bool {
+        self.matches(other.0.as_bytes())
+    }
+}
+
+impl Eq for Secret {}
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -358,6 +373,20 @@ mod tests {
         assert!(!s.matches(b"hunter"));
         assert!(!s.matches(b"hunter22"));
         assert!(!s.matches(b""));
+    }
+
+    #[test]
+    fn secrets_compare_with_matches_and_stay_hidden_in_configs() {
+        let s = Secret::new("hunter2");
+        assert_eq!(s, Secret::new("hunter2"));
+        assert_ne!(s, Secret::new("hunter3"));
+        assert_ne!(s, Secret::new("hunter"));
+        assert_ne!(s, Secret::new("hunter22"));
+        let api = ApiConfig {
+            token: Some(s),
+            ..ApiConfig::default()
+        };
+        assert!(!format!("{api:?}").contains("hunter2"), "{api:?}");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The management REST API (hyper 1). Request handling is runtime-independent
-//! ([`Api::handle`] takes any [`Body`]); [`serve_tokio`] runs it on tokio, and another
-//! driver runs it from its own accept loop.
+//! ([`Api::handle`] takes any [`Body`]); [`crate::http::serve_api_tokio`] runs it on tokio,
+//! and another driver runs it from its own accept loop.
 //!
 //! Endpoints ([`ENDPOINTS`]; `docs/openapi.yaml` describes each):
 //! - `POST /routes` with `{"fqdn", "type", "target"}` answers `{"status":"ok"}`, as the
@@ -26,7 +26,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Body;
 use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
-use porter_config::{RouteSpec, RouteText, TargetText};
+use porter_config::{RouteSpec, RouteText, Secret, TargetText};
 use porter_core::{Route, RouteName, RouteTarget, SessionId, SessionInfo, SessionState, Version};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -34,14 +34,14 @@ use serde_json::json;
 use crate::sync::{LinkState, RouteSync, SharedRoute};
 use porter_host::{AllocationErrorKind, Allocator, RelayHandle};
 
-/// API settings, resolved from the configuration.
+/// API settings, resolved from the configuration. `Debug` does not show the token.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ApiSettings {
     /// Where to listen.
     pub bind: SocketAddr,
     /// Bearer token required for mutating calls; `None` allows them without one (only
-    /// accepted with a loopback bind).
-    pub token: Option<String>,
+    /// accepted with a loopback bind). Compared with [`Secret::matches`] only.
+    pub token: Option<Secret>,
     /// Log every request.
     pub log_requests: bool,
     /// Largest request body accepted.
@@ -288,7 +288,7 @@ impl Api {
                 StatusCode::UNAUTHORIZED,
                 "this call needs a bearer token (Authorization: Bearer <api.token>)",
             )),
-            Some(t) if constant_time_eq(t.as_bytes(), token.as_bytes()) => Ok(()),
+            Some(t) if token.matches(t.as_bytes()) => Ok(()),
             Some(_) => Err(Failure::new(StatusCode::FORBIDDEN, "wrong bearer token")),
         }
     }
@@ -475,7 +475,7 @@ impl Api {
     fn sessions(&self, query: Option<&str>) -> Reply {
         let page = match Page::parse(query) {
             Ok(page) => page,
-            Err(msg) => return error(StatusCode::BAD_REQUEST, &msg),
+            Err(why) => return error(StatusCode::BAD_REQUEST, &why.to_string()),
         };
         // One page, cut inside the core: the table is never copied whole.
         let (total, found) = self.relay.read(|relay| {
@@ -581,8 +581,19 @@ struct Page {
     after: Option<u64>,
 }
 
+/// Why the query of `GET /sessions` is refused (each holds the value as given).
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+enum PageError {
+    #[error("limit: {value:?} is not a number from 1 to {max}", max = MAX_PAGE)]
+    Limit { value: String },
+    #[error("after: {0:?} is not a session ID (as in s42, or 42)")]
+    After(String),
+    #[error("unknown query parameter {0:?} (expected limit, after)")]
+    Unknown(String),
+}
+
 impl Page {
-    fn parse(query: Option<&str>) -> Result<Self, String> {
+    fn parse(query: Option<&str>) -> Result<Self, PageError> {
         let mut page = Self {
             limit: DEFAULT_PAGE,
             after: None,
@@ -595,21 +606,18 @@ impl Page {
                         .parse::<usize>()
                         .ok()
                         .filter(|n| (1..=MAX_PAGE).contains(n))
-                        .ok_or_else(|| {
-                            format!("limit: {value:?} is not a number from 1 to {MAX_PAGE}")
+                        .ok_or_else(|| PageError::Limit {
+                            value: value.to_owned(),
                         })?;
                 }
                 "after" => {
                     let id = value.strip_prefix('s').unwrap_or(value);
-                    page.after = Some(id.parse::<u64>().map_err(|_| {
-                        format!("after: {value:?} is not a session ID (as in s42, or 42)")
-                    })?);
+                    page.after = Some(
+                        id.parse::<u64>()
+                            .map_err(|_| PageError::After(value.to_owned()))?,
+                    );
                 }
-                other => {
-                    return Err(format!(
-                        "unknown query parameter {other:?} (expected limit, after)"
-                    ))
-                }
+                other => return Err(PageError::Unknown(other.to_owned())),
             }
         }
         Ok(page)
@@ -664,10 +672,6 @@ fn route_name_param(segment: &str) -> Result<RouteName, Failure> {
         Failure::bad_request(format!("fqdn: {segment:?} has a bad percent-escape"))
     })?;
     porter_config::parse_route_name(&text).map_err(|e| Failure::bad_request(format!("fqdn: {e}")))
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn no_route(name: &RouteName) -> Reply {
@@ -753,9 +757,35 @@ mod tests {
         assert!(Page::parse(None).is_ok());
         let p = Page::parse(Some("limit=5&after=s7")).unwrap();
         assert_eq!((p.limit, p.after), (5, Some(7)));
-        assert!(Page::parse(Some("limit=0")).is_err());
-        assert!(Page::parse(Some("limit=100000")).is_err());
-        assert!(Page::parse(Some("after=x")).is_err());
-        assert!(Page::parse(Some("colour=blue")).is_err());
+        let why = |query| Page::parse(Some(query)).err().map(|e| e.to_string());
+        assert_eq!(
+            why("limit=0").as_deref(),
+            Some("limit: \"0\" is not a number from 1 to 1000")
+        );
+        assert_eq!(
+            why("limit=100000").as_deref(),
+            Some("limit: \"100000\" is not a number from 1 to 1000")
+        );
+        assert_eq!(
+            why("after=x").as_deref(),
+            Some("after: \"x\" is not a session ID (as in s42, or 42)")
+        );
+        assert_eq!(
+            why("colour=blue").as_deref(),
+            Some("unknown query parameter \"colour\" (expected limit, after)")
+        );
+    }
+
+    #[test]
+    fn settings_do_not_show_the_token() {
+        let settings = ApiSettings {
+            bind: "127.0.0.1:8080".parse().unwrap(),
+            token: Some(Secret::new("hunter2-s3cret")),
+            log_requests: false,
+            max_body_bytes: 1024,
+        };
+        let shown = format!("{settings:?} {settings:#?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("Secret(***)"), "{shown}");
     }
 }

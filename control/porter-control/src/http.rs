@@ -8,10 +8,6 @@ use std::sync::Arc;
 
 use crate::api::Api;
 #[cfg(feature = "tokio")]
-use crate::api::{ApiSettings, GaugeFn};
-#[cfg(feature = "tokio")]
-use porter_host::RelayHandle;
-#[cfg(feature = "tokio")]
 use std::net::SocketAddr;
 
 /// Serves HTTP/1.1 requests on `io` with [`Api::handle`] until the client closes it.
@@ -30,16 +26,6 @@ where
     {
         tracing::debug!("API connection: {e}");
     }
-}
-
-/// Binds the API and serves it on the current tokio runtime; returns the bound address.
-#[cfg(feature = "tokio")]
-pub async fn serve_tokio(
-    settings: ApiSettings,
-    relay: RelayHandle,
-    gauges: GaugeFn,
-) -> std::io::Result<SocketAddr> {
-    serve_api_tokio(Api::new(settings, relay, gauges)).await
 }
 
 /// Binds `api`'s address and serves it on the current tokio runtime; returns the bound

@@ -62,11 +62,11 @@ pub fn prefer_smol() {
 /// The Redis settings cannot be used.
 #[derive(Debug, thiserror::Error)]
 #[error("redis.address: {0}")]
-pub struct RedisSetupError(String);
+pub struct RedisSetupError(redis::RedisError);
 
 /// A client for `config`'s server (nothing is connected yet).
 pub fn client(config: &RedisConfig) -> Result<redis::Client, RedisSetupError> {
-    redis::Client::open(config.url().expose()).map_err(|e| RedisSetupError(e.to_string()))
+    redis::Client::open(config.url().expose()).map_err(RedisSetupError)
 }
 
 /// Shares the routes of `relay` through Redis, on the current tokio runtime (until it stops);
@@ -74,17 +74,8 @@ pub fn client(config: &RedisConfig) -> Result<redis::Client, RedisSetupError> {
 #[cfg(feature = "tokio")]
 pub fn start_tokio(config: &RedisConfig, relay: RelayHandle) -> Result<RouteSync, RedisSetupError> {
     let sync = RouteSync::new(relay, config.channel.clone());
-    spawn_tokio(config, sync.clone())?;
+    tokio::spawn(task(config, sync.clone(), TokioTimer)?);
     Ok(sync)
-}
-
-/// Runs `sync` on the current tokio runtime. It runs until the runtime stops.
-#[cfg(feature = "tokio")]
-pub fn spawn_tokio(
-    config: &RedisConfig,
-    sync: RouteSync,
-) -> Result<tokio::task::JoinHandle<()>, RedisSetupError> {
-    Ok(tokio::spawn(task(config, sync, TokioTimer)?))
 }
 
 /// The task that keeps `sync` connected to `config`'s server, for any runtime: spawn it
@@ -127,15 +118,32 @@ pub async fn run<T: Timer>(client: redis::Client, sync: RouteSync, timer: T) {
     }
 }
 
-/// Runs `fut` with a deadline.
-async fn timeout<T, E: std::fmt::Display>(
+/// Why a session with Redis ended; `what` names the step that failed.
+#[derive(Debug, thiserror::Error)]
+enum LinkError {
+    /// Redis answered the step with an error, or the connection failed.
+    #[error("{what}: {error}")]
+    Failed {
+        what: &'static str,
+        error: redis::RedisError,
+    },
+    /// No answer to the step within [`IO_TIMEOUT`].
+    #[error("{what}: no answer within {:?}", IO_TIMEOUT)]
+    TimedOut { what: &'static str },
+    /// The subscription's stream ended.
+    #[error("the subscription was closed")]
+    SubscriptionClosed,
+}
+
+/// Runs `fut` (the step `what`) with a deadline.
+async fn timeout<T>(
     timer: &impl Timer,
-    what: &str,
-    fut: impl Future<Output = Result<T, E>>,
-) -> Result<T, String> {
+    what: &'static str,
+    fut: impl Future<Output = redis::RedisResult<T>>,
+) -> Result<T, LinkError> {
     tokio::select! {
-        r = fut => r.map_err(|e| format!("{what}: {e}")),
-        () = timer.sleep(IO_TIMEOUT) => Err(format!("{what}: no answer within {IO_TIMEOUT:?}")),
+        r = fut => r.map_err(|error| LinkError::Failed { what, error }),
+        () = timer.sleep(IO_TIMEOUT) => Err(LinkError::TimedOut { what }),
     }
 }
 
@@ -145,7 +153,7 @@ async fn session(
     sync: &RouteSync,
     timer: &impl Timer,
     synced: &mut bool,
-) -> String {
+) -> LinkError {
     match session_inner(client, sync, timer, synced).await {
         Ok(never) => match never {},
         Err(e) => e,
@@ -157,7 +165,7 @@ async fn session_inner(
     sync: &RouteSync,
     timer: &impl Timer,
     synced: &mut bool,
-) -> Result<std::convert::Infallible, String> {
+) -> Result<std::convert::Infallible, LinkError> {
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(IO_TIMEOUT))
         .set_response_timeout(Some(IO_TIMEOUT));
@@ -214,7 +222,7 @@ async fn session_inner(
                 Some(msg) => {
                     sync.apply_message(msg.get_payload_bytes());
                 }
-                None => return Err("the subscription was closed".into()),
+                None => return Err(LinkError::SubscriptionClosed),
             },
             () = sync.changed() => flush(&mut conn, sync, timer).await?,
             () = timer.sleep(PING_INTERVAL) => {
@@ -229,7 +237,7 @@ async fn flush(
     conn: &mut MultiplexedConnection,
     sync: &RouteSync,
     timer: &impl Timer,
-) -> Result<(), String> {
+) -> Result<(), LinkError> {
     for write in sync.pending_writes() {
         timeout(timer, "store a route", store(conn, &write)).await?;
         sync.written(&write);
@@ -263,7 +271,7 @@ async fn restore(
     sync: &RouteSync,
     timer: &impl Timer,
     route: &SharedRoute,
-) -> Result<(), String> {
+) -> Result<(), LinkError> {
     let field = route.name.to_string();
     let written: bool = timeout(
         timer,
@@ -288,4 +296,26 @@ async fn restore(
         sync.restored(route);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_errors_name_the_step() {
+        let timed_out = LinkError::TimedOut { what: "connect" };
+        assert_eq!(timed_out.to_string(), "connect: no answer within 2s");
+        let failed = LinkError::Failed {
+            what: "subscribe",
+            error: std::io::Error::other("connection refused").into(),
+        };
+        let text = failed.to_string();
+        assert!(text.starts_with("subscribe: "), "{text}");
+        assert!(text.contains("connection refused"), "{text}");
+        assert_eq!(
+            LinkError::SubscriptionClosed.to_string(),
+            "the subscription was closed"
+        );
+    }
 }

@@ -91,11 +91,11 @@ impl Settings {
             seed: random_seed(),
         };
         let api = &config.api;
-        let token = api
-            .token
-            .as_ref()
-            .map(|t| t.expose().to_owned())
-            .or_else(|| env(&api.token_env).filter(|t| !t.is_empty()));
+        let token = api.token.clone().or_else(|| {
+            env(&api.token_env)
+                .filter(|t| !t.is_empty())
+                .map(config::Secret::new)
+        });
         let api = Some(ApiSettings {
             bind: api.listen_addr(),
             token,

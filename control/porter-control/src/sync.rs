@@ -39,7 +39,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use porter_config::{RouteSpec, RouteText, RouteTextError, TargetText};
+use porter_config::{InvalidValue, ResolveError, RouteSpec, RouteText, RouteTextError, TargetText};
 use porter_core::{Notification, Route, RouteError, RouteName};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
@@ -121,21 +121,9 @@ impl SharedRoute {
         )
     }
 
-    /// The JSON form.
-    pub fn to_json(&self) -> Result<RouteText, RouteTextError> {
-        Ok(self.spec()?.to_text())
-    }
-
     /// The core route, host names resolved now (to their first address).
-    pub fn to_route(&self) -> Result<Route, String> {
-        let spec = self.spec().map_err(|e| e.to_string())?;
-        spec.resolve().map_err(|failures| {
-            failures
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; ")
-        })
+    pub fn to_route(&self) -> Result<Route, ToRouteError> {
+        self.spec()?.resolve().map_err(ToRouteError::Unresolved)
     }
 
     /// The message announcing this route.
@@ -149,6 +137,60 @@ impl SharedRoute {
         }
         .encode()
     }
+}
+
+/// Why a [`SharedRoute`] is not a core route ([`SharedRoute::to_route`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ToRouteError {
+    /// Its text form is not a route (the name, the type or a target's syntax).
+    #[error(transparent)]
+    Text(#[from] RouteTextError),
+    /// Targets that do not resolve to an address: every one of them, in order (never
+    /// empty). Displays as their messages joined by `; `.
+    #[error("{}", join_failures(.0))]
+    Unresolved(Vec<ResolveError>),
+}
+
+fn join_failures(failures: &[ResolveError]) -> String {
+    failures
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Why a message from the channel cannot be decoded ([`decode_message`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MessageError {
+    /// Not the JSON of a message.
+    #[error("not route JSON: {0}")]
+    Json(serde_json::Error),
+    /// A `set` message without `type` or `target`.
+    #[error("a set message needs `type` and `target`")]
+    MissingSetFields,
+    /// A `set` message whose route is not valid.
+    #[error(transparent)]
+    Route(#[from] RouteTextError),
+    /// A `delete` message whose `fqdn` is not a route name.
+    #[error("fqdn: {0}")]
+    DeleteName(InvalidValue),
+}
+
+/// Why a message was ignored ([`MessageOutcome::Invalid`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidMessage {
+    /// It does not decode.
+    #[error(transparent)]
+    Decode(#[from] MessageError),
+    /// Its route cannot be resolved.
+    #[error(transparent)]
+    Route(#[from] ToRouteError),
+    /// The relay refused its route.
+    #[error(transparent)]
+    Refused(#[from] RouteError),
 }
 
 /// What a message asks for.
@@ -220,23 +262,22 @@ pub struct Decoded {
 }
 
 /// Decodes a message from the channel; an error says what is wrong with it.
-pub fn decode_message(payload: &[u8]) -> Result<Decoded, String> {
-    let msg: Message =
-        serde_json::from_slice(payload).map_err(|e| format!("not route JSON: {e}"))?;
+pub fn decode_message(payload: &[u8]) -> Result<Decoded, MessageError> {
+    let msg: Message = serde_json::from_slice(payload).map_err(MessageError::Json)?;
     let change = match msg.op {
         Op::Set => {
             let (Some(kind), Some(target)) = (msg.kind, msg.target) else {
-                return Err("a set message needs `type` and `target`".into());
+                return Err(MessageError::MissingSetFields);
             };
             let text = RouteText {
                 fqdn: msg.fqdn,
                 kind,
                 target,
             };
-            Change::Set(SharedRoute::from_json(&text).map_err(|e| e.to_string())?)
+            Change::Set(SharedRoute::from_json(&text)?)
         }
         Op::Delete => Change::Delete(
-            porter_config::parse_route_name(&msg.fqdn).map_err(|e| format!("fqdn: {e}"))?,
+            porter_config::parse_route_name(&msg.fqdn).map_err(MessageError::DeleteName)?,
         ),
     };
     Ok(Decoded {
@@ -348,7 +389,7 @@ pub struct SyncStatus {
 }
 
 /// How a message was handled.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum MessageOutcome {
     /// Applied to the relay.
     Applied,
@@ -357,7 +398,7 @@ pub enum MessageOutcome {
     /// Recorded; a pending local change to the same name wins.
     Deferred,
     /// Not valid: ignored (the reason).
-    Invalid(String),
+    Invalid(InvalidMessage),
 }
 
 /// What a full load changed.
@@ -548,7 +589,7 @@ impl RouteSync {
     }
 
     /// The link failed with `error`.
-    pub fn link_down(&self, error: &str) {
+    pub fn link_down(&self, error: impl fmt::Display) {
         let mut st = self.state();
         if st.state != LinkState::Down {
             st.counters.disconnects += 1;
@@ -667,7 +708,7 @@ impl RouteSync {
     pub fn apply_message(&self, payload: &[u8]) -> MessageOutcome {
         let decoded = match decode_message(payload) {
             Ok(d) => d,
-            Err(why) => return self.invalid(payload, why),
+            Err(why) => return self.invalid(payload, why.into()),
         };
         if decoded.instance.as_deref() == Some(self.inner.instance.as_str()) {
             self.state().counters.messages_own += 1;
@@ -677,7 +718,7 @@ impl RouteSync {
         let route = match &decoded.change {
             Change::Set(shared) => match shared.to_route() {
                 Ok(route) => Some(route),
-                Err(why) => return self.invalid(payload, why),
+                Err(why) => return self.invalid(payload, why.into()),
             },
             Change::Delete(_) => None,
         };
@@ -691,7 +732,7 @@ impl RouteSync {
             (Some(route), _) => {
                 if let Err(e) = self.inner.relay.set_route(route, None) {
                     drop(st);
-                    return self.invalid(payload, e.to_string());
+                    return self.invalid(payload, e.into());
                 }
                 tracing::info!(fqdn = %decoded.change.name(), from = decoded.instance.as_deref().unwrap_or("-"), "route set by another instance");
             }
@@ -704,7 +745,7 @@ impl RouteSync {
         MessageOutcome::Applied
     }
 
-    fn invalid(&self, payload: &[u8], why: String) -> MessageOutcome {
+    fn invalid(&self, payload: &[u8], why: InvalidMessage) -> MessageOutcome {
         self.state().counters.messages_invalid += 1;
         let shown = String::from_utf8_lossy(&payload[..payload.len().min(200)]).into_owned();
         tracing::warn!(message = %shown, "ignoring an invalid route message: {why}");
@@ -895,22 +936,72 @@ mod tests {
     }
 
     #[test]
+    fn errors_say_what_is_wrong() {
+        let why = |bad: &[u8]| decode_message(bad).unwrap_err();
+        let e = why(b"not json");
+        assert!(matches!(e, MessageError::Json(_)), "{e:?}");
+        assert!(e.to_string().starts_with("not route JSON: "), "{e}");
+        let e = why(br#"{"fqdn":"a.test"}"#);
+        assert!(matches!(e, MessageError::MissingSetFields), "{e:?}");
+        assert_eq!(e.to_string(), "a set message needs `type` and `target`");
+        let e = why(br#"{"fqdn":"a.test","type":"bogus","target":"127.0.0.1:1"}"#);
+        assert!(
+            matches!(e, MessageError::Route(RouteTextError::Type(_))),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "type: \"bogus\" is not a route type (expected \"simple\" or \"agones\")"
+        );
+        let e = why(br#"{"op":"delete","fqdn":"a..test"}"#);
+        assert!(matches!(e, MessageError::DeleteName(_)), "{e:?}");
+        assert!(
+            e.to_string()
+                .starts_with("fqdn: \"a..test\" is not a valid route name: "),
+            "{e}"
+        );
+        // An unresolvable target: every failure, joined by "; ".
+        let r = SharedRoute {
+            name: RouteName::parse("a.test").unwrap(),
+            kind: RouteType::Simple,
+            target: "nowhere.invalid:1,127.0.0.1:2,also.invalid:3".into(),
+        };
+        let e = r.to_route().unwrap_err();
+        let ToRouteError::Unresolved(failures) = &e else {
+            panic!("{e:?}")
+        };
+        assert_eq!(failures.len(), 2);
+        let text = e.to_string();
+        assert_eq!(text.matches("; ").count(), 1, "{text}");
+        assert!(
+            text.starts_with("target: \"nowhere.invalid:1\" is not a reachable host:port ("),
+            "{text}"
+        );
+        assert!(
+            text.contains("; target: \"also.invalid:3\" is not a reachable host:port ("),
+            "{text}"
+        );
+        let r = SharedRoute {
+            target: "127.0.0.1".into(),
+            ..r
+        };
+        assert!(matches!(r.to_route(), Err(ToRouteError::Text(_))));
+    }
+
+    #[test]
     fn own_messages_are_ignored_others_applied() {
         let host = host();
         let sync = RouteSync::with_instance(host.clone(), "c", "me");
         let r = shared("a.test", "127.0.0.1:1");
-        assert_eq!(
-            sync.apply_message(r.set_message("me").as_bytes()),
-            MessageOutcome::Own
-        );
+        let out = sync.apply_message(r.set_message("me").as_bytes());
+        assert!(matches!(out, MessageOutcome::Own), "{out:?}");
         assert!(routes(&host).is_empty());
-        assert_eq!(
-            sync.apply_message(r.set_message("other").as_bytes()),
-            MessageOutcome::Applied
-        );
+        let out = sync.apply_message(r.set_message("other").as_bytes());
+        assert!(matches!(out, MessageOutcome::Applied), "{out:?}");
         assert_eq!(routes(&host).len(), 1);
         let del = Message::delete(&r.name, "other");
-        assert_eq!(sync.apply_message(del.as_bytes()), MessageOutcome::Applied);
+        let out = sync.apply_message(del.as_bytes());
+        assert!(matches!(out, MessageOutcome::Applied), "{out:?}");
         assert!(routes(&host).is_empty());
     }
 
@@ -936,10 +1027,8 @@ mod tests {
         assert!(matches!(&left[0].change, Change::Set(r) if r.target == "127.0.0.1:4"));
         // A message from elsewhere for a name with a pending change does not undo it.
         let other = shared("a.test", "127.0.0.1:9");
-        assert_eq!(
-            sync.apply_message(other.set_message("x").as_bytes()),
-            MessageOutcome::Deferred
-        );
+        let out = sync.apply_message(other.set_message("x").as_bytes());
+        assert!(matches!(out, MessageOutcome::Deferred), "{out:?}");
         assert!(routes(&host).iter().any(|r| r.contains("127.0.0.1:4")));
     }
 

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame};
 use hyper::{Method, Request, StatusCode};
+use porter_config::Secret;
 use porter_control::api::{Api, ApiSettings, DriverGauges, ENDPOINTS};
 use porter_control::sync::RouteSync;
 use porter_host::RelayHandle;
@@ -26,7 +27,7 @@ const LIMIT: usize = 1024;
 fn api_with(host: RelayHandle, token: Option<&str>) -> Api {
     let settings = ApiSettings {
         bind: ([127, 0, 0, 1], 0).into(),
-        token: token.map(str::to_owned),
+        token: token.map(Secret::new),
         log_requests: false,
         max_body_bytes: LIMIT,
     };
@@ -349,9 +350,12 @@ async fn mutating_calls_need_the_token() {
         let a = send_req(&api, request(method, path, body, None)).await;
         assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{method} {path}");
         assert!(a.error().contains("needs a bearer token"), "{}", a.error());
-        let a = send_req(&api, request(method, path, body, Some("guess"))).await;
-        assert_eq!(a.status, StatusCode::FORBIDDEN, "{method} {path}");
-        assert_eq!(a.error(), "wrong bearer token");
+        // Wrong: another value, one byte off (same length), a prefix, longer.
+        for wrong in ["guess", "s3cret-tokeN", "s3cret-toke", "s3cret-token2"] {
+            let a = send_req(&api, request(method, path, body, Some(wrong))).await;
+            assert_eq!(a.status, StatusCode::FORBIDDEN, "{method} {path} {wrong}");
+            assert_eq!(a.error(), "wrong bearer token");
+        }
         // Other schemes are not a bearer token.
         let mut req = request(method, path, body, None);
         req.headers_mut()

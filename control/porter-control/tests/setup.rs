@@ -1,5 +1,6 @@
 //! From a loaded configuration to the settings a driver runs.
 
+use porter_config::Secret;
 use porter_control::setup::Settings;
 use porter_core::{RouteName, RouteTarget};
 use porter_test_support::ORIGINAL_CONFIG as ORIGINAL;
@@ -38,5 +39,8 @@ fn api_token_comes_from_the_environment() {
         (name == "MY_TOKEN").then(|| "s3cret".to_owned())
     })
     .unwrap();
-    assert_eq!(settings.api.unwrap().token.as_deref(), Some("s3cret"));
+    assert_eq!(
+        settings.api.unwrap().token.as_ref().map(Secret::expose),
+        Some("s3cret")
+    );
 }

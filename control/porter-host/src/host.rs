@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use porter_core::{
     AllocationFailure, AllocationId, BackendAddr, ClientAddr, Command, Notification, Relay,
-    RelayStats, Route, RouteError, RouteName, SessionId, SessionInfo, SessionPage, Verdict,
+    RelayStats, Route, RouteError, RouteName, SessionId, Verdict,
 };
 
 use crate::{Allocated, AllocationError, AllocationErrorKind};
@@ -374,19 +374,9 @@ impl RelayHandle {
         })
     }
 
-    /// One page of sessions; see [`Relay::sessions_page`].
-    pub fn sessions_page(&self, after: Option<SessionId>, limit: usize) -> SessionPage {
-        self.read(|r| r.sessions_page(Instant::now(), after, limit))
-    }
-
     /// Number of sessions.
     pub fn session_count(&self) -> usize {
         self.read(Relay::session_count)
-    }
-
-    /// A snapshot of one session.
-    pub fn session(&self, id: SessionId) -> Option<SessionInfo> {
-        self.read(|r| r.session(id, Instant::now()))
     }
 
     /// Inserts or replaces a route, permanent or (with `until`) temporary; returns the one
@@ -411,11 +401,6 @@ impl RelayHandle {
     /// gets a [`RouteEditor`].
     pub fn edit_routes<T>(&self, edit: impl FnOnce(&mut RouteEditor<'_>) -> T) -> T {
         self.change(|relay| edit(&mut RouteEditor { relay }))
-    }
-
-    /// Closes a session at once; `false` if there is no such session.
-    pub fn close_session(&self, id: SessionId) -> bool {
-        self.change(|relay| relay.close_session(Instant::now(), id))
     }
 
     /// Stops or resumes accepting new connections (the shutdown drain).
