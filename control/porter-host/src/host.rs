@@ -18,7 +18,8 @@
 //! released: no callback runs under the lock.
 
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 use porter_core::{
@@ -248,12 +249,20 @@ pub struct HostStats {
     pub upstream_sockets: usize,
     /// Failed allocations by kind (every kind, zeros included).
     pub allocation_failures: Vec<(AllocationErrorKind, u64)>,
+    /// Acquisitions of the data-plane (host) lock since start.
+    pub lock_acquisitions: u64,
+    /// Of those, the ones that found the lock held and waited.
+    pub lock_contended: u64,
 }
 
 /// The host and the engine's wake-up, shared by the engine's tasks and every
 /// [`RelayHandle`].
 pub struct HostCell {
     host: Mutex<RelayHost>,
+    /// Acquisitions of `host`, and those that found it held and had to wait: the
+    /// contention the data path pays for sharing one relay between its tasks.
+    acquired: AtomicU64,
+    contended: AtomicU64,
     /// Wakes the engine's timer task: the deadline may have moved, or the outbox holds
     /// commands.
     work: Notify,
@@ -273,6 +282,8 @@ impl HostCell {
     pub fn new(host: RelayHost) -> Arc<Self> {
         Arc::new(Self {
             host: Mutex::new(host),
+            acquired: AtomicU64::new(0),
+            contended: AtomicU64::new(0),
             work: Notify::default(),
             subscribers: Mutex::new(Vec::new()),
         })
@@ -281,7 +292,24 @@ impl HostCell {
     /// Locks the host. A panic while the lock was held cannot leave the relay in a state
     /// worse than the panic itself, so a poisoned lock is used as is.
     pub fn lock(&self) -> MutexGuard<'_, RelayHost> {
-        self.host.lock().unwrap_or_else(|e| e.into_inner())
+        self.acquired.fetch_add(1, Ordering::Relaxed);
+        match self.host.try_lock() {
+            Ok(guard) => guard,
+            Err(TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(TryLockError::WouldBlock) => {
+                self.contended.fetch_add(1, Ordering::Relaxed);
+                self.host.lock().unwrap_or_else(|e| e.into_inner())
+            }
+        }
+    }
+
+    /// How often the host lock was taken, and how often it was found held (the caller
+    /// waited).
+    pub fn lock_counts(&self) -> (u64, u64) {
+        (
+            self.acquired.load(Ordering::Relaxed),
+            self.contended.load(Ordering::Relaxed),
+        )
     }
 
     /// Resolves when a control-plane change (or the engine itself) asked the engine's
@@ -358,6 +386,8 @@ impl RelayHandle {
                 .copied()
                 .zip(host.allocation_failures.iter().copied())
                 .collect(),
+            lock_acquisitions: self.cell.acquired.load(Ordering::Relaxed),
+            lock_contended: self.cell.contended.load(Ordering::Relaxed),
         }
     }
 

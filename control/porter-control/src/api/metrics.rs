@@ -185,6 +185,19 @@ pub(super) fn render(
         );
     }
     m.single(
+        "porter_host_lock_acquisitions_total",
+        "counter",
+        "Acquisitions of the data-plane lock (one per received batch slot, timer expiry, \
+         allocation answer and control-plane change).",
+        host.lock_acquisitions,
+    );
+    m.single(
+        "porter_host_lock_contended_total",
+        "counter",
+        "Acquisitions of the data-plane lock that found it held and waited.",
+        host.lock_contended,
+    );
+    m.single(
         "porter_allocations_in_flight",
         "gauge",
         "Agones allocations waiting for an answer.",
