@@ -41,5 +41,8 @@ fn the_readme_quotes_the_run_loop_doctest() {
         .map(str::to_owned)
         .collect();
     assert!(doctest.len() > 20, "found the doctest: {doctest:?}");
-    assert_eq!(quoted, doctest, "README.md's embedding example differs from the doctest");
+    assert_eq!(
+        quoted, doctest,
+        "README.md's embedding example differs from the doctest"
+    );
 }
