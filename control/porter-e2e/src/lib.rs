@@ -27,6 +27,8 @@ pub mod agones_cases;
 pub mod cases;
 #[doc(hidden)]
 pub mod control_cases;
+#[doc(hidden)]
+pub mod ngtcp2_cases;
 mod peers;
 
 /// Runs one case against `binary` on the runtime each case had as a
@@ -86,6 +88,12 @@ macro_rules! __with_cases {
                 slow_or_down_allocator_then_recovery,
                 allocate_endpoint_adds_a_temporary_route,
             }
+            ngtcp2_cases {
+                ngtcp2_v1_download,
+                ngtcp2_v2_download,
+                ngtcp2_change_local_addr,
+                ngtcp2_retry_server,
+            }
         }
     };
 }
@@ -129,6 +137,7 @@ mod tests {
             ("cases", include_str!("cases.rs")),
             ("control_cases", include_str!("control_cases.rs")),
             ("agones_cases", include_str!("agones_cases.rs")),
+            ("ngtcp2_cases", include_str!("ngtcp2_cases.rs")),
         ]
         .iter()
         .flat_map(|(module, text)| {
