@@ -11,7 +11,7 @@
 //!
 //! The tests keep the case names, in modules named after the files that hold them:
 //! `cases::routes_by_sni_exact_wildcard_and_default`, `control_cases::..`,
-//! `agones_cases::..`.
+//! `agones_cases::..`, `reload_cases::..`.
 //!
 //! The peers the cases use are public too: [`Pki`], [`EchoServer`], [`client_endpoint`],
 //! [`connect`], [`echo`], [`UdpSink`], [`Nat`].
@@ -28,6 +28,8 @@ pub mod cases;
 #[doc(hidden)]
 pub mod control_cases;
 mod peers;
+#[doc(hidden)]
+pub mod reload_cases;
 
 /// Runs one case against `binary` on the runtime each case had as a
 /// `#[tokio::test(flavor = "multi_thread", worker_threads = 2)]`.
@@ -86,6 +88,14 @@ macro_rules! __with_cases {
                 slow_or_down_allocator_then_recovery,
                 allocate_endpoint_adds_a_temporary_route,
             }
+            reload_cases {
+                editing_the_config_in_place_adds_a_route,
+                renaming_a_file_over_the_config_adds_a_route,
+                a_configmap_symlink_swap_adds_a_route,
+                sighup_reloads_the_config,
+                an_invalid_edit_is_reported_and_changes_nothing,
+                removed_targets_drain_or_close_as_configured,
+            }
         }
     };
 }
@@ -129,6 +139,7 @@ mod tests {
             ("cases", include_str!("cases.rs")),
             ("control_cases", include_str!("control_cases.rs")),
             ("agones_cases", include_str!("agones_cases.rs")),
+            ("reload_cases", include_str!("reload_cases.rs")),
         ]
         .iter()
         .flat_map(|(module, text)| {
