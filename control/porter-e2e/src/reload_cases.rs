@@ -106,6 +106,7 @@ async fn a_change_adds_a_route(
     extra: &str,
     place: impl FnOnce(&Path, &str) -> PathBuf,
     change: impl FnOnce(&Porter, &str),
+    logged: &[&str],
 ) {
     let pki = Pki::new();
     let a = EchoServer::start("A", pki.server_config(&["a.test"]), false);
@@ -144,7 +145,9 @@ async fn a_change_adds_a_route(
     assert!(porter.is_running() && porter.pid() == pid, "no restart");
     assert_eq!(reloads(&porter, "success"), 1.0, "{}", porter.log());
     assert_eq!(reloads(&porter, "failure"), 0.0);
-    assert!(porter.log().contains("configuration reloaded"));
+    for line in ["configuration reloaded"].iter().chain(logged) {
+        assert!(porter.log().contains(line), "{line}: {}", porter.log());
+    }
 }
 
 /// Acceptance 1: editing the file in place adds a route that works within 3 s.
@@ -158,6 +161,7 @@ pub async fn editing_the_config_in_place_adds_a_route(bin: Binary) {
             path
         },
         |porter, text| edit_in_place(&porter.config_path, text),
+        &["configuration file changed"],
     )
     .await;
 }
@@ -173,6 +177,7 @@ pub async fn renaming_a_file_over_the_config_adds_a_route(bin: Binary) {
             path
         },
         |porter, text| rename_over(&porter.config_path, text),
+        &["configuration file changed"],
     )
     .await;
 }
@@ -180,9 +185,15 @@ pub async fn renaming_a_file_over_the_config_adds_a_route(bin: Binary) {
 /// Acceptance 1: Kubernetes' ConfigMap update (the `..data` symlink swapped) adds a route
 /// that works within 3 s.
 pub async fn a_configmap_symlink_swap_adds_a_route(bin: Binary) {
-    a_change_adds_a_route(bin, "", configmap_layout, |porter, text| {
-        configmap_swap(&porter.config_path, text);
-    })
+    a_change_adds_a_route(
+        bin,
+        "",
+        configmap_layout,
+        |porter, text| {
+            configmap_swap(&porter.config_path, text);
+        },
+        &["configuration file changed"],
+    )
     .await;
 }
 
@@ -203,6 +214,10 @@ pub async fn sighup_reloads_the_config(bin: Binary) {
             rename_over(&porter.config_path, &text);
             porter.hangup();
         },
+        &[
+            "reload requested",
+            "`udp` changed in the file: it needs a restart to apply; the running value stays",
+        ],
     )
     .await;
 }
