@@ -55,12 +55,10 @@ fn a_reload_owns_the_file_routes_only_and_reports_what_it_did() {
 
     std::fs::write(
         &path,
-        format!(
-            "udp: {{port: 7001}}\nroutes:\n\
-             - {{fqdn: a.test, type: simple, target: \"127.0.0.1:11\"}}\n\
-             - {{fqdn: c.test, type: simple, target: \"127.0.0.1:33\"}}\n\
-             - {{fqdn: d.test, type: simple, target: \"127.0.0.1:4\"}}\n"
-        ),
+        "udp: {port: 7001}\nroutes:\n\
+         - {fqdn: a.test, type: simple, target: \"127.0.0.1:11\"}\n\
+         - {fqdn: c.test, type: simple, target: \"127.0.0.1:33\"}\n\
+         - {fqdn: d.test, type: simple, target: \"127.0.0.1:4\"}\n",
     )
     .unwrap();
     let report = reloader.reload().expect("valid file");
