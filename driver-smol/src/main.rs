@@ -19,6 +19,7 @@ use async_signal::{Signal, Signals};
 use futures_lite::StreamExt as _;
 use porter_control::api::Api;
 use porter_control::cli::Cli;
+use porter_control::reload::Reloader;
 use porter_control::setup::Settings;
 use porter_control::sync::RouteSync;
 use porter_host::Allocator;
@@ -76,8 +77,8 @@ fn executor_threads() -> usize {
 
 async fn run(rt: Smol, settings: Settings) -> anyhow::Result<()> {
     // Registered first, so that a signal during start-up is not the default (fatal) one.
-    let mut signals =
-        Signals::new([Signal::Term, Signal::Int]).context("cannot listen for SIGINT/SIGTERM")?;
+    let mut signals = Signals::new([Signal::Term, Signal::Int, Signal::Hup])
+        .context("cannot listen for SIGINT/SIGTERM/SIGHUP")?;
     let allocator = match &settings.agones {
         Some(section) => Some(agones_allocator(section)?),
         None => None,
@@ -97,17 +98,38 @@ async fn run(rt: Smol, settings: Settings) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let reloader = Reloader::start(&settings, driver.handle())
+        .context("cannot start watching the configuration file")?;
     if let Some(api) = &settings.api {
         let agones = allocator.map(|a| (a, settings.allocate_route_ttl));
-        let bound = api::serve(&rt, Api::for_engine(api, &driver, sync.as_ref(), agones))
+        let mut served = Api::for_engine(api, &driver, sync.as_ref(), agones);
+        if let Some(reloader) = &reloader {
+            served = served.with_reload(reloader.clone());
+        }
+        let bound = api::serve(&rt, served)
             .with_context(|| format!("cannot start the API on {}", api.bind))?;
         tracing::info!(listen = %bound, "API listening");
     }
 
-    signals.next().await;
-    let second = async {
-        signals.next().await;
-    };
+    // SIGINT or SIGTERM starts the drain, and a second one ends it.
+    next_shutdown(&mut signals, reloader.as_ref()).await;
+    let second = next_shutdown(&mut signals, reloader.as_ref());
     porter_host::drain(&driver, settings.drain_period, second).await;
     Ok(())
+}
+
+/// Waits for SIGINT or SIGTERM; each SIGHUP meanwhile reloads the configuration file
+/// (without one, it is logged and ignored).
+async fn next_shutdown(signals: &mut Signals, reloader: Option<&Reloader>) {
+    while let Some(signal) = signals.next().await {
+        match signal {
+            Ok(Signal::Hup) => match reloader {
+                Some(reloader) => reloader.request(),
+                None => {
+                    tracing::warn!("SIGHUP: no configuration file to reload (built-in example)");
+                }
+            },
+            _ => return,
+        }
+    }
 }

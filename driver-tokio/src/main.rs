@@ -12,6 +12,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use porter_control::api::Api;
 use porter_control::cli::Cli;
+use porter_control::reload::Reloader;
 use porter_control::setup::Settings;
 use porter_host::Allocator;
 
@@ -35,6 +36,8 @@ fn main() -> ExitCode {
 }
 
 async fn run(settings: Settings) -> anyhow::Result<()> {
+    // Taken over first, so that a SIGHUP during start-up is not the default (fatal) one.
+    let hangups = hangup_signals()?;
     let agones = match &settings.agones {
         Some(section) => Some(agones_allocator(section)?),
         None => None,
@@ -48,16 +51,18 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         )?),
         None => None,
     };
+    let reloader = Reloader::start(&settings, driver.handle())
+        .context("cannot start watching the configuration file")?;
+    tokio::spawn(reload_on_hangup(hangups, reloader.clone()));
     if let Some(api) = &settings.api {
         let agones = allocator.map(|a| (a, settings.allocate_route_ttl));
-        let bound = porter_control::http::serve_api_tokio(Api::for_engine(
-            api,
-            &driver,
-            sync.as_ref(),
-            agones,
-        ))
-        .await
-        .with_context(|| format!("cannot start the API on {}", api.bind))?;
+        let mut served = Api::for_engine(api, &driver, sync.as_ref(), agones);
+        if let Some(reloader) = &reloader {
+            served = served.with_reload(reloader.clone());
+        }
+        let bound = porter_control::http::serve_api_tokio(served)
+            .await
+            .with_context(|| format!("cannot start the API on {}", api.bind))?;
         tracing::info!(listen = %bound, "API listening");
     }
 
@@ -74,6 +79,32 @@ fn agones_allocator(
     let config = porter_agones::AgonesClientConfig::from_config(section).context("agones")?;
     porter_agones::AgonesAllocator::new(config).context("agones allocator client")
 }
+
+/// SIGHUP, taken over from its default action (exit).
+#[cfg(unix)]
+fn hangup_signals() -> anyhow::Result<tokio::signal::unix::Signal> {
+    use tokio::signal::unix::{signal, SignalKind};
+    signal(SignalKind::hangup()).context("cannot listen for SIGHUP")
+}
+
+/// Each SIGHUP reloads the configuration file (without one, it is logged and ignored).
+#[cfg(unix)]
+async fn reload_on_hangup(mut hangups: tokio::signal::unix::Signal, reloader: Option<Reloader>) {
+    while hangups.recv().await.is_some() {
+        match &reloader {
+            Some(reloader) => reloader.request(),
+            None => tracing::warn!("SIGHUP: no configuration file to reload (built-in example)"),
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn hangup_signals() -> anyhow::Result<()> {
+    Ok(())
+}
+
+#[cfg(not(unix))]
+async fn reload_on_hangup(_: (), _: Option<Reloader>) {}
 
 /// Resolves on SIGINT or SIGTERM.
 async fn shutdown_signal() {

@@ -16,7 +16,7 @@ use crate::names::{check_dns_name, check_kubernetes_name, parse_route_name, Rout
 use crate::target::Target;
 use crate::types::{
     AgonesConfig, ApiConfig, Config, LogConfig, LogFormat, RedisConfig, Refusal, RelayConfig,
-    RouteKind, RouteSpec, Secret, UdpConfig,
+    ReloadConfig, RemovedSessions, RouteKind, RouteSpec, Secret, UdpConfig,
 };
 use crate::units::{format_byte_size, format_duration, parse_byte_size, parse_duration};
 use crate::yaml::{Node, Span, Value};
@@ -274,6 +274,7 @@ impl Checker<'_> {
         let redis = self.redis(&top);
         let (agones, agones_enabled) = self.agones(&top);
         let relay = self.relay(&top);
+        let reload = self.reload(&top);
         let routes = self.routes(&top, agones_enabled);
         Config {
             udp,
@@ -282,6 +283,7 @@ impl Checker<'_> {
             agones,
             relay,
             log,
+            reload,
             routes,
             warnings: Vec::new(),
         }
@@ -292,6 +294,23 @@ impl Checker<'_> {
         LogConfig {
             level: self.read(&s, "level", log_level),
             format: self.read(&s, "format", log_format),
+        }
+    }
+
+    fn reload(&mut self, top: &Section<'_>) -> ReloadConfig {
+        let s = self.subsection(top, "reload", &keys::RELOAD);
+        ReloadConfig {
+            watch: self.read(&s, "watch", boolean),
+            interval: self.read(&s, "interval", duration_positive),
+            removed_sessions: self.read(&s, "removed_sessions", |n| {
+                one_of(
+                    n,
+                    &[
+                        ("drain", RemovedSessions::Drain),
+                        ("close", RemovedSessions::Close),
+                    ],
+                )
+            }),
         }
     }
 

@@ -161,6 +161,12 @@ pub const ROOT: Section = Section {
         ),
         key("log", Kind::Section, Value("{}"), "Logging."),
         key(
+            "reload",
+            Kind::Section,
+            Value("{}"),
+            "Following changes to the configuration file.",
+        ),
+        key(
             "routes",
             Kind::Routes,
             Value("[]"),
@@ -454,6 +460,34 @@ pub const LOG: Section = Section {
     ],
 };
 
+/// What `reload.removed_sessions` may be.
+const REMOVED_SESSIONS: &[&str] = &["drain", "close"];
+
+/// Section `reload`: hot reload of the configuration file.
+pub const RELOAD: Section = Section {
+    name: "reload",
+    keys: &[
+        key(
+            "watch",
+            Kind::Bool,
+            Value("true"),
+            "Watch the file and apply its changes.",
+        ),
+        key(
+            "interval",
+            Kind::Duration,
+            Value("1s"),
+            "How often the file is looked at.",
+        ),
+        key(
+            "removed_sessions",
+            Kind::Choice(REMOVED_SESSIONS),
+            Value("drain"),
+            "Sessions of a removed route or target: drain or close.",
+        ),
+    ],
+};
+
 /// The keys of one route (each entry of `routes`).
 pub const ROUTE: Section = Section {
     name: "routes",
@@ -480,7 +514,7 @@ pub const ROUTE: Section = Section {
 };
 
 /// Every section with keys of its own, in the order of `docs/configuration.md`.
-pub const SECTIONS: &[Section] = &[UDP, API, REDIS, AGONES, RELAY, LOG, ROUTE];
+pub const SECTIONS: &[Section] = &[UDP, API, REDIS, AGONES, RELAY, LOG, RELOAD, ROUTE];
 
 #[cfg(test)]
 mod tests {
@@ -493,7 +527,7 @@ mod tests {
     /// The checker accepts exactly the choices the tables list, and says so.
     #[test]
     fn choices_are_the_tables() {
-        for section in [UDP, RELAY, LOG] {
+        for section in [UDP, RELAY, LOG, RELOAD] {
             for key in section.keys {
                 let Kind::Choice(choices) = key.kind else {
                     continue;

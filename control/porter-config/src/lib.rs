@@ -45,7 +45,7 @@ pub use self::route::{ResolveError, RouteText, RouteTextError, RouteType, Target
 pub use self::target::{Host, Target};
 pub use self::types::{
     AgonesConfig, ApiConfig, Config, LogConfig, LogFormat, RedisConfig, Refusal, RelayConfig,
-    RouteKind, RouteSpec, Secret, UdpConfig, DEFAULT_TOKEN_ENV,
+    ReloadConfig, RemovedSessions, RouteKind, RouteSpec, Secret, UdpConfig, DEFAULT_TOKEN_ENV,
 };
 pub use self::units::{parse_byte_size, parse_duration};
 

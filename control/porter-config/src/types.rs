@@ -26,6 +26,8 @@ pub struct Config {
     pub relay: RelayConfig,
     /// Logging (section `log`).
     pub log: LogConfig,
+    /// Following changes to the file (section `reload`).
+    pub reload: ReloadConfig,
     /// The routes known at start-up, in file order (section `routes`).
     pub routes: Vec<RouteSpec>,
     /// Things that are allowed but probably not meant (an Agones route while Agones is
@@ -271,6 +273,50 @@ impl Default for LogConfig {
         Self {
             level: "info".to_owned(),
             format: LogFormat::Human,
+        }
+    }
+}
+
+/// Section `reload`: how the running relay follows changes to its configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReloadConfig {
+    /// Look at the file every `interval` and apply it when its content changed (SIGHUP
+    /// reloads either way).
+    pub watch: bool,
+    /// How often the file is looked at.
+    pub interval: Duration,
+    /// What happens to the sessions of a route or target that a reload removed.
+    pub removed_sessions: RemovedSessions,
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        Self {
+            watch: true,
+            interval: Duration::from_secs(1),
+            removed_sessions: RemovedSessions::Drain,
+        }
+    }
+}
+
+/// What a reload does with the sessions whose route or target it removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum RemovedSessions {
+    /// They keep being relayed until they end on their own (idle timeout).
+    #[default]
+    Drain,
+    /// They are closed at once.
+    Close,
+}
+
+impl RemovedSessions {
+    /// The word the file uses.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Drain => "drain",
+            Self::Close => "close",
         }
     }
 }

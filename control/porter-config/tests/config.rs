@@ -286,6 +286,9 @@ fn defaults_of_an_empty_file() {
     assert_eq!(d.relay.refusal, config::Refusal::Close);
     assert_eq!(d.relay.drain_period, Duration::from_secs(10));
     assert_eq!(d.log.level, "info");
+    assert!(d.reload.watch);
+    assert_eq!(d.reload.interval, Duration::from_secs(1));
+    assert_eq!(d.reload.removed_sessions, config::RemovedSessions::Drain);
 }
 
 // --- One test per kind of mistake: the message names the key and where it is. ---
@@ -296,7 +299,7 @@ fn unknown_key_at_top_level() {
     assert_eq!(
         e,
         "test.yaml:2:1: routs: unknown key `routs` (did you mean `routes`?); known keys at the \
-         top level: udp, api, redis, agones, relay, log, routes"
+         top level: udp, api, redis, agones, relay, log, reload, routes"
     );
     // Line 1, column 1 too (serde_yaml prints no position there; we still give one).
     let e = errors("bogus: 1\n");

@@ -31,6 +31,7 @@ use porter_core::{Route, RouteName, RouteTarget, SessionId, SessionInfo, Session
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::reload::Reloader;
 use crate::sync::{LinkState, RouteSync, SharedRoute};
 use porter_host::{AllocationErrorKind, Allocator, RelayHandle};
 
@@ -100,6 +101,7 @@ pub struct Api {
     gauges: GaugeFn,
     sync: Option<RouteSync>,
     allocator: Option<(Arc<dyn Allocator>, Duration)>,
+    reload: Option<Reloader>,
     started: Instant,
 }
 
@@ -125,6 +127,7 @@ impl Api {
             gauges,
             sync: None,
             allocator: None,
+            reload: None,
             started: Instant::now(),
         }
     }
@@ -164,6 +167,13 @@ impl Api {
     #[must_use]
     pub fn with_allocator(mut self, allocator: Arc<dyn Allocator>, route_ttl: Duration) -> Self {
         self.allocator = Some((allocator, route_ttl));
+        self
+    }
+
+    /// `/metrics` reports the reloads of the configuration file that `reload` follows.
+    #[must_use]
+    pub fn with_reload(mut self, reload: Reloader) -> Self {
+        self.reload = Some(reload);
         self
     }
 
@@ -514,7 +524,10 @@ impl Api {
         let stats = self.relay.stats();
         let gauges = (self.gauges)();
         let sync = self.sync.as_ref().map(RouteSync::status);
-        let text = metrics::render(&stats, gauges, self.started.elapsed(), sync.as_ref());
+        let mut text = metrics::render(&stats, gauges, self.started.elapsed(), sync.as_ref());
+        if let Some(reload) = &self.reload {
+            reload.render_metrics(&mut text);
+        }
         let mut reply = Response::new(Full::new(Bytes::from(text)));
         reply.headers_mut().insert(
             CONTENT_TYPE,

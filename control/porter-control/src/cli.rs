@@ -76,6 +76,15 @@ impl Cli {
         }
     }
 
+    /// The file [`Self::load_config`] reads, if it reads one (not the built-in example).
+    pub fn config_file(&self) -> Option<PathBuf> {
+        match &self.config {
+            Some(path) => Some(path.clone()),
+            None if Path::new(DEFAULT_CONFIG_FILE).exists() => Some(DEFAULT_CONFIG_FILE.into()),
+            None => None,
+        }
+    }
+
     /// What both binaries do before their runtime starts. Loads the configuration; for
     /// `check`, prints the warnings and the verdict and returns the exit code (0, or 2
     /// for a problem); for `run`, resolves the settings (a problem: exit code 2), starts
@@ -103,13 +112,14 @@ impl Cli {
                 }
             });
         }
-        let settings = match Settings::from_config(&config) {
+        let mut settings = match Settings::from_config(&config) {
             Ok(settings) => settings,
             Err(e) => {
                 eprintln!("{origin}: {e:#}");
                 return Err(ExitCode::from(2));
             }
         };
+        settings.config_file = self.config_file();
         init_logging(&settings);
         tracing::info!(config = %origin, "configuration loaded");
         for warning in &config.warnings {

@@ -3,7 +3,8 @@
 //! Porter's control plane, shared by both binaries: the management API ([`api`], served
 //! over any runtime's connections by [`http`]), the route sync between instances
 //! ([`sync`]: the data model and rules; [`redis_sync`]: the Redis transport), start-up
-//! settings from a configuration ([`setup`]) and the command line ([`cli`]).
+//! settings from a configuration ([`setup`]), hot reload of the configuration file
+//! ([`reload`]) and the command line ([`cli`]).
 //!
 //! It reaches the relay only through `porter_host::RelayHandle`, and allocations only
 //! through the `porter_host::Allocator` trait: it knows neither the I/O engine's internals
@@ -17,5 +18,6 @@ pub mod api;
 pub mod cli;
 pub mod http;
 pub mod redis_sync;
+pub mod reload;
 pub mod setup;
 pub mod sync;

@@ -3,6 +3,7 @@
 //! Shared by both binaries so they start identically.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use porter_core::{AssemblerConfig, RefusalMode, Route};
@@ -40,6 +41,12 @@ pub struct Settings {
     pub allocate_route_ttl: Duration,
     /// Route sharing through Redis, when `redis.enabled`.
     pub redis: Option<config::RedisConfig>,
+    /// The configuration these settings were built from (a reload compares a new file
+    /// with it).
+    pub config: Config,
+    /// The file it was read from, if any ([`crate::cli::Cli::prepare`] sets it; `None` for
+    /// the built-in example): what [`crate::reload::Reloader`] follows.
+    pub config_file: Option<PathBuf>,
 }
 
 impl Settings {
@@ -122,6 +129,8 @@ impl Settings {
             agones,
             allocate_route_ttl,
             redis: config.redis.clone(),
+            config: config.clone(),
+            config_file: None,
         })
     }
 

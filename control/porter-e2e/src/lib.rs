@@ -11,7 +11,7 @@
 //!
 //! The tests keep the case names, in modules named after the files that hold them:
 //! `cases::routes_by_sni_exact_wildcard_and_default`, `control_cases::..`,
-//! `agones_cases::..`.
+//! `agones_cases::..`, `reload_cases::..`.
 //!
 //! The peers the cases use are public too: [`Pki`], [`EchoServer`], [`client_endpoint`],
 //! [`connect`], [`echo`], [`UdpSink`], [`Nat`].
@@ -30,6 +30,8 @@ pub mod control_cases;
 #[doc(hidden)]
 pub mod ngtcp2_cases;
 mod peers;
+#[doc(hidden)]
+pub mod reload_cases;
 
 /// Runs one case against `binary` on the runtime each case had as a
 /// `#[tokio::test(flavor = "multi_thread", worker_threads = 2)]`.
@@ -94,6 +96,14 @@ macro_rules! __with_cases {
                 ngtcp2_change_local_addr,
                 ngtcp2_retry_server,
             }
+            reload_cases {
+                editing_the_config_in_place_adds_a_route,
+                renaming_a_file_over_the_config_adds_a_route,
+                a_configmap_symlink_swap_adds_a_route,
+                sighup_reloads_the_config,
+                an_invalid_edit_is_reported_and_changes_nothing,
+                removed_targets_drain_or_close_as_configured,
+            }
         }
     };
 }
@@ -138,6 +148,7 @@ mod tests {
             ("control_cases", include_str!("control_cases.rs")),
             ("agones_cases", include_str!("agones_cases.rs")),
             ("ngtcp2_cases", include_str!("ngtcp2_cases.rs")),
+            ("reload_cases", include_str!("reload_cases.rs")),
         ]
         .iter()
         .flat_map(|(module, text)| {

@@ -427,8 +427,8 @@ impl RelayHandle {
         self.change(|relay| relay.remove_route(name))
     }
 
-    /// Applies several route changes under one lock (a full reload from Redis): `edit`
-    /// gets a [`RouteEditor`].
+    /// Applies several route changes under one lock (a full reload from Redis or from the
+    /// configuration file): `edit` gets a [`RouteEditor`].
     pub fn edit_routes<T>(&self, edit: impl FnOnce(&mut RouteEditor<'_>) -> T) -> T {
         self.change(|relay| edit(&mut RouteEditor { relay }))
     }
@@ -473,6 +473,17 @@ impl RouteEditor<'_> {
     /// Removes a route; returns it if it existed.
     pub fn remove_route(&mut self, name: &RouteName) -> Option<Route> {
         self.relay.remove_route(name)
+    }
+
+    /// Every route, sorted by name (as the edits so far left them).
+    pub fn routes(&self) -> Vec<Route> {
+        self.relay.routes()
+    }
+
+    /// Closes every session routed to `backend` at once; returns how many (see
+    /// [`Relay::close_sessions_to`]).
+    pub fn close_sessions_to(&mut self, now: Instant, backend: BackendAddr) -> usize {
+        self.relay.close_sessions_to(now, backend)
     }
 }
 

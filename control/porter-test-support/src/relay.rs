@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -32,8 +32,10 @@ pub struct Porter {
     /// Its API.
     pub api: SocketAddr,
     log: Arc<Mutex<String>>,
-    /// Where its config file is.
+    /// Where its config file is (the path given to `--config`).
     pub config_path: PathBuf,
+    /// The start of its config: the `udp` and `api` sections with their ports.
+    pub config_head: String,
 }
 
 impl Porter {
@@ -46,14 +48,32 @@ impl Porter {
     /// As [`Porter::start`], with `api_extra` (such as `, token: T`) added inside the `api`
     /// section.
     pub fn start_with_api(binary: Binary, api_extra: &str, body: &str) -> Self {
+        Self::start_placed(binary, api_extra, body, |dir, text| {
+            let path = dir.join("config.yaml");
+            std::fs::write(&path, text).expect("write config");
+            path
+        })
+    }
+
+    /// As [`Porter::start_with_api`], with the config file laid out by `place`: it gets a
+    /// fresh directory and the config text, writes it there as it likes (a symlink into a
+    /// ConfigMap-like `..data` directory, say) and returns the path for `--config`.
+    pub fn start_placed(
+        binary: Binary,
+        api_extra: &str,
+        body: &str,
+        place: impl FnOnce(&Path, &str) -> PathBuf,
+    ) -> Self {
         let (udp_port, api_port) = (free_udp_port(), free_tcp_port());
-        let config = format!(
+        let head = format!(
             "udp: {{port: {udp_port}, bind: 127.0.0.1, log_requests: true}}\n\
-             api: {{port: {api_port}{api_extra}}}\n{body}"
+             api: {{port: {api_port}{api_extra}}}\n"
         );
-        let mut porter = Self::spawn(binary, &config, &[]);
+        let config_path = place(&temp_dir(), &format!("{head}{body}"));
+        let mut porter = Self::spawn_at(binary, config_path, &[]);
         porter.udp = ([127, 0, 0, 1], udp_port).into();
         porter.api = ([127, 0, 0, 1], api_port).into();
+        porter.config_head = head;
         let ready = wait_for(Duration::from_secs(15), || {
             if let Ok(Some(status)) = porter.child.try_wait() {
                 panic!(
@@ -76,9 +96,14 @@ impl Porter {
     /// Spawns `binary` with `config` written to a file, plus extra arguments, without
     /// waiting for anything.
     pub fn spawn(binary: Binary, config: &str, args: &[&str]) -> Self {
-        let dir = temp_dir();
-        let config_path = dir.join("config.yaml");
+        let config_path = temp_dir().join("config.yaml");
         std::fs::write(&config_path, config).expect("write config");
+        Self::spawn_at(binary, config_path, args)
+    }
+
+    /// Spawns `binary` with `--config config_path` (an existing file) and extra arguments,
+    /// without waiting for anything.
+    pub fn spawn_at(binary: Binary, config_path: PathBuf, args: &[&str]) -> Self {
         let mut child = Command::new(binary.path)
             .args(args)
             .arg("--config")
@@ -120,6 +145,7 @@ impl Porter {
             api: ([127, 0, 0, 1], 0).into(),
             log,
             config_path,
+            config_head: String::new(),
         }
     }
 
@@ -149,6 +175,24 @@ impl Porter {
             .arg("-TERM")
             .arg(self.child.id().to_string())
             .status();
+    }
+
+    /// Sends SIGHUP.
+    pub fn hangup(&self) {
+        let _ = Command::new("kill")
+            .arg("-HUP")
+            .arg(self.child.id().to_string())
+            .status();
+    }
+
+    /// Whether the process is still running (it was not restarted, nor did it exit).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Its process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// A GET on the API: status and body.

@@ -265,6 +265,23 @@ impl Relay {
         exists
     }
 
+    /// Closes at once every session routed to `backend` (each gets its
+    /// [`Command::CloseUpstream`] and [`Notification::SessionClosed`], reason `closed`);
+    /// returns how many. For an embedder that removed `backend` from every route and
+    /// does not want its sessions to drain.
+    pub fn close_sessions_to(&mut self, now: Instant, backend: BackendAddr) -> usize {
+        let ids: Vec<SessionId> = self
+            .sessions
+            .values()
+            .filter(|s| s.backend == Some(backend))
+            .map(|s| s.id)
+            .collect();
+        for &id in &ids {
+            self.close(id, CloseReason::Closed, now);
+        }
+        ids.len()
+    }
+
     // ----- inputs -----
 
     /// Handles a datagram a client sent to the relay's listener.
@@ -380,5 +397,31 @@ mod tests {
         );
         let all: Vec<u64> = relay.sessions(now).iter().map(|s| s.id.0).collect();
         assert_eq!(all, [1, 2, 3, 5, 7, 9]);
+    }
+
+    #[test]
+    fn closing_the_sessions_to_a_backend_closes_those_alone() {
+        let mut relay = Relay::new(RelayConfig::default());
+        for id in [1, 2] {
+            add(&mut relay, id, "198.51.100.1:1000", ROUTED, Some(8));
+        }
+        add(&mut relay, 3, "198.51.100.2:1000", ROUTED, Some(8));
+        let other = BackendAddr("192.0.2.10:443".parse().unwrap());
+        relay.sessions.get_mut(&SessionId(3)).unwrap().backend = Some(other);
+        let backend = BackendAddr("192.0.2.9:443".parse().unwrap());
+        let now = Instant::now();
+
+        assert_eq!(relay.close_sessions_to(now, backend), 2);
+        let left: Vec<u64> = relay.sessions(now).iter().map(|s| s.id.0).collect();
+        assert_eq!(left, [3]);
+        let mut closed = Vec::new();
+        while let Some(note) = relay.poll_notification() {
+            if let Notification::SessionClosed { reason, info } = note {
+                closed.push((info.id.0, reason.as_str()));
+            }
+        }
+        closed.sort_unstable();
+        assert_eq!(closed, [(1, "closed"), (2, "closed")]);
+        assert_eq!(relay.close_sessions_to(now, backend), 0);
     }
 }
