@@ -817,7 +817,7 @@ mod tests {
         for _ in 0..3 {
             t.session_ended(backend(1));
         }
-        assert_eq!(t.sessions_on(backend(1)), 1);
+        assert_eq!(t.sessions_on(backend(1)), 0);
         assert_eq!(pick(&mut t, client(1)), 1);
         let mut t = balanced(&[1, 2], Policy::LeastSessions, &[2, 1]);
         let mut counts = [0; 3];
