@@ -381,6 +381,7 @@ impl Api {
         let route = Route {
             name: name.clone(),
             target: RouteTarget::Simple(vec![porter_core::BackendAddr(addr)]),
+            balance: Default::default(),
         };
         let until = Instant::now() + *ttl;
         match &self.sync {
