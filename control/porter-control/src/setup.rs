@@ -40,6 +40,8 @@ pub struct Settings {
     pub allocate_route_ttl: Duration,
     /// Route sharing through Redis, when `redis.enabled`.
     pub redis: Option<config::RedisConfig>,
+    /// Active health checks, when `health.enabled`.
+    pub health: Option<porter_host::HealthSettings>,
 }
 
 impl Settings {
@@ -115,6 +117,12 @@ impl Settings {
             relay,
             routes,
             log_requests: config.udp.log_requests,
+            health: config.health.map(|h| porter_host::HealthSettings {
+                interval: h.interval,
+                timeout: h.timeout,
+                rise: h.rise,
+                fall: h.fall,
+            }),
             log_level: config.log.level.clone(),
             log_format: config.log.format,
             drain_period: config.relay.drain_period,
@@ -132,6 +140,7 @@ impl Settings {
             relay: self.relay.clone(),
             routes: self.routes.clone(),
             log_requests: self.log_requests,
+            health: self.health,
         }
     }
 }
