@@ -12,8 +12,8 @@
 //! [`Resolved::NoHealthyBackend`].
 
 use std::collections::{HashMap, HashSet};
-use std::net::IpAddr;
 use std::fmt;
+use std::net::IpAddr;
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -756,7 +756,9 @@ mod tests {
         t.set_backend_health(backend(3), false);
         assert_eq!(
             t.resolve(Some("a.test"), client(1)),
-            Some(Resolved::NoHealthyBackend(RouteName::parse("a.test").unwrap()))
+            Some(Resolved::NoHealthyBackend(
+                RouteName::parse("a.test").unwrap()
+            ))
         );
         assert!(t.set_backend_health(backend(2), true));
         assert_eq!(pick(&mut t, client(1)), 2);
@@ -769,7 +771,11 @@ mod tests {
         assert_eq!(ports, [1, 1, 2, 1, 1, 1, 2, 1]);
         let mut t = balanced(&[1, 2, 3], Policy::Weighted, &[5, 1, 1]);
         let ports: Vec<u16> = (0..7).map(|_| pick(&mut t, client(1))).collect();
-        assert_eq!(ports, [1, 1, 2, 1, 3, 1, 1], "nginx's example: a a b a c a a");
+        assert_eq!(
+            ports,
+            [1, 1, 2, 1, 3, 1, 1],
+            "nginx's example: a a b a c a a"
+        );
         // An unhealthy backend's share goes to the others.
         let mut t = balanced(&[1, 2, 3], Policy::Weighted, &[3, 1, 2]);
         t.set_backend_health(backend(3), false);
@@ -786,7 +792,10 @@ mod tests {
         for weights in [vec![1], vec![1, 0], vec![1, 2, 3]] {
             let mut route = simple("a.test", &[1, 2]);
             route.balance.weights = weights;
-            assert!(matches!(t.insert(route), Err(RouteError::BadWeights { .. })));
+            assert!(matches!(
+                t.insert(route),
+                Err(RouteError::BadWeights { .. })
+            ));
         }
         let mut fleet = Route {
             name: RouteName::parse("f.test").unwrap(),
@@ -796,7 +805,10 @@ mod tests {
             balance: Balance::default(),
         };
         fleet.balance.policy = Policy::LeastSessions;
-        assert!(matches!(t.insert(fleet), Err(RouteError::BalanceOnFleet(_))));
+        assert!(matches!(
+            t.insert(fleet),
+            Err(RouteError::BalanceOnFleet(_))
+        ));
     }
 
     #[test]

@@ -12,15 +12,15 @@ use std::time::Duration;
 
 use crate::error::Problem;
 use crate::keys::{self, Key, KeyDefault};
-use porter_core::{Balance, Policy};
 use crate::names::{check_dns_name, check_kubernetes_name, parse_route_name, RouteName};
 use crate::target::Target;
 use crate::types::{
-    AgonesConfig, ApiConfig, Config, HealthConfig, LogConfig, LogFormat, RedisConfig, Refusal, RelayConfig,
-    RouteKind, RouteSpec, Secret, UdpConfig,
+    AgonesConfig, ApiConfig, Config, HealthConfig, LogConfig, LogFormat, RedisConfig, Refusal,
+    RelayConfig, RouteKind, RouteSpec, Secret, UdpConfig,
 };
 use crate::units::{format_byte_size, format_duration, parse_byte_size, parse_duration};
 use crate::yaml::{Node, Span, Value};
+use porter_core::{Balance, Policy};
 
 /// Looks up an environment variable; injectable so tests need not touch the process
 /// environment.

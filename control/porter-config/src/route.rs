@@ -121,7 +121,9 @@ pub enum RouteTextError {
     #[error("target: not a fleet name: {0}")]
     Fleet(String),
     /// Not a policy name.
-    #[error("policy: {0:?} is not a policy (round_robin, weighted, least_sessions, client_ip_hash)")]
+    #[error(
+        "policy: {0:?} is not a policy (round_robin, weighted, least_sessions, client_ip_hash)"
+    )]
     Policy(String),
     /// Weights that are not one positive number per target, or weights on round robin.
     #[error("weights: {0}")]
@@ -158,11 +160,7 @@ impl RouteSpec {
         let RouteKind::Simple { targets, balance } = &mut spec.kind else {
             return Err(RouteTextError::BalanceOnFleet);
         };
-        *balance = balance_of(
-            text.policy.as_deref(),
-            text.weights.clone(),
-            targets.len(),
-        )?;
+        *balance = balance_of(text.policy.as_deref(), text.weights.clone(), targets.len())?;
         Ok(spec)
     }
 
@@ -557,18 +555,29 @@ mod tests {
             "127.0.0.1:1,127.0.0.1:2;policy=weighted;weights=3,1"
         );
         assert_eq!(serde_json::to_string(&spec.to_text()).unwrap(), json);
-        let entry = RouteSpec::from_entry(RouteType::Simple, "a.test", &spec.target_text()).unwrap();
+        let entry =
+            RouteSpec::from_entry(RouteType::Simple, "a.test", &spec.target_text()).unwrap();
         assert_eq!(entry, spec, "the Redis entry carries them");
         let route = spec.resolve().unwrap();
         assert_eq!(route.balance.weights, [3, 1]);
-        assert_eq!(serde_json::to_string(&RouteText::from_route(&route)).unwrap(), json);
+        assert_eq!(
+            serde_json::to_string(&RouteText::from_route(&route)).unwrap(),
+            json
+        );
         // Weights alone mean weighted; a policy alone has no weights.
-        let w = text(r#"{"fqdn":"a.test","type":"simple","target":"127.0.0.1:1,127.0.0.1:2","weights":[1,2]}"#);
+        let w = text(
+            r#"{"fqdn":"a.test","type":"simple","target":"127.0.0.1:1,127.0.0.1:2","weights":[1,2]}"#,
+        );
         let RouteKind::Simple { balance, .. } = RouteSpec::from_text(&w).unwrap().kind else {
             panic!("simple")
         };
         assert_eq!(balance.policy, Policy::Weighted);
-        let h = RouteSpec::from_entry(RouteType::Simple, "a.test", "127.0.0.1:1;policy=client_ip_hash").unwrap();
+        let h = RouteSpec::from_entry(
+            RouteType::Simple,
+            "a.test",
+            "127.0.0.1:1;policy=client_ip_hash",
+        )
+        .unwrap();
         assert_eq!(h.to_text().policy.as_deref(), Some("client_ip_hash"));
         assert_eq!(h.to_text().weights, None);
         // Without them, the text is the original project's.
@@ -578,12 +587,30 @@ mod tests {
             r#"{"fqdn":"a.test","type":"simple","target":"127.0.0.1:1"}"#
         );
         for (bad, message) in [
-            (r#"{"fqdn":"a.test","type":"simple","target":"127.0.0.1:1","policy":"random"}"#, "policy: \"random\" is not a policy"),
-            (r#"{"fqdn":"a.test","type":"simple","target":"127.0.0.1:1","weights":[1,2]}"#, "weights: 2 weights for 1 targets"),
-            (r#"{"fqdn":"a.test","type":"simple","target":"127.0.0.1:1","weights":[0]}"#, "weights: 1 weights for 1 targets"),
-            (r#"{"fqdn":"a.test","type":"simple","target":"127.0.0.1:1","policy":"round_robin","weights":[2]}"#, "weights: round_robin takes no weights"),
-            (r#"{"fqdn":"a.test","type":"agones","target":"f","policy":"weighted"}"#, "policy: an agones route"),
-            (r#"{"fqdn":"a.test","type":"simple","target":"127.0.0.1:1;bogus=1"}"#, "target: \"bogus=1\""),
+            (
+                r#"{"fqdn":"a.test","type":"simple","target":"127.0.0.1:1","policy":"random"}"#,
+                "policy: \"random\" is not a policy",
+            ),
+            (
+                r#"{"fqdn":"a.test","type":"simple","target":"127.0.0.1:1","weights":[1,2]}"#,
+                "weights: 2 weights for 1 targets",
+            ),
+            (
+                r#"{"fqdn":"a.test","type":"simple","target":"127.0.0.1:1","weights":[0]}"#,
+                "weights: 1 weights for 1 targets",
+            ),
+            (
+                r#"{"fqdn":"a.test","type":"simple","target":"127.0.0.1:1","policy":"round_robin","weights":[2]}"#,
+                "weights: round_robin takes no weights",
+            ),
+            (
+                r#"{"fqdn":"a.test","type":"agones","target":"f","policy":"weighted"}"#,
+                "policy: an agones route",
+            ),
+            (
+                r#"{"fqdn":"a.test","type":"simple","target":"127.0.0.1:1;bogus=1"}"#,
+                "target: \"bogus=1\"",
+            ),
         ] {
             let err = RouteSpec::from_text(&text(bad)).expect_err(bad);
             assert!(err.to_string().starts_with(message), "{bad}: {err}");

@@ -220,7 +220,10 @@ mod tests {
         let p = probe(token);
         assert_eq!(p.len(), 1200);
         assert_eq!(p[0] & 0xc0, 0xc0);
-        assert_eq!(u32::from_be_bytes([p[1], p[2], p[3], p[4]]) & 0x0f0f_0f0f, 0x0a0a_0a0a);
+        assert_eq!(
+            u32::from_be_bytes([p[1], p[2], p[3], p[4]]) & 0x0f0f_0f0f,
+            0x0a0a_0a0a
+        );
         assert_eq!(&p[15..23], &token);
         // The answer echoes the probe's SCID as its DCID.
         let mut vn = vec![0x80, 0, 0, 0, 0, 8];
