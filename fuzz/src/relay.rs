@@ -311,6 +311,7 @@ fn route(spec: &RouteSpec) -> Route {
                 fleet: Arc::from(""),
             },
         },
+        balance: Default::default(),
     }
 }
 

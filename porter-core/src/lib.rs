@@ -49,6 +49,7 @@
 //! relay.set_route(Route {
 //!     name: "game2.example.com".parse()?,
 //!     target: RouteTarget::Simple(vec![backend]),
+//!     balance: Default::default(),
 //! })?;
 //!
 //! let capture: Vec<serde_json::Value> =
@@ -162,6 +163,9 @@ pub use relay::{
     AllocationCounters, AllocationFailure, Command, CompleteAllocationError, DropReason,
     Notification, RefusalMode, RefuseReason, Relay, RelayConfig, RelayStats, SessionPage, Verdict,
 };
-pub use routes::{Resolved, Route, RouteError, RouteName, RouteNameError, RouteTable, RouteTarget};
+pub use routes::{
+    Balance, Policy, Resolved, Route, RouteError, RouteName, RouteNameError, RouteTable,
+    RouteTarget,
+};
 pub use session::{CloseReason, SessionInfo, SessionState, Traffic};
 pub use wire::{ConnectionId, Version};

@@ -15,11 +15,12 @@ use crate::keys::{self, Key, KeyDefault};
 use crate::names::{check_dns_name, check_kubernetes_name, parse_route_name, RouteName};
 use crate::target::Target;
 use crate::types::{
-    AgonesConfig, ApiConfig, Config, LogConfig, LogFormat, RedisConfig, Refusal, RelayConfig,
-    ReloadConfig, RemovedSessions, RouteKind, RouteSpec, Secret, UdpConfig,
+    AgonesConfig, ApiConfig, Config, HealthConfig, LogConfig, LogFormat, RedisConfig, Refusal,
+    RelayConfig, ReloadConfig, RemovedSessions, RouteKind, RouteSpec, Secret, UdpConfig,
 };
 use crate::units::{format_byte_size, format_duration, parse_byte_size, parse_duration};
 use crate::yaml::{Node, Span, Value};
+use porter_core::{Balance, Policy};
 
 /// Looks up an environment variable; injectable so tests need not touch the process
 /// environment.
@@ -275,8 +276,10 @@ impl Checker<'_> {
         let (agones, agones_enabled) = self.agones(&top);
         let relay = self.relay(&top);
         let reload = self.reload(&top);
+        let health = self.health(&top);
         let routes = self.routes(&top, agones_enabled);
         Config {
+            health,
             udp,
             api,
             redis,
@@ -287,6 +290,36 @@ impl Checker<'_> {
             routes,
             warnings: Vec::new(),
         }
+    }
+
+    fn health(&mut self, top: &Section<'_>) -> Option<HealthConfig> {
+        let s = self.subsection(top, "health", &keys::HEALTH);
+        let enabled = self.read(&s, "enabled", boolean);
+        let interval = self.read(&s, "interval", duration_positive);
+        let timeout = self.read(&s, "timeout", duration_positive);
+        let count = |n: &Node| {
+            integer_at_least(n, 1)
+                .and_then(|v| u32::try_from(v).map_err(|_| format!("{v} is too large")))
+        };
+        let rise = self.read(&s, "rise", count);
+        let fall = self.read(&s, "fall", count);
+        if timeout > interval {
+            self.error(
+                s.path_of("timeout"),
+                s.value("timeout").and_then(|f| f.span()),
+                format!(
+                    "{} is longer than health.interval ({}): a probe must end before the next",
+                    format_duration(timeout),
+                    format_duration(interval)
+                ),
+            );
+        }
+        enabled.then_some(HealthConfig {
+            interval,
+            timeout,
+            rise,
+            fall,
+        })
     }
 
     fn log(&mut self, top: &Section<'_>) -> LogConfig {
@@ -668,7 +701,12 @@ impl Checker<'_> {
                 continue;
             }
             let s = self.section(item, path, at, &keys::ROUTE);
-            for key in keys::ROUTE.names() {
+            for key in keys::ROUTE
+                .keys
+                .iter()
+                .filter(|k| k.default == KeyDefault::Required)
+                .map(|k| k.name)
+            {
                 if s.value(key).is_none() && matches!(item.value, Value::Map(_)) {
                     self.error(
                         s.path_of(key),
@@ -753,10 +791,64 @@ impl Checker<'_> {
                 }
             }
         }
-        ok.then_some(RouteKind::Simple { targets })
+        let balance = self.balance(s, targets.len());
+        (ok && balance.is_some()).then(|| RouteKind::Simple {
+            targets,
+            balance: balance.unwrap_or_default(),
+        })
+    }
+
+    /// `policy` and `weights` of a simple route with `count` targets; `None` if wrong
+    /// (reported).
+    fn balance(&mut self, s: &Section<'_>, count: usize) -> Option<Balance> {
+        let mut ok = true;
+        let weights = match s.value("weights") {
+            None => Vec::new(),
+            Some(field) => match weights(field.node, count) {
+                Ok(w) => w,
+                Err(message) => {
+                    self.error(s.path_of("weights"), field.span(), message);
+                    ok = false;
+                    Vec::new()
+                }
+            },
+        };
+        let policy = match s.value("policy") {
+            None if s.value("weights").is_some() => Policy::Weighted,
+            None => Policy::RoundRobin,
+            Some(_) => {
+                let choices: Vec<(&str, Policy)> =
+                    Policy::ALL.iter().map(|p| (p.as_str(), *p)).collect();
+                match self.get(s, "policy", |n| one_of(n, &choices)) {
+                    Some(p) => p,
+                    None => {
+                        ok = false;
+                        Policy::RoundRobin
+                    }
+                }
+            }
+        };
+        if policy == Policy::RoundRobin && !weights.is_empty() {
+            self.error(
+                s.path_of("weights"),
+                s.value("weights").and_then(|f| f.span()),
+                "round_robin takes no weights (use policy: weighted)",
+            );
+            ok = false;
+        }
+        ok.then_some(Balance { policy, weights })
     }
 
     fn fleet(&mut self, s: &Section<'_>) -> Option<RouteKind> {
+        for key in ["policy", "weights"] {
+            if let Some(field) = s.value(key) {
+                self.error(
+                    s.path_of(key),
+                    field.span(),
+                    format!("`{key}` is for simple routes; an agones route allocates one server"),
+                );
+            }
+        }
         self.get(s, "target", |n| {
             if let Value::Seq(_) = n.value {
                 return Err("an agones route takes one fleet name, not a list".to_owned());
@@ -875,6 +967,29 @@ pub fn percent_decode(text: &str) -> Option<String> {
 }
 
 // --- Scalar readers: each says what it expected and what it found. ---
+
+/// A list of `count` whole numbers, each at least 1.
+fn weights(n: &Node, count: usize) -> Result<Vec<u32>, String> {
+    let Value::Seq(items) = &n.value else {
+        return Err(format!(
+            "expected a list of weights (one per target), found {}",
+            n.value.describe()
+        ));
+    };
+    if items.len() != count {
+        return Err(format!(
+            "{} weights for {count} targets (one weight per target, in order)",
+            items.len()
+        ));
+    }
+    items
+        .iter()
+        .map(|item| {
+            integer_at_least(item, 1)
+                .and_then(|v| u32::try_from(v).map_err(|_| format!("{v} is too large")))
+        })
+        .collect()
+}
 
 fn boolean(n: &Node) -> Result<bool, String> {
     match n.value {

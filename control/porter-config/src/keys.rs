@@ -55,6 +55,8 @@ pub enum Kind {
     RouteName,
     /// A route's target: `host:port` (one or a list) or a fleet.
     RouteTarget,
+    /// A list of positive whole numbers, one per target (route weights).
+    Weights,
     /// A mapping of keys (a section).
     Section,
     /// The list of routes.
@@ -165,6 +167,12 @@ pub const ROOT: Section = Section {
             Kind::Section,
             Value("{}"),
             "Following changes to the configuration file.",
+        ),
+        key(
+            "health",
+            Kind::Section,
+            Value("{}"),
+            "Active health checks of simple targets.",
         ),
         key(
             "routes",
@@ -510,11 +518,68 @@ pub const ROUTE: Section = Section {
             Required,
             "host:port (one or a list), or a fleet.",
         ),
+        key(
+            "policy",
+            Kind::Choice(POLICIES),
+            Derived("`round_robin`; `weighted` when `weights` is given"),
+            "How a simple route picks a target for a new connection.",
+        ),
+        key(
+            "weights",
+            Kind::Weights,
+            KeyDefault::None,
+            "One positive weight per target, in order (simple routes).",
+        ),
+    ],
+};
+
+/// The balancing policies, as `routes[].policy` names them.
+pub const POLICIES: &[&str] = &[
+    "round_robin",
+    "weighted",
+    "least_sessions",
+    "client_ip_hash",
+];
+
+/// Section `health`: active checks of the targets of simple routes.
+pub const HEALTH: Section = Section {
+    name: "health",
+    keys: &[
+        key(
+            "enabled",
+            Kind::Bool,
+            Value("false"),
+            "Probe every target of every simple route.",
+        ),
+        key(
+            "interval",
+            Kind::Duration,
+            Value("2s"),
+            "Time between two probes of a target.",
+        ),
+        key(
+            "timeout",
+            Kind::Duration,
+            Value("1s"),
+            "How long a probe waits for the answer.",
+        ),
+        key(
+            "rise",
+            Kind::Integer,
+            Value("2"),
+            "Answered probes in a row that make an unhealthy target healthy.",
+        ),
+        key(
+            "fall",
+            Kind::Integer,
+            Value("3"),
+            "Unanswered probes in a row that make a healthy target unhealthy.",
+        ),
     ],
 };
 
 /// Every section with keys of its own, in the order of `docs/configuration.md`.
-pub const SECTIONS: &[Section] = &[UDP, API, REDIS, AGONES, RELAY, LOG, RELOAD, ROUTE];
+pub const SECTIONS: &[Section] = &[UDP, API, REDIS, AGONES, RELAY, LOG, RELOAD, HEALTH, ROUTE];
 
 #[cfg(test)]
 mod tests {
@@ -527,7 +592,7 @@ mod tests {
     /// The checker accepts exactly the choices the tables list, and says so.
     #[test]
     fn choices_are_the_tables() {
-        for section in [UDP, RELAY, LOG, RELOAD] {
+        for section in [UDP, RELAY, LOG, RELOAD, HEALTH] {
             for key in section.keys {
                 let Kind::Choice(choices) = key.kind else {
                     continue;

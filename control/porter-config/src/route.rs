@@ -5,12 +5,17 @@
 //!
 //! A `simple` target is one `host:port`, several separated by commas (as the original
 //! project stores them in Redis), or a list; an `agones` target is one fleet name.
+//!
+//! A simple route may add a balancing policy and weights: as fields (`"policy":
+//! "weighted", "weights": [3, 1]`) in JSON and YAML, and, in the one-string form Redis
+//! stores, as suffixes after the targets: `10.0.0.1:7777,10.0.0.2:7777;policy=weighted;weights=3,1`.
+//! A route without them reads and writes exactly as before.
 
 use std::fmt;
 use std::io;
 use std::sync::Arc;
 
-use porter_core::{BackendAddr, Route, RouteName, RouteTarget};
+use porter_core::{BackendAddr, Balance, Policy, Route, RouteName, RouteTarget};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -31,6 +36,13 @@ pub struct RouteText {
     /// `host:port` (several as a list, or separated by commas) for `simple`; the fleet name
     /// for `agones`.
     pub target: TargetText,
+    /// `round_robin`, `weighted`, `least_sessions` or `client_ip_hash` (simple routes);
+    /// left out: round robin, or weighted when `weights` is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// One weight (at least 1) per target, in order (simple routes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights: Option<Vec<u32>>,
 }
 
 /// One target or several.
@@ -108,6 +120,17 @@ pub enum RouteTextError {
     /// A fleet name that is not a Kubernetes name.
     #[error("target: not a fleet name: {0}")]
     Fleet(String),
+    /// Not a policy name.
+    #[error(
+        "policy: {0:?} is not a policy (round_robin, weighted, least_sessions, client_ip_hash)"
+    )]
+    Policy(String),
+    /// Weights that are not one positive number per target, or weights on round robin.
+    #[error("weights: {0}")]
+    Weights(String),
+    /// A policy or weights on an agones route.
+    #[error("policy: an agones route takes no policy or weights")]
+    BalanceOnFleet,
 }
 
 /// A target of a route that does not resolve to an address.
@@ -130,7 +153,15 @@ impl RouteSpec {
     /// The first field that is wrong.
     pub fn from_text(text: &RouteText) -> Result<Self, RouteTextError> {
         let name = parse_route_name(&text.fqdn).map_err(|e| RouteTextError::Name(e.to_string()))?;
-        Self::with_target(name, RouteType::parse(&text.kind)?, &text.target)
+        let mut spec = Self::with_target(name, RouteType::parse(&text.kind)?, &text.target)?;
+        if text.policy.is_none() && text.weights.is_none() {
+            return Ok(spec);
+        }
+        let RouteKind::Simple { targets, balance } = &mut spec.kind else {
+            return Err(RouteTextError::BalanceOnFleet);
+        };
+        *balance = balance_of(text.policy.as_deref(), text.weights.clone(), targets.len())?;
+        Ok(spec)
     }
 
     /// Builds one from a Redis hash entry: `field` is the name, `value` the target, in the
@@ -154,9 +185,18 @@ impl RouteSpec {
     ) -> Result<Self, RouteTextError> {
         let kind = match kind {
             RouteType::Simple => {
-                let texts: Vec<&str> = match target {
-                    TargetText::One(t) => t.split(',').collect(),
-                    TargetText::Many(list) => list.iter().map(String::as_str).collect(),
+                // The one-string form may end in `;policy=...;weights=...`.
+                let (first, suffixes) = match target {
+                    TargetText::One(t) => match t.split_once(';') {
+                        Some((first, rest)) => (Some(first), Some(rest)),
+                        None => (Some(t.as_str()), None),
+                    },
+                    TargetText::Many(_) => (None, None),
+                };
+                let texts: Vec<&str> = match (target, first) {
+                    (_, Some(t)) => t.split(',').collect(),
+                    (TargetText::Many(list), _) => list.iter().map(String::as_str).collect(),
+                    (TargetText::One(_), None) => Vec::new(),
                 };
                 // The same target twice is allowed here, as the API and Redis always took it
                 // (the relay then gives it two turns); the configuration file refuses it.
@@ -179,7 +219,37 @@ impl RouteSpec {
                 if targets.is_empty() {
                     return Err(RouteTextError::NoTargets);
                 }
-                RouteKind::Simple { targets }
+                let balance = match suffixes {
+                    None => Balance::default(),
+                    Some(rest) => {
+                        let (mut policy, mut weights) = (None, None);
+                        for part in rest.split(';') {
+                            match part.trim().split_once('=') {
+                                Some(("policy", p)) => policy = Some(p.trim()),
+                                Some(("weights", w)) => {
+                                    let parsed: Result<Vec<u32>, _> =
+                                        w.split(',').map(|w| w.trim().parse::<u32>()).collect();
+                                    weights = Some(parsed.map_err(|_| {
+                                        RouteTextError::Weights(format!(
+                                            "{w:?} is not a list of whole numbers"
+                                        ))
+                                    })?);
+                                }
+                                _ => {
+                                    return Err(RouteTextError::Target {
+                                        text: part.to_owned(),
+                                        reason: Some(
+                                            "after `;` a simple target takes only policy=... and weights=..."
+                                                .to_owned(),
+                                        ),
+                                    })
+                                }
+                            }
+                        }
+                        balance_of(policy, weights, targets.len())?
+                    }
+                };
+                RouteKind::Simple { targets, balance }
             }
             RouteType::Agones => match target {
                 TargetText::One(fleet) if !fleet.trim().is_empty() => {
@@ -210,11 +280,15 @@ impl RouteSpec {
     #[must_use]
     pub fn target_text(&self) -> String {
         match &self.kind {
-            RouteKind::Simple { targets } => targets
-                .iter()
-                .map(Target::to_string)
-                .collect::<Vec<_>>()
-                .join(","),
+            RouteKind::Simple { targets, balance } => {
+                let mut text = targets
+                    .iter()
+                    .map(Target::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",");
+                text.push_str(&balance_suffix(balance));
+                text
+            }
             RouteKind::Agones { fleet } => fleet.clone(),
         }
     }
@@ -222,16 +296,23 @@ impl RouteSpec {
     /// The text form: one target as a string, several as a list.
     #[must_use]
     pub fn to_text(&self) -> RouteText {
-        let target = match &self.kind {
-            RouteKind::Simple { targets } if targets.len() > 1 => {
-                TargetText::Many(targets.iter().map(Target::to_string).collect())
+        let (target, balance) = match &self.kind {
+            RouteKind::Simple { targets, balance } if targets.len() > 1 => (
+                TargetText::Many(targets.iter().map(Target::to_string).collect()),
+                Some(balance),
+            ),
+            RouteKind::Simple { targets, balance } => {
+                (TargetText::One(targets[0].to_string()), Some(balance))
             }
-            _ => TargetText::One(self.target_text()),
+            RouteKind::Agones { fleet } => (TargetText::One(fleet.clone()), None),
         };
+        let (policy, weights) = balance_fields(balance);
         RouteText {
             fqdn: self.name.to_string(),
             kind: self.route_type().as_str().to_owned(),
             target,
+            policy,
+            weights,
         }
     }
 
@@ -241,7 +322,7 @@ impl RouteSpec {
     /// Every target that does not resolve.
     pub fn resolve(&self) -> Result<Route, Vec<ResolveError>> {
         let target = match &self.kind {
-            RouteKind::Simple { targets } => {
+            RouteKind::Simple { targets, .. } => {
                 let mut backends = Vec::with_capacity(targets.len());
                 let mut failures = Vec::new();
                 for (index, t) in targets.iter().enumerate() {
@@ -263,9 +344,14 @@ impl RouteSpec {
                 fleet: Arc::from(fleet.as_str()),
             },
         };
+        let balance = match &self.kind {
+            RouteKind::Simple { balance, .. } => balance.clone(),
+            RouteKind::Agones { .. } => Balance::default(),
+        };
         Ok(Route {
             name: self.name.clone(),
             target,
+            balance,
         })
     }
 }
@@ -288,11 +374,70 @@ impl RouteText {
                 (RouteType::Agones, TargetText::One(fleet.to_string()))
             }
         };
+        let (policy, weights) = balance_fields(Some(&route.balance));
         Self {
             fqdn: route.name.to_string(),
             kind: kind.as_str().to_owned(),
             target,
+            policy,
+            weights,
         }
+    }
+}
+
+/// The checked balance of a simple route with `count` targets: the policy named (or,
+/// without one, weighted when weights are given), the weights one per target.
+fn balance_of(
+    policy: Option<&str>,
+    weights: Option<Vec<u32>>,
+    count: usize,
+) -> Result<Balance, RouteTextError> {
+    let policy = match policy {
+        Some(p) => Policy::parse(p).ok_or_else(|| RouteTextError::Policy(p.to_owned()))?,
+        None if weights.is_some() => Policy::Weighted,
+        None => Policy::RoundRobin,
+    };
+    let weights = weights.unwrap_or_default();
+    if !weights.is_empty() {
+        if policy == Policy::RoundRobin {
+            return Err(RouteTextError::Weights(
+                "round_robin takes no weights (use policy weighted)".to_owned(),
+            ));
+        }
+        if weights.len() != count || weights.contains(&0) {
+            return Err(RouteTextError::Weights(format!(
+                "{} weights for {count} targets: one weight of at least 1 per target",
+                weights.len()
+            )));
+        }
+    }
+    Ok(Balance { policy, weights })
+}
+
+/// `;policy=...;weights=...` for a balance other than the default.
+fn balance_suffix(balance: &Balance) -> String {
+    let mut text = String::new();
+    if balance.is_default() {
+        return text;
+    }
+    text.push_str(";policy=");
+    text.push_str(balance.policy.as_str());
+    if !balance.weights.is_empty() {
+        let w: Vec<String> = balance.weights.iter().map(u32::to_string).collect();
+        text.push_str(";weights=");
+        text.push_str(&w.join(","));
+    }
+    text
+}
+
+/// The JSON fields of a balance: both `None` for the default.
+fn balance_fields(balance: Option<&Balance>) -> (Option<String>, Option<Vec<u32>>) {
+    match balance {
+        Some(b) if !b.is_default() => (
+            Some(b.policy.as_str().to_owned()),
+            (!b.weights.is_empty()).then(|| b.weights.clone()),
+        ),
+        _ => (None, None),
     }
 }
 
@@ -399,5 +544,76 @@ mod tests {
             serde_json::to_string(&RouteText::from_route(&fleet.resolve().unwrap())).unwrap(),
             r#"{"fqdn":"b.test","type":"agones","target":"f"}"#
         );
+    }
+
+    #[test]
+    fn policy_and_weights_round_trip_in_every_form() {
+        let json = r#"{"fqdn":"a.test","type":"simple","target":["127.0.0.1:1","127.0.0.1:2"],"policy":"weighted","weights":[3,1]}"#;
+        let spec = RouteSpec::from_text(&text(json)).unwrap();
+        assert_eq!(
+            spec.target_text(),
+            "127.0.0.1:1,127.0.0.1:2;policy=weighted;weights=3,1"
+        );
+        assert_eq!(serde_json::to_string(&spec.to_text()).unwrap(), json);
+        let entry =
+            RouteSpec::from_entry(RouteType::Simple, "a.test", &spec.target_text()).unwrap();
+        assert_eq!(entry, spec, "the Redis entry carries them");
+        let route = spec.resolve().unwrap();
+        assert_eq!(route.balance.weights, [3, 1]);
+        assert_eq!(
+            serde_json::to_string(&RouteText::from_route(&route)).unwrap(),
+            json
+        );
+        // Weights alone mean weighted; a policy alone has no weights.
+        let w = text(
+            r#"{"fqdn":"a.test","type":"simple","target":"127.0.0.1:1,127.0.0.1:2","weights":[1,2]}"#,
+        );
+        let RouteKind::Simple { balance, .. } = RouteSpec::from_text(&w).unwrap().kind else {
+            panic!("simple")
+        };
+        assert_eq!(balance.policy, Policy::Weighted);
+        let h = RouteSpec::from_entry(
+            RouteType::Simple,
+            "a.test",
+            "127.0.0.1:1;policy=client_ip_hash",
+        )
+        .unwrap();
+        assert_eq!(h.to_text().policy.as_deref(), Some("client_ip_hash"));
+        assert_eq!(h.to_text().weights, None);
+        // Without them, the text is the original project's.
+        let plain = RouteSpec::from_entry(RouteType::Simple, "a.test", "127.0.0.1:1").unwrap();
+        assert_eq!(
+            serde_json::to_string(&plain.to_text()).unwrap(),
+            r#"{"fqdn":"a.test","type":"simple","target":"127.0.0.1:1"}"#
+        );
+        for (bad, message) in [
+            (
+                r#"{"fqdn":"a.test","type":"simple","target":"127.0.0.1:1","policy":"random"}"#,
+                "policy: \"random\" is not a policy",
+            ),
+            (
+                r#"{"fqdn":"a.test","type":"simple","target":"127.0.0.1:1","weights":[1,2]}"#,
+                "weights: 2 weights for 1 targets",
+            ),
+            (
+                r#"{"fqdn":"a.test","type":"simple","target":"127.0.0.1:1","weights":[0]}"#,
+                "weights: 1 weights for 1 targets",
+            ),
+            (
+                r#"{"fqdn":"a.test","type":"simple","target":"127.0.0.1:1","policy":"round_robin","weights":[2]}"#,
+                "weights: round_robin takes no weights",
+            ),
+            (
+                r#"{"fqdn":"a.test","type":"agones","target":"f","policy":"weighted"}"#,
+                "policy: an agones route",
+            ),
+            (
+                r#"{"fqdn":"a.test","type":"simple","target":"127.0.0.1:1;bogus=1"}"#,
+                "target: \"bogus=1\"",
+            ),
+        ] {
+            let err = RouteSpec::from_text(&text(bad)).expect_err(bad);
+            assert!(err.to_string().starts_with(message), "{bad}: {err}");
+        }
     }
 }

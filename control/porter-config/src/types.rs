@@ -9,6 +9,7 @@ use std::time::Duration;
 use crate::error::Problem;
 use crate::names::RouteName;
 use crate::target::Target;
+use porter_core::Balance;
 
 /// Porter's whole configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -28,6 +29,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Following changes to the file (section `reload`).
     pub reload: ReloadConfig,
+    /// Active health checks (section `health`); `None` when `enabled` is false.
+    pub health: Option<HealthConfig>,
     /// The routes known at start-up, in file order (section `routes`).
     pub routes: Vec<RouteSpec>,
     /// Things that are allowed but probably not meant (an Agones route while Agones is
@@ -331,6 +334,21 @@ pub enum LogFormat {
     Json,
 }
 
+/// Section `health`: active checks of simple routes' targets with a QUIC Version
+/// Negotiation probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HealthConfig {
+    /// Time between two probes of a target.
+    pub interval: Duration,
+    /// How long a probe waits for its answer.
+    pub timeout: Duration,
+    /// Answered probes in a row that make an unhealthy target healthy.
+    pub rise: u32,
+    /// Unanswered probes in a row that make a healthy target unhealthy.
+    pub fall: u32,
+}
+
 /// One route: the names it answers to and where it sends connections.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RouteSpec {
@@ -347,6 +365,8 @@ pub enum RouteKind {
     Simple {
         /// The backends, in file order.
         targets: Vec<Target>,
+        /// The policy and the targets' weights (`policy`, `weights`).
+        balance: Balance,
     },
     /// A game server allocated from an Agones fleet (`type: agones`).
     Agones {

@@ -44,6 +44,7 @@ fn simple(name: &str, targets: &[&str]) -> RouteSpec {
         name: RouteName::parse(name).unwrap(),
         kind: RouteKind::Simple {
             targets: targets.iter().map(|t| Target::parse(t).unwrap()).collect(),
+            balance: Default::default(),
         },
     }
 }
@@ -299,7 +300,7 @@ fn unknown_key_at_top_level() {
     assert_eq!(
         e,
         "test.yaml:2:1: routs: unknown key `routs` (did you mean `routes`?); known keys at the \
-         top level: udp, api, redis, agones, relay, log, reload, routes"
+         top level: udp, api, redis, agones, relay, log, reload, health, routes"
     );
     // Line 1, column 1 too (serde_yaml prints no position there; we still give one).
     let e = errors("bogus: 1\n");
@@ -597,7 +598,7 @@ fn values_are_checked_for_syntax_only() {
     let config =
         parse("routes:\n  - {fqdn: a.test, type: simple, target: \"backend.invalid:7000\"}\n")
             .unwrap();
-    let RouteKind::Simple { targets } = &config.routes[0].kind else {
+    let RouteKind::Simple { targets, .. } = &config.routes[0].kind else {
         panic!("simple route expected");
     };
     assert_eq!(targets[0].to_string(), "backend.invalid:7000");
@@ -634,5 +635,62 @@ fn odd_input_never_panics() {
             let text = mutated.join("\n");
             let _ = parse(&text);
         }
+    }
+}
+
+#[test]
+fn policies_weights_and_health_checks() {
+    let config = porter_config::from_str_with_env(
+        "health: {enabled: true, interval: 500ms, timeout: 300ms, rise: 1, fall: 2}\n\
+         routes:\n\
+         \x20 - {fqdn: a.test, type: simple, target: [\"127.0.0.1:1\", \"127.0.0.1:2\"], weights: [3, 1]}\n\
+         \x20 - {fqdn: b.test, type: simple, target: \"127.0.0.1:3\", policy: client_ip_hash}\n",
+        "t.yaml",
+        &|_| None,
+    )
+    .unwrap();
+    let health = config.health.expect("enabled");
+    assert_eq!(health.interval, Duration::from_millis(500));
+    assert_eq!((health.rise, health.fall), (1, 2));
+    let RouteKind::Simple { balance, .. } = &config.routes[0].kind else {
+        panic!("simple")
+    };
+    assert_eq!(balance.policy, porter_core::Policy::Weighted);
+    assert_eq!(balance.weights, [3, 1]);
+    let RouteKind::Simple { balance, .. } = &config.routes[1].kind else {
+        panic!("simple")
+    };
+    assert_eq!(balance.policy, porter_core::Policy::ClientIpHash);
+    assert!(porter_config::from_str_with_env("", "t.yaml", &|_| None)
+        .unwrap()
+        .health
+        .is_none());
+    for (text, message) in [
+        (
+            "routes: [{fqdn: a.test, type: simple, target: \"127.0.0.1:1\", weights: [1, 2]}]\n",
+            "routes[0].weights: 2 weights for 1 targets",
+        ),
+        (
+            "routes: [{fqdn: a.test, type: simple, target: \"127.0.0.1:1\", weights: [0]}]\n",
+            "routes[0].weights: 0 is too small",
+        ),
+        (
+            "routes: [{fqdn: a.test, type: simple, target: \"127.0.0.1:1\", policy: fastest}]\n",
+            "routes[0].policy:",
+        ),
+        (
+            "routes: [{fqdn: a.test, type: agones, target: f, policy: weighted}]\n",
+            "routes[0].policy: `policy` is for simple routes",
+        ),
+        (
+            "health: {enabled: true, interval: 1s, timeout: 2s}\n",
+            "health.timeout: 2s is longer than health.interval",
+        ),
+        ("health: {rise: 0}\n", "health.rise: 0 is too small"),
+    ] {
+        let err = porter_config::from_str_with_env(text, "t.yaml", &|_| None)
+            .expect_err(text)
+            .to_string();
+        assert!(err.contains(message), "{text}: {err}");
     }
 }

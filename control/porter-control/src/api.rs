@@ -91,6 +91,10 @@ struct PutRouteJson {
     #[serde(rename = "type")]
     kind: String,
     target: TargetText,
+    #[serde(default)]
+    policy: Option<String>,
+    #[serde(default)]
+    weights: Option<Vec<u32>>,
 }
 
 /// The API: its settings and what it reaches.
@@ -391,6 +395,7 @@ impl Api {
         let route = Route {
             name: name.clone(),
             target: RouteTarget::Simple(vec![porter_core::BackendAddr(addr)]),
+            balance: Default::default(),
         };
         let until = Instant::now() + *ttl;
         match &self.sync {
@@ -399,6 +404,7 @@ impl Api {
                     name: name.clone(),
                     kind: porter_config::RouteKind::Simple {
                         targets: vec![addr.into()],
+                        balance: Default::default(),
                     },
                 };
                 let shared = SharedRoute::from_spec(&spec);
@@ -448,6 +454,8 @@ impl Api {
             fqdn: name.to_string(),
             kind: body.kind,
             target: body.target,
+            policy: body.policy,
+            weights: body.weights,
         };
         match self.set_route(&json) {
             Ok((route, created)) => {
@@ -477,8 +485,31 @@ impl Api {
     }
 
     fn list_routes(&self) -> Reply {
-        let routes = self.relay.routes();
-        let list: Vec<RouteText> = routes.iter().map(RouteText::from_route).collect();
+        let list: Vec<serde_json::Value> = self.relay.read(|relay| {
+            relay
+                .routes()
+                .iter()
+                .map(|route| {
+                    let mut json = json!(RouteText::from_route(route));
+                    // Per target: its health (healthy unless the checks found otherwise)
+                    // and its sessions now.
+                    if let RouteTarget::Simple(backends) = &route.target {
+                        let health: Vec<serde_json::Value> = backends
+                            .iter()
+                            .map(|b| {
+                                json!({
+                                    "target": b.to_string(),
+                                    "healthy": relay.backend_healthy(*b),
+                                    "sessions": relay.sessions_on(*b),
+                                })
+                            })
+                            .collect();
+                        json["health"] = json!(health);
+                    }
+                    json
+                })
+                .collect()
+        });
         json_reply(StatusCode::OK, &list)
     }
 

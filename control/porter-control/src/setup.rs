@@ -47,6 +47,8 @@ pub struct Settings {
     /// The file it was read from, if any ([`crate::cli::Cli::prepare`] sets it; `None` for
     /// the built-in example): what [`crate::reload::Reloader`] follows.
     pub config_file: Option<PathBuf>,
+    /// Active health checks, when `health.enabled`.
+    pub health: Option<porter_host::HealthSettings>,
 }
 
 impl Settings {
@@ -122,6 +124,12 @@ impl Settings {
             relay,
             routes,
             log_requests: config.udp.log_requests,
+            health: config.health.map(|h| porter_host::HealthSettings {
+                interval: h.interval,
+                timeout: h.timeout,
+                rise: h.rise,
+                fall: h.fall,
+            }),
             log_level: config.log.level.clone(),
             log_format: config.log.format,
             drain_period: config.relay.drain_period,
@@ -141,6 +149,7 @@ impl Settings {
             relay: self.relay.clone(),
             routes: self.routes.clone(),
             log_requests: self.log_requests,
+            health: self.health,
         }
     }
 }

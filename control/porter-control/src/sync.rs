@@ -273,6 +273,8 @@ pub fn decode_message(payload: &[u8]) -> Result<Decoded, MessageError> {
                 fqdn: msg.fqdn,
                 kind,
                 target,
+                policy: None,
+                weights: None,
             };
             Change::Set(SharedRoute::from_json(&text)?)
         }

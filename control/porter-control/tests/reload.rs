@@ -10,6 +10,7 @@ fn route(name: &str, target: &str) -> Route {
     Route {
         name: name.parse().unwrap(),
         target: RouteTarget::Simple(vec![BackendAddr(target.parse().unwrap())]),
+        balance: Default::default(),
     }
 }
 

@@ -24,6 +24,8 @@ pub use porter_test_support::Binary;
 #[doc(hidden)]
 pub mod agones_cases;
 #[doc(hidden)]
+pub mod balance_cases;
+#[doc(hidden)]
 pub mod cases;
 #[doc(hidden)]
 pub mod control_cases;
@@ -85,6 +87,11 @@ macro_rules! __with_cases {
                 a_public_api_without_a_token_refuses_to_start,
                 metrics_follow_traffic_and_sessions_page,
             }
+            balance_cases {
+                weights_split_new_connections,
+                client_ip_hash_keeps_one_ip_on_one_backend,
+                unhealthy_backends_leave_and_rejoin_the_rotation,
+            }
             agones_cases {
                 players_fill_servers_in_order_then_fleet_is_full,
                 slow_or_down_allocator_then_recovery,
@@ -144,6 +151,7 @@ mod tests {
     fn every_case_is_in_the_suite() {
         let listed: &[&str] = crate::__with_cases!(__names());
         let mut found: Vec<String> = [
+            ("balance_cases", include_str!("balance_cases.rs")),
             ("cases", include_str!("cases.rs")),
             ("control_cases", include_str!("control_cases.rs")),
             ("agones_cases", include_str!("agones_cases.rs")),

@@ -94,7 +94,28 @@ impl EchoServer {
     /// Starts a server named `name` with `config`; with `retry`, every new connection is
     /// first sent a Retry.
     pub fn start(name: &str, config: quinn::ServerConfig, retry: bool) -> Self {
-        let endpoint = quinn::Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap();
+        Self::start_at(name, config, retry, "127.0.0.1:0".parse().unwrap())
+    }
+
+    /// As [`Self::start`], on `addr` (to restart a stopped server where it was), trying
+    /// for up to 5 s while the port is still being released.
+    pub fn start_at(
+        name: &str,
+        config: quinn::ServerConfig,
+        retry: bool,
+        addr: SocketAddr,
+    ) -> Self {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let endpoint = loop {
+            match quinn::Endpoint::server(config.clone(), addr) {
+                Ok(endpoint) => break endpoint,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::yield_now();
+                }
+                Err(e) => panic!("cannot bind {addr}: {e}"),
+            }
+        };
         let addr = endpoint.local_addr().unwrap();
         let ep = endpoint.clone();
         let name = name.to_owned();
@@ -123,6 +144,23 @@ impl EchoServer {
             }
         });
         Self { addr, endpoint }
+    }
+}
+
+impl EchoServer {
+    /// Stops the server and waits until its port is free (nothing answers there any
+    /// more, not even Version Negotiation).
+    pub async fn stop(self) {
+        let addr = self.addr;
+        let endpoint = self.endpoint.clone();
+        drop(self);
+        endpoint.wait_idle().await;
+        drop(endpoint);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::net::UdpSocket::bind(addr).is_err() {
+            assert!(std::time::Instant::now() < deadline, "{addr} still bound");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }
 

@@ -88,6 +88,11 @@ impl<R: Runtime> Engine<R> {
         drop(self.rt.spawn(async move { engine.run_timer().await }));
     }
 
+    /// The runtime the engine runs on.
+    pub(crate) fn runtime(&self) -> &R {
+        &self.rt
+    }
+
     /// The control plane's door into this engine's relay.
     pub fn handle(&self) -> RelayHandle {
         RelayHandle::new(self.cell.clone())
@@ -427,6 +432,14 @@ pub fn start<R: Runtime>(
     let cell = HostCell::new(RelayHost::new(settings.new_relay()?, settings.log_requests));
     let engine = Engine::new(rt, cell, listeners, allocator);
     engine.start();
+    if let Some(health) = settings.health {
+        let checker = engine.clone();
+        drop(engine.rt.spawn(crate::health::run(checker, health)));
+        tracing::info!(
+            interval_ms = health.interval.as_millis() as u64,
+            "health checks on"
+        );
+    }
     for addr in engine.listen_addrs() {
         tracing::info!(listen = %addr, "relay listening");
     }

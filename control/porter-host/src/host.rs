@@ -193,6 +193,7 @@ fn log_notification(note: &Notification) {
             sni,
             alpn,
             version,
+            waited,
         } => tracing::info!(
             %session,
             %client,
@@ -200,6 +201,7 @@ fn log_notification(note: &Notification) {
             alpn = %alpn_text(alpn),
             %backend,
             ?version,
+            waited_ms = duration_ms(*waited),
             "session opened"
         ),
         Notification::Refused {
@@ -431,6 +433,12 @@ impl RelayHandle {
     /// configuration file): `edit` gets a [`RouteEditor`].
     pub fn edit_routes<T>(&self, edit: impl FnOnce(&mut RouteEditor<'_>) -> T) -> T {
         self.change(|relay| edit(&mut RouteEditor { relay }))
+    }
+
+    /// Marks a backend healthy or not (the health checker's verdict); see
+    /// [`Relay::set_backend_health`].
+    pub fn set_backend_health(&self, backend: BackendAddr, healthy: bool) -> bool {
+        self.change(|relay| relay.set_backend_health(backend, healthy))
     }
 
     /// Stops or resumes accepting new connections (the shutdown drain).

@@ -30,6 +30,7 @@
 mod allocator;
 mod batch;
 mod engine;
+mod health;
 mod host;
 mod notify;
 mod settings;
@@ -42,6 +43,7 @@ use std::time::Instant;
 
 pub use allocator::{Allocated, AllocationError, AllocationErrorKind, AllocationFuture, Allocator};
 pub use engine::{drain, start, Engine, StartError};
+pub use health::{HealthSettings, PROBE_VERSION};
 pub use host::{
     HostCell, HostStats, RelayHandle, RelayHost, RouteEditor, Subscriber, ALLOCATION_GRACE,
 };

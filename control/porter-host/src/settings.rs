@@ -17,6 +17,8 @@ pub struct HostSettings {
     pub routes: Vec<Route>,
     /// Log every dropped datagram.
     pub log_requests: bool,
+    /// Active health checks of simple routes' backends; `None`: off.
+    pub health: Option<crate::HealthSettings>,
 }
 
 impl HostSettings {

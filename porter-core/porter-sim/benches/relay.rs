@@ -98,6 +98,7 @@ fn relay(sessions: usize) -> Relay {
         .set_route(Route {
             name: RouteName::parse(SNI).unwrap(),
             target: RouteTarget::Simple(vec![backend()]),
+            balance: Default::default(),
         })
         .unwrap();
     relay

@@ -257,6 +257,7 @@ impl Sim {
             .set_route(Route {
                 name: RouteName::parse(name).expect("a valid route name"),
                 target: RouteTarget::Simple(backends),
+                balance: Default::default(),
             })
             .expect("a route with backends");
     }
@@ -272,6 +273,7 @@ impl Sim {
                 target: RouteTarget::Agones {
                     fleet: fleet.into(),
                 },
+                balance: Default::default(),
             })
             .expect("a fleet name");
         self.driver.set_allocator(fleet, behaviour);

@@ -29,6 +29,7 @@ fn relay_with(routes: &[(&str, &str)], config: RelayConfig) -> Relay {
             .set_route(Route {
                 name: RouteName::parse(name).unwrap(),
                 target: RouteTarget::Simple(vec![BackendAddr(addr(backend))]),
+                balance: Default::default(),
             })
             .unwrap();
     }
@@ -408,6 +409,7 @@ fn temporary_routes_expire_and_can_be_made_permanent() {
     let route = |name: &str| Route {
         name: RouteName::parse(name).unwrap(),
         target: RouteTarget::Simple(vec![BackendAddr(addr("10.0.0.1:1"))]),
+        balance: Default::default(),
     };
     let ttl = Duration::from_secs(60);
     relay
@@ -501,6 +503,7 @@ fn closing_a_session_closes_its_upstream_or_cancels_its_allocation() {
             target: RouteTarget::Agones {
                 fleet: "fleet".into(),
             },
+            balance: Default::default(),
         })
         .unwrap();
     let client = ClientAddr(addr("192.0.2.3:1000"));

@@ -260,6 +260,7 @@ impl Harness {
         model.apply(ModelOp::SetRoute(Route {
             name: RouteName::DEFAULT,
             target: RouteTarget::Simple(vec![backend(0), backend(1)]),
+            balance: Default::default(),
         }));
         Self {
             model,
@@ -414,12 +415,14 @@ impl Harness {
             Op::SetSimple { name, backends } => ModelOp::SetRoute(Route {
                 name: RouteName::parse(ROUTE_NAMES[name]).unwrap(),
                 target: RouteTarget::Simple(backends.into_iter().map(backend).collect()),
+                balance: Default::default(),
             }),
             Op::SetAgones { name, fleet } => ModelOp::SetRoute(Route {
                 name: RouteName::parse(ROUTE_NAMES[name]).unwrap(),
                 target: RouteTarget::Agones {
                     fleet: FLEETS[fleet].into(),
                 },
+                balance: Default::default(),
             }),
             Op::RemoveRoute { name } => {
                 ModelOp::RemoveRoute(RouteName::parse(ROUTE_NAMES[name]).unwrap())

@@ -45,6 +45,7 @@ fn relay(config: RelayConfig, target: RouteTarget) -> Relay {
         .set_route(Route {
             name: RouteName::DEFAULT,
             target,
+            balance: Default::default(),
         })
         .unwrap();
     relay

@@ -269,13 +269,15 @@ impl Relay {
         info: ClientHelloInfo,
     ) -> Verdict {
         let sni: Option<Arc<str>> = info.sni.map(Arc::from);
-        if let Some(session) = self.sessions.get_mut(&id) {
-            session.sni = sni.clone();
-        }
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return Verdict::Drop(DropReason::UnknownConnection);
+        };
+        session.sni = sni.clone();
+        let client = session.client;
         if let Some(pending) = self.pending.get_mut(&id) {
             pending.alpn = info.alpn;
         }
-        match self.routes.resolve(sni.as_deref()) {
+        match self.routes.resolve(sni.as_deref(), client) {
             Some(Resolved::Backend(backend)) => {
                 self.establish(now, id, backend);
                 Verdict::Held { session: id }
@@ -306,6 +308,9 @@ impl Relay {
                     client,
                 });
                 Verdict::Held { session: id }
+            }
+            Some(Resolved::NoHealthyBackend(_)) => {
+                self.refuse_now(now, id, RefuseReason::NoHealthyBackend)
             }
             None => self.refuse_now(now, id, RefuseReason::NoRoute),
         }

@@ -94,6 +94,7 @@ impl Relay {
             self.stats.to_backend.add(d.len());
         }
         self.stats.sessions_opened += 1;
+        self.routes.session_started(backend);
         self.notifications.push_back(Notification::SessionOpened {
             session: id,
             client: session.client,
@@ -101,6 +102,7 @@ impl Relay {
             sni: session.sni.clone(),
             alpn,
             version: session.version,
+            waited: now.saturating_duration_since(session.created),
         });
         self.commands.push_back(Command::OpenUpstream {
             session: id,
@@ -164,7 +166,8 @@ impl Relay {
                     .push_back(Command::CancelAllocation { id: alloc });
             }
         }
-        if session.backend.is_some() {
+        if let Some(backend) = session.backend {
+            self.routes.session_ended(backend);
             self.commands
                 .push_back(Command::CloseUpstream { session: id });
         }

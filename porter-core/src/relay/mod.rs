@@ -173,6 +173,27 @@ impl Relay {
         self.routes.routes()
     }
 
+    // ----- backend health -----
+
+    /// Marks a backend healthy or not (the health checker's verdict): an unhealthy one
+    /// gets no new connections on any simple route; sessions already on it stay. A route
+    /// whose backends are all unhealthy refuses new connections
+    /// ([`RefuseReason::NoHealthyBackend`]). Every backend starts healthy. Returns
+    /// whether this changed anything.
+    pub fn set_backend_health(&mut self, backend: BackendAddr, healthy: bool) -> bool {
+        self.routes.set_backend_health(backend, healthy)
+    }
+
+    /// Whether `backend` is healthy (not marked unhealthy).
+    pub fn backend_healthy(&self, backend: BackendAddr) -> bool {
+        self.routes.backend_healthy(backend)
+    }
+
+    /// Routed sessions on `backend` now.
+    pub fn sessions_on(&self, backend: BackendAddr) -> u32 {
+        self.routes.sessions_on(backend)
+    }
+
     // ----- sessions and stats -----
 
     /// A snapshot of one session.

@@ -8,6 +8,7 @@
 //! breaks forwarding.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use thiserror::Error;
@@ -125,6 +126,9 @@ pub enum Notification {
         alpn: Vec<Vec<u8>>,
         /// The QUIC version.
         version: Version,
+        /// Time from the connection's first datagram until it was routed (ClientHello
+        /// reassembly and allocation).
+        waited: Duration,
     },
     /// A connection was refused.
     Refused {
@@ -173,6 +177,8 @@ pub enum RefuseReason {
     AllocationTimeout,
     /// Too many allocations in flight.
     AllocationLimit,
+    /// Every backend of the (simple) route is marked unhealthy.
+    NoHealthyBackend,
 }
 
 impl RefuseReason {
@@ -183,6 +189,7 @@ impl RefuseReason {
             Self::AllocationFailed => "allocation_failed",
             Self::AllocationTimeout => "allocation_timeout",
             Self::AllocationLimit => "allocation_limit",
+            Self::NoHealthyBackend => "no_healthy_backend",
         }
     }
 }
@@ -243,6 +250,8 @@ drop_reasons! {
     NoRoute => "no_route",
     /// Allocation impossible, with refusals configured to drop.
     AllocationRefused => "allocation_refused",
+    /// No healthy backend on the route, with refusals configured to drop.
+    NoHealthyBackend => "no_healthy_backend",
     /// A backend datagram for a session that no longer exists, or that has no backend
     /// yet.
     UnknownSession => "unknown_session",

@@ -46,6 +46,7 @@ impl Relay {
             }
             None => Verdict::Drop(match reason {
                 RefuseReason::NoRoute => DropReason::NoRoute,
+                RefuseReason::NoHealthyBackend => DropReason::NoHealthyBackend,
                 _ => DropReason::AllocationRefused,
             }),
         }
@@ -56,7 +57,7 @@ impl Relay {
         if let Some((to, datagram)) = self.refuse(now, id, reason) {
             self.commands.push_back(Command::Transmit { to, datagram });
         } else if let Some(reason) = match reason {
-            RefuseReason::NoRoute => None,
+            RefuseReason::NoRoute | RefuseReason::NoHealthyBackend => None,
             _ => Some(DropReason::AllocationRefused),
         } {
             self.count_drop(reason);
