@@ -11,7 +11,7 @@
 //!
 //! The tests keep the case names, in modules named after the files that hold them:
 //! `cases::routes_by_sni_exact_wildcard_and_default`, `control_cases::..`,
-//! `agones_cases::..`.
+//! `agones_cases::..`, `edge_cases::..`.
 //!
 //! The peers the cases use are public too: [`Pki`], [`EchoServer`], [`client_endpoint`],
 //! [`connect`], [`echo`], [`UdpSink`], [`Nat`].
@@ -27,6 +27,8 @@ pub mod agones_cases;
 pub mod cases;
 #[doc(hidden)]
 pub mod control_cases;
+#[doc(hidden)]
+pub mod edge_cases;
 mod peers;
 
 /// Runs one case against `binary` on the runtime each case had as a
@@ -86,6 +88,9 @@ macro_rules! __with_cases {
                 slow_or_down_allocator_then_recovery,
                 allocate_endpoint_adds_a_temporary_route,
             }
+            edge_cases {
+                api_refuses_stalled_cross_site_and_rebinding_requests,
+            }
         }
     };
 }
@@ -129,6 +134,7 @@ mod tests {
             ("cases", include_str!("cases.rs")),
             ("control_cases", include_str!("control_cases.rs")),
             ("agones_cases", include_str!("agones_cases.rs")),
+            ("edge_cases", include_str!("edge_cases.rs")),
         ]
         .iter()
         .flat_map(|(module, text)| {

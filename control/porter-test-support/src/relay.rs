@@ -34,6 +34,8 @@ pub struct Porter {
     log: Arc<Mutex<String>>,
     /// Where its config file is.
     pub config_path: PathBuf,
+    /// The bearer token [`Porter::get`] sends, when the API has one.
+    pub token: Option<String>,
 }
 
 impl Porter {
@@ -120,6 +122,7 @@ impl Porter {
             api: ([127, 0, 0, 1], 0).into(),
             log,
             config_path,
+            token: None,
         }
     }
 
@@ -153,7 +156,7 @@ impl Porter {
 
     /// A GET on the API: status and body.
     pub fn get(&self, path: &str) -> std::io::Result<(u16, String)> {
-        http(self.api, "GET", path, None, None)
+        http(self.api, "GET", path, None, self.token.as_deref())
     }
 
     /// `GET /stats` as JSON.
@@ -185,7 +188,7 @@ pub fn http(
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: porter\r\nConnection: close\r\n{auth}\
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )?;
