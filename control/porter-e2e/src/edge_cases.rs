@@ -111,3 +111,37 @@ pub async fn api_refuses_stalled_cross_site_and_rebinding_requests(bin: Binary) 
     .unwrap();
     assert_eq!(status, 421);
 }
+
+/// Acceptance 9 (logs): a client whose ALPN holds a newline and an escape sequence gets
+/// one log line for its session, with those bytes escaped: nothing a client sends can
+/// forge a log line or drive a terminal.
+pub async fn network_text_in_logs_is_escaped(bin: Binary) {
+    let pki = crate::Pki::new();
+    let porter = Porter::start(
+        bin,
+        "routes:\n  - {fqdn: a.test, type: simple, target: \"127.0.0.1:9\"}\n",
+    );
+    let forged = b"h3\n2099-01-01T00:00:00Z  INFO forged line\x1b[2J".to_vec();
+    let client = crate::client_endpoint(pki.client_config(Some(vec![forged])));
+    // The backend is a discard port: the handshake never completes, the session opens.
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        crate::connect(&client, porter.udp, "a.test"),
+    )
+    .await;
+    assert!(
+        porter.wait_log("session opened", Duration::from_secs(10)),
+        "{}",
+        porter.log()
+    );
+    let log = porter.log();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("forged line")).collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    assert!(lines[0].contains("session opened"), "{}", lines[0]);
+    assert!(
+        lines[0].contains("h3\\x0a2099") && lines[0].contains("\\x1b[2J"),
+        "{}",
+        lines[0]
+    );
+    assert!(!log.contains('\u{1b}'), "a raw escape reached the log");
+}

@@ -31,6 +31,7 @@ mod allocator;
 mod batch;
 mod engine;
 mod host;
+mod logtext;
 mod notify;
 mod settings;
 mod socket;
@@ -45,6 +46,7 @@ pub use engine::{drain, start, Engine, StartError};
 pub use host::{
     HostCell, HostStats, RelayHandle, RelayHost, RouteEditor, Subscriber, ALLOCATION_GRACE,
 };
+pub use logtext::{escape_network_text, LogLimiter, MAX_LOGGED_BYTES};
 pub use quinn_udp::UdpSockRef;
 pub use settings::{HostSettings, SetupError};
 pub use socket::{bind_listener, canonical, BindError, Socket};
