@@ -342,7 +342,7 @@ impl Api {
             let host = host.to_ascii_lowercase();
             host.parse::<std::net::IpAddr>().is_ok()
                 || host == "localhost"
-                || self.settings.allowed_hosts.iter().any(|h| *h == host)
+                || self.settings.allowed_hosts.contains(&host)
         });
         if allowed {
             Ok(())
