@@ -173,6 +173,7 @@ impl Setup {
             } else {
                 RefusalMode::Drop
             },
+            refusal_replays_per_second: pick(&[0, 1, 100], self.rate) as u32,
             assembler: AssemblerConfig {
                 max_client_hello_len: pick(&[512, 1500, 4096, 16 * 1024], self.hello_limit),
                 max_datagrams: 1 + usize::from(self.max_datagrams % 4),

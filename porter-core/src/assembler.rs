@@ -147,6 +147,12 @@ impl InitialAssembler {
         self.stream.buffered()
     }
 
+    /// Bytes of memory the reassembly holds (its buffer's allocations, holes included):
+    /// what a relay charges to its buffer budgets. 0 once the attempt failed.
+    pub fn memory(&self) -> usize {
+        self.stream.memory()
+    }
+
     /// Feeds one datagram. Allocates a decryption scratch buffer for the call; use
     /// [`Self::handle_datagram_with`] to reuse one.
     pub fn handle_datagram(&mut self, datagram: &[u8]) -> Result<Progress, InitialError> {

@@ -124,6 +124,12 @@ impl CryptoStream {
         self.buf.len()
     }
 
+    /// Bytes of memory the buffer holds (its allocations, not merely the bytes
+    /// received): what a relay charges to its buffer budgets.
+    pub fn memory(&self) -> usize {
+        self.buf.capacity() + self.ranges.capacity() * size_of::<Range<usize>>()
+    }
+
     /// The configured limit.
     pub fn max_len(&self) -> usize {
         self.max_len
@@ -164,6 +170,11 @@ mod tests {
         s.insert(60, &[0; 4]).unwrap();
         assert_eq!(s.buffered(), 64);
         assert_eq!(s.buf.capacity(), 64, "memory held stays within the limit");
+        assert!(
+            s.memory() >= 64,
+            "memory counts the allocation: {}",
+            s.memory()
+        );
 
         // Growth that would double past the limit stops at the limit.
         let mut s = CryptoStream::new(10_000);

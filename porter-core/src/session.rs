@@ -50,6 +50,9 @@ pub enum CloseReason {
     Refused(crate::RefuseReason),
     /// The embedder closed it.
     Closed,
+    /// Its ClientHello needed more buffer (held datagrams and reassembly memory) than the
+    /// per-connection or total budget left.
+    BufferFull,
 }
 
 impl CloseReason {
@@ -61,6 +64,7 @@ impl CloseReason {
             Self::InvalidClientHello => "invalid_client_hello",
             Self::Refused(r) => r.as_str(),
             Self::Closed => "closed",
+            Self::BufferFull => "buffer_full",
         }
     }
 }
@@ -135,6 +139,9 @@ pub(crate) struct Pending {
     pub(crate) assembler: InitialAssembler,
     /// Datagrams held until the route is known, in arrival order.
     pub(crate) datagrams: Vec<Bytes>,
+    /// Bytes charged to the buffer budgets: the held datagrams and `reassembly`.
     pub(crate) bytes: usize,
+    /// The part of `bytes` that is the assembler's reassembly memory.
+    pub(crate) reassembly: usize,
     pub(crate) alpn: Vec<Vec<u8>>,
 }

@@ -104,6 +104,15 @@ impl Allocator for AgonesAllocator {
                     ),
                 )
             })?;
+            if let Some(why) = unusable_backend(addr.ip()) {
+                return Err(AllocationError::new(
+                    AllocationErrorKind::InvalidAnswer,
+                    format!(
+                        "game server {} has address {addr}, which is {why}",
+                        allocation.game_server_name
+                    ),
+                ));
+            }
             Ok(Allocated {
                 game_server: allocation.game_server_name,
                 addr,
@@ -133,5 +142,43 @@ impl<T> Future for AbortOnDrop<T> {
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// Why an address from an allocator's answer cannot be a backend: one no datagram can be
+/// sent to as a single server (unspecified, multicast, broadcast).
+fn unusable_backend(ip: std::net::IpAddr) -> Option<&'static str> {
+    use std::net::IpAddr;
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    };
+    match ip {
+        ip if ip.is_unspecified() => Some("unspecified"),
+        ip if ip.is_multicast() => Some("a multicast address"),
+        IpAddr::V4(v4) if v4.is_broadcast() => Some("the broadcast address"),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unusable_backend;
+
+    #[test]
+    fn unspecified_multicast_and_broadcast_answers_are_refused() {
+        for bad in [
+            "0.0.0.0",
+            "::",
+            "224.0.0.1",
+            "ff02::1",
+            "255.255.255.255",
+            "::ffff:0.0.0.0",
+        ] {
+            assert!(unusable_backend(bad.parse().unwrap()).is_some(), "{bad}");
+        }
+        for good in ["10.0.0.5", "127.0.0.1", "2001:db8::5", "192.168.1.255"] {
+            assert!(unusable_backend(good.parse().unwrap()).is_none(), "{good}");
+        }
     }
 }

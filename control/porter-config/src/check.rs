@@ -435,6 +435,37 @@ impl Checker<'_> {
             );
         }
         let max_body_bytes = self.read(&s, "max_body_bytes", |n| byte_size_at_least(n, 1));
+        let read_token = self.get(&s, "read_token", |n| {
+            let token = string(n)?;
+            if token.is_empty() {
+                Err("the read token is empty (remove the key)".to_owned())
+            } else {
+                Ok(Secret::new(token))
+            }
+        });
+        let header_timeout = self.read(&s, "header_timeout", duration_positive);
+        let idle_timeout = self.read(&s, "idle_timeout", duration_positive);
+        let max_connections = self.read(&s, "max_connections", |n| integer_at_least(n, 1));
+        let allowed_hosts = self
+            .get(&s, "allowed_hosts", |n| {
+                let items: Vec<&Node> = match &n.value {
+                    Value::Seq(items) => items.iter().collect(),
+                    _ => vec![n],
+                };
+                items
+                    .into_iter()
+                    .map(|item| {
+                        let name = string(item)?.trim().to_ascii_lowercase();
+                        let bare = name.trim_start_matches('[').trim_end_matches(']');
+                        if bare.parse::<IpAddr>().is_err() {
+                            check_dns_name(&name)
+                                .map_err(|why| format!("{name:?} is not a host name: {why}"))?;
+                        }
+                        Ok(bare.to_owned())
+                    })
+                    .collect::<Result<Vec<String>, String>>()
+            })
+            .unwrap_or_default();
         ApiConfig {
             port: self.read(&s, "port", port),
             bind,
@@ -442,6 +473,11 @@ impl Checker<'_> {
             token,
             token_env,
             max_body_bytes,
+            read_token,
+            header_timeout,
+            idle_timeout,
+            max_connections,
+            allowed_hosts,
         }
     }
 
@@ -627,6 +663,9 @@ impl Checker<'_> {
         let refusal = self.read(&s, "refusal", |n| {
             one_of(n, &[("close", Refusal::Close), ("drop", Refusal::Drop)])
         });
+        let refusal_replays_per_second = self.read(&s, "refusal_replays_per_second", |n| {
+            u32::try_from(integer_at_least(n, 1)?).map_err(|_| "the rate is too large".to_owned())
+        });
         let drain_period = self.read(&s, "drain_period", duration);
 
         if handshake_timeout > idle_timeout {
@@ -668,6 +707,7 @@ impl Checker<'_> {
             new_sessions_burst: burst.unwrap_or(new_sessions_per_second),
             max_client_hello_bytes,
             refusal,
+            refusal_replays_per_second,
             drain_period,
         }
     }
@@ -1044,7 +1084,31 @@ fn integer_at_least(n: &Node, min: usize) -> Result<usize, String> {
     }
 }
 
+/// The longest duration any key takes: far beyond any sensible timeout, and far from
+/// the point where adding it to a clock reading overflows.
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
+
 fn duration(n: &Node) -> Result<Duration, String> {
+    let d = duration_unbounded(n)?;
+    if d > MAX_DURATION {
+        return Err(format!(
+            "{} is too long: durations are at most 30 days ({}s)",
+            describe_long_duration(n),
+            MAX_DURATION.as_secs()
+        ));
+    }
+    Ok(d)
+}
+
+fn describe_long_duration(n: &Node) -> String {
+    match &n.value {
+        Value::Int(i) => format!("{i}s"),
+        Value::Str(s) => format!("{s:?}"),
+        other => other.describe(),
+    }
+}
+
+fn duration_unbounded(n: &Node) -> Result<Duration, String> {
     match &n.value {
         Value::Int(i) => u64::try_from(*i)
             .map(Duration::from_secs)

@@ -51,6 +51,8 @@ pub enum Kind {
     KubernetesName,
     /// A DNS name or an IP address.
     ServerName,
+    /// One DNS name or IP address, or a list.
+    ServerNames,
     /// A route name (`name`, `*.suffix`, `*`).
     RouteName,
     /// A route's target: `host:port` (one or a list) or a fleet.
@@ -249,6 +251,36 @@ pub const API: Section = Section {
             Value("64KiB"),
             "Largest request body.",
         ),
+        key(
+            "read_token",
+            Kind::String,
+            Derived("the value of `token`"),
+            "Bearer token for reads that show sessions and routes.",
+        ),
+        key(
+            "header_timeout",
+            Kind::Duration,
+            Value("10s"),
+            "Time a client has to send a request's headers.",
+        ),
+        key(
+            "idle_timeout",
+            Kind::Duration,
+            Value("60s"),
+            "An idle keep-alive connection closes after this.",
+        ),
+        key(
+            "max_connections",
+            Kind::Integer,
+            Value("256"),
+            "API connections open at once.",
+        ),
+        key(
+            "allowed_hosts",
+            Kind::ServerNames,
+            Derived("the bind address and `localhost`"),
+            "Host header values accepted besides the bind address.",
+        ),
     ],
 };
 
@@ -444,6 +476,12 @@ pub const RELAY: Section = Section {
             Kind::Choice(&["close", "drop"]),
             Value("close"),
             "What to do with a name without a route.",
+        ),
+        key(
+            "refusal_replays_per_second",
+            Kind::Integer,
+            Value("100"),
+            "Answers to replayed refused Initials per second.",
         ),
         key(
             "drain_period",

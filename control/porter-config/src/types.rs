@@ -91,6 +91,19 @@ pub struct ApiConfig {
     pub token_env: String,
     /// The largest request body accepted.
     pub max_body_bytes: usize,
+    /// A second bearer token that only allows the reads that show sessions and routes
+    /// (`GET /sessions`, `/routes`, `/routes/{fqdn}`, `/stats`, `/metrics`); `token`
+    /// allows them too.
+    pub read_token: Option<Secret>,
+    /// How long a client has to send a request's headers before the connection closes.
+    pub header_timeout: Duration,
+    /// How long an idle keep-alive connection stays open.
+    pub idle_timeout: Duration,
+    /// API connections open at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// Host header values (names or IP addresses, without port) accepted besides the bind
+    /// address, `localhost` and loopback addresses.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl ApiConfig {
@@ -110,6 +123,11 @@ impl Default for ApiConfig {
             token: None,
             token_env: DEFAULT_TOKEN_ENV.to_owned(),
             max_body_bytes: 64 << 10,
+            read_token: None,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 256,
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -228,6 +246,8 @@ pub struct RelayConfig {
     pub max_client_hello_bytes: usize,
     /// What to do with a connection for a name without a route.
     pub refusal: Refusal,
+    /// Answers to replayed Initials of refused connections per second.
+    pub refusal_replays_per_second: u32,
     /// On shutdown, how long existing sessions keep being relayed.
     pub drain_period: Duration,
 }
@@ -246,6 +266,7 @@ impl Default for RelayConfig {
             new_sessions_burst: 10_000,
             max_client_hello_bytes: 16 << 10,
             refusal: Refusal::Close,
+            refusal_replays_per_second: 100,
             drain_period: Duration::from_secs(10),
         }
     }

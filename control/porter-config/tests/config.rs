@@ -694,3 +694,19 @@ fn policies_weights_and_health_checks() {
         assert!(err.contains(message), "{text}: {err}");
     }
 }
+
+/// Durations have a ceiling: a huge `idle_timeout` (which overflowed a clock reading on
+/// the first session) is an error at its key, as is one just past 30 days.
+#[test]
+fn durations_longer_than_thirty_days_are_errors() {
+    let text = "relay: {idle_timeout: 9300000000000000000}\n";
+    let e = errors(text);
+    assert!(e.contains("relay.idle_timeout"), "{e}");
+    assert!(e.contains("at most 30 days"), "{e}");
+    let e = errors("relay: {drain_period: 721h}\n");
+    assert!(
+        e.contains("relay.drain_period") && e.contains("at most 30 days"),
+        "{e}"
+    );
+    assert!(parse("relay: {idle_timeout: 720h}\n").is_ok());
+}

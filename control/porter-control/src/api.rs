@@ -11,9 +11,11 @@
 //!   not in sync).
 //!
 //! Errors are `{"error": "..."}` with the status that fits: 400 (bad JSON, bad name, target
-//! or type), 401/403 (missing/wrong bearer token on a mutating call), 404, 405 (with
-//! `Allow`), 413 (body over `api.max_body_bytes`, refused from `Content-Length` before
-//! reading, or as soon as the limit is crossed).
+//! or type), 401/403 (missing/wrong bearer token on a mutating call, or on a read that
+//! shows sessions or routes), 404, 405 (with `Allow`), 413 (body over
+//! `api.max_body_bytes`, refused from `Content-Length` before reading, or as soon as the
+//! limit is crossed), 415 (a POST or PUT whose `Content-Type` is not `application/json`),
+//! 421 (a `Host` that is neither an IP address, `localhost` nor in `api.allowed_hosts`).
 
 mod metrics;
 
@@ -35,18 +37,56 @@ use crate::reload::Reloader;
 use crate::sync::{LinkState, RouteSync, SharedRoute};
 use porter_host::{AllocationErrorKind, Allocator, RelayHandle};
 
-/// API settings, resolved from the configuration. `Debug` does not show the token.
+/// API settings, resolved from the configuration. `Debug` does not show the tokens.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ApiSettings {
     /// Where to listen.
     pub bind: SocketAddr,
-    /// Bearer token required for mutating calls; `None` allows them without one (only
-    /// accepted with a loopback bind). Compared with [`Secret::matches`] only.
+    /// Bearer token required for mutating calls and for the reads that show sessions and
+    /// routes; `None` allows them without one (only accepted with a loopback bind).
+    /// Compared with [`Secret::matches`] only.
     pub token: Option<Secret>,
+    /// A second token that allows only those reads (`GET /sessions`, `/routes`,
+    /// `/routes/{fqdn}`).
+    pub read_token: Option<Secret>,
     /// Log every request.
     pub log_requests: bool,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
+    /// Time a client has to send a request's headers.
+    pub header_timeout: Duration,
+    /// A connection without a byte either way for this long is closed.
+    pub idle_timeout: Duration,
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// `Host` names accepted besides IP addresses and `localhost` (lower case, no port).
+    pub allowed_hosts: Vec<String>,
+}
+
+impl ApiSettings {
+    /// Settings for `bind` with no token and the defaults of the configuration keys.
+    pub fn new(bind: SocketAddr) -> Self {
+        Self {
+            bind,
+            token: None,
+            read_token: None,
+            log_requests: false,
+            max_body_bytes: 64 << 10,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 256,
+            allowed_hosts: Vec::new(),
+        }
+    }
+}
+
+/// What a request may do once authorised.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Access {
+    /// Reads that show client addresses, backends or routes.
+    Read,
+    /// Changes.
+    Write,
 }
 
 /// Gauges only the driver knows.
@@ -207,6 +247,9 @@ impl Api {
         B: Body + Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        if let Err(failure) = self.check_host(&req) {
+            return failure.reply();
+        }
         let path = req.uri().path();
         let path = if path.len() > 1 {
             path.trim_end_matches('/')
@@ -238,10 +281,25 @@ impl Api {
             }
             return reply;
         };
-        if !matches!(*req.method(), Method::GET | Method::HEAD) {
-            if let Err(failure) = self.authorize(&req) {
+        let access = match (req.method(), pattern) {
+            (&Method::GET | &Method::HEAD, "/sessions" | "/routes" | "/routes/{fqdn}") => {
+                Some(Access::Read)
+            }
+            (&Method::GET | &Method::HEAD, _) => None,
+            _ => Some(Access::Write),
+        };
+        if let Some(access) = access {
+            if let Err(failure) = self.authorize(&req, access) {
                 return failure.reply();
             }
+        }
+        // A body-carrying change must say it is JSON: a web page can send `text/plain`
+        // (or a form) to any address without a preflight; `application/json` it cannot.
+        if matches!(*req.method(), Method::POST | Method::PUT) && !is_json(&req) {
+            return error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "the body must be sent with Content-Type: application/json",
+            );
         }
         let name = match param.as_deref().map(route_name_param).transpose() {
             Ok(name) => name,
@@ -285,10 +343,40 @@ impl Api {
         }
     }
 
-    fn authorize<B>(&self, req: &Request<B>) -> Result<(), Failure> {
-        let Some(token) = &self.settings.token else {
+    /// Refuses a `Host` that names neither an IP address, `localhost`, nor one of
+    /// [`ApiSettings::allowed_hosts`]: a page from attacker.example whose name was made to
+    /// resolve to this address (DNS rebinding) must not reach the API through a browser.
+    fn check_host<B>(&self, req: &Request<B>) -> Result<(), Failure> {
+        let Some(value) = req.headers().get(hyper::header::HOST) else {
+            // HTTP/1.0 clients and tools may leave it out; browsers never do.
             return Ok(());
         };
+        let host = value.to_str().ok().map(host_without_port);
+        let allowed = host.is_some_and(|host| {
+            let host = host.to_ascii_lowercase();
+            host.parse::<std::net::IpAddr>().is_ok()
+                || host == "localhost"
+                || self.settings.allowed_hosts.contains(&host)
+        });
+        if allowed {
+            Ok(())
+        } else {
+            Err(Failure::new(
+                StatusCode::MISDIRECTED_REQUEST,
+                "this Host is not served here (add it to api.allowed_hosts)",
+            ))
+        }
+    }
+
+    fn authorize<B>(&self, req: &Request<B>, access: Access) -> Result<(), Failure> {
+        let read_token = self.settings.read_token.as_ref();
+        let tokens: Vec<&Secret> = match access {
+            Access::Write => self.settings.token.iter().collect(),
+            Access::Read => self.settings.token.iter().chain(read_token).collect(),
+        };
+        if tokens.is_empty() {
+            return Ok(());
+        }
         let given = req
             .headers()
             .get(hyper::header::AUTHORIZATION)
@@ -300,9 +388,16 @@ impl Api {
         match given {
             None => Err(Failure::new(
                 StatusCode::UNAUTHORIZED,
-                "this call needs a bearer token (Authorization: Bearer <api.token>)",
+                match access {
+                    Access::Write => {
+                        "this call needs a bearer token (Authorization: Bearer <api.token>)"
+                    }
+                    Access::Read => {
+                        "this call needs a bearer token (Authorization: Bearer <api.token or api.read_token>)"
+                    }
+                },
             )),
-            Some(t) if token.matches(t.as_bytes()) => Ok(()),
+            Some(t) if tokens.iter().any(|token| token.matches(t.as_bytes())) => Ok(()),
             Some(_) => Err(Failure::new(StatusCode::FORBIDDEN, "wrong bearer token")),
         }
     }
@@ -692,6 +787,30 @@ fn session_json(s: &SessionInfo) -> serde_json::Value {
     })
 }
 
+/// Whether the request's `Content-Type` is `application/json` (parameters such as
+/// `charset` allowed, any case).
+fn is_json<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// The host part of a `Host` header value: `[::1]:8080` → `::1`, `a.test:80` → `a.test`.
+fn host_without_port(value: &str) -> &str {
+    let value = value.trim();
+    if let Some(rest) = value.strip_prefix('[') {
+        return rest.split_once(']').map_or(rest, |(host, _)| host);
+    }
+    match value.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => {
+            host
+        }
+        _ => value,
+    }
+}
+
 /// Matches `path` against `pattern`; `Some(param)` on a match, with the `{...}` segment if
 /// the pattern has one.
 fn match_path<'p>(pattern: &str, path: &'p str) -> Option<Option<&'p str>> {
@@ -797,6 +916,16 @@ mod tests {
     }
 
     #[test]
+    fn host_values_lose_their_port() {
+        assert_eq!(host_without_port("127.0.0.1:8080"), "127.0.0.1");
+        assert_eq!(host_without_port("[::1]:8080"), "::1");
+        assert_eq!(host_without_port("[::1]"), "::1");
+        assert_eq!(host_without_port("::1"), "::1");
+        assert_eq!(host_without_port("Porter.Example:80"), "Porter.Example");
+        assert_eq!(host_without_port("attacker.example"), "attacker.example");
+    }
+
+    #[test]
     fn pages() {
         assert!(Page::parse(None).is_ok());
         let p = Page::parse(Some("limit=5&after=s7")).unwrap();
@@ -823,13 +952,14 @@ mod tests {
     #[test]
     fn settings_do_not_show_the_token() {
         let settings = ApiSettings {
-            bind: "127.0.0.1:8080".parse().unwrap(),
             token: Some(Secret::new("hunter2-s3cret")),
-            log_requests: false,
+            read_token: Some(Secret::new("hunter3-r34d")),
             max_body_bytes: 1024,
+            ..ApiSettings::new("127.0.0.1:8080".parse().unwrap())
         };
         let shown = format!("{settings:?} {settings:#?}");
         assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(!shown.contains("hunter3"), "{shown}");
         assert!(shown.contains("Secret(***)"), "{shown}");
     }
 }

@@ -93,6 +93,7 @@ impl Settings {
                 config::Refusal::Close => RefusalMode::Close,
                 config::Refusal::Drop => RefusalMode::Drop,
             },
+            refusal_replays_per_second: r.refusal_replays_per_second,
             assembler: AssemblerConfig {
                 max_client_hello_len: r.max_client_hello_bytes,
                 ..AssemblerConfig::default()
@@ -108,8 +109,13 @@ impl Settings {
         let api = Some(ApiSettings {
             bind: api.listen_addr(),
             token,
+            read_token: api.read_token.clone(),
             log_requests: api.log_requests,
             max_body_bytes: api.max_body_bytes,
+            header_timeout: api.header_timeout,
+            idle_timeout: api.idle_timeout,
+            max_connections: api.max_connections,
+            allowed_hosts: api.allowed_hosts.clone(),
         });
         let agones = config.agones.clone();
         let allocate_route_ttl = config

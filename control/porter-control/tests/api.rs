@@ -26,10 +26,9 @@ const LIMIT: usize = 1024;
 
 fn api_with(host: RelayHandle, token: Option<&str>) -> Api {
     let settings = ApiSettings {
-        bind: ([127, 0, 0, 1], 0).into(),
         token: token.map(Secret::new),
-        log_requests: false,
         max_body_bytes: LIMIT,
+        ..ApiSettings::new(([127, 0, 0, 1], 0).into())
     };
     Api::new(
         settings,
@@ -108,6 +107,7 @@ fn request(method: &str, path: &str, body: &str, token: Option<&str>) -> Request
     let mut builder = Request::builder()
         .method(method)
         .uri(path)
+        .header("content-type", "application/json")
         .header("content-length", body.len());
     if let Some(t) = token {
         builder = builder.header("authorization", format!("Bearer {t}"));
@@ -362,8 +362,10 @@ async fn mutating_calls_need_the_token() {
             .insert("authorization", format!("Basic {TOKEN}").parse().unwrap());
         assert_eq!(send_req(&api, req).await.status, StatusCode::UNAUTHORIZED);
     }
-    // Nothing changed; reads need no token.
+    // Nothing changed (reads that show routes need the token too).
     let a = send_req(&api, request("GET", "/routes", "", None)).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    let a = call(&api, "GET", "/routes", "").await;
     assert_eq!(
         (a.status, a.json()),
         (StatusCode::OK, serde_json::json!([]))
@@ -428,6 +430,7 @@ async fn oversized_bodies_are_413_without_being_read() {
             .method(method)
             .uri(path)
             .header("authorization", format!("Bearer {TOKEN}"))
+            .header("content-type", "application/json")
             .header("content-length", "1000000000")
             .body(Trickle { sent: false })
             .unwrap();
@@ -439,6 +442,7 @@ async fn oversized_bodies_are_413_without_being_read() {
             .method(method)
             .uri(path)
             .header("authorization", format!("Bearer {TOKEN}"))
+            .header("content-type", "application/json")
             .body(Endless { sent: 0 })
             .unwrap();
         let a = send_req(&api, req).await;
@@ -455,6 +459,7 @@ async fn oversized_bodies_are_413_without_being_read() {
         .method("POST")
         .uri("/routes")
         .header("authorization", format!("Bearer {TOKEN}"))
+        .header("content-type", "application/json")
         .header("content-length", "lots")
         .body(Full::new(Bytes::new()))
         .unwrap();
@@ -704,12 +709,20 @@ proptest! {
         body in body_strategy(),
         token in prop_oneof![Just(None), Just(Some(TOKEN)), Just(Some("wrong"))],
         with_length in any::<bool>(),
+        content_type in prop_oneof![
+            Just(Some("application/json")),
+            Just(Some("text/plain")),
+            Just(None)
+        ],
     ) {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
         let Ok(method) = Method::from_bytes(method.as_bytes()) else { return Ok(()) };
         let mut builder = Request::builder().method(method).uri(path.as_str());
         if with_length {
             builder = builder.header("content-length", body.len());
+        }
+        if let Some(content_type) = content_type {
+            builder = builder.header("content-type", content_type);
         }
         if let Some(t) = token {
             builder = builder.header("authorization", format!("Bearer {t}"));
@@ -725,7 +738,7 @@ proptest! {
             }
         } else {
             prop_assert!(
-                [400u16, 401, 403, 404, 405, 413, 503].contains(&a.status.as_u16()),
+                [400u16, 401, 403, 404, 405, 413, 415, 503].contains(&a.status.as_u16()),
                 "unexpected status {}", a.status
             );
             prop_assert_eq!(&a.content_type, "application/json");
@@ -762,5 +775,149 @@ async fn allocate_rejects_bad_bodies() {
         let a = call(&api, "POST", "/allocate", body).await;
         assert_eq!(a.status, StatusCode::BAD_REQUEST, "{body}: {}", a.text());
         assert!(a.error().contains(message), "{body}: {}", a.error());
+    }
+}
+
+/// Reads that show sessions or routes need a token once one is set: the full token or
+/// the read token, which allows nothing else.
+#[tokio::test]
+async fn reads_of_sessions_and_routes_need_a_token_and_the_read_token_only_reads() {
+    let settings = ApiSettings {
+        token: Some(Secret::new(TOKEN)),
+        read_token: Some(Secret::new("reader")),
+        max_body_bytes: LIMIT,
+        ..ApiSettings::new(([127, 0, 0, 1], 0).into())
+    };
+    let api = Api::new(
+        settings,
+        host(),
+        Arc::new(|| DriverGauges {
+            upstream_sockets: 0,
+        }),
+    );
+    for path in ["/sessions", "/routes", "/routes/a.test"] {
+        let a = send_req(&api, request("GET", path, "", None)).await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED, "GET {path}");
+        let a = send_req(&api, request("GET", path, "", Some("wrong"))).await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN, "GET {path}");
+        for token in [TOKEN, "reader"] {
+            let a = send_req(&api, request("GET", path, "", Some(token))).await;
+            assert!(
+                [StatusCode::OK, StatusCode::NOT_FOUND].contains(&a.status),
+                "GET {path} with {token}: {}",
+                a.status
+            );
+        }
+    }
+    // Counters and health stay open (no addresses, no names).
+    for path in ["/healthz", "/readyz", "/stats", "/metrics"] {
+        let a = send_req(&api, request("GET", path, "", None)).await;
+        assert_eq!(a.status, StatusCode::OK, "GET {path}");
+    }
+    // The read token changes nothing.
+    let route = r#"{"fqdn":"a.test","type":"simple","target":"127.0.0.1:1"}"#;
+    let a = send_req(&api, request("POST", "/routes", route, Some("reader"))).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    let a = call(&api, "GET", "/routes", "").await;
+    assert_eq!(a.json(), serde_json::json!([]));
+}
+
+/// A change must come as `application/json`: `text/plain` (what a web page may send
+/// anywhere without a preflight), a form, or nothing get 415 and change nothing.
+#[tokio::test]
+async fn changes_need_a_json_content_type() {
+    let api = api();
+    let route = r#"{"fqdn":"a.test","type":"simple","target":"127.0.0.1:1"}"#;
+    let put = r#"{"type":"simple","target":"127.0.0.1:1"}"#;
+    for content_type in [
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+        Some("multipart/form-data; boundary=x"),
+        None,
+    ] {
+        for (method, path, body) in [
+            ("POST", "/routes", route),
+            ("PUT", "/routes/a.test", put),
+            (
+                "POST",
+                "/allocate",
+                r#"{"fleet":"arena","domain":"play.test"}"#,
+            ),
+        ] {
+            let mut req = request(method, path, body, Some(TOKEN));
+            req.headers_mut().remove("content-type");
+            if let Some(ct) = content_type {
+                req.headers_mut()
+                    .insert("content-type", ct.parse().unwrap());
+            }
+            let a = send_req(&api, req).await;
+            assert_eq!(
+                a.status,
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "{method} {path} as {content_type:?}"
+            );
+            assert!(a.error().contains("application/json"), "{}", a.error());
+        }
+    }
+    assert_eq!(
+        call(&api, "GET", "/routes", "").await.json(),
+        serde_json::json!([])
+    );
+    // Parameters and case do not matter.
+    let mut req = request("POST", "/routes", route, Some(TOKEN));
+    req.headers_mut().insert(
+        "content-type",
+        "Application/JSON; charset=utf-8".parse().unwrap(),
+    );
+    assert_eq!(send_req(&api, req).await.status, StatusCode::OK);
+}
+
+/// A `Host` that is not an IP address, `localhost` or an allowed name is refused (DNS
+/// rebinding), before anything else is looked at.
+#[tokio::test]
+async fn foreign_host_headers_are_refused() {
+    let settings = ApiSettings {
+        token: Some(Secret::new(TOKEN)),
+        allowed_hosts: vec!["porter.internal".into()],
+        ..ApiSettings::new(([127, 0, 0, 1], 8080).into())
+    };
+    let api = Api::new(
+        settings,
+        host(),
+        Arc::new(|| DriverGauges {
+            upstream_sockets: 0,
+        }),
+    );
+    let route = r#"{"fqdn":"a.test","type":"simple","target":"127.0.0.1:1"}"#;
+    for bad in [
+        "attacker.example",
+        "attacker.example:8080",
+        "porter.internal.evil",
+    ] {
+        let mut req = request("POST", "/routes", route, Some(TOKEN));
+        req.headers_mut().insert("host", bad.parse().unwrap());
+        let a = send_req(&api, req).await;
+        assert_eq!(a.status, StatusCode::MISDIRECTED_REQUEST, "Host: {bad}");
+        assert!(a.error().contains("Host"), "{}", a.error());
+    }
+    assert_eq!(
+        call(&api, "GET", "/routes", "").await.json(),
+        serde_json::json!([])
+    );
+    for good in [
+        "127.0.0.1:8080",
+        "localhost:8080",
+        "LOCALHOST",
+        "[::1]:8080",
+        "10.1.2.3",
+        "porter.internal:8080",
+    ] {
+        let mut req = request("GET", "/healthz", "", None);
+        req.headers_mut().insert("host", good.parse().unwrap());
+        assert_eq!(
+            send_req(&api, req).await.status,
+            StatusCode::OK,
+            "Host: {good}"
+        );
     }
 }

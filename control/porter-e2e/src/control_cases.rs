@@ -300,11 +300,18 @@ pub async fn api_over_http_checks_the_token_and_the_body_limit(bin: Binary) {
     );
     let (status, _) = http(porter.api, "POST", "/routes", Some(&body), Some(token)).unwrap();
     assert_eq!(status, 200);
-    assert!(porter.route("a.test").is_some(), "reads need no token");
+    let (status, _) = http(porter.api, "GET", "/routes/a.test", None, None).unwrap();
+    assert_eq!(status, 401, "reads that show routes need the token");
+    let mut porter = porter;
+    porter.token = Some(token.to_owned());
+    assert!(
+        porter.route("a.test").is_some(),
+        "with the token, the route is there"
+    );
 
     // 413 while the client has sent a few bytes of a body it says is 100 MB.
     let head = format!(
-        "POST /routes HTTP/1.1\r\nHost: porter\r\nAuthorization: Bearer {token}\r\n\
+        "POST /routes HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\
          Content-Type: application/json\r\nContent-Length: 100000000"
     );
     let started = Instant::now();
@@ -321,7 +328,7 @@ pub async fn api_over_http_checks_the_token_and_the_body_limit(bin: Binary) {
     let (status, reply) = http(porter.api, "PATCH", "/routes", None, Some(token)).unwrap();
     assert_eq!(status, 405, "{reply}");
     assert!(reply.contains("not allowed"), "{reply}");
-    let (status, reply) = http(porter.api, "GET", "/routes/a..test", None, None).unwrap();
+    let (status, reply) = http(porter.api, "GET", "/routes/a..test", None, Some(token)).unwrap();
     assert_eq!(status, 400, "{reply}");
     assert!(reply.contains("a..test"), "{reply}");
 }

@@ -11,7 +11,7 @@
 //!
 //! The tests keep the case names, in modules named after the files that hold them:
 //! `cases::routes_by_sni_exact_wildcard_and_default`, `control_cases::..`,
-//! `agones_cases::..`, `reload_cases::..`.
+//! `agones_cases::..`, `reload_cases::..`, `edge_cases::..`.
 //!
 //! The peers the cases use are public too: [`Pki`], [`EchoServer`], [`client_endpoint`],
 //! [`connect`], [`echo`], [`UdpSink`], [`Nat`].
@@ -29,6 +29,8 @@ pub mod balance_cases;
 pub mod cases;
 #[doc(hidden)]
 pub mod control_cases;
+#[doc(hidden)]
+pub mod edge_cases;
 #[doc(hidden)]
 pub mod ngtcp2_cases;
 mod peers;
@@ -111,6 +113,10 @@ macro_rules! __with_cases {
                 an_invalid_edit_is_reported_and_changes_nothing,
                 removed_targets_drain_or_close_as_configured,
             }
+            edge_cases {
+                api_refuses_stalled_cross_site_and_rebinding_requests,
+                network_text_in_logs_is_escaped,
+            }
         }
     };
 }
@@ -157,6 +163,7 @@ mod tests {
             ("agones_cases", include_str!("agones_cases.rs")),
             ("ngtcp2_cases", include_str!("ngtcp2_cases.rs")),
             ("reload_cases", include_str!("reload_cases.rs")),
+            ("edge_cases", include_str!("edge_cases.rs")),
         ]
         .iter()
         .flat_map(|(module, text)| {

@@ -312,7 +312,15 @@ impl<R: Runtime> Engine<R> {
                 lock(&self.upstreams).insert(session, Upstream { socket, reader });
             }
             Err(e) => {
-                tracing::error!(%session, %backend, "cannot open upstream socket: {e}");
+                // Bounded: under a flood every new session may fail the same way.
+                if let Some(left_out) = crate::logtext::socket_error_allowed() {
+                    tracing::error!(
+                        %session,
+                        %backend,
+                        left_out,
+                        "cannot open upstream socket: {e}"
+                    );
+                }
                 // The session ends; its close (no upstream to close, but the
                 // notification) is executed by whoever drains next.
                 self.cell.lock().upstream_failed(Instant::now(), session);

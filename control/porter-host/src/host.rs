@@ -29,6 +29,7 @@ use porter_core::{
 
 use crate::{Allocated, AllocationError, AllocationErrorKind};
 
+use crate::logtext::{escape_network_text, LogLimiter};
 use crate::notify::Notify;
 
 /// Called with each notification, after the host lock is released.
@@ -45,6 +46,8 @@ pub struct RelayHost {
     outbox: Vec<Command>,
     /// Notifications not yet handed to the subscribers.
     notes: Vec<Notification>,
+    /// Per-session and per-datagram log lines: a flood must not become one in the log.
+    log_limit: LogLimiter,
 }
 
 impl fmt::Debug for RelayHost {
@@ -67,7 +70,14 @@ impl RelayHost {
             allocation_failures: vec![0; AllocationErrorKind::ALL.len()],
             outbox: Vec::new(),
             notes: Vec::new(),
+            log_limit: LogLimiter::new(LOG_LINES_PER_SECOND),
         }
+    }
+
+    /// Per-session and per-datagram log lines left out by the rate limit since start
+    /// (socket-error lines included).
+    pub fn log_lines_suppressed(&self) -> u64 {
+        self.log_limit.suppressed() + crate::logtext::socket_errors_suppressed()
     }
 
     /// The relay, to read.
@@ -84,7 +94,7 @@ impl RelayHost {
     pub fn client_datagram(&mut self, now: Instant, from: ClientAddr, data: &[u8]) -> Verdict {
         let verdict = self.relay.handle_client_datagram(now, from, data);
         if let Verdict::Drop(reason) = &verdict {
-            if self.log_requests {
+            if self.log_requests && self.log_limit.allow(now).is_some() {
                 tracing::info!(
                     client = %from,
                     len = data.len(),
@@ -100,7 +110,7 @@ impl RelayHost {
     pub fn backend_datagram(&mut self, now: Instant, session: SessionId, data: &[u8]) -> Verdict {
         let verdict = self.relay.handle_backend_datagram(now, session, data);
         if let Verdict::Drop(reason) = &verdict {
-            if self.log_requests {
+            if self.log_requests && self.log_limit.allow(now).is_some() {
                 tracing::info!(
                     %session,
                     len = data.len(),
@@ -178,7 +188,17 @@ impl RelayHost {
             self.outbox.push(command);
         }
         while let Some(note) = self.relay.poll_notification() {
-            log_notification(&note);
+            // Handshakes that never completed are not logged at all (see below).
+            let silent =
+                matches!(&note, Notification::SessionClosed { info, .. } if info.backend.is_none());
+            if !silent {
+                if let Some(left_out) = self.log_limit.allow(Instant::now()) {
+                    if left_out > 0 {
+                        tracing::info!(left_out, "log lines left out by the rate limit");
+                    }
+                    log_notification(&note);
+                }
+            }
             self.notes.push(note);
         }
     }
@@ -197,7 +217,7 @@ fn log_notification(note: &Notification) {
         } => tracing::info!(
             %session,
             %client,
-            sni = sni.as_deref().unwrap_or("-"),
+            sni = %sni_text(sni.as_deref()),
             alpn = %alpn_text(alpn),
             %backend,
             ?version,
@@ -212,7 +232,7 @@ fn log_notification(note: &Notification) {
         } => tracing::info!(
             %session,
             %client,
-            sni = sni.as_deref().unwrap_or("-"),
+            sni = %sni_text(sni.as_deref()),
             reason = reason.as_str(),
             "connection refused"
         ),
@@ -228,7 +248,7 @@ fn log_notification(note: &Notification) {
             tracing::info!(
                 session = %info.id,
                 client = %info.client,
-                sni = info.sni.as_deref().unwrap_or("-"),
+                sni = %sni_text(info.sni.as_deref()),
                 reason = reason.as_str(),
                 duration_ms = duration_ms(info.age),
                 bytes_to_backend = info.to_backend.bytes,
@@ -255,6 +275,9 @@ pub struct HostStats {
     pub lock_acquisitions: u64,
     /// Of those, the ones that found the lock held and waited.
     pub lock_contended: u64,
+    /// Per-session, per-datagram and socket-error log lines left out by their rate
+    /// limits since start.
+    pub log_lines_suppressed: u64,
 }
 
 /// The host and the engine's wake-up, shared by the engine's tasks and every
@@ -390,6 +413,7 @@ impl RelayHandle {
                 .collect(),
             lock_acquisitions: self.cell.acquired.load(Ordering::Relaxed),
             lock_contended: self.cell.contended.load(Ordering::Relaxed),
+            log_lines_suppressed: host.log_lines_suppressed(),
         }
     }
 
@@ -499,12 +523,31 @@ impl RouteEditor<'_> {
 /// core's own timer (which cancels the request) decides, not a race with the allocator.
 pub const ALLOCATION_GRACE: Duration = Duration::from_millis(250);
 
+/// How many ALPN protocols of a ClientHello a log line shows.
+const MAX_LOGGED_ALPN: usize = 8;
+
+/// Session-level log lines (opened, refused, closed, moved) and per-datagram ones, per
+/// second; beyond, they are counted ([`RelayHost::log_lines_suppressed`]).
+const LOG_LINES_PER_SECOND: u32 = 200;
+
+/// The client's ALPN list for a log line: each name escaped and cut
+/// ([`escape_network_text`]), at most [`MAX_LOGGED_ALPN`] of them.
 fn alpn_text(alpn: &[Vec<u8>]) -> String {
-    let names: Vec<String> = alpn
+    let mut names: Vec<String> = alpn
         .iter()
-        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .take(MAX_LOGGED_ALPN)
+        .map(|p| escape_network_text(p))
         .collect();
+    if alpn.len() > MAX_LOGGED_ALPN {
+        names.push(format!("...(+{})", alpn.len() - MAX_LOGGED_ALPN));
+    }
     names.join(",")
+}
+
+/// The server name for a log line, escaped and cut (the core checks names, but a log
+/// line never relies on that).
+fn sni_text(sni: Option<&str>) -> String {
+    sni.map_or_else(|| "-".to_owned(), |s| escape_network_text(s.as_bytes()))
 }
 
 fn duration_ms(d: Duration) -> u64 {

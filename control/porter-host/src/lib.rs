@@ -32,6 +32,7 @@ mod batch;
 mod engine;
 mod health;
 mod host;
+mod logtext;
 mod notify;
 mod settings;
 mod socket;
@@ -47,6 +48,7 @@ pub use health::{HealthSettings, PROBE_VERSION};
 pub use host::{
     HostCell, HostStats, RelayHandle, RelayHost, RouteEditor, Subscriber, ALLOCATION_GRACE,
 };
+pub use logtext::{escape_network_text, LogLimiter, MAX_LOGGED_BYTES};
 pub use quinn_udp::UdpSockRef;
 pub use settings::{HostSettings, SetupError};
 pub use socket::{bind_listener, canonical, BindError, Socket};

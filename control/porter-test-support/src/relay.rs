@@ -36,6 +36,8 @@ pub struct Porter {
     pub config_path: PathBuf,
     /// The start of its config: the `udp` and `api` sections with their ports.
     pub config_head: String,
+    /// The bearer token [`Porter::get`] sends, when the API has one.
+    pub token: Option<String>,
 }
 
 impl Porter {
@@ -146,6 +148,7 @@ impl Porter {
             log,
             config_path,
             config_head: String::new(),
+            token: None,
         }
     }
 
@@ -197,7 +200,7 @@ impl Porter {
 
     /// A GET on the API: status and body.
     pub fn get(&self, path: &str) -> std::io::Result<(u16, String)> {
-        http(self.api, "GET", path, None, None)
+        http(self.api, "GET", path, None, self.token.as_deref())
     }
 
     /// `GET /stats` as JSON.
@@ -229,7 +232,7 @@ pub fn http(
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: porter\r\nConnection: close\r\n{auth}\
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )?;

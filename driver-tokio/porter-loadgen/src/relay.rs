@@ -102,7 +102,8 @@ impl RelayProcess {
         stream.set_read_timeout(Some(Duration::from_secs(5)))?;
         write!(
             stream,
-            "GET {path} HTTP/1.1\r\nHost: porter\r\nConnection: close\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.api
         )?;
         let mut response = String::new();
         stream.read_to_string(&mut response)?;

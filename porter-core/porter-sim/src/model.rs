@@ -853,8 +853,17 @@ impl RelayModel {
         );
         let held: usize = self.held.values().flatten().map(Vec::len).sum();
         assert_eq!(
-            stats.buffered_bytes, held,
-            "buffered bytes are those of the datagrams held"
+            stats.buffered_bytes,
+            held + stats.reassembly_bytes,
+            "buffered bytes are those of the datagrams held and the reassembly memory"
+        );
+        // Each pending session's reassembly holds at most its ClientHello limit (and the
+        // list of received ranges).
+        let per_hello = c.assembler.max_client_hello_len
+            + porter_core::crypto_stream::MAX_RANGES * size_of::<std::ops::Range<usize>>();
+        assert!(
+            stats.reassembly_bytes <= stats.pending_sessions * per_hello,
+            "{stats:?}"
         );
 
         let sessions = self.relay.sessions(self.now);

@@ -84,7 +84,7 @@ impl Relay {
         }
         if let Some(refused) = self.refused.get(&dcid).copied() {
             if refused.until > now {
-                return self.refuse_again(now, from, &dcid, refused);
+                return self.refuse_again(now, from, datagram.len(), &dcid, refused);
             }
         }
         self.new_connection(now, from, datagram, packet, dcid)
@@ -161,6 +161,15 @@ impl Relay {
             Ok(progress) => progress,
             Err(e) => return Verdict::Drop(initial_drop_reason(&e)),
         };
+        // The reassembly buffer is memory this session holds as much as its datagrams:
+        // it is charged to the same budgets (a CRYPTO frame at a far offset pins a
+        // buffer up to the ClientHello limit).
+        let reassembly = assembler.memory();
+        if datagram.len() + reassembly > self.config.max_buffered_per_session
+            || self.buffered_total + datagram.len() + reassembly > self.config.max_buffered_total
+        {
+            return Verdict::Drop(DropReason::BufferFull);
+        }
         if !self.bucket.take(now) {
             return Verdict::Drop(DropReason::RateLimited);
         }
@@ -203,10 +212,12 @@ impl Relay {
             Pending {
                 assembler,
                 datagrams: Vec::new(),
-                bytes: 0,
+                bytes: reassembly,
+                reassembly,
                 alpn: Vec::new(),
             },
         );
+        self.buffered_total += reassembly;
         self.buffer(id, datagram);
         match progress {
             Progress::NeedMore => Verdict::Held { session: id },
@@ -232,10 +243,28 @@ impl Relay {
             return Verdict::Drop(DropReason::BufferFull);
         }
         let progress = if feed {
-            match pending
+            let result = pending
                 .assembler
-                .handle_datagram_with(datagram, &mut self.scratch)
-            {
+                .handle_datagram_with(datagram, &mut self.scratch);
+            // What feeding it cost in reassembly memory counts like the datagram itself;
+            // past a budget the attempt cannot go on (its reassembly already holds the
+            // datagram's CRYPTO data), so the session ends.
+            let grown = pending
+                .assembler
+                .memory()
+                .saturating_sub(pending.reassembly);
+            if grown > 0 {
+                if pending.bytes + datagram.len() + grown > self.config.max_buffered_per_session
+                    || self.buffered_total + datagram.len() + grown > self.config.max_buffered_total
+                {
+                    self.close(id, CloseReason::BufferFull, now);
+                    return Verdict::Drop(DropReason::BufferFull);
+                }
+                pending.reassembly += grown;
+                pending.bytes += grown;
+                self.buffered_total += grown;
+            }
+            match result {
                 Ok(progress) => progress,
                 Err(e) if e.is_fatal() => {
                     self.close(id, CloseReason::InvalidClientHello, now);

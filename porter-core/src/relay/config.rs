@@ -40,6 +40,10 @@ pub struct RelayConfig {
     pub new_sessions_burst: u32,
     /// What to do with connections that cannot be routed. Default [`RefusalMode::Close`].
     pub refusal: RefusalMode,
+    /// Answers to replayed Initials of refused connections per second (a token bucket
+    /// whose burst is the same number); 0 for no limit. Only full-size datagrams from the
+    /// refused address are answered at all. Default 100.
+    pub refusal_replays_per_second: u32,
     /// ClientHello limits.
     pub assembler: AssemblerConfig,
     /// Seed for the little randomness the relay needs (unused header bits, the Source
@@ -60,6 +64,7 @@ impl Default for RelayConfig {
             new_sessions_per_second: 10_000,
             new_sessions_burst: 10_000,
             refusal: RefusalMode::Close,
+            refusal_replays_per_second: 100,
             assembler: AssemblerConfig::default(),
             seed: 0x5eed_0f5e_ed00,
         }

@@ -67,6 +67,8 @@ pub struct Relay {
     next_session: u64,
     next_allocation: u64,
     bucket: TokenBucket,
+    /// Answers to replayed Initials of refused connections.
+    refusal_bucket: TokenBucket,
     rng: u64,
     accepting: bool,
     scratch: Vec<u8>,
@@ -88,6 +90,10 @@ impl Relay {
     pub fn new(config: RelayConfig) -> Self {
         Self {
             bucket: TokenBucket::new(config.new_sessions_per_second, config.new_sessions_burst),
+            refusal_bucket: TokenBucket::new(
+                config.refusal_replays_per_second,
+                config.refusal_replays_per_second,
+            ),
             rng: config.seed | 1,
             config,
             routes: RouteTable::new(),
@@ -262,6 +268,7 @@ impl Relay {
             pending_sessions: self.pending.len(),
             allocations_in_flight: self.allocations.len(),
             buffered_bytes: self.buffered_total,
+            reassembly_bytes: self.pending.values().map(|p| p.reassembly).sum(),
             connection_ids: self.cids.len(),
             routes: self.routes.len(),
             remembered_refusals: self.refused.len(),

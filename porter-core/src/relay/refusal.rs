@@ -2,6 +2,13 @@
 //! CONNECTION_REFUSED (RFC 9000 §10.2.3, §20.1), so the client fails at once, and a memory
 //! of recent refusals so that retransmitted Initials get the same answer instead of a new
 //! session (and, for Agones routes, a new allocation).
+//!
+//! A replay is answered only when it could be the client's own retransmission: a
+//! full-size datagram (RFC 9000 §14.1: a server discards Initials in smaller datagrams)
+//! from the address that was refused. Anything else with the same DCID is a cheap way to
+//! make the relay reflect a packet at someone else, and is dropped. Answers to replays
+//! draw on a budget of their own ([`super::RelayConfig::refusal_replays_per_second`]), so
+//! replays never spend the new-session budget.
 
 use std::time::Instant;
 
@@ -14,7 +21,7 @@ use crate::frame::write_connection_close;
 use crate::ids::{ClientAddr, SessionId};
 use crate::initial::{seal_long_packet, Keys, LongPacketSpec, Side};
 use crate::session::CloseReason;
-use crate::wire::{ConnectionId, LongType, Version};
+use crate::wire::{ConnectionId, LongType, Version, MIN_INITIAL_DATAGRAM};
 
 /// QUIC transport error CONNECTION_REFUSED (RFC 9000 §20.1).
 const CONNECTION_REFUSED: u64 = 0x02;
@@ -29,6 +36,9 @@ pub(super) struct Refused {
     pub(super) until: Instant,
     pub(super) version: Version,
     pub(super) client_scid: ConnectionId,
+    /// The address the refused connection came from: the only one a replay is answered
+    /// at.
+    pub(super) client: ClientAddr,
 }
 
 impl Relay {
@@ -78,6 +88,7 @@ impl Relay {
             until: now + self.config.handshake_timeout,
             version: session.version,
             client_scid: session.client_scid,
+            client,
         };
         let original_dcid = session.original_dcid;
         let packet = match self.config.refusal {
@@ -114,16 +125,25 @@ impl Relay {
         self.refused_order.push_back((refused.until, dcid));
     }
 
-    /// Answers a retransmitted Initial of a refused connection like the first time.
+    /// Answers a retransmitted Initial of a refused connection like the first time, if it
+    /// could be one: full size, from the refused address, within the replay budget.
     pub(super) fn refuse_again(
         &mut self,
         now: Instant,
         from: ClientAddr,
+        datagram_len: usize,
         dcid: &ConnectionId,
         refused: Refused,
     ) -> Verdict {
-        // Building a refusal costs a key derivation: it draws on the new-session budget.
-        if self.config.refusal == RefusalMode::Drop || !self.bucket.take(now) {
+        if self.config.refusal == RefusalMode::Drop
+            || datagram_len < MIN_INITIAL_DATAGRAM
+            || from != refused.client
+        {
+            return Verdict::Drop(DropReason::RecentlyRefused);
+        }
+        // Building a refusal costs a key derivation: it draws on the replay budget, never
+        // on the new-session one.
+        if !self.refusal_bucket.take(now) {
             return Verdict::Drop(DropReason::RecentlyRefused);
         }
         let datagram = self.refusal_packet(refused.version, dcid, &refused.client_scid);

@@ -27,8 +27,11 @@ pub struct RelayStats {
     pub pending_sessions: usize,
     /// Allocations in flight.
     pub allocations_in_flight: usize,
-    /// Bytes held for connections not yet routed.
+    /// Bytes held for connections not yet routed: their datagrams and their ClientHello
+    /// reassembly memory (`reassembly_bytes`).
     pub buffered_bytes: usize,
+    /// The part of `buffered_bytes` that is ClientHello reassembly memory.
+    pub reassembly_bytes: usize,
     /// Connection IDs mapped.
     pub connection_ids: usize,
     /// Routes installed.

@@ -198,6 +198,12 @@ pub(super) fn render(
         host.lock_contended,
     );
     m.single(
+        "porter_log_lines_suppressed_total",
+        "counter",
+        "Per-session, per-datagram and socket-error log lines left out by their rate limits.",
+        host.log_lines_suppressed,
+    );
+    m.single(
         "porter_allocations_in_flight",
         "gauge",
         "Agones allocations waiting for an answer.",

@@ -1,0 +1,147 @@
+//! End-to-end cases for admission at the edge (issue 14), written once for every relay
+//! binary: the management API against slow, cross-site and rebinding clients.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use porter_test_support::*;
+
+/// Acceptance 7: a stalled partial request is closed within `api.header_timeout`; a
+/// 10 MB body gets 413 without being read; `GET /sessions` without the token gets 401;
+/// a `text/plain` POST gets 415 and changes nothing; `Host: attacker.example` is refused.
+pub async fn api_refuses_stalled_cross_site_and_rebinding_requests(bin: Binary) {
+    let token = "edge-token";
+    let mut porter = Porter::start_with_api(
+        bin,
+        &format!(", token: {token}, header_timeout: 1s, idle_timeout: 2s"),
+        "routes: []\n",
+    );
+
+    // Stalled partial requests (a request line, half a header, nothing more): each is
+    // closed by the relay within the header timeout (plus scheduling slack), and the API
+    // keeps answering meanwhile.
+    let stalled: Vec<TcpStream> = (0..20)
+        .map(|_| {
+            let mut s = TcpStream::connect(porter.api).expect("connect");
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+                .expect("write");
+            s.set_read_timeout(Some(Duration::from_secs(6))).unwrap();
+            s
+        })
+        .collect();
+    let started = Instant::now();
+    assert_eq!(porter.get("/healthz").unwrap().0, 200);
+    for mut s in stalled {
+        let mut buf = [0u8; 512];
+        // hyper may answer 408 before closing; either way the connection ends.
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => continue,
+                Err(e) => panic!("a stalled request was not closed: {e}"),
+            }
+        }
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(4),
+        "stalled requests closed after {took:?}"
+    );
+
+    // An idle keep-alive connection (no request at all) ends too.
+    let mut idle = TcpStream::connect(porter.api).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(6))).unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    assert!(
+        matches!(idle.read(&mut buf), Ok(0) | Ok(_)),
+        "an idle connection was not closed"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // 10 MB announced, a few bytes sent: 413 at once.
+    let head = format!(
+        "POST /routes HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: 10000000"
+    );
+    let (status, reply) = http_raw(porter.api, &head, b"{\"fqdn\":").unwrap();
+    assert_eq!(status, 413, "{reply}");
+
+    // Reads that show sessions and routes need the token.
+    for path in ["/sessions", "/routes"] {
+        let (status, reply) = http(porter.api, "GET", path, None, None).unwrap();
+        assert_eq!(status, 401, "GET {path}: {reply}");
+        let (status, _) = http(porter.api, "GET", path, None, Some(token)).unwrap();
+        assert_eq!(status, 200, "GET {path} with the token");
+    }
+
+    // A cross-site form post: text/plain, token or not, changes nothing.
+    let body = r#"{"fqdn":"x.test","type":"simple","target":"127.0.0.1:9"}"#;
+    let head = format!(
+        "POST /routes HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: text/plain\r\nContent-Length: {}",
+        body.len()
+    );
+    let (status, reply) = http_raw(porter.api, &head, body.as_bytes()).unwrap();
+    assert_eq!(status, 415, "{reply}");
+    porter.token = Some(token.to_owned());
+    assert!(
+        porter.route("x.test").is_none(),
+        "a text/plain POST added a route"
+    );
+
+    // DNS rebinding: attacker.example resolving to this address.
+    let head = format!(
+        "POST /routes HTTP/1.1\r\nHost: attacker.example\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}",
+        body.len()
+    );
+    let (status, reply) = http_raw(porter.api, &head, body.as_bytes()).unwrap();
+    assert_eq!(status, 421, "{reply}");
+    assert!(
+        porter.route("x.test").is_none(),
+        "a foreign Host added a route"
+    );
+    let (status, _) = http_raw(
+        porter.api,
+        "GET /healthz HTTP/1.1\r\nHost: attacker.example:8080",
+        b"",
+    )
+    .unwrap();
+    assert_eq!(status, 421);
+}
+
+/// Acceptance 9 (logs): a client whose ALPN holds a newline and an escape sequence gets
+/// one log line for its session, with those bytes escaped: nothing a client sends can
+/// forge a log line or drive a terminal.
+pub async fn network_text_in_logs_is_escaped(bin: Binary) {
+    let pki = crate::Pki::new();
+    let porter = Porter::start(
+        bin,
+        "routes:\n  - {fqdn: a.test, type: simple, target: \"127.0.0.1:9\"}\n",
+    );
+    let forged = b"h3\n2099-01-01T00:00:00Z  INFO forged line\x1b[2J".to_vec();
+    let client = crate::client_endpoint(pki.client_config(Some(vec![forged])));
+    // The backend is a discard port: the handshake never completes, the session opens.
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        crate::connect(&client, porter.udp, "a.test"),
+    )
+    .await;
+    assert!(
+        porter.wait_log("session opened", Duration::from_secs(10)),
+        "{}",
+        porter.log()
+    );
+    let log = porter.log();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("forged line")).collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    assert!(lines[0].contains("session opened"), "{}", lines[0]);
+    assert!(
+        lines[0].contains("h3\\x0a2099") && lines[0].contains("\\x1b[2J"),
+        "{}",
+        lines[0]
+    );
+    assert!(!log.contains('\u{1b}'), "a raw escape reached the log");
+}
