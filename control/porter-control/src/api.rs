@@ -651,6 +651,26 @@ impl Api {
         let gauges = (self.gauges)();
         let sync = self.sync.as_ref().map(RouteSync::status);
         let mut text = metrics::render(&stats, gauges, self.started.elapsed(), sync.as_ref());
+        // Per target of each simple route: labels from the routes, never from the network.
+        let backends: Vec<metrics::Backend> = self.relay.read(|relay| {
+            relay
+                .routes()
+                .iter()
+                .flat_map(|route| match &route.target {
+                    RouteTarget::Simple(backends) => backends
+                        .iter()
+                        .map(|b| metrics::Backend {
+                            route: route.name.to_string(),
+                            target: b.to_string(),
+                            healthy: relay.backend_healthy(*b),
+                            sessions: relay.sessions_on(*b),
+                        })
+                        .collect::<Vec<_>>(),
+                    RouteTarget::Agones { .. } => Vec::new(),
+                })
+                .collect()
+        });
+        metrics::render_backends(&mut text, &backends);
         if let Some(reload) = &self.reload {
             reload.render_metrics(&mut text);
         }

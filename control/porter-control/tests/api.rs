@@ -551,6 +551,32 @@ async fn metrics_sessions_stats_and_health_answer() {
     );
 }
 
+/// Each target of a simple route has its health and sessions in /metrics, labelled by
+/// the route's name and the target (and nothing for agones routes).
+#[tokio::test]
+async fn metrics_show_every_target_of_a_simple_route() {
+    let api = api();
+    for body in [
+        r#"{"fqdn":"a.test","type":"simple","target":["127.0.0.1:4434","127.0.0.1:4435"]}"#,
+        r#"{"fqdn":"g.test","type":"agones","target":"fleet-a"}"#,
+    ] {
+        assert_eq!(
+            call(&api, "POST", "/routes", body).await.status,
+            StatusCode::OK
+        );
+    }
+    let text = call(&api, "GET", "/metrics", "").await.text();
+    for needle in [
+        "# TYPE porter_backend_healthy gauge",
+        "porter_backend_healthy{route=\"a.test\",target=\"127.0.0.1:4434\"} 1",
+        "porter_backend_healthy{route=\"a.test\",target=\"127.0.0.1:4435\"} 1",
+        "porter_backend_sessions{route=\"a.test\",target=\"127.0.0.1:4435\"} 0",
+    ] {
+        assert!(text.contains(needle), "{needle} missing:\n{text}");
+    }
+    assert!(!text.contains("route=\"g.test\""), "{text}");
+}
+
 /// Every endpoint in `ENDPOINTS` is dispatched (not 404/405/501).
 #[tokio::test]
 async fn every_listed_endpoint_is_served() {

@@ -51,6 +51,44 @@ impl Exposition {
     }
 }
 
+/// One target of a simple route, for the per-target families.
+pub(super) struct Backend {
+    /// The route's name.
+    pub(super) route: String,
+    /// The target's address.
+    pub(super) target: String,
+    /// What the health checks say (healthy while checks are off).
+    pub(super) healthy: bool,
+    /// Sessions on it now.
+    pub(super) sessions: u32,
+}
+
+/// Appends the per-target families: health and sessions, labelled by route and target.
+pub(super) fn render_backends(out: &mut String, backends: &[Backend]) {
+    let mut m = Exposition {
+        out: std::mem::take(out),
+    };
+    m.family(
+        "porter_backend_healthy",
+        "gauge",
+        "1 while the target of a simple route passes its health checks (always 1 with checks off).",
+    );
+    for b in backends {
+        let labels = [("route", b.route.as_str()), ("target", b.target.as_str())];
+        m.sample("porter_backend_healthy", &labels, u8::from(b.healthy));
+    }
+    m.family(
+        "porter_backend_sessions",
+        "gauge",
+        "Sessions on the target of a simple route now.",
+    );
+    for b in backends {
+        let labels = [("route", b.route.as_str()), ("target", b.target.as_str())];
+        m.sample("porter_backend_sessions", &labels, b.sessions);
+    }
+    *out = m.out;
+}
+
 /// Renders every metric.
 pub(super) fn render(
     host: &HostStats,
