@@ -15,6 +15,18 @@ impl fmt::Display for SessionId {
     }
 }
 
+/// Identifies one client path of a session (the connection as seen from one client
+/// address) and with it the upstream socket that carries it, for the relay's whole life.
+/// Never reused by a relay instance; unique across sessions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PathId(pub u64);
+
+impl fmt::Display for PathId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "p{}", self.0)
+    }
+}
+
 /// Identifies one allocation request handed to the driver.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AllocationId(pub u64);

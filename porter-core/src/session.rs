@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::assembler::InitialAssembler;
-use crate::ids::{AllocationId, BackendAddr, ClientAddr, SessionId};
+use crate::ids::{AllocationId, BackendAddr, ClientAddr, PathId, SessionId};
 use crate::wire::{ConnectionId, Version};
 
 /// Datagrams and bytes carried in one direction.
@@ -74,10 +74,13 @@ pub struct SessionInfo {
     pub sni: Option<Arc<str>>,
     /// The QUIC version of its Initial.
     pub version: Version,
-    /// The client's current address.
+    /// The client's current address: that of its most recently used path.
     pub client: ClientAddr,
     /// The backend, once routed.
     pub backend: Option<BackendAddr>,
+    /// Client paths open (each a client address with its own upstream socket); 0 until
+    /// routed.
+    pub paths: usize,
     /// Its state.
     pub state: SessionState,
     /// Time since its first datagram.
@@ -110,9 +113,29 @@ pub(crate) struct Session {
     pub(crate) last_activity: Instant,
     pub(crate) to_backend: Traffic,
     pub(crate) to_client: Traffic,
+    /// Client paths, oldest first; empty until routed, never empty after.
+    pub(crate) paths: Vec<Path>,
+}
+
+/// One client path: the connection as seen from one client address, carried on its own
+/// upstream socket so that the backend sees each client address as its own 4-tuple.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Path {
+    pub(crate) id: PathId,
+    pub(crate) client: ClientAddr,
+    /// The last datagram from this path's client (backend datagrams do not keep a path
+    /// alive: a path the client left must end).
+    pub(crate) last_client: Instant,
 }
 
 impl Session {
+    /// The path on which the client sent last (the newest on a tie): the one that never
+    /// ends on the path timer.
+    pub(crate) fn current_path(&self) -> Option<&Path> {
+        // `max_by_key` keeps the last of equal maxima: the newest path.
+        self.paths.iter().max_by_key(|p| p.last_client)
+    }
+
     pub(crate) fn info(&self, now: Instant) -> SessionInfo {
         SessionInfo {
             id: self.id,
@@ -120,6 +143,7 @@ impl Session {
             version: self.version,
             client: self.client,
             backend: self.backend,
+            paths: self.paths.len(),
             state: self.state,
             age: now.saturating_duration_since(self.created),
             idle: now.saturating_duration_since(self.last_activity),

@@ -106,13 +106,19 @@ impl Relay {
                 let backend = session
                     .backend
                     .expect("established sessions have a backend");
+                let Some(path) = session.paths.iter_mut().find(|p| p.client == from) else {
+                    // A known connection from a new address: a new path, never a move of
+                    // an existing one (see `super::path`).
+                    return self.open_path(now, id, from, datagram);
+                };
+                path.last_client = now;
+                let path = path.id;
+                session.client = from;
                 session.last_activity = now;
                 session.to_backend.add(datagram.len());
-                if session.client != from {
-                    self.move_client(id, from);
-                }
                 Verdict::ToBackend {
                     session: id,
+                    path,
                     backend,
                 }
             }
@@ -192,6 +198,7 @@ impl Relay {
                 last_activity: now,
                 to_backend: Traffic::default(),
                 to_client: Traffic::default(),
+                paths: Vec::new(),
             },
         );
         self.cids.insert(dcid, id);

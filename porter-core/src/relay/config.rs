@@ -28,6 +28,12 @@ pub struct RelayConfig {
     /// Most connection IDs mapped to one session; beyond it the oldest is forgotten.
     /// Default 8.
     pub max_cids_per_session: usize,
+    /// Most client paths (client addresses, each with its own upstream socket) one
+    /// session has at once; a datagram that would open another is dropped. Default 4.
+    pub max_paths_per_session: usize,
+    /// A path other than the session's most recently used one ends after this long
+    /// without a datagram from its client (the session lives on). Default 5 s.
+    pub path_idle_timeout: Duration,
     /// Most bytes held for one connection before its route is known. Default 64 KiB.
     pub max_buffered_per_session: usize,
     /// Most bytes held for all such connections together. Default 64 MiB.
@@ -54,6 +60,8 @@ impl Default for RelayConfig {
             handshake_timeout: Duration::from_secs(5),
             max_sessions: 100_000,
             max_cids_per_session: 8,
+            max_paths_per_session: 4,
+            path_idle_timeout: Duration::from_secs(5),
             max_buffered_per_session: 64 * 1024,
             max_buffered_total: 64 * 1024 * 1024,
             max_pending_allocations: 1024,

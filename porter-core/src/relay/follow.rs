@@ -11,8 +11,11 @@
 //! sharing a socket cannot be told apart, and a guess would send one connection's
 //! datagrams to another's backend. From a new port of a known IP it is a migration
 //! (quinn's `rebind` switches CID and socket at once); it is followed only when exactly one
-//! routed session of that IP can be meant. Everything else is dropped and counted: only
-//! CIDs that encode their server (QUIC-LB) could route it.
+//! routed session of that IP can be meant, and only ever on a new path of that session
+//! (see [`super::path`]): the backend, not the relay, decides whether the datagram belongs
+//! to the connection, and no existing path is redirected. A CID of a session that ended
+//! is never followed. Everything else is dropped and counted: only CIDs that encode their
+//! server (QUIC-LB) could route it.
 
 use std::time::Instant;
 
@@ -31,6 +34,10 @@ impl Relay {
     ) -> Verdict {
         if let Some((id, _)) = self.cids.lookup_short(datagram) {
             return self.client_to_session(now, from, id, datagram, None);
+        }
+        // A late datagram of a connection that ended: no other session may adopt it.
+        if self.of_ended_session(datagram) {
+            return Verdict::Drop(DropReason::EndedConnection);
         }
         // Unknown DCID: see the module docs for when it is followed.
         let id = match self.established_at(from) {
@@ -71,7 +78,8 @@ impl Relay {
             if s.state != SessionState::Established || cid_len == 0 || datagram.len() <= cid_len {
                 continue;
             }
-            if found.replace(s.id).is_some() {
+            // A session with two paths from this IP is listed twice.
+            if found.replace(s.id).is_some_and(|f| f != s.id) {
                 return None;
             }
         }
@@ -101,7 +109,8 @@ pub(super) mod tests {
     use super::*;
     use crate::ids::BackendAddr;
     use crate::relay::RelayConfig;
-    use crate::session::{Session, Traffic};
+    use crate::ids::PathId;
+    use crate::session::{Path, Session, Traffic};
     use crate::wire::Version;
 
     pub(in crate::relay) fn addr(text: &str) -> ClientAddr {
@@ -137,9 +146,21 @@ pub(super) mod tests {
                 last_activity: now,
                 to_backend: Traffic::default(),
                 to_client: Traffic::default(),
+                paths: Vec::new(),
             },
         );
         relay.index_client(id, client);
+        if state == SessionState::Established {
+            // The session's first path, numbered like the session.
+            let path = PathId(id.0);
+            relay.sessions.get_mut(&id).unwrap().paths.push(Path {
+                id: path,
+                client,
+                last_client: now,
+            });
+            relay.paths.insert(path, id);
+            relay.next_path = relay.next_path.max(id.0 + 1);
+        }
     }
 
     pub(in crate::relay) const ROUTED: SessionState = SessionState::Established;

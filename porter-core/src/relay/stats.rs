@@ -31,6 +31,11 @@ pub struct RelayStats {
     pub buffered_bytes: usize,
     /// Connection IDs mapped.
     pub connection_ids: usize,
+    /// Client paths open (one upstream socket each), over all sessions.
+    pub paths: usize,
+    /// Connection IDs of ended sessions remembered, so that a late datagram of an ended
+    /// connection is dropped, never adopted (at most 65 536, each for one idle timeout).
+    pub remembered_ended_cids: usize,
     /// Routes installed.
     pub routes: usize,
     /// Refused connections remembered, so their retransmitted Initials get the same
@@ -40,6 +45,9 @@ pub struct RelayStats {
     pub sessions_opened: u64,
     /// Sessions closed since start.
     pub sessions_closed: u64,
+    /// Paths opened since start beyond each session's first: clients that moved (or
+    /// datagrams that claimed to be theirs).
+    pub paths_opened: u64,
     /// Connections refused since start.
     pub refused: u64,
     /// Client to backend, since start.
