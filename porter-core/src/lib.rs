@@ -170,5 +170,5 @@ pub use relay::{
     Notification, RefusalMode, RefuseReason, Relay, RelayConfig, RelayStats, SessionPage, Verdict,
 };
 pub use routes::{Resolved, Route, RouteError, RouteName, RouteNameError, RouteTable, RouteTarget};
-pub use session::{CloseReason, SessionInfo, SessionState, Traffic};
+pub use session::{CloseReason, PathInfo, SessionInfo, SessionState, Traffic};
 pub use wire::{ConnectionId, Version};

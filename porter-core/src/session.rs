@@ -78,9 +78,9 @@ pub struct SessionInfo {
     pub client: ClientAddr,
     /// The backend, once routed.
     pub backend: Option<BackendAddr>,
-    /// Client paths open (each a client address with its own upstream socket); 0 until
-    /// routed.
-    pub paths: usize,
+    /// Client paths open (each a client address with its own upstream socket), oldest
+    /// first; none until routed.
+    pub paths: Vec<PathInfo>,
     /// Its state.
     pub state: SessionState,
     /// Time since its first datagram.
@@ -91,6 +91,17 @@ pub struct SessionInfo {
     pub to_backend: Traffic,
     /// Backend to client.
     pub to_client: Traffic,
+}
+
+/// One client path of a session, in [`SessionInfo`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PathInfo {
+    /// Its ID (the key of its upstream socket).
+    pub id: PathId,
+    /// The client address it carries.
+    pub client: ClientAddr,
+    /// Time since its client's last datagram.
+    pub idle: Duration,
 }
 
 /// What the relay keeps per session. Kept small: the per-handshake state lives in
@@ -143,7 +154,15 @@ impl Session {
             version: self.version,
             client: self.client,
             backend: self.backend,
-            paths: self.paths.len(),
+            paths: self
+                .paths
+                .iter()
+                .map(|p| PathInfo {
+                    id: p.id,
+                    client: p.client,
+                    idle: now.saturating_duration_since(p.last_client),
+                })
+                .collect(),
             state: self.state,
             age: now.saturating_duration_since(self.created),
             idle: now.saturating_duration_since(self.last_activity),

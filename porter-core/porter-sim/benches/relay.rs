@@ -16,7 +16,8 @@ use divan::Bencher;
 use porter_core::initial::LongPacketSpec;
 use porter_core::wire::{LongType, Version};
 use porter_core::{
-    BackendAddr, ClientAddr, Relay, RelayConfig, Route, RouteName, RouteTarget, SessionId, Verdict,
+    BackendAddr, ClientAddr, Command, PathId, Relay, RelayConfig, Route, RouteName, RouteTarget,
+    Verdict,
 };
 use porter_sim::{
     client_initial_flight, long_header_packet, short_header_packet, ClientHelloSpec,
@@ -147,7 +148,7 @@ impl InitialMaker {
 struct Fixture {
     relay: Relay,
     /// (client address, the server CID the client uses, session).
-    samples: Vec<(ClientAddr, [u8; 8], SessionId)>,
+    samples: Vec<(ClientAddr, [u8; 8], PathId)>,
     /// The receive buffer: a 1200-byte client short header; each iteration writes its
     /// sample's CID into it, as a driver receives every datagram into one buffer.
     from_client: Vec<u8>,
@@ -172,11 +173,19 @@ impl Fixture {
         let before = ALLOCATED.load(Ordering::Relaxed);
         for i in 0..n {
             let initial = maker.next();
-            let session = match relay.handle_client_datagram(now, client_addr(i), &initial) {
-                Verdict::Held { session } => session,
-                other => panic!("session {i}: {other:?}"),
-            };
-            while relay.poll_command().is_some() {}
+            let verdict = relay.handle_client_datagram(now, client_addr(i), &initial);
+            assert!(
+                matches!(verdict, Verdict::Held { .. }),
+                "session {i}: {verdict:?}"
+            );
+            // The session's first path: its upstream socket's key.
+            let mut session = None;
+            while let Some(command) = relay.poll_command() {
+                if let Command::OpenUpstream { path, .. } = command {
+                    session = Some(path);
+                }
+            }
+            let session = session.expect("a simple route opens the session at once");
             while relay.poll_notification().is_some() {}
             let scid: [u8; 8] = rng.next_u64().to_be_bytes();
             let mut answer = Vec::with_capacity(200);
@@ -243,7 +252,7 @@ fn client_short_header(bencher: Bencher<'_, '_>, sessions: usize) {
     });
 }
 
-/// `handle_backend_datagram` for a short header on an established session's socket.
+/// `handle_backend_datagram` for a short header on an established session's path.
 #[divan::bench(args = SESSIONS, sample_count = 1000, sample_size = 100)]
 fn backend_short_header(bencher: Bencher<'_, '_>, sessions: usize) {
     let mut f = fixture(sessions).lock().unwrap();
