@@ -390,6 +390,18 @@ pub const RELAY: Section = Section {
             "Connection IDs per session.",
         ),
         key(
+            "max_paths_per_session",
+            Kind::Integer,
+            Value("4"),
+            "Client paths (addresses) per session.",
+        ),
+        key(
+            "path_idle_timeout",
+            Kind::Duration,
+            Value("5s"),
+            "A path the client left ends after this.",
+        ),
+        key(
             "max_buffered_bytes_per_connection",
             Kind::ByteSize,
             Value("64KiB"),

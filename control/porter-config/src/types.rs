@@ -209,6 +209,11 @@ pub struct RelayConfig {
     pub max_sessions: usize,
     /// Connection IDs tracked per session.
     pub max_cids_per_session: usize,
+    /// Client paths (client addresses, each with its own upstream socket) per session.
+    pub max_paths_per_session: usize,
+    /// A path other than the one its client used last ends after this long without a
+    /// datagram from its client.
+    pub path_idle_timeout: Duration,
     /// Bytes held for one connection while its ClientHello or allocation is pending.
     pub max_buffered_bytes_per_connection: usize,
     /// Bytes held for all pending connections together.
@@ -234,6 +239,8 @@ impl Default for RelayConfig {
             handshake_timeout: Duration::from_secs(5),
             max_sessions: 100_000,
             max_cids_per_session: 8,
+            max_paths_per_session: 4,
+            path_idle_timeout: Duration::from_secs(5),
             max_buffered_bytes_per_connection: 64 << 10,
             max_buffered_bytes_total: 64 << 20,
             max_pending_allocations: 1024,

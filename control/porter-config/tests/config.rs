@@ -175,6 +175,8 @@ relay:
   handshake_timeout: 2s
   max_sessions: 10
   max_cids_per_session: 4
+  max_paths_per_session: 2
+  path_idle_timeout: 2s
   max_buffered_bytes_per_connection: 16KiB
   max_buffered_bytes_total: 1048576
   max_pending_allocations: 2
@@ -231,6 +233,8 @@ routes:
     assert_eq!(relay.handshake_timeout, Duration::from_secs(2));
     assert_eq!(relay.max_sessions, 10);
     assert_eq!(relay.max_cids_per_session, 4);
+    assert_eq!(relay.max_paths_per_session, 2);
+    assert_eq!(relay.path_idle_timeout, Duration::from_secs(2));
     assert_eq!(relay.max_buffered_bytes_per_connection, 16 << 10);
     assert_eq!(relay.max_buffered_bytes_total, 1 << 20);
     assert_eq!(relay.max_pending_allocations, 2);
@@ -277,6 +281,8 @@ fn defaults_of_an_empty_file() {
     assert_eq!(d.relay.handshake_timeout, Duration::from_secs(5));
     assert_eq!(d.relay.max_sessions, 100_000);
     assert_eq!(d.relay.max_cids_per_session, 8);
+    assert_eq!(d.relay.max_paths_per_session, 4);
+    assert_eq!(d.relay.path_idle_timeout, Duration::from_secs(5));
     assert_eq!(d.relay.max_buffered_bytes_per_connection, 64 << 10);
     assert_eq!(d.relay.max_buffered_bytes_total, 64 << 20);
     assert_eq!(d.relay.max_pending_allocations, 1024);

@@ -75,6 +75,8 @@ impl Settings {
             handshake_timeout: r.handshake_timeout,
             max_sessions: r.max_sessions,
             max_cids_per_session: r.max_cids_per_session,
+            max_paths_per_session: r.max_paths_per_session,
+            path_idle_timeout: r.path_idle_timeout,
             max_buffered_per_session: r.max_buffered_bytes_per_connection,
             max_buffered_total: r.max_buffered_bytes_total,
             max_pending_allocations: r.max_pending_allocations,
