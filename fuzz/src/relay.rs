@@ -11,8 +11,8 @@ use arbitrary::{Arbitrary, Unstructured};
 use porter_core::initial::{seal_long_packet, Keys, Side};
 use porter_core::wire::{write_varint, LongType, Version, MIN_INITIAL_DATAGRAM};
 use porter_core::{
-    AllocationFailure, AllocationId, AssemblerConfig, BackendAddr, ClientAddr, PathId,
-    RefusalMode, RelayConfig, Route, RouteName, RouteTarget, SessionId,
+    AllocationFailure, AllocationId, AssemblerConfig, BackendAddr, ClientAddr, PathId, RefusalMode,
+    RelayConfig, Route, RouteName, RouteTarget, SessionId,
 };
 use porter_sim::{
     initial_spec, seal_padded, write_crypto, DescribedHello, ModelOp, RelayModel, SNI_POOL,

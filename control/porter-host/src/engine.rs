@@ -116,9 +116,7 @@ impl<R: Runtime> Engine<R> {
     }
 
     fn upstream_socket(&self, path: PathId) -> Option<Arc<Socket<R::Udp>>> {
-        lock(&self.upstreams)
-            .get(&path)
-            .map(|u| u.socket.clone())
+        lock(&self.upstreams).get(&path).map(|u| u.socket.clone())
     }
 
     async fn listen(self: Arc<Self>, listener: Arc<Socket<R::Udp>>) {

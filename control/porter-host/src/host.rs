@@ -23,8 +23,8 @@ use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 use porter_core::{
-    AllocationFailure, AllocationId, BackendAddr, ClientAddr, Command, Notification, Relay,
-    PathId, RelayStats, Route, RouteError, RouteName, Verdict,
+    AllocationFailure, AllocationId, BackendAddr, ClientAddr, Command, Notification, PathId, Relay,
+    RelayStats, Route, RouteError, RouteName, Verdict,
 };
 
 use crate::{Allocated, AllocationError, AllocationErrorKind};

@@ -69,9 +69,8 @@ use std::time::{Duration, Instant};
 use porter_core::wire::{parse_packet, LongType, Packet};
 use porter_core::{
     AllocationFailure, AllocationId, BackendAddr, ClientAddr, CloseReason, Command,
-    CompleteAllocationError, DropReason, Notification, RefusalMode, RefuseReason, Relay,
-    PathId, RelayConfig, RelayStats, Route, RouteName, RouteTarget, SessionId, SessionState,
-    Verdict,
+    CompleteAllocationError, DropReason, Notification, PathId, RefusalMode, RefuseReason, Relay,
+    RelayConfig, RelayStats, Route, RouteName, RouteTarget, SessionId, SessionState, Verdict,
 };
 
 /// One call of the relay's API, with its arguments: what [`RelayModel::apply`] performs.
@@ -351,7 +350,12 @@ impl RelayModel {
         let notifications: Vec<Notification> =
             std::iter::from_fn(|| self.relay.poll_notification()).collect();
         self.check_pairing(&commands, &notifications);
-        self.check_commands(cause, &commands, &notifications, new_path_datagram.as_deref());
+        self.check_commands(
+            cause,
+            &commands,
+            &notifications,
+            new_path_datagram.as_deref(),
+        );
         self.check_notifications(cause, &commands, &notifications);
         if let Some(verdict) = &verdict {
             self.check_verdict(cause, verdict, &before, &commands, &notifications);
@@ -775,11 +779,7 @@ impl RelayModel {
                     path,
                     client,
                 } => {
-                    assert_eq!(
-                        cause,
-                        Cause::Client(*client),
-                        "path opened by {cause:?}"
-                    );
+                    assert_eq!(cause, Cause::Client(*client), "path opened by {cause:?}");
                     assert!(
                         self.opened.contains_key(session),
                         "only routed sessions get new paths"
@@ -1044,7 +1044,11 @@ impl RelayModel {
             );
             let deadline = if s.state == SessionState::Established {
                 established += 1;
-                let paths = self.upstreams.values().filter(|u| u.session == s.id).count();
+                let paths = self
+                    .upstreams
+                    .values()
+                    .filter(|u| u.session == s.id)
+                    .count();
                 assert_eq!(s.paths.len(), paths, "{}: its paths are those opened", s.id);
                 for p in &s.paths {
                     assert_eq!(

@@ -1137,11 +1137,9 @@ fn a_late_datagram_of_an_ended_connection_is_not_adopted_by_another_session_of_i
         .log()
         .iter()
         .filter_map(|e| match e {
-            LogEntry::Client { at, from, verdict, .. }
-                if *at >= resumed && late_addrs.contains(&from.0) =>
-            {
-                Some(verdict)
-            }
+            LogEntry::Client {
+                at, from, verdict, ..
+            } if *at >= resumed && late_addrs.contains(&from.0) => Some(verdict),
             _ => None,
         })
         .collect();
@@ -1151,7 +1149,11 @@ fn a_late_datagram_of_an_ended_connection_is_not_adopted_by_another_session_of_i
         .all(|v| **v == Verdict::Drop(DropReason::EndedConnection)));
     assert!(sim.conn(late).pings_sent() - pings >= 6);
     assert!(dropped >= 6);
-    assert_eq!(sim.conn(late).answers().len(), answers, "nothing got through");
+    assert_eq!(
+        sim.conn(late).answers().len(),
+        answers,
+        "nothing got through"
+    );
     // Neither backend saw any of them: not the ended connection's (its session is
     // gone), not the live session's (nothing of another connection reached it).
     assert_eq!(server_stats(&sim, late).datagrams, late_backend.datagrams);

@@ -108,8 +108,8 @@ pub(super) mod tests {
 
     use super::*;
     use crate::ids::BackendAddr;
-    use crate::relay::RelayConfig;
     use crate::ids::PathId;
+    use crate::relay::RelayConfig;
     use crate::session::{Path, Session, Traffic};
     use crate::wire::Version;
 

@@ -46,9 +46,7 @@ impl Relay {
         if session.paths.len() >= max {
             return Verdict::Drop(DropReason::PathLimit);
         }
-        let backend = session
-            .backend
-            .expect("only routed sessions get new paths");
+        let backend = session.backend.expect("only routed sessions get new paths");
         let path = PathId(self.next_path);
         self.next_path += 1;
         session.paths.push(Path {
@@ -144,7 +142,8 @@ impl Relay {
         }
         self.paths.remove(&path);
         self.unindex_client(id, ended.client);
-        self.commands.push_back(Command::CloseUpstream { session: id, path });
+        self.commands
+            .push_back(Command::CloseUpstream { session: id, path });
         self.notifications.push_back(Notification::PathClosed {
             session: id,
             path,
@@ -383,7 +382,10 @@ mod tests {
         }
         assert_eq!(drain(&mut relay), (vec![], vec![]));
         let info = relay.session(SessionId(2), now).unwrap();
-        assert_eq!((info.paths.len(), info.client), (1, addr("198.51.100.1:1001")));
+        assert_eq!(
+            (info.paths.len(), info.client),
+            (1, addr("198.51.100.1:1001"))
+        );
         assert_eq!(info.to_backend.datagrams, 0);
         // Remembered for an idle timeout, then forgotten.
         relay.handle_timeout(now + relay.config().idle_timeout);
