@@ -165,9 +165,13 @@ pub use assembler::{
 };
 pub use client_hello::{ClientHelloError, ClientHelloInfo};
 pub use ids::{AllocationId, BackendAddr, ClientAddr, PathId, SessionId};
+/// The QUIC-LB connection-ID codec the relay decodes server IDs with (the crate
+/// `porter-quic-lb`), for building [`QuicLbRouting`].
+pub use porter_quic_lb as quic_lb;
 pub use relay::{
     AllocationCounters, AllocationFailure, Command, CompleteAllocationError, DropReason,
-    Notification, RefusalMode, RefuseReason, Relay, RelayConfig, RelayStats, SessionPage, Verdict,
+    Notification, QuicLbCounters, QuicLbMiss, QuicLbRouting, RefusalMode, RefuseReason, Relay,
+    RelayConfig, RelayStats, SessionPage, Verdict,
 };
 pub use routes::{Resolved, Route, RouteError, RouteName, RouteNameError, RouteTable, RouteTarget};
 pub use session::{CloseReason, PathInfo, SessionInfo, SessionState, Traffic};

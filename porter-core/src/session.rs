@@ -126,6 +126,9 @@ pub(crate) struct Session {
     pub(crate) to_client: Traffic,
     /// Client paths, oldest first; empty until routed, never empty after.
     pub(crate) paths: Vec<Path>,
+    /// Whether its backend is known to have this connection: always, except for a
+    /// session adopted by its CID's server ID until the backend first answers.
+    pub(crate) confirmed: bool,
 }
 
 /// One client path: the connection as seen from one client address, carried on its own

@@ -49,6 +49,7 @@ impl Relay {
         };
         session.last_activity = now;
         session.to_client.add(datagram.len());
+        session.confirmed = true;
         if wire::is_long_header(first) {
             for packet in Packets::new(datagram) {
                 match packet {

@@ -80,6 +80,11 @@ impl Relay {
             return self.client_to_session(now, from, id, datagram, Some(packet.ty));
         }
         if packet.ty != LongType::Initial {
+            // A Handshake or 0-RTT packet with a CID the relay never saw: routable only
+            // by the server ID in it.
+            if let Some(verdict) = self.route_by_server_id(now, from, packet.dcid, datagram) {
+                return verdict;
+            }
             return Verdict::Drop(DropReason::UnknownConnection);
         }
         if let Some(refused) = self.refused.get(&dcid).copied() {
@@ -199,6 +204,7 @@ impl Relay {
                 to_backend: Traffic::default(),
                 to_client: Traffic::default(),
                 paths: Vec::new(),
+                confirmed: true,
             },
         );
         self.cids.insert(dcid, id);

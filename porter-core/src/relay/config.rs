@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use super::quic_lb::QuicLbRouting;
 use crate::assembler::AssemblerConfig;
 
 /// What to do with connections that cannot be routed.
@@ -48,6 +49,9 @@ pub struct RelayConfig {
     pub refusal: RefusalMode,
     /// ClientHello limits.
     pub assembler: AssemblerConfig,
+    /// Server-ID routing (QUIC-LB): the backends' CID configurations and the backend of
+    /// each server ID. Default: none.
+    pub quic_lb: QuicLbRouting,
     /// Seed for the little randomness the relay needs (unused header bits, the Source
     /// CID of refusals). Drivers pass a random seed; tests a fixed one.
     pub seed: u64,
@@ -69,6 +73,7 @@ impl Default for RelayConfig {
             new_sessions_burst: 10_000,
             refusal: RefusalMode::Close,
             assembler: AssemblerConfig::default(),
+            quic_lb: QuicLbRouting::default(),
             seed: 0x5eed_0f5e_ed00,
         }
     }

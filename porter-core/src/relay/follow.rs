@@ -39,6 +39,11 @@ impl Relay {
         if self.of_ended_session(datagram) {
             return Verdict::Drop(DropReason::EndedConnection);
         }
+        // A CID that names its server (QUIC-LB) goes there, whatever the address.
+        let dcid = datagram.get(1..).unwrap_or_default();
+        if let Some(verdict) = self.route_by_server_id(now, from, dcid, datagram) {
+            return verdict;
+        }
         // Unknown DCID: see the module docs for when it is followed.
         let id = match self.established_at(from) {
             (1, id) => id,
@@ -147,9 +152,11 @@ pub(super) mod tests {
                 to_backend: Traffic::default(),
                 to_client: Traffic::default(),
                 paths: Vec::new(),
+                confirmed: true,
             },
         );
         relay.index_client(id, client);
+        relay.next_session = relay.next_session.max(id.0 + 1);
         if state == SessionState::Established {
             // The session's first path, numbered like the session.
             let path = PathId(id.0);

@@ -56,6 +56,9 @@ impl Relay {
                 continue;
             }
             match session.state {
+                SessionState::Established if !session.confirmed => {
+                    self.close(id, CloseReason::HandshakeTimeout, now);
+                }
                 SessionState::Established => self.close(id, CloseReason::IdleTimeout, now),
                 SessionState::AwaitingClientHello => {
                     self.close(id, CloseReason::HandshakeTimeout, now);
@@ -143,6 +146,9 @@ impl Relay {
     /// The session's next deadline: its own (handshake or idle), or that of a path.
     pub(super) fn deadline(&self, session: &Session) -> Instant {
         match session.state {
+            SessionState::Established if !session.confirmed => {
+                session.created + self.config.handshake_timeout
+            }
             SessionState::Established => {
                 let idle = session.last_activity + self.config.idle_timeout;
                 self.next_path_deadline(session.id)

@@ -5,7 +5,8 @@
 //! One file per concept: [`config`] (limits), [`output`] (everything the relay hands
 //! back), [`client`] and [`backend`] (the two directions of a datagram), [`follow`] (the
 //! rules that match a datagram with an unknown CID to a session), [`path`] (client paths,
-//! one upstream socket each, and the CIDs of ended sessions), [`refusal`] (refused
+//! one upstream socket each, and the CIDs of ended sessions), [`quic_lb`] (server-ID
+//! routing), [`refusal`] (refused
 //! connections, remembered), [`lifecycle`] (timers and closing), [`budget`] (token
 //! bucket, ID hashing) and [`stats`].
 
@@ -17,6 +18,7 @@ mod follow;
 mod lifecycle;
 mod output;
 mod path;
+mod quic_lb;
 mod refusal;
 mod stats;
 
@@ -30,6 +32,7 @@ pub use self::output::{
     AllocationFailure, Command, CompleteAllocationError, DropReason, Notification, RefuseReason,
     Verdict,
 };
+pub use self::quic_lb::{QuicLbCounters, QuicLbMiss, QuicLbRouting};
 pub use self::stats::{AllocationCounters, RelayStats};
 
 use self::budget::{IdMap, TokenBucket};

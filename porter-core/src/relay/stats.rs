@@ -1,6 +1,7 @@
 //! The relay's counters and gauges, as [`crate::Relay::stats`] reports them.
 
 use crate::relay::output::DropReason;
+use crate::relay::quic_lb::QuicLbCounters;
 use crate::session::Traffic;
 
 /// Counters of allocations by outcome.
@@ -56,6 +57,8 @@ pub struct RelayStats {
     pub to_client: Traffic,
     /// Allocations by outcome.
     pub allocations: AllocationCounters,
+    /// Server-ID (QUIC-LB) routing outcomes.
+    pub quic_lb: QuicLbCounters,
     /// Drops by reason, indexed like [`DropReason::ALL`].
     pub drops: Vec<u64>,
 }
