@@ -59,6 +59,10 @@ pub enum Kind {
     Section,
     /// The list of routes.
     Routes,
+    /// The list of QUIC-LB configurations.
+    QuicLbConfigs,
+    /// A mapping of QUIC-LB server IDs (hex) to backends (`ip:port`).
+    QuicLbServers,
 }
 
 /// What a key is when left out.
@@ -165,6 +169,12 @@ pub const ROOT: Section = Section {
             Kind::Routes,
             Value("[]"),
             "The routes known at start-up.",
+        ),
+        key(
+            "quic_lb",
+            Kind::QuicLbConfigs,
+            Value("[]"),
+            "Server-ID routing with QUIC-LB connection IDs.",
         ),
     ],
 };
@@ -491,8 +501,45 @@ pub const ROUTE: Section = Section {
     ],
 };
 
+/// The keys of one QUIC-LB configuration (list `quic_lb`).
+pub const QUIC_LB: Section = Section {
+    name: "quic_lb",
+    keys: &[
+        key(
+            "config_id",
+            Kind::Integer,
+            Required,
+            "The config ID in the CIDs' first octet (0-6).",
+        ),
+        key(
+            "server_id_len",
+            Kind::Integer,
+            Required,
+            "Octets of server ID in each CID.",
+        ),
+        key(
+            "nonce_len",
+            Kind::Integer,
+            Required,
+            "Octets of nonce in each CID (at least 4).",
+        ),
+        key(
+            "key",
+            Kind::String,
+            KeyDefault::None,
+            "16-octet AES key in hex; none: plaintext.",
+        ),
+        key(
+            "servers",
+            Kind::QuicLbServers,
+            Required,
+            "Server ID (hex) to backend (ip:port).",
+        ),
+    ],
+};
+
 /// Every section with keys of its own, in the order of `docs/configuration.md`.
-pub const SECTIONS: &[Section] = &[UDP, API, REDIS, AGONES, RELAY, LOG, ROUTE];
+pub const SECTIONS: &[Section] = &[UDP, API, REDIS, AGONES, RELAY, LOG, ROUTE, QUIC_LB];
 
 #[cfg(test)]
 mod tests {

@@ -302,7 +302,7 @@ fn unknown_key_at_top_level() {
     assert_eq!(
         e,
         "test.yaml:2:1: routs: unknown key `routs` (did you mean `routes`?); known keys at the \
-         top level: udp, api, redis, agones, relay, log, routes"
+         top level: udp, api, redis, agones, relay, log, routes, quic_lb"
     );
     // Line 1, column 1 too (serde_yaml prints no position there; we still give one).
     let e = errors("bogus: 1\n");
@@ -637,5 +637,45 @@ fn odd_input_never_panics() {
             let text = mutated.join("\n");
             let _ = parse(&text);
         }
+    }
+}
+
+#[test]
+fn quic_lb_configurations() {
+    let c = parse(
+        "quic_lb:\n\
+         \x20 - {config_id: 0, server_id_len: 2, nonce_len: 6, servers: {\"0a01\": \"127.0.0.1:4433\"}}\n\
+         \x20 - config_id: 2\n\
+         \x20   server_id_len: 2\n\
+         \x20   nonce_len: 14\n\
+         \x20   key: 8f95f09245765f80256934e50c66207f\n\
+         \x20   servers: {\"0001\": \"10.0.0.5:4433\", \"0002\": \"10.0.0.6:4433\"}\n",
+    )
+    .unwrap();
+    assert_eq!(c.quic_lb.len(), 2);
+    assert_eq!(c.quic_lb[0].config_id, 0);
+    assert_eq!(c.quic_lb[0].key, None);
+    assert_eq!(
+        c.quic_lb[0].servers,
+        vec![(vec![0x0a, 0x01], "127.0.0.1:4433".parse().unwrap())]
+    );
+    assert_eq!(c.quic_lb[1].key.map(|k| k[0]), Some(0x8f));
+    assert_eq!(c.quic_lb[1].servers.len(), 2);
+    assert!(parse("").unwrap().quic_lb.is_empty());
+}
+
+#[test]
+fn quic_lb_mistakes_name_the_key() {
+    for (text, needle) in [
+        ("quic_lb: [{config_id: 7, server_id_len: 2, nonce_len: 6, servers: {}}]", "quic_lb[0].config_id"),
+        ("quic_lb: [{config_id: 1, server_id_len: 2, nonce_len: 6, servers: {\"0a\": \"127.0.0.1:1\"}}]", "has 1 octets"),
+        ("quic_lb: [{config_id: 1, server_id_len: 2, nonce_len: 6, key: abcd, servers: {}}]", "16 octets"),
+        ("quic_lb: [{config_id: 1, server_id_len: 10, nonce_len: 10, servers: {}}]", "quic_lb[0].nonce_len"),
+        ("quic_lb: [{config_id: 1, server_id_len: 2, nonce_len: 6}]", "missing `servers`"),
+        ("quic_lb: [{config_id: 1, server_id_len: 2, nonce_len: 6, servers: {\"0a0b\": \"host:1\"}}]", "not an ip:port"),
+        ("quic_lb: [{config_id: 1, server_id_len: 2, nonce_len: 6, servers: {}}, {config_id: 1, server_id_len: 2, nonce_len: 6, servers: {}}]", "duplicate config ID 1"),
+    ] {
+        let e = errors(&format!("{text}\n"));
+        assert!(e.contains(needle), "{text}: {e}");
     }
 }

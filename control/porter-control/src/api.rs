@@ -554,6 +554,13 @@ impl Api {
             "connection_ids": stats.connection_ids,
             "paths": stats.paths,
             "paths_opened": stats.paths_opened,
+            "quic_lb": {
+                "routed": stats.quic_lb.routed,
+                "unroutable": stats.quic_lb.unroutable,
+                "unknown_config": stats.quic_lb.unknown_config,
+                "malformed": stats.quic_lb.malformed,
+                "unknown_server": stats.quic_lb.unknown_server,
+            },
             "buffered_bytes": stats.buffered_bytes,
             "routes": stats.routes,
             "sessions_opened": stats.sessions_opened,

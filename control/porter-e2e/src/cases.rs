@@ -293,6 +293,93 @@ pub async fn a_forged_datagram_is_not_amplified_and_the_transfer_continues(bin: 
     assert_eq!(porter.stats()["sessions_opened"], 1);
 }
 
+/// Issue 13, acceptance 1: two quinn backends issue QUIC-LB CIDs (porter-quic-lb's
+/// generator); a client of each, both on 127.0.0.1. Mid-transfer, one moves to a socket
+/// on 127.0.0.2 and, as quinn does on a move, to a new CID the relay never saw: the relay
+/// decodes the server ID in it, its transfer completes on its own backend, which sees the
+/// new address, and the other client's transfer is undisturbed. Once in plaintext, once
+/// with single-pass AES-128 CIDs.
+pub async fn quic_lb_keeps_a_client_that_changes_address_and_cid_on_its_backend(bin: Binary) {
+    use porter_quic_lb::{Config, Key, ServerId};
+
+    let key = [
+        0x8f, 0x95, 0xf0, 0x92, 0x45, 0x76, 0x5f, 0x80, 0x25, 0x69, 0x34, 0xe5, 0x0c, 0x66, 0x20,
+        0x7f,
+    ];
+    for (mode, lb, key_text) in [
+        (
+            "plaintext",
+            Config::new(1, 2, 6, None).unwrap(),
+            String::new(),
+        ),
+        (
+            "single-pass AES",
+            Config::new(2, 2, 14, Some(Key::new(key))).unwrap(),
+            format!(
+                ", key: {}",
+                key.iter().map(|b| format!("{b:02x}")).collect::<String>()
+            ),
+        ),
+    ] {
+        let pki = Pki::new();
+        let sid = |n: u8| ServerId::new(&[0, n]).unwrap();
+        let a = EchoServer::start_quic_lb("A", pki.server_config(&["a.test"]), lb.clone(), sid(1));
+        let b = EchoServer::start_quic_lb("B", pki.server_config(&["b.test"]), lb.clone(), sid(2));
+        let config = format!(
+            "quic_lb:\n  - {{config_id: {}, server_id_len: 2, nonce_len: {}{key_text}, \
+             servers: {{\"0001\": \"{}\", \"0002\": \"{}\"}}}}\nroutes:\n{}{}",
+            lb.id().value(),
+            lb.nonce_len(),
+            a.addr,
+            b.addr,
+            simple_route("a.test", a.addr),
+            simple_route("b.test", b.addr),
+        );
+        let porter = Porter::start(bin, &config);
+        let (mover, stayer) = (
+            client_endpoint(pki.client_config(None)),
+            client_endpoint(pki.client_config(None)),
+        );
+        let to_a = connect(&mover, porter.udp, "a.test").await.unwrap();
+        let to_b = connect(&stayer, porter.udp, "b.test").await.unwrap();
+        let before = echo(&to_a, WHO_AM_I).await;
+        assert_eq!(echo(&to_b, b"hello").await, "B:hello");
+
+        let data = payload(2 << 20);
+        let sent = to_a.stats().udp_tx.bytes;
+        let (moving, staying) = (transfer(&to_a, &data), transfer(&to_b, &data));
+        assert!(
+            eventually(Duration::from_secs(10), || to_a.stats().udp_tx.bytes
+                > sent + (256 << 10))
+            .await,
+            "{mode}: the transfer started"
+        );
+        mover
+            .rebind(std::net::UdpSocket::bind("127.0.0.2:0").unwrap())
+            .unwrap();
+        let moved = moving.await.expect("transfer task");
+        assert!(
+            moved.len() == data.len() + 2 && moved.starts_with("A:") && moved[2..] == data,
+            "{mode}: the moved client's transfer completes on its backend; log:\n{}",
+            porter.log()
+        );
+        let stayed = staying.await.expect("transfer task");
+        assert!(
+            stayed.starts_with("B:") && stayed[2..] == data,
+            "{mode}: the other client undisturbed"
+        );
+        let after = echo(&to_a, WHO_AM_I).await;
+        assert_ne!(before, after, "{mode}: backend A sees the new address");
+        assert!(after.starts_with("A:127.0.0.1:"), "{after}");
+        let stats = porter.stats();
+        assert!(
+            stats["quic_lb"]["routed"].as_u64() >= Some(1),
+            "{mode}: routed by server ID: {stats}"
+        );
+        assert_eq!(echo(&to_b, b"still").await, "B:still");
+    }
+}
+
 /// Acceptance 4: a server that always sends Retry works through the relay.
 pub async fn retry_server_works(bin: Binary) {
     let pki = Pki::new();

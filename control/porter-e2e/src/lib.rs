@@ -67,6 +67,7 @@ macro_rules! __with_cases {
                 migration_and_nat_rebinding_keep_the_backend,
                 the_backend_sees_each_move_as_a_new_address,
                 a_forged_datagram_is_not_amplified_and_the_transfer_continues,
+                quic_lb_keeps_a_client_that_changes_address_and_cid_on_its_backend,
                 retry_server_works,
                 unknown_sni_is_refused_fast,
                 many_connections_then_nothing_left,

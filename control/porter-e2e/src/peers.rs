@@ -101,6 +101,37 @@ impl EchoServer {
     /// first sent a Retry.
     pub fn start(name: &str, config: quinn::ServerConfig, retry: bool) -> Self {
         let endpoint = quinn::Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap();
+        Self::serve(name, endpoint, retry)
+    }
+
+    /// Starts a server named `name` whose CIDs are QUIC-LB CIDs of `lb` carrying
+    /// `server_id` (porter-quic-lb's generator for quinn), so a relay with the same
+    /// configuration routes them by content.
+    pub fn start_quic_lb(
+        name: &str,
+        config: quinn::ServerConfig,
+        lb: porter_quic_lb::Config,
+        server_id: porter_quic_lb::ServerId,
+    ) -> Self {
+        let mut endpoint_config = quinn::EndpointConfig::default();
+        endpoint_config.cid_generator(move || {
+            Box::new(
+                porter_quic_lb::QuicLbGenerator::new(lb.clone(), server_id)
+                    .expect("the server ID fits the configuration"),
+            )
+        });
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let endpoint = quinn::Endpoint::new(
+            endpoint_config,
+            Some(config),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .unwrap();
+        Self::serve(name, endpoint, false)
+    }
+
+    fn serve(name: &str, endpoint: quinn::Endpoint, retry: bool) -> Self {
         let addr = endpoint.local_addr().unwrap();
         let ep = endpoint.clone();
         let name = name.to_owned();
