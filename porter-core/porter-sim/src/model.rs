@@ -686,6 +686,22 @@ impl RelayModel {
                     ..
                 } => {
                     match cause {
+                        // Adopted by its CID's server ID (QUIC-LB): no ClientHello, the
+                        // backend of that server ID.
+                        Cause::Client(_)
+                            if sni.is_none()
+                                && self
+                                    .config
+                                    .quic_lb
+                                    .servers()
+                                    .iter()
+                                    .any(|(_, b)| b == backend)
+                                && self.relay.route_for(None).is_none_or(|r| {
+                                    !matches!(&r.target, RouteTarget::Simple(list) if list.contains(backend))
+                                }) =>
+                        {
+                            self.cover("quic_lb_adopted");
+                        }
                         Cause::Client(_) => {
                             let Some(route) = self.relay.route_for(sni.as_deref()) else {
                                 panic!("session opened for {sni:?} without a route");

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use porter_core::initial::LongPacketSpec;
 use porter_core::wire::{LongType, Version};
 use porter_core::{
-    AllocationFailure, AllocationId, AssemblerConfig, BackendAddr, ClientAddr, PathId, RelayConfig,
-    Route, RouteName, RouteTarget, SessionId,
+    AllocationFailure, AllocationId, AssemblerConfig, BackendAddr, ClientAddr, PathId,
+    QuicLbRouting, RelayConfig, Route, RouteName, RouteTarget, SessionId,
 };
 use porter_sim::{
     client_initial_flight, long_header_packet, retry_packet, short_header_packet, ClientHelloSpec,
@@ -52,6 +52,7 @@ fn config(idle_timeout: Duration) -> RelayConfig {
         max_cids_per_session: 3,
         max_paths_per_session: 2,
         path_idle_timeout: Duration::from_secs(1),
+        quic_lb: quic_lb_routing(),
         max_buffered_per_session: 3000,
         max_buffered_total: 6000,
         max_pending_allocations: 1,
@@ -63,6 +64,18 @@ fn config(idle_timeout: Duration) -> RelayConfig {
         },
         ..RelayConfig::default()
     }
+}
+
+/// Server-ID routing: plaintext CIDs of config ID 0 (an eighth of random CIDs) with a
+/// one-octet server ID, each naming one of the backends.
+fn quic_lb_routing() -> QuicLbRouting {
+    use porter_core::quic_lb::{Config, ServerId};
+    let mut routing = QuicLbRouting::new();
+    routing.insert_config(Config::new(0, 1, 4, None).unwrap());
+    for id in 0..=u8::MAX {
+        routing.insert_server(ServerId::new(&[id]).unwrap(), backend(usize::from(id)));
+    }
+    routing
 }
 
 /// One connection attempt of the pool: its original DCID and its Initial datagrams.
@@ -483,6 +496,7 @@ const MUST_COVER: &[&str] = &[
     "path_closed",
     "drop:path_limit",
     "drop:ended_connection",
+    "quic_lb_adopted",
     "allocate",
     "cancel_allocation",
     "allocated",

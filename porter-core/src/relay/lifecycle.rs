@@ -146,9 +146,11 @@ impl Relay {
     /// The session's next deadline: its own (handshake or idle), or that of a path.
     pub(super) fn deadline(&self, session: &Session) -> Instant {
         match session.state {
-            SessionState::Established if !session.confirmed => {
-                session.created + self.config.handshake_timeout
-            }
+            // Adopted by its CID's server ID and not answered yet: the handshake timeout
+            // bounds it, and the idle timeout too, when shorter.
+            SessionState::Established if !session.confirmed => (session.created
+                + self.config.handshake_timeout)
+                .min(session.last_activity + self.config.idle_timeout),
             SessionState::Established => {
                 let idle = session.last_activity + self.config.idle_timeout;
                 self.next_path_deadline(session.id)

@@ -226,8 +226,8 @@ impl Relay {
         self.cids.insert(cid, id);
         self.paths.insert(path, id);
         self.index_client(id, from);
-        self.timers
-            .push(Reverse((now + self.config.handshake_timeout, id)));
+        let deadline = now + self.config.handshake_timeout.min(self.config.idle_timeout);
+        self.timers.push(Reverse((deadline, id)));
         self.stats.sessions_opened += 1;
         self.stats.to_backend.add(datagram.len());
         self.notifications.push_back(Notification::SessionOpened {
