@@ -129,6 +129,8 @@ pub(crate) struct Session {
     /// Whether its backend is known to have this connection: always, except for a
     /// session adopted by its CID's server ID until the backend first answers.
     pub(crate) confirmed: bool,
+    /// The number of its next path.
+    pub(crate) next_path: u16,
 }
 
 /// One client path: the connection as seen from one client address, carried on its own
@@ -143,6 +145,13 @@ pub(crate) struct Path {
 }
 
 impl Session {
+    /// Numbers a new path of this session; `None` once 65 536 have been opened.
+    pub(crate) fn new_path_id(&mut self) -> Option<PathId> {
+        let seq = self.next_path;
+        self.next_path = seq.checked_add(1)?;
+        Some(PathId::new(self.id, seq))
+    }
+
     /// The path on which the client sent last (the newest on a tie): the one that never
     /// ends on the path timer.
     pub(crate) fn current_path(&self) -> Option<&Path> {

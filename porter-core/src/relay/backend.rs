@@ -23,9 +23,7 @@ impl Relay {
         // Only routed sessions have paths, so nothing comes from the backend of a session
         // not routed yet: forwarding it would hand the client bytes from nowhere, and
         // learning its CIDs would let them squat the session's table.
-        let Some(&id) = self.paths.get(&path) else {
-            return Verdict::Drop(DropReason::UnknownSession);
-        };
+        let id = path.session();
         let Some(session) = self
             .sessions
             .get_mut(&id)

@@ -205,6 +205,7 @@ impl Relay {
                 to_client: Traffic::default(),
                 paths: Vec::new(),
                 confirmed: true,
+                next_path: 0,
             },
         );
         self.cids.insert(dcid, id);

@@ -113,7 +113,6 @@ pub(super) mod tests {
 
     use super::*;
     use crate::ids::BackendAddr;
-    use crate::ids::PathId;
     use crate::relay::RelayConfig;
     use crate::session::{Path, Session, Traffic};
     use crate::wire::Version;
@@ -153,20 +152,21 @@ pub(super) mod tests {
                 to_client: Traffic::default(),
                 paths: Vec::new(),
                 confirmed: true,
+                next_path: 0,
             },
         );
         relay.index_client(id, client);
         relay.next_session = relay.next_session.max(id.0 + 1);
         if state == SessionState::Established {
-            // The session's first path, numbered like the session.
-            let path = PathId(id.0);
-            relay.sessions.get_mut(&id).unwrap().paths.push(Path {
+            // The session's first path.
+            let session = relay.sessions.get_mut(&id).unwrap();
+            let path = session.new_path_id().unwrap();
+            session.paths.push(Path {
                 id: path,
                 client,
                 last_client: now,
             });
-            relay.paths.insert(path, id);
-            relay.next_path = relay.next_path.max(id.0 + 1);
+            relay.path_count += 1;
         }
     }
 

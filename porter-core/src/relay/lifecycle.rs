@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use super::output::{Command, Notification, RefuseReason};
 use super::Relay;
-use crate::ids::{BackendAddr, ClientAddr, PathId, SessionId};
+use crate::ids::{BackendAddr, ClientAddr, SessionId};
 use crate::session::{CloseReason, Path, Session, SessionState};
 
 impl Relay {
@@ -79,14 +79,17 @@ impl Relay {
             return;
         };
         let pending = self.pending.remove(&id);
-        let path = PathId(self.next_path);
-        self.next_path += 1;
+        let path = session
+            .new_path_id()
+            .expect("a session's first path has a number");
+        // Most sessions keep one path: reserve for one, not Vec's default four.
+        session.paths.reserve_exact(1);
         session.paths.push(Path {
             id: path,
             client: session.client,
             last_client: now,
         });
-        self.paths.insert(path, id);
+        self.path_count += 1;
         session.state = SessionState::Established;
         session.backend = Some(backend);
         session.last_activity = now;
@@ -174,8 +177,8 @@ impl Relay {
         }
         for path in &session.paths {
             self.unindex_client(id, path.client);
-            self.paths.remove(&path.id);
         }
+        self.path_count -= session.paths.len();
         if session.state == SessionState::Established {
             self.remember_ended(now, id, &session.cids);
         }

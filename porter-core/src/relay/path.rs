@@ -47,8 +47,9 @@ impl Relay {
             return Verdict::Drop(DropReason::PathLimit);
         }
         let backend = session.backend.expect("only routed sessions get new paths");
-        let path = PathId(self.next_path);
-        self.next_path += 1;
+        let Some(path) = session.new_path_id() else {
+            return Verdict::Drop(DropReason::PathLimit);
+        };
         session.paths.push(Path {
             id: path,
             client,
@@ -59,7 +60,7 @@ impl Relay {
         session.to_backend.add(datagram.len());
         self.stats.to_backend.add(datagram.len());
         self.stats.paths_opened += 1;
-        self.paths.insert(path, id);
+        self.path_count += 1;
         self.index_client(id, client);
         // The path that was current is now an older one: its timer runs.
         if let Some(at) = self.next_path_deadline(id) {
@@ -84,10 +85,14 @@ impl Relay {
     /// the embedder wants it gone. A session's only path ends with the session (as
     /// [`Self::close_session`]). `false` if there is no such path.
     pub fn close_path(&mut self, now: Instant, path: PathId) -> bool {
-        let Some(&id) = self.paths.get(&path) else {
+        let id = path.session();
+        let Some(session) = self.sessions.get(&id) else {
             return false;
         };
-        let only = self.sessions.get(&id).is_none_or(|s| s.paths.len() <= 1);
+        if !session.paths.iter().any(|p| p.id == path) {
+            return false;
+        }
+        let only = session.paths.len() <= 1;
         if only {
             self.close(id, CloseReason::Closed, now);
         } else {
@@ -140,7 +145,7 @@ impl Relay {
         if let Some(current) = session.current_path() {
             session.client = current.client;
         }
-        self.paths.remove(&path);
+        self.path_count -= 1;
         self.unindex_client(id, ended.client);
         self.commands
             .push_back(Command::CloseUpstream { session: id, path });
@@ -236,7 +241,7 @@ mod tests {
             commands,
             [Command::OpenUpstream {
                 session: SessionId(1),
-                path: PathId(2),
+                path: PathId::new(SessionId(1), 1),
                 client: moved,
                 backend: backend(),
                 datagrams: vec![Bytes::from(datagram.clone())],
@@ -246,7 +251,7 @@ mod tests {
             notes,
             [Notification::PathOpened {
                 session: SessionId(1),
-                path: PathId(2),
+                path: PathId::new(SessionId(1), 1),
                 client: moved,
             }]
         );
@@ -255,15 +260,15 @@ mod tests {
             relay.handle_client_datagram(now, moved, &datagram),
             Verdict::ToBackend {
                 session: SessionId(1),
-                path: PathId(2),
+                path: PathId::new(SessionId(1), 1),
                 backend: backend(),
             }
         );
         // Each path's backend datagrams go to that path's client, and no other.
         let reply = [0x40u8; 30];
-        for (path, client) in [(1, "198.51.100.1:1000"), (2, "203.0.113.5:4000")] {
+        for (path, client) in [(0, "198.51.100.1:1000"), (1, "203.0.113.5:4000")] {
             assert_eq!(
-                relay.handle_backend_datagram(now, PathId(path), &reply),
+                relay.handle_backend_datagram(now, PathId::new(SessionId(1), path), &reply),
                 Verdict::ToClient {
                     session: SessionId(1),
                     client: addr(client),
@@ -272,7 +277,7 @@ mod tests {
         }
         let info = relay.session(SessionId(1), now).unwrap();
         assert_eq!((info.paths.len(), info.client), (2, moved));
-        assert_eq!(info.paths[1].id, PathId(2));
+        assert_eq!(info.paths[1].id, PathId::new(SessionId(1), 1));
         let stats = relay.stats();
         assert_eq!((stats.paths, stats.paths_opened), (2, 1));
     }
@@ -315,20 +320,21 @@ mod tests {
             commands,
             [Command::CloseUpstream {
                 session: SessionId(1),
-                path: PathId(1),
+                path: PathId::new(SessionId(1), 0),
             }]
         );
         assert_eq!(
             notes,
             [Notification::PathClosed {
                 session: SessionId(1),
-                path: PathId(1),
+                path: PathId::new(SessionId(1), 0),
                 client: addr("198.51.100.1:1000"),
             }]
         );
         assert_eq!(relay.session(SessionId(1), t0).unwrap().paths.len(), 1);
         // The old path's socket is gone: what might still arrive on it is dropped.
-        let v = relay.handle_backend_datagram(t0 + timeout, PathId(1), &[0x40; 30]);
+        let v =
+            relay.handle_backend_datagram(t0 + timeout, PathId::new(SessionId(1), 0), &[0x40; 30]);
         assert_eq!(v, Verdict::Drop(DropReason::UnknownSession));
         // The current path never ends on the path timer: only the session's idle timeout
         // ends it, with its last socket.
@@ -339,7 +345,7 @@ mod tests {
             commands,
             [Command::CloseUpstream {
                 session: SessionId(1),
-                path: PathId(2),
+                path: PathId::new(SessionId(1), 1),
             }]
         );
         assert_eq!((relay.session_count(), relay.stats().paths), (0, 0));
@@ -357,7 +363,7 @@ mod tests {
         assert!(matches!(v, Verdict::Held { .. }));
         // The first path still answers to its own address.
         assert_eq!(
-            relay.handle_backend_datagram(now, PathId(1), &[0x40; 30]),
+            relay.handle_backend_datagram(now, PathId::new(SessionId(1), 0), &[0x40; 30]),
             Verdict::ToClient {
                 session: SessionId(1),
                 client: addr("198.51.100.1:1000"),
@@ -399,10 +405,32 @@ mod tests {
         routed(&mut relay, 1, "198.51.100.1:1000");
         let _ = relay.handle_client_datagram(now, addr("203.0.113.5:4000"), &short(1));
         drain(&mut relay);
-        assert!(relay.close_path(now, PathId(2)));
+        assert!(relay.close_path(now, PathId::new(SessionId(1), 1)));
         assert_eq!(relay.session(SessionId(1), now).unwrap().paths.len(), 1);
-        assert!(!relay.close_path(now, PathId(2)), "already closed");
-        assert!(relay.close_path(now, PathId(1)));
+        assert!(
+            !relay.close_path(now, PathId::new(SessionId(1), 1)),
+            "already closed"
+        );
+        assert!(relay.close_path(now, PathId::new(SessionId(1), 0)));
         assert_eq!(relay.session_count(), 0);
+    }
+
+    #[test]
+    fn a_path_id_names_its_session_and_numbers_run_out_safely() {
+        let path = PathId::new(SessionId(7), 3);
+        assert_eq!((path.session(), path.seq()), (SessionId(7), 3));
+        assert_eq!(path.to_string(), "s7/p3");
+        let mut relay = Relay::new(RelayConfig::default());
+        let now = Instant::now();
+        routed(&mut relay, 1, "198.51.100.1:1000");
+        relay.sessions.get_mut(&SessionId(1)).unwrap().next_path = u16::MAX;
+        let v = relay.handle_client_datagram(now, addr("203.0.113.5:1"), &short(1));
+        assert_eq!(v, Verdict::Drop(DropReason::PathLimit));
+        // A path ID of no session, or of a path the session does not have, is unknown.
+        for path in [PathId::new(SessionId(9), 0), PathId::new(SessionId(1), 5)] {
+            let v = relay.handle_backend_datagram(now, path, &[0x40; 30]);
+            assert_eq!(v, Verdict::Drop(DropReason::UnknownSession));
+            assert!(!relay.close_path(now, path));
+        }
     }
 }

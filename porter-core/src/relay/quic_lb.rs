@@ -193,8 +193,7 @@ impl Relay {
         }
         let id = SessionId(self.next_session);
         self.next_session += 1;
-        let path = PathId(self.next_path);
-        self.next_path += 1;
+        let path = PathId::new(id, 0);
         let mut to_backend = Traffic::default();
         to_backend.add(datagram.len());
         self.sessions.insert(
@@ -221,10 +220,11 @@ impl Relay {
                     last_client: now,
                 }],
                 confirmed: false,
+                next_path: 1,
             },
         );
         self.cids.insert(cid, id);
-        self.paths.insert(path, id);
+        self.path_count += 1;
         self.index_client(id, from);
         let deadline = now + self.config.handshake_timeout.min(self.config.idle_timeout);
         self.timers.push(Reverse((deadline, id)));
