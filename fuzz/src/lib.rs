@@ -29,6 +29,8 @@
 //! - [`relay`]: the [`porter_core::Relay`] state machine driven by a sequence of operations,
 //!   with its bounds, timers, verdicts, commands and notifications checked against a
 //!   model after every step.
+//! - [`quic_lb`]: the QUIC-LB decoder the relay routes unknown CIDs with, on arbitrary
+//!   CIDs, and the round trip of its encoding in all three modes.
 //!
 //! Inputs whose first byte is even are "raw": the rest is a list of datagrams, each a
 //! 2-byte big-endian length and its bytes (see [`join_datagrams`]). Real captures are
@@ -38,11 +40,13 @@
 mod client_hello;
 mod datagram;
 mod initial;
+mod quic_lb;
 mod relay;
 
 pub use client_hello::client_hello;
 pub use datagram::datagram;
 pub use initial::initial;
+pub use quic_lb::quic_lb;
 pub use relay::relay;
 
 /// A fuzz target: takes any bytes, panics when porter-core breaks an invariant.
@@ -54,6 +58,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("initial", initial),
     ("client_hello", client_hello),
     ("relay", relay),
+    ("quic_lb", quic_lb),
 ];
 
 /// First byte of a raw-mode input (any even byte selects raw mode).

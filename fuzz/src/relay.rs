@@ -11,8 +11,8 @@ use arbitrary::{Arbitrary, Unstructured};
 use porter_core::initial::{seal_long_packet, Keys, Side};
 use porter_core::wire::{write_varint, LongType, Version, MIN_INITIAL_DATAGRAM};
 use porter_core::{
-    AllocationFailure, AllocationId, AssemblerConfig, BackendAddr, ClientAddr, RefusalMode,
-    RelayConfig, Route, RouteName, RouteTarget, SessionId,
+    AllocationFailure, AllocationId, AssemblerConfig, BackendAddr, ClientAddr, PathId,
+    QuicLbRouting, RefusalMode, RelayConfig, Route, RouteName, RouteTarget, SessionId,
 };
 use porter_sim::{
     initial_spec, seal_padded, write_crypto, DescribedHello, ModelOp, RelayModel, SNI_POOL,
@@ -163,6 +163,17 @@ impl Setup {
             handshake_timeout: Duration::from_millis(1 + u64::from(self.handshake_ms)),
             max_sessions: 1 + usize::from(self.max_sessions % 8),
             max_cids_per_session: 1 + usize::from(self.max_cids % 4),
+            // Derived from bytes already read, so that the corpus keeps its meaning.
+            max_paths_per_session: 1 + usize::from(self.max_sessions / 8 % 4),
+            path_idle_timeout: Duration::from_millis(1 + u64::from(self.handshake_ms)),
+            // Server-ID routing for half the inputs: plaintext CIDs with config ID 0 and
+            // a one-octet server ID 0, 1 or 2 (a backend each), which short headers with
+            // arbitrary CIDs reach.
+            quic_lb: if self.burst >= 0x80 {
+                quic_lb_routing()
+            } else {
+                QuicLbRouting::default()
+            },
             max_buffered_per_session: pick(&[0, 1200, 2600, 5000, 64 * 1024], self.per_session),
             max_buffered_total: pick(&[0, 1250, 4000, 12_000, 64 << 20], self.total),
             max_pending_allocations: usize::from(self.max_allocations % 4),
@@ -335,6 +346,13 @@ impl Harness {
     }
 
     /// A session of those seen, or one that never existed.
+    /// A path the relay opened, or (one value in `seen + 1`) one it never did.
+    fn path_ref(&self, i: u8) -> PathId {
+        let seen = self.model.paths_seen();
+        let i = usize::from(i) % (seen.len() + 1);
+        seen.get(i).copied().unwrap_or(PathId(u64::MAX))
+    }
+
     fn session_ref(&self, i: u8) -> SessionId {
         let seen = self.model.seen();
         let i = usize::from(i) % (seen.len() + 1);
@@ -465,12 +483,12 @@ impl Harness {
                     }
                 }
                 ModelOp::Backend {
-                    session: self.session_ref(*session),
+                    path: self.path_ref(*session),
                     datagram: d,
                 }
             }
             Op::BackendRaw { session, bytes } => ModelOp::Backend {
-                session: self.session_ref(*session),
+                path: self.path_ref(*session),
                 datagram: bytes.clone(),
             },
             Op::SetRoute(spec) => ModelOp::SetRoute(route(spec)),
@@ -515,4 +533,16 @@ fn client_op(client: u8, datagram: Vec<u8>) -> ModelOp {
         from: client_addr(client),
         datagram,
     }
+}
+
+/// Plaintext QUIC-LB CIDs, config ID 0, server IDs 0 to 2 for the three backends.
+fn quic_lb_routing() -> QuicLbRouting {
+    use porter_core::quic_lb::{Config, ServerId};
+    let mut routing = QuicLbRouting::new();
+    routing.insert_config(Config::new(0, 1, 4, None).expect("a valid configuration"));
+    for i in 0..BACKENDS.len() as u8 {
+        let id = ServerId::new(&[i]).expect("one octet");
+        routing.insert_server(id, backend_addr(i));
+    }
+    routing
 }

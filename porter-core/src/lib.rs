@@ -18,19 +18,25 @@
 //!   forward it ([`Verdict::ToBackend`], [`Verdict::ToClient`]), the relay keeps it
 //!   ([`Verdict::Held`]) or answered it ([`Verdict::Answered`]), or drop it;
 //! - [`Command`]s, side effects for the I/O layer, drained with [`Relay::poll_command`]:
-//!   [`Command::OpenUpstream`] (open a session's upstream socket and send the datagrams
-//!   held for it), [`Command::Transmit`] (send bytes the relay made to a client),
-//!   [`Command::Allocate`] / [`Command::CancelAllocation`], [`Command::CloseUpstream`];
+//!   [`Command::OpenUpstream`] (open the upstream socket of a client path and send the
+//!   datagrams held for it), [`Command::Transmit`] (send bytes the relay made to a
+//!   client), [`Command::Allocate`] / [`Command::CancelAllocation`],
+//!   [`Command::CloseUpstream`] (close a path's socket);
 //! - [`Notification`]s, for logs, metrics and the control plane, drained with
 //!   [`Relay::poll_notification`]: a session opened or closed, a connection refused, a
-//!   client that changed address, a temporary route that expired.
+//!   path opened (a client that moved) or closed, a temporary route that expired.
 //!
 //! The rule: **after every input, act on the verdict, then drain the commands (in order)
 //! and the notifications until `None`, then re-arm the timer at [`Relay::poll_timeout`]**.
 //! When the timer fires, call [`Relay::handle_timeout`] (an early call is harmless) and
 //! drain again. A backend's datagrams come back through
-//! [`Relay::handle_backend_datagram`] with the session whose upstream socket received
+//! [`Relay::handle_backend_datagram`] with the [`PathId`] whose upstream socket received
 //! them; an allocator's answer through [`Relay::complete_allocation`].
+//!
+//! A session has one client path per client address, each with its own upstream socket
+//! (like a NAT): a client that moves gets a new path, so the backend sees the move as a
+//! new 4-tuple and validates it; a path's backend datagrams go to that path's address
+//! only, and a path the client left ends on its own timer.
 //!
 //! The loop below drives a relay with a real capture: the first flight of an aioquic 1.7
 //! client asking for `game2.example.com` (one Initial, then three retransmissions).
@@ -62,7 +68,7 @@
 //!
 //!     // 1. The verdict: what to do with this datagram.
 //!     match relay.handle_client_datagram(now, from, &bytes) {
-//!         Verdict::ToBackend { session, backend } => upstream.push((session, backend, bytes)),
+//!         Verdict::ToBackend { session, backend, .. } => upstream.push((session, backend, bytes)),
 //!         Verdict::ToClient { .. } => unreachable!("only backend datagrams go to clients"),
 //!         Verdict::Held { .. } | Verdict::Answered | Verdict::Drop(_) => {}
 //!     }
@@ -70,13 +76,14 @@
 //!     while let Some(command) = relay.poll_command() {
 //!         match command {
 //!             Command::OpenUpstream { session, backend, datagrams, .. } => {
-//!                 // Open the session's upstream socket to `backend`, then send these.
+//!                 // Open the upstream socket of the command's `path` to `backend`, then
+//!                 // send these on it.
 //!                 upstream.extend(datagrams.into_iter().map(|d| (session, backend, d.to_vec())));
 //!             }
 //!             Command::Transmit { to, datagram } => { /* send to `to` from the listener */ }
 //!             Command::Allocate { id, .. } => { /* ask Agones, then complete_allocation */ }
 //!             Command::CancelAllocation { id } => { /* stop asking */ }
-//!             Command::CloseUpstream { session } => { /* close its upstream socket */ }
+//!             Command::CloseUpstream { path: _, .. } => { /* close that path's socket */ }
 //!         }
 //!     }
 //!     // 3. The notifications.
@@ -158,14 +165,18 @@ pub use assembler::{
     client_hello_from_datagram, AssemblerConfig, InitialAssembler, InitialError, Progress,
 };
 pub use client_hello::{ClientHelloError, ClientHelloInfo};
-pub use ids::{AllocationId, BackendAddr, ClientAddr, SessionId};
+pub use ids::{AllocationId, BackendAddr, ClientAddr, PathId, SessionId};
+/// The QUIC-LB connection-ID codec the relay decodes server IDs with (the crate
+/// `porter-quic-lb`), for building [`QuicLbRouting`].
+pub use porter_quic_lb as quic_lb;
 pub use relay::{
     AllocationCounters, AllocationFailure, Command, CompleteAllocationError, DropReason,
-    Notification, RefusalMode, RefuseReason, Relay, RelayConfig, RelayStats, SessionPage, Verdict,
+    Notification, QuicLbCounters, QuicLbMiss, QuicLbRouting, RefusalMode, RefuseReason, Relay,
+    RelayConfig, RelayStats, SessionPage, Verdict,
 };
 pub use routes::{
     Balance, Policy, Resolved, Route, RouteError, RouteName, RouteNameError, RouteTable,
     RouteTarget,
 };
-pub use session::{CloseReason, SessionInfo, SessionState, Traffic};
+pub use session::{CloseReason, PathInfo, SessionInfo, SessionState, Traffic};
 pub use wire::{ConnectionId, Version};

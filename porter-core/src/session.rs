@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::assembler::InitialAssembler;
-use crate::ids::{AllocationId, BackendAddr, ClientAddr, SessionId};
+use crate::ids::{AllocationId, BackendAddr, ClientAddr, PathId, SessionId};
 use crate::wire::{ConnectionId, Version};
 
 /// Datagrams and bytes carried in one direction.
@@ -78,10 +78,13 @@ pub struct SessionInfo {
     pub sni: Option<Arc<str>>,
     /// The QUIC version of its Initial.
     pub version: Version,
-    /// The client's current address.
+    /// The client's current address: that of its most recently used path.
     pub client: ClientAddr,
     /// The backend, once routed.
     pub backend: Option<BackendAddr>,
+    /// Client paths open (each a client address with its own upstream socket), oldest
+    /// first; none until routed.
+    pub paths: Vec<PathInfo>,
     /// Its state.
     pub state: SessionState,
     /// Time since its first datagram.
@@ -92,6 +95,17 @@ pub struct SessionInfo {
     pub to_backend: Traffic,
     /// Backend to client.
     pub to_client: Traffic,
+}
+
+/// One client path of a session, in [`SessionInfo`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PathInfo {
+    /// Its ID (the key of its upstream socket).
+    pub id: PathId,
+    /// The client address it carries.
+    pub client: ClientAddr,
+    /// Time since its client's last datagram.
+    pub idle: Duration,
 }
 
 /// What the relay keeps per session. Kept small: the per-handshake state lives in
@@ -114,9 +128,41 @@ pub(crate) struct Session {
     pub(crate) last_activity: Instant,
     pub(crate) to_backend: Traffic,
     pub(crate) to_client: Traffic,
+    /// Client paths, oldest first; empty until routed, never empty after.
+    pub(crate) paths: Vec<Path>,
+    /// Whether its backend is known to have this connection: always, except for a
+    /// session adopted by its CID's server ID until the backend first answers.
+    pub(crate) confirmed: bool,
+    /// The number of its next path.
+    pub(crate) next_path: u16,
+}
+
+/// One client path: the connection as seen from one client address, carried on its own
+/// upstream socket so that the backend sees each client address as its own 4-tuple.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Path {
+    pub(crate) id: PathId,
+    pub(crate) client: ClientAddr,
+    /// The last datagram from this path's client (backend datagrams do not keep a path
+    /// alive: a path the client left must end).
+    pub(crate) last_client: Instant,
 }
 
 impl Session {
+    /// Numbers a new path of this session; `None` once 65 536 have been opened.
+    pub(crate) fn new_path_id(&mut self) -> Option<PathId> {
+        let seq = self.next_path;
+        self.next_path = seq.checked_add(1)?;
+        Some(PathId::new(self.id, seq))
+    }
+
+    /// The path on which the client sent last (the newest on a tie): the one that never
+    /// ends on the path timer.
+    pub(crate) fn current_path(&self) -> Option<&Path> {
+        // `max_by_key` keeps the last of equal maxima: the newest path.
+        self.paths.iter().max_by_key(|p| p.last_client)
+    }
+
     pub(crate) fn info(&self, now: Instant) -> SessionInfo {
         SessionInfo {
             id: self.id,
@@ -124,6 +170,15 @@ impl Session {
             version: self.version,
             client: self.client,
             backend: self.backend,
+            paths: self
+                .paths
+                .iter()
+                .map(|p| PathInfo {
+                    id: p.id,
+                    client: p.client,
+                    idle: now.saturating_duration_since(p.last_client),
+                })
+                .collect(),
             state: self.state,
             age: now.saturating_duration_since(self.created),
             idle: now.saturating_duration_since(self.last_activity),

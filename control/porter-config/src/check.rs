@@ -6,7 +6,7 @@
 //! API token, Agones credentials) run on what could be read.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -15,8 +15,8 @@ use crate::keys::{self, Key, KeyDefault};
 use crate::names::{check_dns_name, check_kubernetes_name, parse_route_name, RouteName};
 use crate::target::Target;
 use crate::types::{
-    AgonesConfig, ApiConfig, Config, HealthConfig, LogConfig, LogFormat, RedisConfig, Refusal,
-    RelayConfig, ReloadConfig, RemovedSessions, RouteKind, RouteSpec, Secret, UdpConfig,
+    AgonesConfig, ApiConfig, Config, HealthConfig, LogConfig, LogFormat, QuicLbSpec, RedisConfig,
+    Refusal, RelayConfig, ReloadConfig, RemovedSessions, RouteKind, RouteSpec, Secret, UdpConfig,
 };
 use crate::units::{format_byte_size, format_duration, parse_byte_size, parse_duration};
 use crate::yaml::{Node, Span, Value};
@@ -278,6 +278,7 @@ impl Checker<'_> {
         let reload = self.reload(&top);
         let health = self.health(&top);
         let routes = self.routes(&top, agones_enabled);
+        let quic_lb = self.quic_lb(&top);
         Config {
             health,
             udp,
@@ -288,6 +289,7 @@ impl Checker<'_> {
             log,
             reload,
             routes,
+            quic_lb,
             warnings: Vec::new(),
         }
     }
@@ -320,6 +322,90 @@ impl Checker<'_> {
             rise,
             fall,
         })
+    }
+
+    fn quic_lb(&mut self, top: &Section<'_>) -> Vec<QuicLbSpec> {
+        let Some(field) = top.value("quic_lb") else {
+            return Vec::new();
+        };
+        let Value::Seq(items) = &field.node.value else {
+            self.error(
+                "quic_lb",
+                field.span(),
+                format!(
+                    "expected a list of QUIC-LB configurations (- {{config_id: ..., server_id_len: ..., nonce_len: ..., servers: ...}}), found {}",
+                    field.node.value.describe()
+                ),
+            );
+            return Vec::new();
+        };
+        let mut specs: Vec<QuicLbSpec> = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let path = format!("quic_lb[{i}]");
+            let at = item.span.or(field.key_span);
+            let s = self.section(item, path, at, &keys::QUIC_LB);
+            for key in ["config_id", "server_id_len", "nonce_len", "servers"] {
+                if s.value(key).is_none() {
+                    self.error(s.path_of(key), s.span, format!("missing `{key}`"));
+                }
+            }
+            let config_id = self.get(&s, "config_id", |n| {
+                let id = integer_at_least(n, 0)?;
+                u8::try_from(id)
+                    .ok()
+                    .filter(|id| *id < 7)
+                    .ok_or_else(|| format!("{id} is not a config ID (0 to 6; 7 means unroutable)"))
+            });
+            let server_id_len = self.get(&s, "server_id_len", |n| integer_at_least(n, 1));
+            let nonce_len = self.get(&s, "nonce_len", |n| integer_at_least(n, 4));
+            let key = self.get(&s, "key", |n| {
+                let text = string(n)?;
+                let bytes = hex_bytes(&text)?;
+                <[u8; 16]>::try_from(bytes)
+                    .map_err(|b| format!("a key is 16 octets (32 hex digits), not {}", b.len()))
+            });
+            let servers = self.get(&s, "servers", quic_lb_servers);
+            let (Some(config_id), Some(server_id_len), Some(nonce_len), Some(servers)) =
+                (config_id, server_id_len, nonce_len, servers)
+            else {
+                continue;
+            };
+            let key_value = key.map(porter_core::quic_lb::Key::new);
+            if let Err(e) =
+                porter_core::quic_lb::Config::new(config_id, server_id_len, nonce_len, key_value)
+            {
+                self.error(s.path_of("nonce_len"), s.span, e.to_string());
+                continue;
+            }
+            if let Some((id, _)) = servers.iter().find(|(id, _)| id.len() != server_id_len) {
+                self.error(
+                    s.path_of("servers"),
+                    s.value("servers").and_then(|f| f.span()),
+                    format!(
+                        "server ID {} has {} octets, the configuration {server_id_len}",
+                        hex_text(id),
+                        id.len()
+                    ),
+                );
+                continue;
+            }
+            if specs.iter().any(|c| c.config_id == config_id) {
+                self.error(
+                    s.path_of("config_id"),
+                    s.value("config_id").and_then(|f| f.span()),
+                    format!("duplicate config ID {config_id}"),
+                );
+                continue;
+            }
+            specs.push(QuicLbSpec {
+                config_id,
+                server_id_len,
+                nonce_len,
+                key,
+                servers,
+            });
+        }
+        specs
     }
 
     fn log(&mut self, top: &Section<'_>) -> LogConfig {
@@ -634,6 +720,9 @@ impl Checker<'_> {
         let max_sessions = self.read(&s, "max_sessions", |n| integer_at_least(n, 1));
         let max_cids_per_session =
             self.read(&s, "max_cids_per_session", |n| integer_at_least(n, 1));
+        let max_paths_per_session =
+            self.read(&s, "max_paths_per_session", |n| integer_at_least(n, 1));
+        let path_idle_timeout = self.read(&s, "path_idle_timeout", duration_positive);
         // One Initial datagram is at least 1200 bytes (RFC 9000 §14.1).
         let per_connection = self.read(&s, "max_buffered_bytes_per_connection", |n| {
             byte_size_at_least(n, 1200)
@@ -700,6 +789,8 @@ impl Checker<'_> {
             handshake_timeout,
             max_sessions,
             max_cids_per_session,
+            max_paths_per_session,
+            path_idle_timeout,
             max_buffered_bytes_per_connection: per_connection,
             max_buffered_bytes_total: total,
             max_pending_allocations,
@@ -1031,6 +1122,45 @@ fn weights(n: &Node, count: usize) -> Result<Vec<u32>, String> {
         .collect()
 }
 
+/// `{"0a0b": "10.0.0.5:4433", ...}`: server IDs in hex, backends as `ip:port`.
+fn quic_lb_servers(n: &Node) -> Result<Vec<(Vec<u8>, SocketAddr)>, String> {
+    let Value::Map(entries) = &n.value else {
+        return Err(format!(
+            "expected a mapping of server IDs (hex) to backends (ip:port), found {}",
+            n.value.describe()
+        ));
+    };
+    let mut servers: Vec<(Vec<u8>, SocketAddr)> = Vec::new();
+    for (key, value) in entries {
+        let id = hex_bytes(&string(key)?)?;
+        let text = string(value)?;
+        let backend: SocketAddr = text
+            .parse()
+            .map_err(|_| format!("`{text}` is not an ip:port backend address"))?;
+        if servers.iter().any(|(s, _)| *s == id) {
+            return Err(format!("server ID {} listed twice", hex_text(&id)));
+        }
+        servers.push((id, backend));
+    }
+    Ok(servers)
+}
+
+fn hex_bytes(text: &str) -> Result<Vec<u8>, String> {
+    let digits = text.trim_start_matches("0x");
+    if digits.is_empty() || !digits.len().is_multiple_of(2) || !digits.bytes().all(|b| b.is_ascii_hexdigit())
+    {
+        return Err(format!("`{text}` is not an even number of hex digits"));
+    }
+    Ok((0..digits.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&digits[i..i + 2], 16).expect("hex digits checked above"))
+        .collect())
+}
+
+fn hex_text(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn boolean(n: &Node) -> Result<bool, String> {
     match n.value {
         Value::Bool(b) => Ok(b),
@@ -1226,7 +1356,7 @@ fn ip_address(n: &Node) -> Result<IpAddr, String> {
         .and_then(|t| t.strip_suffix(']'))
         .unwrap_or(text);
     inner.parse().map_err(|_| {
-        let hint = if text.contains(':') && text.parse::<std::net::SocketAddr>().is_ok() {
+        let hint = if text.contains(':') && text.parse::<SocketAddr>().is_ok() {
             " (give the port in `port`, not here)"
         } else {
             ""

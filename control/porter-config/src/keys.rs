@@ -63,6 +63,10 @@ pub enum Kind {
     Section,
     /// The list of routes.
     Routes,
+    /// The list of QUIC-LB configurations.
+    QuicLbConfigs,
+    /// A mapping of QUIC-LB server IDs (hex) to backends (`ip:port`).
+    QuicLbServers,
 }
 
 /// What a key is when left out.
@@ -181,6 +185,12 @@ pub const ROOT: Section = Section {
             Kind::Routes,
             Value("[]"),
             "The routes known at start-up.",
+        ),
+        key(
+            "quic_lb",
+            Kind::QuicLbConfigs,
+            Value("[]"),
+            "Server-ID routing with QUIC-LB connection IDs.",
         ),
     ],
 };
@@ -436,6 +446,18 @@ pub const RELAY: Section = Section {
             "Connection IDs per session.",
         ),
         key(
+            "max_paths_per_session",
+            Kind::Integer,
+            Value("4"),
+            "Client paths (addresses) per session.",
+        ),
+        key(
+            "path_idle_timeout",
+            Kind::Duration,
+            Value("5s"),
+            "A path the client left ends after this.",
+        ),
+        key(
             "max_buffered_bytes_per_connection",
             Kind::ByteSize,
             Value("64KiB"),
@@ -616,8 +638,47 @@ pub const HEALTH: Section = Section {
     ],
 };
 
+/// The keys of one QUIC-LB configuration (list `quic_lb`).
+pub const QUIC_LB: Section = Section {
+    name: "quic_lb",
+    keys: &[
+        key(
+            "config_id",
+            Kind::Integer,
+            Required,
+            "The config ID in the CIDs' first octet (0-6).",
+        ),
+        key(
+            "server_id_len",
+            Kind::Integer,
+            Required,
+            "Octets of server ID in each CID.",
+        ),
+        key(
+            "nonce_len",
+            Kind::Integer,
+            Required,
+            "Octets of nonce in each CID (at least 4).",
+        ),
+        key(
+            "key",
+            Kind::String,
+            KeyDefault::None,
+            "16-octet AES key in hex; none: plaintext.",
+        ),
+        key(
+            "servers",
+            Kind::QuicLbServers,
+            Required,
+            "Server ID (hex) to backend (ip:port).",
+        ),
+    ],
+};
+
 /// Every section with keys of its own, in the order of `docs/configuration.md`.
-pub const SECTIONS: &[Section] = &[UDP, API, REDIS, AGONES, RELAY, LOG, RELOAD, HEALTH, ROUTE];
+pub const SECTIONS: &[Section] = &[
+    UDP, API, REDIS, AGONES, RELAY, LOG, RELOAD, HEALTH, ROUTE, QUIC_LB,
+];
 
 #[cfg(test)]
 mod tests {

@@ -44,8 +44,8 @@ pub use self::names::{check_kubernetes_name, parse_route_name, RouteName};
 pub use self::route::{ResolveError, RouteText, RouteTextError, RouteType, TargetText};
 pub use self::target::{Host, Target};
 pub use self::types::{
-    AgonesConfig, ApiConfig, Config, HealthConfig, LogConfig, LogFormat, RedisConfig, Refusal,
-    RelayConfig, ReloadConfig, RemovedSessions, RouteKind, RouteSpec, Secret, UdpConfig,
+    AgonesConfig, ApiConfig, Config, HealthConfig, LogConfig, LogFormat, QuicLbSpec, RedisConfig,
+    Refusal, RelayConfig, ReloadConfig, RemovedSessions, RouteKind, RouteSpec, Secret, UdpConfig,
     DEFAULT_TOKEN_ENV,
 };
 pub use self::units::{parse_byte_size, parse_duration};

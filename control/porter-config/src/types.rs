@@ -33,9 +33,31 @@ pub struct Config {
     pub health: Option<HealthConfig>,
     /// The routes known at start-up, in file order (section `routes`).
     pub routes: Vec<RouteSpec>,
+    /// Server-ID routing: the QUIC-LB configurations the backends issue CIDs with
+    /// (section `quic_lb`), in file order.
+    pub quic_lb: Vec<QuicLbSpec>,
     /// Things that are allowed but probably not meant (an Agones route while Agones is
     /// disabled, certificate checks turned off). `porter check` prints them.
     pub warnings: Vec<Problem>,
+}
+
+/// One QUIC-LB configuration (an item of `quic_lb`): how the backends' CIDs carry a
+/// server ID, and the backend of each server ID. Checked: the lengths and the key make a
+/// valid configuration (draft-ietf-quic-load-balancers-21 §5), every server ID has the
+/// configured length, no config ID appears twice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct QuicLbSpec {
+    /// The config ID (the three config-rotation bits), 0 to 6.
+    pub config_id: u8,
+    /// Octets of server ID.
+    pub server_id_len: usize,
+    /// Octets of nonce.
+    pub nonce_len: usize,
+    /// The AES-128 key; `None`: plaintext CIDs.
+    pub key: Option<[u8; 16]>,
+    /// Server IDs and their backends.
+    pub servers: Vec<(Vec<u8>, SocketAddr)>,
 }
 
 /// Section `udp`: where clients reach the relay.
@@ -232,6 +254,11 @@ pub struct RelayConfig {
     pub max_sessions: usize,
     /// Connection IDs tracked per session.
     pub max_cids_per_session: usize,
+    /// Client paths (client addresses, each with its own upstream socket) per session.
+    pub max_paths_per_session: usize,
+    /// A path other than the one its client used last ends after this long without a
+    /// datagram from its client.
+    pub path_idle_timeout: Duration,
     /// Bytes held for one connection while its ClientHello or allocation is pending.
     pub max_buffered_bytes_per_connection: usize,
     /// Bytes held for all pending connections together.
@@ -259,6 +286,8 @@ impl Default for RelayConfig {
             handshake_timeout: Duration::from_secs(5),
             max_sessions: 100_000,
             max_cids_per_session: 8,
+            max_paths_per_session: 4,
+            path_idle_timeout: Duration::from_secs(5),
             max_buffered_bytes_per_connection: 64 << 10,
             max_buffered_bytes_total: 64 << 20,
             max_pending_allocations: 1024,

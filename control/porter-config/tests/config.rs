@@ -176,6 +176,8 @@ relay:
   handshake_timeout: 2s
   max_sessions: 10
   max_cids_per_session: 4
+  max_paths_per_session: 2
+  path_idle_timeout: 2s
   max_buffered_bytes_per_connection: 16KiB
   max_buffered_bytes_total: 1048576
   max_pending_allocations: 2
@@ -232,6 +234,8 @@ routes:
     assert_eq!(relay.handshake_timeout, Duration::from_secs(2));
     assert_eq!(relay.max_sessions, 10);
     assert_eq!(relay.max_cids_per_session, 4);
+    assert_eq!(relay.max_paths_per_session, 2);
+    assert_eq!(relay.path_idle_timeout, Duration::from_secs(2));
     assert_eq!(relay.max_buffered_bytes_per_connection, 16 << 10);
     assert_eq!(relay.max_buffered_bytes_total, 1 << 20);
     assert_eq!(relay.max_pending_allocations, 2);
@@ -278,6 +282,8 @@ fn defaults_of_an_empty_file() {
     assert_eq!(d.relay.handshake_timeout, Duration::from_secs(5));
     assert_eq!(d.relay.max_sessions, 100_000);
     assert_eq!(d.relay.max_cids_per_session, 8);
+    assert_eq!(d.relay.max_paths_per_session, 4);
+    assert_eq!(d.relay.path_idle_timeout, Duration::from_secs(5));
     assert_eq!(d.relay.max_buffered_bytes_per_connection, 64 << 10);
     assert_eq!(d.relay.max_buffered_bytes_total, 64 << 20);
     assert_eq!(d.relay.max_pending_allocations, 1024);
@@ -300,7 +306,7 @@ fn unknown_key_at_top_level() {
     assert_eq!(
         e,
         "test.yaml:2:1: routs: unknown key `routs` (did you mean `routes`?); known keys at the \
-         top level: udp, api, redis, agones, relay, log, reload, health, routes"
+         top level: udp, api, redis, agones, relay, log, reload, health, routes, quic_lb"
     );
     // Line 1, column 1 too (serde_yaml prints no position there; we still give one).
     let e = errors("bogus: 1\n");
@@ -709,4 +715,44 @@ fn durations_longer_than_thirty_days_are_errors() {
         "{e}"
     );
     assert!(parse("relay: {idle_timeout: 720h}\n").is_ok());
+}
+
+#[test]
+fn quic_lb_configurations() {
+    let c = parse(
+        "quic_lb:\n\
+         \x20 - {config_id: 0, server_id_len: 2, nonce_len: 6, servers: {\"0a01\": \"127.0.0.1:4433\"}}\n\
+         \x20 - config_id: 2\n\
+         \x20   server_id_len: 2\n\
+         \x20   nonce_len: 14\n\
+         \x20   key: 8f95f09245765f80256934e50c66207f\n\
+         \x20   servers: {\"0001\": \"10.0.0.5:4433\", \"0002\": \"10.0.0.6:4433\"}\n",
+    )
+    .unwrap();
+    assert_eq!(c.quic_lb.len(), 2);
+    assert_eq!(c.quic_lb[0].config_id, 0);
+    assert_eq!(c.quic_lb[0].key, None);
+    assert_eq!(
+        c.quic_lb[0].servers,
+        vec![(vec![0x0a, 0x01], "127.0.0.1:4433".parse().unwrap())]
+    );
+    assert_eq!(c.quic_lb[1].key.map(|k| k[0]), Some(0x8f));
+    assert_eq!(c.quic_lb[1].servers.len(), 2);
+    assert!(parse("").unwrap().quic_lb.is_empty());
+}
+
+#[test]
+fn quic_lb_mistakes_name_the_key() {
+    for (text, needle) in [
+        ("quic_lb: [{config_id: 7, server_id_len: 2, nonce_len: 6, servers: {}}]", "quic_lb[0].config_id"),
+        ("quic_lb: [{config_id: 1, server_id_len: 2, nonce_len: 6, servers: {\"0a\": \"127.0.0.1:1\"}}]", "has 1 octets"),
+        ("quic_lb: [{config_id: 1, server_id_len: 2, nonce_len: 6, key: abcd, servers: {}}]", "16 octets"),
+        ("quic_lb: [{config_id: 1, server_id_len: 10, nonce_len: 10, servers: {}}]", "quic_lb[0].nonce_len"),
+        ("quic_lb: [{config_id: 1, server_id_len: 2, nonce_len: 6}]", "missing `servers`"),
+        ("quic_lb: [{config_id: 1, server_id_len: 2, nonce_len: 6, servers: {\"0a0b\": \"host:1\"}}]", "not an ip:port"),
+        ("quic_lb: [{config_id: 1, server_id_len: 2, nonce_len: 6, servers: {}}, {config_id: 1, server_id_len: 2, nonce_len: 6, servers: {}}]", "duplicate config ID 1"),
+    ] {
+        let e = errors(&format!("{text}\n"));
+        assert!(e.contains(needle), "{text}: {e}");
+    }
 }

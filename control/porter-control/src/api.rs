@@ -711,6 +711,15 @@ impl Api {
             "upstream_sockets": gauges.upstream_sockets,
             "upstream_sockets_expected": upstreams,
             "connection_ids": stats.connection_ids,
+            "paths": stats.paths,
+            "paths_opened": stats.paths_opened,
+            "quic_lb": {
+                "routed": stats.quic_lb.routed,
+                "unroutable": stats.quic_lb.unroutable,
+                "unknown_config": stats.quic_lb.unknown_config,
+                "malformed": stats.quic_lb.malformed,
+                "unknown_server": stats.quic_lb.unknown_server,
+            },
             "buffered_bytes": stats.buffered_bytes,
             "routes": stats.routes,
             "sessions_opened": stats.sessions_opened,
@@ -804,6 +813,11 @@ fn session_json(s: &SessionInfo) -> serde_json::Value {
         "idle_seconds": s.idle.as_secs_f64(),
         "to_backend": {"datagrams": s.to_backend.datagrams, "bytes": s.to_backend.bytes},
         "to_client": {"datagrams": s.to_client.datagrams, "bytes": s.to_client.bytes},
+        "paths": s.paths.iter().map(|p| json!({
+            "id": p.id.to_string(),
+            "client": p.client.to_string(),
+            "idle_seconds": p.idle.as_secs_f64(),
+        })).collect::<Vec<_>>(),
     })
 }
 

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use porter_core::{AssemblerConfig, RefusalMode, Route};
+use porter_core::{AssemblerConfig, BackendAddr, QuicLbRouting, RefusalMode, Route};
 use porter_host::HostSettings;
 pub use porter_host::SetupError;
 
@@ -84,6 +84,8 @@ impl Settings {
             handshake_timeout: r.handshake_timeout,
             max_sessions: r.max_sessions,
             max_cids_per_session: r.max_cids_per_session,
+            max_paths_per_session: r.max_paths_per_session,
+            path_idle_timeout: r.path_idle_timeout,
             max_buffered_per_session: r.max_buffered_bytes_per_connection,
             max_buffered_total: r.max_buffered_bytes_total,
             max_pending_allocations: r.max_pending_allocations,
@@ -98,6 +100,7 @@ impl Settings {
                 max_client_hello_len: r.max_client_hello_bytes,
                 ..AssemblerConfig::default()
             },
+            quic_lb: quic_lb_routing(&config.quic_lb),
             seed: random_seed(),
         };
         let api = &config.api;
@@ -167,4 +170,26 @@ fn random_seed() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(std::process::id().into());
     h.finish()
+}
+
+/// The relay's server-ID routing from the `quic_lb` section (already checked by
+/// porter-config: every configuration and server ID is valid).
+fn quic_lb_routing(specs: &[config::QuicLbSpec]) -> QuicLbRouting {
+    use porter_core::quic_lb::{Config as LbConfig, Key, ServerId};
+    let mut routing = QuicLbRouting::new();
+    for spec in specs {
+        let lb = LbConfig::new(
+            spec.config_id,
+            spec.server_id_len,
+            spec.nonce_len,
+            spec.key.map(Key::new),
+        )
+        .expect("porter-config checked the QUIC-LB configuration");
+        routing.insert_config(lb);
+        for (id, backend) in &spec.servers {
+            let id = ServerId::new(id).expect("porter-config checked the server ID's length");
+            routing.insert_server(id, BackendAddr(*backend));
+        }
+    }
+    routing
 }

@@ -116,11 +116,268 @@ pub async fn migration_and_nat_rebinding_keep_the_backend(bin: Binary) {
         );
     }
     assert!(
-        porter.wait_log("client address changed", Duration::from_secs(2)),
+        porter.wait_log("client path opened", Duration::from_secs(2)),
         "log:\n{}",
         porter.log()
     );
     assert_eq!(porter.stats()["sessions_opened"], 2);
+}
+
+/// Waits (polling, up to `within`) until `cond` holds; whether it did.
+async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    true
+}
+
+/// A payload of `len` ASCII bytes (the echo answers in UTF-8).
+fn payload(len: usize) -> String {
+    (0..len)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect()
+}
+
+/// Starts an echo of `payload` on `conn` in a task; its answer comes from the handle.
+fn transfer(conn: &quinn::Connection, payload: &str) -> tokio::task::JoinHandle<String> {
+    let (conn, payload) = (conn.clone(), payload.to_owned());
+    tokio::spawn(async move { echo(&conn, payload.as_bytes()).await })
+}
+
+/// Issue 13, acceptance 4: each time the client moves (quinn's `rebind`, new port and new
+/// CID, mid-transfer), the backend sees the connection from a new remote address (a new
+/// path of the relay, with its own upstream socket) and validates it: the transfer
+/// completes, and the connection stays on the new path after the relay closed the old
+/// one (a path whose validation failed would have fallen back to it).
+pub async fn the_backend_sees_each_move_as_a_new_address(bin: Binary) {
+    let pki = Pki::new();
+    let a = EchoServer::start("A", pki.server_config(&["a.test"]), false);
+    let porter = Porter::start(
+        bin,
+        &format!(
+            "relay: {{path_idle_timeout: 1s}}\nroutes:\n{}",
+            simple_route("a.test", a.addr)
+        ),
+    );
+    let client = client_endpoint(pki.client_config(None));
+    let conn = connect(&client, porter.udp, "a.test").await.unwrap();
+    let remote = |reply: String| -> SocketAddr {
+        let addr = reply.strip_prefix("A:").expect("backend A answers");
+        addr.parse().expect("a socket address")
+    };
+    let mut seen = vec![remote(echo(&conn, WHO_AM_I).await)];
+    let data = payload(2 << 20);
+    for round in 1..=2 {
+        let sent = conn.stats().udp_tx.bytes;
+        let running = transfer(&conn, &data);
+        // Mid-transfer: some of it is out, most of it is not.
+        assert!(
+            eventually(Duration::from_secs(10), || conn.stats().udp_tx.bytes
+                > sent + (256 << 10))
+            .await,
+            "round {round}: the transfer started"
+        );
+        client
+            .rebind(std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+            .unwrap();
+        let echoed = running.await.expect("transfer task");
+        assert!(
+            echoed.len() == data.len() + 2 && echoed[2..] == data,
+            "round {round}: transfer intact"
+        );
+        let now = remote(echo(&conn, WHO_AM_I).await);
+        assert!(
+            !seen.contains(&now),
+            "round {round}: the backend sees the move as a new address ({now}, before {seen:?})"
+        );
+        seen.push(now);
+        assert_eq!(
+            porter.stats()["paths_opened"],
+            round,
+            "one new path per move"
+        );
+    }
+    // The relay closes the paths the client left; the connection is on the last one.
+    assert!(
+        eventually(Duration::from_secs(10), || porter.stats()["paths"] == 1).await,
+        "old paths end on their timer; log:\n{}",
+        porter.log()
+    );
+    assert!(porter.log().contains("client path closed"));
+    assert_eq!(echo(&conn, b"still here").await, "A:still here");
+    assert_eq!(
+        remote(echo(&conn, WHO_AM_I).await),
+        seen[2],
+        "validated: it stayed"
+    );
+    assert_eq!(porter.stats()["sessions_opened"], 1);
+}
+
+/// Issue 13, acceptance 3: a copy of a live connection's datagram, sent from another
+/// address mid-transfer, opens a path of its own; the backend answers on that path only
+/// within its anti-amplification limit, so the forging address gets at most 3× the bytes
+/// it sent, and the real client's transfer goes on, intact. (Before paths, one such
+/// datagram made the relay send tens of kilobytes of the transfer to the forger.)
+pub async fn a_forged_datagram_is_not_amplified_and_the_transfer_continues(bin: Binary) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let pki = Pki::new();
+    let a = EchoServer::start("A", pki.server_config(&["a.test"]), false);
+    let porter = Porter::start(bin, &format!("routes:\n{}", simple_route("a.test", a.addr)));
+    // The NAT lets the test copy what the client sends, as an on-path observer could.
+    let nat = Nat::start(porter.udp).await;
+    let client = client_endpoint(pki.client_config(None));
+    let conn = connect(&client, nat.inside, "a.test").await.unwrap();
+    assert_eq!(echo(&conn, b"hello").await, "A:hello");
+
+    let forger = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let received = Arc::new(AtomicUsize::new(0));
+    {
+        let (forger, received) = (forger.clone(), received.clone());
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 65536];
+            while let Ok((n, _)) = forger.recv_from(&mut buf).await {
+                received.fetch_add(n, Ordering::SeqCst);
+            }
+        });
+    }
+    let data = payload(4 << 20);
+    let rx = conn.stats().udp_rx.bytes;
+    let running = transfer(&conn, &data);
+    // Forge during the download half of the echo, while the client sends little more
+    // than acknowledgements: a relay that followed the forged address would send it the
+    // transfer until the client's next datagram.
+    let mut sent = 0;
+    for step in 1..=3u64 {
+        assert!(
+            eventually(Duration::from_secs(20), || conn.stats().udp_rx.bytes
+                > rx + step * (512 << 10))
+            .await,
+            "the download is under way"
+        );
+        let replay = nat
+            .last_short_header()
+            .expect("the client sent short headers");
+        sent += forger.send_to(&replay, porter.udp).await.unwrap();
+    }
+    let echoed = running.await.expect("transfer task");
+    assert!(
+        echoed.len() == data.len() + 2 && echoed[2..] == data,
+        "the transfer is intact"
+    );
+    // The forged datagrams reached the relay and opened a path (the same one each time).
+    assert!(
+        eventually(Duration::from_secs(5), || porter.stats()["paths_opened"]
+            == 1)
+        .await,
+        "{}",
+        porter.stats()
+    );
+    // More traffic on the real path, so the backend has had every chance to answer.
+    for i in 0..3 {
+        assert_eq!(
+            echo(&conn, format!("after{i}").as_bytes()).await,
+            format!("A:after{i}")
+        );
+    }
+    let got = received.load(Ordering::SeqCst);
+    assert!(
+        got <= 3 * sent,
+        "{got} bytes reached the forging address for {sent} sent"
+    );
+    assert_eq!(porter.stats()["sessions_opened"], 1);
+}
+
+/// Issue 13, acceptance 1: two quinn backends issue QUIC-LB CIDs (porter-quic-lb's
+/// generator); a client of each, both on 127.0.0.1. Mid-transfer, one moves to a socket
+/// on 127.0.0.2 and, as quinn does on a move, to a new CID the relay never saw: the relay
+/// decodes the server ID in it, its transfer completes on its own backend, which sees the
+/// new address, and the other client's transfer is undisturbed. Once in plaintext, once
+/// with single-pass AES-128 CIDs.
+pub async fn quic_lb_keeps_a_client_that_changes_address_and_cid_on_its_backend(bin: Binary) {
+    use porter_quic_lb::{Config, Key, ServerId};
+
+    let key = [
+        0x8f, 0x95, 0xf0, 0x92, 0x45, 0x76, 0x5f, 0x80, 0x25, 0x69, 0x34, 0xe5, 0x0c, 0x66, 0x20,
+        0x7f,
+    ];
+    for (mode, lb, key_text) in [
+        (
+            "plaintext",
+            Config::new(1, 2, 6, None).unwrap(),
+            String::new(),
+        ),
+        (
+            "single-pass AES",
+            Config::new(2, 2, 14, Some(Key::new(key))).unwrap(),
+            format!(
+                ", key: {}",
+                key.iter().map(|b| format!("{b:02x}")).collect::<String>()
+            ),
+        ),
+    ] {
+        let pki = Pki::new();
+        let sid = |n: u8| ServerId::new(&[0, n]).unwrap();
+        let a = EchoServer::start_quic_lb("A", pki.server_config(&["a.test"]), lb.clone(), sid(1));
+        let b = EchoServer::start_quic_lb("B", pki.server_config(&["b.test"]), lb.clone(), sid(2));
+        let config = format!(
+            "quic_lb:\n  - {{config_id: {}, server_id_len: 2, nonce_len: {}{key_text}, \
+             servers: {{\"0001\": \"{}\", \"0002\": \"{}\"}}}}\nroutes:\n{}{}",
+            lb.id().value(),
+            lb.nonce_len(),
+            a.addr,
+            b.addr,
+            simple_route("a.test", a.addr),
+            simple_route("b.test", b.addr),
+        );
+        let porter = Porter::start(bin, &config);
+        let (mover, stayer) = (
+            client_endpoint(pki.client_config(None)),
+            client_endpoint(pki.client_config(None)),
+        );
+        let to_a = connect(&mover, porter.udp, "a.test").await.unwrap();
+        let to_b = connect(&stayer, porter.udp, "b.test").await.unwrap();
+        let before = echo(&to_a, WHO_AM_I).await;
+        assert_eq!(echo(&to_b, b"hello").await, "B:hello");
+
+        let data = payload(2 << 20);
+        let sent = to_a.stats().udp_tx.bytes;
+        let (moving, staying) = (transfer(&to_a, &data), transfer(&to_b, &data));
+        assert!(
+            eventually(Duration::from_secs(10), || to_a.stats().udp_tx.bytes
+                > sent + (256 << 10))
+            .await,
+            "{mode}: the transfer started"
+        );
+        mover
+            .rebind(std::net::UdpSocket::bind("127.0.0.2:0").unwrap())
+            .unwrap();
+        let moved = moving.await.expect("transfer task");
+        assert!(
+            moved.len() == data.len() + 2 && moved.starts_with("A:") && moved[2..] == data,
+            "{mode}: the moved client's transfer completes on its backend; log:\n{}",
+            porter.log()
+        );
+        let stayed = staying.await.expect("transfer task");
+        assert!(
+            stayed.starts_with("B:") && stayed[2..] == data,
+            "{mode}: the other client undisturbed"
+        );
+        let after = echo(&to_a, WHO_AM_I).await;
+        assert_ne!(before, after, "{mode}: backend A sees the new address");
+        assert!(after.starts_with("A:127.0.0.1:"), "{after}");
+        let stats = porter.stats();
+        assert!(
+            stats["quic_lb"]["routed"].as_u64() >= Some(1),
+            "{mode}: routed by server ID: {stats}"
+        );
+        assert_eq!(echo(&to_b, b"still").await, "B:still");
+    }
 }
 
 /// Acceptance 4: a server that always sends Retry works through the relay.

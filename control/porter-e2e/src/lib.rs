@@ -18,7 +18,7 @@
 
 use std::future::Future;
 
-pub use peers::{client_endpoint, connect, echo, EchoServer, Nat, Pki, UdpSink, ALPN};
+pub use peers::{client_endpoint, connect, echo, EchoServer, Nat, Pki, UdpSink, ALPN, WHO_AM_I};
 pub use porter_test_support::Binary;
 
 #[doc(hidden)]
@@ -73,6 +73,9 @@ macro_rules! __with_cases {
                 routes_by_sni_exact_wildcard_and_default,
                 client_hello_spanning_two_initials,
                 migration_and_nat_rebinding_keep_the_backend,
+                the_backend_sees_each_move_as_a_new_address,
+                a_forged_datagram_is_not_amplified_and_the_transfer_continues,
+                quic_lb_keeps_a_client_that_changes_address_and_cid_on_its_backend,
                 retry_server_works,
                 unknown_sni_is_refused_fast,
                 many_connections_then_nothing_left,

@@ -10,6 +10,9 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::net::UdpSocket;
 
+/// The request [`EchoServer`] answers with the connection's remote address.
+pub const WHO_AM_I: &[u8] = b"?remote-address";
+
 /// ALPN the test servers speak.
 pub const ALPN: &[u8] = b"porter-test";
 
@@ -83,7 +86,10 @@ impl Pki {
     }
 }
 
-/// A QUIC echo server: answers each bidirectional stream with `"<name>:" + request`.
+/// A QUIC echo server: answers each bidirectional stream with `"<name>:" + request`, and
+/// the request [`WHO_AM_I`] with `"<name>:"` and the connection's remote address as the
+/// server sees it (quinn's `Connection::remote_address`, which follows a validated
+/// migration).
 pub struct EchoServer {
     /// Its address.
     pub addr: SocketAddr,
@@ -116,6 +122,37 @@ impl EchoServer {
                 Err(e) => panic!("cannot bind {addr}: {e}"),
             }
         };
+        Self::serve(name, endpoint, retry)
+    }
+
+    /// Starts a server named `name` whose CIDs are QUIC-LB CIDs of `lb` carrying
+    /// `server_id` (porter-quic-lb's generator for quinn), so a relay with the same
+    /// configuration routes them by content.
+    pub fn start_quic_lb(
+        name: &str,
+        config: quinn::ServerConfig,
+        lb: porter_quic_lb::Config,
+        server_id: porter_quic_lb::ServerId,
+    ) -> Self {
+        let mut endpoint_config = quinn::EndpointConfig::default();
+        endpoint_config.cid_generator(move || {
+            Box::new(
+                porter_quic_lb::QuicLbGenerator::new(lb.clone(), server_id)
+                    .expect("the server ID fits the configuration"),
+            )
+        });
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let endpoint = quinn::Endpoint::new(
+            endpoint_config,
+            Some(config),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .unwrap();
+        Self::serve(name, endpoint, false)
+    }
+
+    fn serve(name: &str, endpoint: quinn::Endpoint, retry: bool) -> Self {
         let addr = endpoint.local_addr().unwrap();
         let ep = endpoint.clone();
         let name = name.to_owned();
@@ -130,12 +167,19 @@ impl EchoServer {
                     let Ok(conn) = incoming.await else { return };
                     while let Ok((mut send, mut recv)) = conn.accept_bi().await {
                         let name = name.clone();
+                        let conn = conn.clone();
                         tokio::spawn(async move {
-                            let Ok(data) = recv.read_to_end(1 << 20).await else {
+                            let Ok(data) = recv.read_to_end(8 << 20).await else {
                                 return;
                             };
                             let mut reply = format!("{name}:").into_bytes();
-                            reply.extend_from_slice(&data);
+                            if data == WHO_AM_I {
+                                reply.extend_from_slice(
+                                    conn.remote_address().to_string().as_bytes(),
+                                );
+                            } else {
+                                reply.extend_from_slice(&data);
+                            }
                             let _ = send.write_all(&reply).await;
                             let _ = send.finish();
                         });
@@ -196,7 +240,7 @@ pub async fn echo(conn: &quinn::Connection, payload: &[u8]) -> String {
     let (mut send, mut recv) = conn.open_bi().await.expect("open stream");
     send.write_all(payload).await.expect("write");
     send.finish().expect("finish");
-    let reply = tokio::time::timeout(Duration::from_secs(10), recv.read_to_end(1 << 20))
+    let reply = tokio::time::timeout(Duration::from_secs(10), recv.read_to_end(8 << 20))
         .await
         .expect("echo in time")
         .expect("read echo");
@@ -241,6 +285,7 @@ pub struct Nat {
     inside_sock: Arc<UdpSocket>,
     outside: Arc<Mutex<Arc<UdpSocket>>>,
     client: Arc<Mutex<Option<SocketAddr>>>,
+    last_short: Arc<Mutex<Option<Vec<u8>>>>,
 }
 
 impl Nat {
@@ -254,13 +299,18 @@ impl Nat {
             inside_sock: inside_sock.clone(),
             outside: Arc::new(Mutex::new(first.clone())),
             client: Arc::default(),
+            last_short: Arc::default(),
         };
         nat.return_path(first);
         let (outside, client) = (nat.outside.clone(), nat.client.clone());
+        let last_short = nat.last_short.clone();
         tokio::spawn(async move {
             let mut buf = vec![0u8; 65536];
             while let Ok((n, from)) = inside_sock.recv_from(&mut buf).await {
                 *client.lock().unwrap() = Some(from);
+                if n > 0 && buf[0] & 0x80 == 0 {
+                    *last_short.lock().unwrap() = Some(buf[..n].to_vec());
+                }
                 let out = outside.lock().unwrap().clone();
                 let _ = out.send_to(&buf[..n], target).await;
             }
@@ -290,6 +340,12 @@ impl Nat {
         self.return_path(sock.clone());
         *self.outside.lock().unwrap() = sock;
         addr
+    }
+
+    /// The last short-header datagram the client sent out through the NAT: what an
+    /// on-path observer could copy and replay from elsewhere.
+    pub fn last_short_header(&self) -> Option<Vec<u8>> {
+        self.last_short.lock().unwrap().clone()
     }
 
     /// The current outside address.

@@ -5,7 +5,7 @@
 use std::ops::Range;
 use std::time::Instant;
 
-use porter_core::{ClientAddr, Command, SessionId, Verdict};
+use porter_core::{ClientAddr, Command, PathId, Verdict};
 
 use crate::host::RelayHost;
 
@@ -16,8 +16,8 @@ pub(crate) enum Out {
     Command(Command),
     /// A command already executed.
     Done,
-    /// Forward these bytes of the received data on the session's upstream socket.
-    ToBackend(SessionId, Range<usize>),
+    /// Forward these bytes of the received data on the path's upstream socket.
+    ToBackend(PathId, Range<usize>),
     /// Forward these bytes of the received data to the client.
     ToClient(ClientAddr, Range<usize>),
 }
@@ -35,23 +35,23 @@ pub(crate) fn plan_client(
     plan(host, data, stride, outs, |host, segment, range| match host
         .client_datagram(now, from, segment)
     {
-        Verdict::ToBackend { session, .. } => Some(Out::ToBackend(session, range)),
+        Verdict::ToBackend { path, .. } => Some(Out::ToBackend(path, range)),
         // Answers leave as a `Command::Transmit`, drained below.
         _ => None,
     });
 }
 
-/// As [`plan_client`], for a slot received on `session`'s upstream socket.
+/// As [`plan_client`], for a slot received on `path`'s upstream socket.
 pub(crate) fn plan_backend(
     host: &mut RelayHost,
     now: Instant,
-    session: SessionId,
+    path: PathId,
     data: &[u8],
     stride: usize,
     outs: &mut Vec<Out>,
 ) {
     plan(host, data, stride, outs, |host, segment, range| match host
-        .backend_datagram(now, session, segment)
+        .backend_datagram(now, path, segment)
     {
         Verdict::ToClient { client, .. } => Some(Out::ToClient(client, range)),
         _ => None,
@@ -114,7 +114,7 @@ pub(crate) fn run(
 mod tests {
     use super::*;
 
-    fn to_backend(session: SessionId) -> impl Fn(&Out) -> Option<Range<usize>> {
+    fn to_backend(session: PathId) -> impl Fn(&Out) -> Option<Range<usize>> {
         move |o| match o {
             Out::ToBackend(s, r) if *s == session => Some(r.clone()),
             _ => None,
@@ -123,7 +123,7 @@ mod tests {
 
     #[test]
     fn a_run_takes_contiguous_full_segments_and_one_short_tail() {
-        let s = SessionId(1);
+        let s = PathId(1);
         let outs = vec![
             Out::ToBackend(s, 0..100),
             Out::ToBackend(s, 100..200),
@@ -136,7 +136,7 @@ mod tests {
 
     #[test]
     fn a_run_stops_at_another_destination_a_gap_or_the_segment_limit() {
-        let (s, t) = (SessionId(1), SessionId(2));
+        let (s, t) = (PathId(1), PathId(2));
         let outs = vec![
             Out::ToBackend(s, 0..100),
             Out::ToBackend(t, 100..200),

@@ -1,5 +1,6 @@
 //! The relay loop: the listener tasks (batched receive with GRO), one connected upstream
-//! socket and reader task per session, the timer the core asks for, and the execution of
+//! socket and reader task per client path (a session has one per client address), the
+//! timer the core asks for, and the execution of
 //! the relay's [`Command`]s.
 //!
 //! Each listener and each upstream socket has one task reading it. A task locks the
@@ -13,7 +14,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use porter_core::{AllocationId, BackendAddr, ClientAddr, Command, SessionId};
+use porter_core::{AllocationId, BackendAddr, ClientAddr, Command, PathId, SessionId};
 use quinn_udp::{RecvMeta, BATCH_SIZE};
 
 use crate::batch::{plan_backend, plan_client, plan_commands, run, Out};
@@ -49,7 +50,7 @@ pub struct Engine<R: Runtime> {
     rt: R,
     cell: Arc<HostCell>,
     listeners: Vec<Arc<Socket<R::Udp>>>,
-    upstreams: Mutex<HashMap<SessionId, Upstream<R>>>,
+    upstreams: Mutex<HashMap<PathId, Upstream<R>>>,
     allocations: Mutex<HashMap<AllocationId, R::Task>>,
     allocator: Option<Arc<dyn Allocator>>,
     /// Receive slots of the upstream readers, held only while a batch is handled.
@@ -106,7 +107,7 @@ impl<R: Runtime> Engine<R> {
             .collect()
     }
 
-    /// Open upstream sockets.
+    /// Open upstream sockets (one per client path).
     pub fn upstream_count(&self) -> usize {
         lock(&self.upstreams).len()
     }
@@ -119,10 +120,8 @@ impl<R: Runtime> Engine<R> {
             .or_else(|| self.listeners.first())
     }
 
-    fn upstream_socket(&self, session: SessionId) -> Option<Arc<Socket<R::Udp>>> {
-        lock(&self.upstreams)
-            .get(&session)
-            .map(|u| u.socket.clone())
+    fn upstream_socket(&self, path: PathId) -> Option<Arc<Socket<R::Udp>>> {
+        lock(&self.upstreams).get(&path).map(|u| u.socket.clone())
     }
 
     async fn listen(self: Arc<Self>, listener: Arc<Socket<R::Udp>>) {
@@ -154,7 +153,7 @@ impl<R: Runtime> Engine<R> {
         }
     }
 
-    async fn read_upstream(self: Arc<Self>, session: SessionId, socket: Arc<Socket<R::Udp>>) {
+    async fn read_upstream(self: Arc<Self>, path: PathId, socket: Arc<Socket<R::Udp>>) {
         let mut metas = vec![RecvMeta::default(); UPSTREAM_BATCH];
         let mut outs = Vec::new();
         loop {
@@ -164,7 +163,7 @@ impl<R: Runtime> Engine<R> {
                 Err(e) => {
                     self.upstream_slots.put(bufs);
                     // Each ICMP error is reported once; the next receive waits again.
-                    socket.report_unreachable(session, &e);
+                    socket.report_unreachable(path, &e);
                     continue;
                 }
             };
@@ -173,7 +172,7 @@ impl<R: Runtime> Engine<R> {
                 let notes = {
                     let mut host = self.cell.lock();
                     let now = Instant::now();
-                    plan_backend(&mut host, now, session, data, meta.stride.max(1), &mut outs);
+                    plan_backend(&mut host, now, path, data, meta.stride.max(1), &mut outs);
                     host.take_notifications()
                 };
                 self.cell.deliver(&notes);
@@ -189,20 +188,20 @@ impl<R: Runtime> Engine<R> {
         let mut i = 0;
         while i < outs.len() {
             match &outs[i] {
-                Out::ToBackend(session, range) => {
-                    let (session, start, seg) = (*session, range.start, range.len());
-                    let Some(socket) = self.upstream_socket(session) else {
+                Out::ToBackend(path, range) => {
+                    let (path, start, seg) = (*path, range.start, range.len());
+                    let Some(socket) = self.upstream_socket(path) else {
                         i += 1;
                         continue;
                     };
                     let (end, next) = run(outs, i, seg, socket.max_segments(), |o| match o {
-                        Out::ToBackend(s, r) if *s == session => Some(r.clone()),
+                        Out::ToBackend(p, r) if *p == path => Some(r.clone()),
                         _ => None,
                     });
                     if let Ok(peer) = socket.peer_addr() {
                         let segment = (end - start > seg).then_some(seg);
                         if let Err(e) = socket.send(peer, &data[start..end], segment).await {
-                            socket.report_unreachable(session, &e);
+                            socket.report_unreachable(path, &e);
                         }
                     }
                     i = next;
@@ -239,21 +238,22 @@ impl<R: Runtime> Engine<R> {
         match command {
             Command::OpenUpstream {
                 session,
+                path,
                 client,
                 backend,
                 datagrams,
             } => {
-                self.open_upstream(session, backend);
-                if let Some(socket) = self.upstream_socket(session) {
+                self.open_upstream(session, path, backend);
+                if let Some(socket) = self.upstream_socket(path) {
                     if let Ok(peer) = socket.peer_addr() {
                         for d in datagrams {
                             if let Err(e) = socket.send(peer, &d, None).await {
-                                socket.report_unreachable(session, &e);
+                                socket.report_unreachable(path, &e);
                             }
                         }
                     }
                 } else {
-                    tracing::debug!(%session, %client, "no upstream socket for the held datagrams");
+                    tracing::debug!(%session, %path, %client, "no upstream socket for the held datagrams");
                 }
             }
             Command::Transmit { to, datagram } => {
@@ -263,8 +263,8 @@ impl<R: Runtime> Engine<R> {
                     }
                 }
             }
-            Command::CloseUpstream { session } => {
-                let upstream = lock(&self.upstreams).remove(&session);
+            Command::CloseUpstream { path, .. } => {
+                let upstream = lock(&self.upstreams).remove(&path);
                 if let Some(upstream) = upstream {
                     R::abort(upstream.reader);
                 }
@@ -302,28 +302,29 @@ impl<R: Runtime> Engine<R> {
         }
     }
 
-    fn open_upstream(self: &Arc<Self>, session: SessionId, backend: BackendAddr) {
+    fn open_upstream(self: &Arc<Self>, session: SessionId, path: PathId, backend: BackendAddr) {
         match connect_upstream(&self.rt, backend.0) {
             Ok(socket) => {
                 let socket = Arc::new(socket);
                 let reader = self
                     .rt
-                    .spawn(self.clone().read_upstream(session, socket.clone()));
-                lock(&self.upstreams).insert(session, Upstream { socket, reader });
+                    .spawn(self.clone().read_upstream(path, socket.clone()));
+                lock(&self.upstreams).insert(path, Upstream { socket, reader });
             }
             Err(e) => {
                 // Bounded: under a flood every new session may fail the same way.
                 if let Some(left_out) = crate::logtext::socket_error_allowed() {
                     tracing::error!(
                         %session,
+                        %path,
                         %backend,
                         left_out,
                         "cannot open upstream socket: {e}"
                     );
                 }
-                // The session ends; its close (no upstream to close, but the
-                // notification) is executed by whoever drains next.
-                self.cell.lock().upstream_failed(Instant::now(), session);
+                // The path ends (and the session with it, if it was its only one); its
+                // close is executed by whoever drains next.
+                self.cell.lock().upstream_failed(Instant::now(), path);
                 self.cell.work_pending();
             }
         }

@@ -23,8 +23,8 @@ use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 use porter_core::{
-    AllocationFailure, AllocationId, BackendAddr, ClientAddr, Command, Notification, Relay,
-    RelayStats, Route, RouteError, RouteName, SessionId, Verdict,
+    AllocationFailure, AllocationId, BackendAddr, ClientAddr, Command, Notification, PathId, Relay,
+    RelayStats, Route, RouteError, RouteName, Verdict,
 };
 
 use crate::{Allocated, AllocationError, AllocationErrorKind};
@@ -106,13 +106,14 @@ impl RelayHost {
         verdict
     }
 
-    /// A datagram from a backend; see [`Relay::handle_backend_datagram`].
-    pub fn backend_datagram(&mut self, now: Instant, session: SessionId, data: &[u8]) -> Verdict {
-        let verdict = self.relay.handle_backend_datagram(now, session, data);
+    /// A datagram from a backend, on `path`'s upstream socket; see
+    /// [`Relay::handle_backend_datagram`].
+    pub fn backend_datagram(&mut self, now: Instant, path: PathId, data: &[u8]) -> Verdict {
+        let verdict = self.relay.handle_backend_datagram(now, path, data);
         if let Verdict::Drop(reason) = &verdict {
             if self.log_requests && self.log_limit.allow(now).is_some() {
                 tracing::info!(
-                    %session,
+                    %path,
                     len = data.len(),
                     reason = reason.as_str(),
                     "dropped backend datagram"
@@ -147,9 +148,10 @@ impl RelayHost {
         }
     }
 
-    /// An upstream socket could not be opened: the session ends.
-    pub fn upstream_failed(&mut self, now: Instant, session: SessionId) {
-        self.relay.close_session(now, session);
+    /// A path's upstream socket could not be opened: the path ends (with its session,
+    /// if it was the session's only one); see [`Relay::close_path`].
+    pub fn upstream_failed(&mut self, now: Instant, path: PathId) {
+        self.relay.close_path(now, path);
     }
 
     /// Expires timers; see [`Relay::handle_timeout`].
@@ -236,8 +238,19 @@ fn log_notification(note: &Notification) {
             reason = reason.as_str(),
             "connection refused"
         ),
-        Notification::AddressChanged { session, from, to } => {
-            tracing::info!(%session, %from, %to, "client address changed");
+        Notification::PathOpened {
+            session,
+            path,
+            client,
+        } => {
+            tracing::info!(%session, %path, %client, "client path opened");
+        }
+        Notification::PathClosed {
+            session,
+            path,
+            client,
+        } => {
+            tracing::info!(%session, %path, %client, "client path closed");
         }
         Notification::RouteExpired { name } => {
             tracing::info!(fqdn = %name, "temporary route expired");

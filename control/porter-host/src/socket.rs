@@ -5,7 +5,7 @@ use std::io::{self, IoSliceMut};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use porter_core::SessionId;
+use porter_core::PathId;
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 
 use crate::{AsyncUdp, Runtime};
@@ -111,15 +111,15 @@ impl<U: AsyncUdp> Socket<U> {
         self.state.max_gso_segments().max(1)
     }
 
-    /// Logs, once per socket, that the session's backend does not answer (ICMP port
+    /// Logs, once per socket, that the path's backend does not answer (ICMP port
     /// unreachable surfaces as an error on a connected socket's next send or receive).
-    pub(crate) fn report_unreachable(&self, session: SessionId, e: &io::Error) {
+    pub(crate) fn report_unreachable(&self, path: PathId, e: &io::Error) {
         if !self.reported.swap(true, Ordering::Relaxed) {
             let backend = self
                 .io
                 .peer_addr()
                 .map_or_else(|_| "?".to_owned(), |a| a.to_string());
-            tracing::warn!(%session, %backend, "backend unreachable: {e}");
+            tracing::warn!(%path, %backend, "backend unreachable: {e}");
         }
     }
 }

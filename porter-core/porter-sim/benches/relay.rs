@@ -1,8 +1,9 @@
 //! The relay state machine's costs: the per-datagram forwarding decision for short
 //! headers (client to backend, backend to client) with 1k and 1M established sessions,
 //! the cost of a new session including its Initial decryption, and the core's memory per
-//! session at 1M sessions (printed before the timings, measured with a counting global
-//! allocator).
+//! session at 1M sessions and per extra client path (printed before the timings, measured
+//! with a counting global allocator), and the cost of a short header whose unknown CID is
+//! decoded as a QUIC-LB CID (single-pass AES) beside the CID-table hit.
 //!
 //! Run with `cargo bench -p porter-sim --bench relay`.
 
@@ -16,7 +17,8 @@ use divan::Bencher;
 use porter_core::initial::LongPacketSpec;
 use porter_core::wire::{LongType, Version};
 use porter_core::{
-    BackendAddr, ClientAddr, Relay, RelayConfig, Route, RouteName, RouteTarget, SessionId, Verdict,
+    BackendAddr, ClientAddr, Command, PathId, Relay, RelayConfig, Route, RouteName, RouteTarget,
+    Verdict,
 };
 use porter_sim::{
     client_initial_flight, long_header_packet, short_header_packet, ClientHelloSpec,
@@ -148,7 +150,7 @@ impl InitialMaker {
 struct Fixture {
     relay: Relay,
     /// (client address, the server CID the client uses, session).
-    samples: Vec<(ClientAddr, [u8; 8], SessionId)>,
+    samples: Vec<(ClientAddr, [u8; 8], PathId)>,
     /// The receive buffer: a 1200-byte client short header; each iteration writes its
     /// sample's CID into it, as a driver receives every datagram into one buffer.
     from_client: Vec<u8>,
@@ -173,11 +175,19 @@ impl Fixture {
         let before = ALLOCATED.load(Ordering::Relaxed);
         for i in 0..n {
             let initial = maker.next();
-            let session = match relay.handle_client_datagram(now, client_addr(i), &initial) {
-                Verdict::Held { session } => session,
-                other => panic!("session {i}: {other:?}"),
-            };
-            while relay.poll_command().is_some() {}
+            let verdict = relay.handle_client_datagram(now, client_addr(i), &initial);
+            assert!(
+                matches!(verdict, Verdict::Held { .. }),
+                "session {i}: {verdict:?}"
+            );
+            // The session's first path: its upstream socket's key.
+            let mut session = None;
+            while let Some(command) = relay.poll_command() {
+                if let Command::OpenUpstream { path, .. } = command {
+                    session = Some(path);
+                }
+            }
+            let session = session.expect("a simple route opens the session at once");
             while relay.poll_notification().is_some() {}
             let scid: [u8; 8] = rng.next_u64().to_be_bytes();
             let mut answer = Vec::with_capacity(200);
@@ -244,7 +254,7 @@ fn client_short_header(bencher: Bencher<'_, '_>, sessions: usize) {
     });
 }
 
-/// `handle_backend_datagram` for a short header on an established session's socket.
+/// `handle_backend_datagram` for a short header on an established session's path.
 #[divan::bench(args = SESSIONS, sample_count = 1000, sample_size = 100)]
 fn backend_short_header(bencher: Bencher<'_, '_>, sessions: usize) {
     let mut f = fixture(sessions).lock().unwrap();
@@ -285,6 +295,101 @@ fn new_session(bencher: Bencher<'_, '_>) {
         });
 }
 
+/// `handle_client_datagram` for a short header whose DCID the relay does not know and
+/// that decodes as a single-pass QUIC-LB CID (config 1, 8-octet server ID, 8-octet
+/// nonce) to a server ID with no backend: the CID-table misses, the ended-CID table, the
+/// AES decryption and the server lookup, then the fallback rules and the counted drop.
+/// The same path as a routed one up to the routing decision; beside
+/// `client_short_header` (a CID-table hit).
+#[divan::bench(sample_count = 1000, sample_size = 100)]
+fn client_short_header_quic_lb_decoded(bencher: Bencher<'_, '_>) {
+    use porter_core::quic_lb::{Config, Key, ServerId};
+    use porter_core::QuicLbRouting;
+    let config = Config::new(1, 8, 8, Some(Key::new([0x3c; 16]))).unwrap();
+    let mut routing = QuicLbRouting::new();
+    routing.insert_config(config.clone());
+    routing.insert_server(ServerId::new(&[9; 8]).unwrap(), backend());
+    let mut relay = Relay::new(RelayConfig {
+        quic_lb: routing,
+        ..RelayConfig::default()
+    });
+    let cids: Vec<Vec<u8>> = (0..1024u64)
+        .map(|n| {
+            let cid = config.encode(&[7; 8], &n.to_be_bytes()).unwrap();
+            cid.as_bytes().to_vec()
+        })
+        .collect();
+    let mut datagram = short_header_packet(0x01, &[0; 17], 7, &[0xab; 1180]);
+    let from = client_addr(3);
+    let now = Instant::now();
+    let mut i = 0;
+    bencher.bench_local(|| {
+        datagram[1..18].copy_from_slice(&cids[i % cids.len()]);
+        i += 1;
+        relay.handle_client_datagram(now, from, &datagram)
+    });
+}
+
+/// Bytes the relay allocates for one more client path of a routed session (a known CID
+/// from a new address), over `n` sessions.
+fn bytes_per_path(n: usize) -> f64 {
+    let mut relay = relay(n);
+    let now = Instant::now();
+    let mut maker = InitialMaker::new(n as u64 + 1);
+    let mut cids = Vec::with_capacity(n);
+    for i in 0..n {
+        let _ = relay.handle_client_datagram(now, client_addr(i), &maker.next());
+        while relay.poll_command().is_some() {}
+        while relay.poll_notification().is_some() {}
+        // The server's CID, learned from its long header on the first path.
+        let path = relay
+            .session(porter_core::SessionId(i as u64 + 1), now)
+            .unwrap()
+            .paths[0]
+            .id;
+        let scid = (i as u64).to_be_bytes();
+        let mut answer = Vec::new();
+        long_header_packet(
+            Version::V1,
+            &LongPacketSpec {
+                ty: LongType::Handshake,
+                dcid: &[0x5c; 8],
+                scid: &scid,
+                token: &[],
+                packet_number: 0,
+                pn_len: 2,
+            },
+            &[0; 60],
+            &mut answer,
+        );
+        let _ = relay.handle_backend_datagram(now, path, &answer);
+        cids.push(scid);
+    }
+    let moved = |i: usize| {
+        let ClientAddr(SocketAddr::V4(a)) = client_addr(i) else {
+            unreachable!("IPv4 clients")
+        };
+        ClientAddr(SocketAddr::V4(SocketAddrV4::new(
+            *a.ip(),
+            a.port() ^ 0x8000,
+        )))
+    };
+    let mut datagram = short_header_packet(0x01, &[0; 8], 7, &[0xab; 100]);
+    let before = ALLOCATED.load(Ordering::Relaxed);
+    for (i, cid) in cids.iter().enumerate() {
+        datagram[1..9].copy_from_slice(cid);
+        let verdict = relay.handle_client_datagram(now, moved(i), &datagram);
+        assert!(matches!(verdict, Verdict::Held { .. }), "{verdict:?}");
+        // The OpenUpstream (with its copy of the datagram) and PathOpened are the
+        // driver's, and freed once executed.
+        while relay.poll_command().is_some() {}
+        while relay.poll_notification().is_some() {}
+    }
+    let after = ALLOCATED.load(Ordering::Relaxed);
+    assert_eq!(relay.stats().paths, 2 * n);
+    (after as f64 - before as f64) / n as f64
+}
+
 fn main() {
     // Memory first, on a quiet heap.
     let large = fixture(1_000_000).lock().unwrap();
@@ -295,5 +400,11 @@ fn main() {
         large.bytes_per_session, small.bytes_per_session
     );
     drop((large, small));
+    println!(
+        "relay memory per extra client path: {:.0} bytes at 100k sessions, {:.0} bytes at 1k \
+         (a second path for every session)",
+        bytes_per_path(100_000),
+        bytes_per_path(1_000)
+    );
     divan::main();
 }

@@ -13,7 +13,7 @@ use bytes::Bytes;
 
 use super::net::{Datagram, Network};
 use porter_core::{AllocationFailure, Command, Notification, Relay, Verdict};
-use porter_core::{AllocationId, BackendAddr, ClientAddr, SessionId};
+use porter_core::{AllocationId, BackendAddr, ClientAddr, PathId, SessionId};
 
 /// How the simulated allocator answers the requests for one fleet.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,12 +48,14 @@ pub enum LogEntry {
         /// The relay's decision.
         verdict: Verdict,
     },
-    /// A datagram reached a session's upstream socket and the relay decided.
+    /// A datagram reached a path's upstream socket and the relay decided.
     Backend {
         /// When.
         at: Instant,
         /// The session whose socket it reached.
         session: SessionId,
+        /// The path whose socket it reached.
+        path: PathId,
         /// Its length.
         len: usize,
         /// The relay's decision.
@@ -106,8 +108,10 @@ pub struct DriverStats {
     /// socket filters them).
     pub stray: u64,
     /// Verdicts, commands or notifications that contradict the driver's view (a
-    /// `ToBackend` to a backend that is not its session's socket's, an `OpenUpstream` for
-    /// a session that has a socket, a `CloseUpstream` for one that has none, a
+    /// `ToBackend` on a path that is not the session's or to a backend that is not its
+    /// socket's, a `ToClient` to an address other than its path's client, an
+    /// `OpenUpstream` for a path that has a socket, a `CloseUpstream` for one that has
+    /// none, a
     /// `SessionOpened` without its socket, a `SessionClosed` that leaves its socket open,
     /// an `Answered` verdict without a `Transmit` to the sender, ...). Always 0 unless the
     /// relay is broken.
@@ -122,6 +126,8 @@ pub struct DriverStats {
 struct Upstream {
     local: SocketAddr,
     backend: BackendAddr,
+    session: SessionId,
+    client: ClientAddr,
 }
 
 /// Runs a [`Relay`] the way a runtime driver does, with the network and clock of a
@@ -132,8 +138,8 @@ pub struct RelayDriver {
     listener: SocketAddr,
     upstream_ip: Ipv4Addr,
     next_port: u32,
-    sockets: HashMap<SessionId, Upstream>,
-    by_local: HashMap<SocketAddr, SessionId>,
+    sockets: HashMap<PathId, Upstream>,
+    by_local: HashMap<SocketAddr, PathId>,
     allocators: HashMap<Arc<str>, (AllocatorBehaviour, usize)>,
     scheduled: BTreeMap<(Instant, AllocationId), Result<BackendAddr, AllocationFailure>>,
     log: Vec<LogEntry>,
@@ -207,14 +213,28 @@ impl RelayDriver {
         self.stats
     }
 
-    /// The upstream socket address of a live session.
+    /// The upstream socket address of a live session's oldest open path.
     pub fn upstream(&self, session: SessionId) -> Option<SocketAddr> {
-        self.sockets.get(&session).map(|u| u.local)
+        self.paths_of(session).first().map(|(_, local, _)| *local)
+    }
+
+    /// A live session's open paths, oldest first: each path, its upstream socket's
+    /// address and its client's address.
+    pub fn paths_of(&self, session: SessionId) -> Vec<(PathId, SocketAddr, ClientAddr)> {
+        let mut paths: Vec<_> = self
+            .sockets
+            .iter()
+            .filter(|(_, u)| u.session == session)
+            .map(|(p, u)| (*p, u.local, u.client))
+            .collect();
+        paths.sort_by_key(|(p, ..)| *p);
+        paths
     }
 
     /// The session whose upstream socket has this address.
     pub fn session_at(&self, local: SocketAddr) -> Option<SessionId> {
-        self.by_local.get(&local).copied()
+        let path = self.by_local.get(&local)?;
+        self.sockets.get(path).map(|u| u.session)
     }
 
     /// Whether `addr` is one of the driver's sockets (the listener or a live upstream
@@ -234,8 +254,12 @@ impl RelayDriver {
                 .relay
                 .handle_client_datagram(now, from, &datagram.bytes);
             match &verdict {
-                Verdict::ToBackend { session, backend } => match self.sockets.get(session) {
-                    Some(up) if up.backend == *backend => {
+                Verdict::ToBackend {
+                    session,
+                    path,
+                    backend,
+                } => match self.sockets.get(path) {
+                    Some(up) if up.backend == *backend && up.session == *session => {
                         self.stats.to_backends += 1;
                         net.send(now, up.local, backend.0, datagram.bytes.clone());
                     }
@@ -270,14 +294,15 @@ impl RelayDriver {
             }
             return true;
         }
-        let Some(&session) = self.by_local.get(&datagram.to) else {
+        let Some(&path) = self.by_local.get(&datagram.to) else {
             if self.is_upstream_address(datagram.to) {
                 self.stats.stray += 1;
                 return true;
             }
             return false;
         };
-        let up = self.sockets[&session];
+        let up = self.sockets[&path];
+        let session = up.session;
         if datagram.from != up.backend.0 {
             self.stats.stray += 1;
             return true;
@@ -285,9 +310,10 @@ impl RelayDriver {
         self.stats.backend_datagrams += 1;
         let verdict = self
             .relay
-            .handle_backend_datagram(now, session, &datagram.bytes);
+            .handle_backend_datagram(now, path, &datagram.bytes);
         match &verdict {
-            Verdict::ToClient { session: s, client } if *s == session => {
+            // A path's backend datagrams go to that path's client, and no other.
+            Verdict::ToClient { session: s, client } if *s == session && *client == up.client => {
                 self.stats.to_clients += 1;
                 net.send(now, self.listener, client.0, datagram.bytes.clone());
             }
@@ -297,6 +323,7 @@ impl RelayDriver {
         self.log.push(LogEntry::Backend {
             at: now,
             session,
+            path,
             len: datagram.bytes.len(),
             verdict,
         });
@@ -366,11 +393,12 @@ impl RelayDriver {
         match command {
             Command::OpenUpstream {
                 session,
+                path,
+                client,
                 backend,
                 datagrams,
-                ..
             } => {
-                if self.sockets.contains_key(session) {
+                if self.sockets.contains_key(path) {
                     self.stats.inconsistencies += 1;
                     return;
                 }
@@ -380,13 +408,15 @@ impl RelayDriver {
                 let ip = Ipv4Addr::new(a, b, (n / 60_000 / 256) as u8, (n / 60_000 % 256) as u8);
                 let local = SocketAddr::new(IpAddr::V4(ip), 1024 + (n % 60_000) as u16);
                 self.sockets.insert(
-                    *session,
+                    *path,
                     Upstream {
                         local,
                         backend: *backend,
+                        session: *session,
+                        client: *client,
                     },
                 );
-                self.by_local.insert(local, *session);
+                self.by_local.insert(local, *path);
                 self.stats.sockets_opened += 1;
                 for d in datagrams {
                     self.stats.to_backends += 1;
@@ -423,10 +453,14 @@ impl RelayDriver {
             Command::CancelAllocation { id } => {
                 self.scheduled.retain(|(_, a), _| a != id);
             }
-            Command::CloseUpstream { session } => match self.sockets.remove(session) {
-                Some(up) => {
+            Command::CloseUpstream { session, path } => match self.sockets.remove(path) {
+                Some(up) if up.session == *session => {
                     self.by_local.remove(&up.local);
                     self.stats.sockets_closed += 1;
+                }
+                Some(up) => {
+                    self.by_local.remove(&up.local);
+                    self.stats.inconsistencies += 1;
                 }
                 None => self.stats.inconsistencies += 1,
             },
@@ -439,13 +473,21 @@ impl RelayDriver {
         let consistent = match notification {
             Notification::SessionOpened {
                 session, backend, ..
+            } => {
+                let paths = self.paths_of(*session);
+                paths.len() == 1 && self.sockets[&paths[0].0].backend == *backend
+            }
+            Notification::SessionClosed { info, .. } => self.paths_of(info.id).is_empty(),
+            Notification::Refused { session, .. } => self.paths_of(*session).is_empty(),
+            Notification::PathOpened {
+                session,
+                path,
+                client,
             } => self
                 .sockets
-                .get(session)
-                .is_some_and(|up| up.backend == *backend),
-            Notification::SessionClosed { info, .. } => !self.sockets.contains_key(&info.id),
-            Notification::Refused { session, .. } => !self.sockets.contains_key(session),
-            Notification::AddressChanged { session, .. } => self.sockets.contains_key(session),
+                .get(path)
+                .is_some_and(|up| up.session == *session && up.client == *client),
+            Notification::PathClosed { path, .. } => !self.sockets.contains_key(path),
             Notification::RouteExpired { .. } => true,
         };
         if !consistent {

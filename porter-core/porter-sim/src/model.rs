@@ -16,20 +16,27 @@
 //! - timers: while a session exists there is a timeout, never later than any session's
 //!   deadline; after `handle_timeout(now)` nothing is due, no routed session has been
 //!   idle for the idle timeout and no pending one is older than the handshake timeout;
-//! - verdicts: `ToBackend` comes from a client datagram and goes to the backend the
-//!   session's `OpenUpstream` (and `SessionOpened`) named; `ToClient` comes from that
-//!   session's backend and goes to its current client address; `Held` is for a pending
-//!   session or one just opened; `Answered` comes with exactly one `Transmit`, to the
+//! - paths: stats count exactly the paths the commands left open, at most
+//!   `max_paths_per_session` per session; remembered CIDs of ended sessions `<= 65 536`;
+//! - verdicts: `ToBackend` comes from a client datagram and goes, on the path the
+//!   sender's address has (its `OpenUpstream` named that address), to the backend the
+//!   session's `SessionOpened` named; `ToClient` comes from a path's socket and goes to
+//!   that path's client address, never another (so a backend's answers never follow a
+//!   datagram that merely claimed a connection's CID from elsewhere); `Held` is for a
+//!   pending session, one just opened, or a new path just opened for the sender; `Answered` comes with exactly one `Transmit`, to the
 //!   datagram's sender, of a Version Negotiation with 8 versions or a refusal (a server
 //!   Initial), and no other verdict of a client datagram comes with a `Transmit`; a
 //!   refusal while handling a client datagram is `Answered` when refusals are answered,
 //!   a drop otherwise; every drop is counted once under its reason; a backend datagram
 //!   is forwarded only for a routed session;
 //! - commands: `OpenUpstream` only by a client datagram or by the answer to that
-//!   session's allocation, never twice, never after the close, carrying exactly the
-//!   datagrams the session was answered `Held` for, in arrival order (within
-//!   `max_buffered_per_session`); `CloseUpstream` only for a session whose
-//!   `OpenUpstream` came before, once, together with that session's `SessionClosed`;
+//!   session's allocation, each path once, never after the session's close; a session's
+//!   first carries exactly the datagrams the session was answered `Held` for, in
+//!   arrival order (within `max_buffered_per_session`); a later one (a new path) only by
+//!   a datagram of the routed session from an address it has no path for, carrying just
+//!   that datagram, to the session's backend; `CloseUpstream` only for a path whose
+//!   `OpenUpstream` came before, once, together with that session's `SessionClosed` or
+//!   that path's `PathClosed` (by a timeout);
 //!   `Allocate` only by a client datagram, for the fleet of the name's route, each ID
 //!   once, and each allocation answered, cancelled (`CancelAllocation`) or timed out
 //!   once; a `Transmit` not answering a client datagram only by an allocation answer or
@@ -40,10 +47,11 @@
 //!   that backend (client datagram) or with the allocated backend for the session that
 //!   awaited it (allocation answer); `Refused` only for a session never opened, by a
 //!   client datagram (no route, allocation limit), a failed allocation of that session or
-//!   a timeout (allocation timeout), and the session then closes with that reason; only
-//!   routed sessions change client address, to the sender; every session closed exactly
-//!   once, none while its allocation is awaited, with a `CloseUpstream` exactly when it
-//!   had an `OpenUpstream` (and then with that backend in its final info); no route
+//!   a timeout (allocation timeout), and the session then closes with that reason; one
+//!   `PathOpened` for each later `OpenUpstream`, for the sender, of a routed session;
+//!   `PathClosed` only by a timeout, for a path whose socket just closed; every session
+//!   closed exactly once, none while its allocation is awaited, with a `CloseUpstream`
+//!   for each path it still had (and then with that backend in its final info); no route
 //!   expires (the model sets only permanent routes); the sessions the relay lists are
 //!   exactly those the outputs say are open or pending, and the upstreams the commands
 //!   left open are exactly the sessions the notifications say are open;
@@ -61,7 +69,7 @@ use std::time::{Duration, Instant};
 use porter_core::wire::{parse_packet, LongType, Packet};
 use porter_core::{
     AllocationFailure, AllocationId, BackendAddr, ClientAddr, CloseReason, Command,
-    CompleteAllocationError, DropReason, Notification, RefusalMode, RefuseReason, Relay,
+    CompleteAllocationError, DropReason, Notification, PathId, RefusalMode, RefuseReason, Relay,
     RelayConfig, RelayStats, Route, RouteName, RouteTarget, SessionId, SessionState, Verdict,
 };
 
@@ -75,10 +83,10 @@ pub enum ModelOp {
         /// The datagram.
         datagram: Vec<u8>,
     },
-    /// `handle_backend_datagram(now, session, datagram)`.
+    /// `handle_backend_datagram(now, path, datagram)`.
     Backend {
-        /// The session whose upstream socket received it.
-        session: SessionId,
+        /// The path whose upstream socket received it.
+        path: PathId,
         /// The datagram.
         datagram: Vec<u8>,
     },
@@ -110,7 +118,7 @@ pub enum ModelOp {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Cause {
     Client(ClientAddr),
-    Backend(SessionId),
+    Backend(PathId),
     Allocation {
         id: AllocationId,
         /// The session that awaited it, if one did.
@@ -120,6 +128,14 @@ enum Cause {
     },
     Timeout,
     Other,
+}
+
+/// One open upstream socket, as the commands left it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Upstream {
+    session: SessionId,
+    client: ClientAddr,
+    backend: BackendAddr,
 }
 
 /// A [`Relay`] and what its outputs so far say about it. See the module docs.
@@ -136,11 +152,13 @@ pub struct RelayModel {
     /// notifications).
     opened: HashMap<SessionId, BackendAddr>,
     opened_total: u64,
-    /// Open upstreams and their backends (kept from the commands: `OpenUpstream` in,
-    /// `CloseUpstream` out).
-    upstreams: HashMap<SessionId, BackendAddr>,
+    /// Open upstreams (one per path) and their session, client and backend (kept from
+    /// the commands: `OpenUpstream` in, `CloseUpstream` out).
+    upstreams: HashMap<PathId, Upstream>,
     /// Every session that ever had an `OpenUpstream`.
     ever_upstream: HashSet<SessionId>,
+    /// Every path opened, in order.
+    paths_seen: Vec<PathId>,
     /// The datagrams answered `Held` for sessions not opened yet, in arrival order.
     held: HashMap<SessionId, Vec<Vec<u8>>>,
     closed: HashSet<SessionId>,
@@ -169,6 +187,7 @@ impl RelayModel {
             opened_total: 0,
             upstreams: HashMap::new(),
             ever_upstream: HashSet::new(),
+            paths_seen: Vec::new(),
             held: HashMap::new(),
             closed: HashSet::new(),
             allocations: Vec::new(),
@@ -196,6 +215,11 @@ impl RelayModel {
     /// Every session ID seen so far, in the order first seen.
     pub fn seen(&self) -> &[SessionId] {
         &self.seen
+    }
+
+    /// Every path opened so far (by an `OpenUpstream`), in order.
+    pub fn paths_seen(&self) -> &[PathId] {
+        &self.paths_seen
     }
 
     /// Every allocation requested so far, in order.
@@ -226,11 +250,11 @@ impl RelayModel {
                 input = Some(datagram);
                 (Cause::Client(from), Some(verdict))
             }
-            ModelOp::Backend { session, datagram } => {
+            ModelOp::Backend { path, datagram } => {
                 let verdict = self
                     .relay
-                    .handle_backend_datagram(self.now, session, &datagram);
-                (Cause::Backend(session), Some(verdict))
+                    .handle_backend_datagram(self.now, path, &datagram);
+                (Cause::Backend(path), Some(verdict))
             }
             ModelOp::SetRoute(route) => {
                 let valid = match &route.target {
@@ -311,16 +335,27 @@ impl RelayModel {
         if let Some(verdict) = &verdict {
             self.cover_verdict(verdict);
         }
-        // The relay keeps a held datagram for its session's OpenUpstream.
+        // The relay keeps a held datagram for its session's OpenUpstream (a routed
+        // session's is for a new path, and leaves at once: checked with the commands).
+        let mut new_path_datagram = None;
         if let (Some(Verdict::Held { session }), Some(datagram)) = (&verdict, input) {
-            self.held.entry(*session).or_default().push(datagram);
+            if self.opened.contains_key(session) {
+                new_path_datagram = Some(datagram);
+            } else {
+                self.held.entry(*session).or_default().push(datagram);
+            }
         }
         // As a driver drains: every command, then every notification.
         let commands: Vec<Command> = std::iter::from_fn(|| self.relay.poll_command()).collect();
         let notifications: Vec<Notification> =
             std::iter::from_fn(|| self.relay.poll_notification()).collect();
         self.check_pairing(&commands, &notifications);
-        self.check_commands(cause, &commands, &notifications);
+        self.check_commands(
+            cause,
+            &commands,
+            &notifications,
+            new_path_datagram.as_deref(),
+        );
         self.check_notifications(cause, &commands, &notifications);
         if let Some(verdict) = &verdict {
             self.check_verdict(cause, verdict, &before, &commands, &notifications);
@@ -367,36 +402,52 @@ impl RelayModel {
         }
     }
 
-    /// Each `OpenUpstream` has its `SessionOpened`, queued at the same moment: the two
-    /// sequences name the same sessions, clients and backends, in the same order.
+    /// Each `OpenUpstream` has its `SessionOpened` (a session's first path) or its
+    /// `PathOpened` (a later one), queued at the same moment: the two sequences name the
+    /// same sessions and clients (and paths, or backends), in the same order.
     fn check_pairing(&self, commands: &[Command], notifications: &[Notification]) {
-        let opens: Vec<(SessionId, ClientAddr, BackendAddr)> = commands
+        let opens: Vec<(SessionId, ClientAddr, Option<PathId>, Option<BackendAddr>)> = commands
             .iter()
             .filter_map(|c| match c {
+                Command::OpenUpstream {
+                    session,
+                    path,
+                    client,
+                    backend,
+                    ..
+                } if self.opened.contains_key(session) => {
+                    Some((*session, *client, Some(*path), None))
+                }
                 Command::OpenUpstream {
                     session,
                     client,
                     backend,
                     ..
-                } => Some((*session, *client, *backend)),
+                } => Some((*session, *client, None, Some(*backend))),
                 _ => None,
             })
             .collect();
-        let announced: Vec<(SessionId, ClientAddr, BackendAddr)> = notifications
-            .iter()
-            .filter_map(|n| match n {
-                Notification::SessionOpened {
-                    session,
-                    client,
-                    backend,
-                    ..
-                } => Some((*session, *client, *backend)),
-                _ => None,
-            })
-            .collect();
+        let announced: Vec<(SessionId, ClientAddr, Option<PathId>, Option<BackendAddr>)> =
+            notifications
+                .iter()
+                .filter_map(|n| match n {
+                    Notification::SessionOpened {
+                        session,
+                        client,
+                        backend,
+                        ..
+                    } => Some((*session, *client, None, Some(*backend))),
+                    Notification::PathOpened {
+                        session,
+                        path,
+                        client,
+                    } => Some((*session, *client, Some(*path), None)),
+                    _ => None,
+                })
+                .collect();
         assert_eq!(
             opens, announced,
-            "one SessionOpened for each OpenUpstream, in the same order: \
+            "one SessionOpened or PathOpened for each OpenUpstream, in the same order: \
              {commands:?} {notifications:?}"
         );
     }
@@ -406,11 +457,17 @@ impl RelayModel {
         cause: Cause,
         commands: &[Command],
         notifications: &[Notification],
+        new_path_datagram: Option<&[u8]>,
     ) {
         let closes = |id: SessionId| {
             notifications
                 .iter()
                 .any(|n| matches!(n, Notification::SessionClosed { info, .. } if info.id == id))
+        };
+        let path_closes = |path: PathId| {
+            notifications
+                .iter()
+                .any(|n| matches!(n, Notification::PathClosed { path: p, .. } if *p == path))
         };
         for command in commands {
             match command {
@@ -423,6 +480,56 @@ impl RelayModel {
             match command {
                 Command::OpenUpstream {
                     session,
+                    path,
+                    client,
+                    backend,
+                    datagrams,
+                } if self.opened.contains_key(session) => {
+                    // A new path of a routed session, for the datagram's sender.
+                    self.cover("open_path");
+                    assert_eq!(
+                        cause,
+                        Cause::Client(*client),
+                        "{session}: a new path only for the sender of a client datagram"
+                    );
+                    assert_eq!(
+                        self.opened.get(session),
+                        Some(backend),
+                        "{session}: a new path goes to the session's backend"
+                    );
+                    assert!(
+                        !self.paths_seen.contains(path),
+                        "{path}: OpenUpstream twice"
+                    );
+                    assert!(
+                        !self
+                            .upstreams
+                            .values()
+                            .any(|u| u.session == *session && u.client == *client),
+                        "{session}: a second path for {client}"
+                    );
+                    assert!(
+                        datagrams.len() == 1 && new_path_datagram == Some(&datagrams[0][..]),
+                        "{session}: a new path carries the datagram that opened it"
+                    );
+                    self.paths_seen.push(*path);
+                    self.upstreams.insert(
+                        *path,
+                        Upstream {
+                            session: *session,
+                            client: *client,
+                            backend: *backend,
+                        },
+                    );
+                    let paths = self.upstreams.values().filter(|u| u.session == *session);
+                    assert!(
+                        paths.count() <= self.config.max_paths_per_session.max(1),
+                        "{session}: more paths than max_paths_per_session"
+                    );
+                }
+                Command::OpenUpstream {
+                    session,
+                    path,
                     client,
                     backend,
                     datagrams,
@@ -435,7 +542,19 @@ impl RelayModel {
                         self.ever_upstream.insert(*session) && !self.closed.contains(session),
                         "{session}: OpenUpstream twice or after its close"
                     );
-                    self.upstreams.insert(*session, *backend);
+                    assert!(
+                        !self.paths_seen.contains(path),
+                        "{path}: OpenUpstream twice"
+                    );
+                    self.paths_seen.push(*path);
+                    self.upstreams.insert(
+                        *path,
+                        Upstream {
+                            session: *session,
+                            client: *client,
+                            backend: *backend,
+                        },
+                    );
                     self.see(*session);
                     if let Some(info) = self.relay.session(*session, self.now) {
                         assert_eq!(info.client, *client, "{session} opens for its client");
@@ -498,14 +617,17 @@ impl RelayModel {
                     }
                     other => panic!("Transmit caused by {other:?}"),
                 },
-                Command::CloseUpstream { session } => {
+                Command::CloseUpstream { session, path } => {
+                    let up = self.upstreams.remove(path);
                     assert!(
-                        self.upstreams.remove(session).is_some(),
-                        "{session}: CloseUpstream without an OpenUpstream before it, or twice"
+                        up.is_some_and(|u| u.session == *session),
+                        "{session}: CloseUpstream of {path} without an OpenUpstream of the \
+                         session before it, or twice"
                     );
                     assert!(
-                        closes(*session),
-                        "{session}: CloseUpstream without its SessionClosed"
+                        closes(*session) || (path_closes(*path) && cause == Cause::Timeout),
+                        "{session}: CloseUpstream of {path} without its SessionClosed, or \
+                         the PathClosed of a timeout"
                     );
                 }
             }
@@ -552,7 +674,8 @@ impl RelayModel {
                 Notification::Refused { reason, .. } => {
                     self.cover(format!("refused:{}", reason.as_str()));
                 }
-                Notification::AddressChanged { .. } => self.cover("address_changed"),
+                Notification::PathOpened { .. } => self.cover("path_opened"),
+                Notification::PathClosed { .. } => self.cover("path_closed"),
                 Notification::RouteExpired { .. } => self.cover("route_expired"),
             }
             match notification {
@@ -563,6 +686,22 @@ impl RelayModel {
                     ..
                 } => {
                     match cause {
+                        // Adopted by its CID's server ID (QUIC-LB): no ClientHello, the
+                        // backend of that server ID.
+                        Cause::Client(_)
+                            if sni.is_none()
+                                && self
+                                    .config
+                                    .quic_lb
+                                    .servers()
+                                    .iter()
+                                    .any(|(_, b)| b == backend)
+                                && self.relay.route_for(None).is_none_or(|r| {
+                                    !matches!(&r.target, RouteTarget::Simple(list) if list.contains(backend))
+                                }) =>
+                        {
+                            self.cover("quic_lb_adopted");
+                        }
                         Cause::Client(_) => {
                             let Some(route) = self.relay.route_for(sni.as_deref()) else {
                                 panic!("session opened for {sni:?} without a route");
@@ -651,16 +790,36 @@ impl RelayModel {
                         "a refused session closes, with the refusal's reason"
                     );
                 }
-                Notification::AddressChanged { session, from, to } => {
-                    assert_eq!(
-                        cause,
-                        Cause::Client(*to),
-                        "address change caused by {cause:?}"
-                    );
-                    assert_ne!(from, to);
+                Notification::PathOpened {
+                    session,
+                    path,
+                    client,
+                } => {
+                    assert_eq!(cause, Cause::Client(*client), "path opened by {cause:?}");
                     assert!(
                         self.opened.contains_key(session),
-                        "only routed sessions move"
+                        "only routed sessions get new paths"
+                    );
+                    assert!(
+                        self.upstreams
+                            .get(path)
+                            .is_some_and(|u| u.session == *session && u.client == *client),
+                        "{path}: PathOpened with its OpenUpstream"
+                    );
+                }
+                Notification::PathClosed { session, path, .. } => {
+                    assert_eq!(cause, Cause::Timeout, "{path} closed by {cause:?}");
+                    assert!(
+                        !self.upstreams.contains_key(path),
+                        "{path}: PathClosed with its CloseUpstream"
+                    );
+                    let ends = notifications[i..].iter().any(|n| {
+                        matches!(n, Notification::SessionClosed { info, .. } if info.id == *session)
+                    });
+                    assert!(
+                        ends || self.upstreams.values().any(|u| u.session == *session),
+                        "{session}: a path ends on its timer only while another lives on \
+                         (or the session ends with it)"
                     );
                 }
                 Notification::SessionClosed { info, .. } => {
@@ -676,13 +835,16 @@ impl RelayModel {
                     let upstream_closes = commands
                         .iter()
                         .filter(
-                            |c| matches!(c, Command::CloseUpstream { session } if *session == id),
+                            |c| matches!(c, Command::CloseUpstream { session, .. } if *session == id),
                         )
                         .count();
-                    assert_eq!(
-                        upstream_closes,
-                        usize::from(opened.is_some()),
-                        "{id}: one CloseUpstream exactly when it was opened"
+                    assert!(
+                        (upstream_closes > 0) == opened.is_some(),
+                        "{id}: a CloseUpstream exactly when it was opened"
+                    );
+                    assert!(
+                        !self.upstreams.values().any(|u| u.session == id),
+                        "{id}: closed with a path left open"
                     );
                     assert_eq!(
                         info.backend, opened,
@@ -747,8 +909,14 @@ impl RelayModel {
             }
         }
         match verdict {
-            Verdict::ToBackend { session, backend } => {
-                assert!(matches!(cause, Cause::Client(_)));
+            Verdict::ToBackend {
+                session,
+                path,
+                backend,
+            } => {
+                let Cause::Client(from) = cause else {
+                    panic!("ToBackend caused by {cause:?}");
+                };
                 self.see(*session);
                 assert_eq!(
                     self.opened.get(session),
@@ -756,24 +924,32 @@ impl RelayModel {
                     "{session}: ToBackend to the backend SessionOpened announced"
                 );
                 assert_eq!(
-                    self.upstreams.get(session),
-                    Some(backend),
-                    "{session}: ToBackend through the upstream OpenUpstream opened"
+                    self.upstreams.get(path),
+                    Some(&Upstream {
+                        session: *session,
+                        client: from,
+                        backend: *backend,
+                    }),
+                    "{session}: ToBackend through the upstream OpenUpstream opened for the \
+                     sender's address"
                 );
             }
             Verdict::ToClient { session, client } => {
-                assert_eq!(cause, Cause::Backend(*session));
+                let Cause::Backend(path) = cause else {
+                    panic!("ToClient caused by {cause:?}");
+                };
                 self.see(*session);
                 assert!(self.opened.contains_key(session), "{session} is open");
+                let up = self.upstreams.get(&path);
                 assert!(
-                    self.upstreams.contains_key(session),
-                    "{session} has an upstream"
+                    up.is_some_and(|u| u.session == *session),
+                    "{session} forwards from its own path {path}"
                 );
-                let info = self
-                    .relay
-                    .session(*session, self.now)
-                    .expect("forwarded for a live session");
-                assert_eq!(info.client, *client, "to the session's current client");
+                assert_eq!(
+                    up.map(|u| u.client),
+                    Some(*client),
+                    "{path}'s backend datagrams go to that path's client only"
+                );
             }
             Verdict::Held { session } => {
                 assert!(matches!(cause, Cause::Client(_)));
@@ -806,16 +982,13 @@ impl RelayModel {
                 );
             }
         }
-        if let Cause::Backend(id) = cause {
-            // Only a routed session has an upstream socket for its backend to answer on.
-            let routed = self
-                .relay
-                .session(id, self.now)
-                .is_some_and(|s| s.state == SessionState::Established);
+        if let Cause::Backend(path) = cause {
+            // Only an open path has an upstream socket for its backend to answer on.
+            let open = self.upstreams.contains_key(&path);
             match verdict {
-                Verdict::Drop(DropReason::UnknownSession) => assert!(!routed),
-                Verdict::Drop(DropReason::Empty) => assert!(routed),
-                _ => assert!(routed, "backend datagram for {id} forwarded"),
+                Verdict::Drop(DropReason::UnknownSession) => assert!(!open),
+                Verdict::Drop(DropReason::Empty) => assert!(open),
+                _ => assert!(open, "backend datagram on {path} forwarded"),
             }
         }
     }
@@ -847,10 +1020,17 @@ impl RelayModel {
         assert_eq!(stats.allocations_in_flight, self.waiting.len());
         assert_eq!(stats.sessions_closed, self.closed.len() as u64);
         assert_eq!(stats.sessions_opened, self.opened_total);
+        let with_upstream: HashMap<SessionId, BackendAddr> = self
+            .upstreams
+            .values()
+            .map(|u| (u.session, u.backend))
+            .collect();
         assert_eq!(
-            self.upstreams, self.opened,
+            with_upstream, self.opened,
             "the upstreams the commands left open are the sessions notified open"
         );
+        assert_eq!(stats.paths, self.upstreams.len(), "paths counted as opened");
+        assert!(stats.remembered_ended_cids <= 64 * 1024, "{stats:?}");
         let held: usize = self.held.values().flatten().map(Vec::len).sum();
         assert_eq!(
             stats.buffered_bytes,
@@ -889,6 +1069,22 @@ impl RelayModel {
             );
             let deadline = if s.state == SessionState::Established {
                 established += 1;
+                let paths = self
+                    .upstreams
+                    .values()
+                    .filter(|u| u.session == s.id)
+                    .count();
+                assert_eq!(s.paths.len(), paths, "{}: its paths are those opened", s.id);
+                for p in &s.paths {
+                    assert_eq!(
+                        self.upstreams.get(&p.id).map(|u| (u.session, u.client)),
+                        Some((s.id, p.client)),
+                        "{}: its path {} as opened",
+                        s.id,
+                        p.id
+                    );
+                }
+                assert!(paths <= c.max_paths_per_session.max(1));
                 assert_eq!(
                     s.backend,
                     self.opened.get(&s.id).copied(),
@@ -905,7 +1101,7 @@ impl RelayModel {
                 (self.now + c.idle_timeout).checked_sub(s.idle)
             } else {
                 assert!(!self.opened.contains_key(&s.id));
-                assert!(!self.upstreams.contains_key(&s.id));
+                assert!(!self.upstreams.values().any(|u| u.session == s.id));
                 if timed_out {
                     assert!(
                         s.age < c.handshake_timeout,

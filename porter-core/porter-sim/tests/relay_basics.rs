@@ -14,8 +14,9 @@ use bytes::Bytes;
 use common::capture;
 use porter_core::wire::{parse_packet, Packet, Version as WireVersion};
 use porter_core::{
-    BackendAddr, ClientAddr, CloseReason, Command, DropReason, Notification, RefusalMode,
-    RefuseReason, Relay, RelayConfig, Route, RouteName, RouteTarget, SessionState, Verdict,
+    BackendAddr, ClientAddr, CloseReason, Command, DropReason, Notification, PathId, RefusalMode,
+    RefuseReason, Relay, RelayConfig, Route, RouteName, RouteTarget, SessionId, SessionState,
+    Verdict,
 };
 
 fn addr(s: &str) -> SocketAddr {
@@ -87,6 +88,7 @@ fn chromium_two_datagram_hello_is_released_in_order() {
             client: c,
             backend: b,
             datagrams: released,
+            ..
         }] => {
             assert_eq!((*s, *c, *b), (session, client, backend));
             assert_eq!(released.len(), 2);
@@ -114,7 +116,11 @@ fn chromium_two_datagram_hello_is_released_in_order() {
     for d in &datagrams[2..] {
         assert_eq!(
             relay.handle_client_datagram(now, client, &d.bytes),
-            Verdict::ToBackend { session, backend }
+            Verdict::ToBackend {
+                session,
+                path: first_path(&relay, session, now),
+                backend
+            }
         );
     }
     assert_eq!(drain(&mut relay), (vec![], vec![]));
@@ -335,7 +341,7 @@ fn handshake_and_idle_timeouts_close_sessions() {
     let session = relay.sessions(t0)[0].id;
     let t1 = t0 + idle / 2;
     assert!(matches!(
-        relay.handle_backend_datagram(t1, session, &[0x40, 1, 2, 3]),
+        relay.handle_backend_datagram(t1, first_path(&relay, session, t1), &[0x40, 1, 2, 3]),
         Verdict::ToClient { .. }
     ));
     relay.handle_timeout(t0 + idle);
@@ -351,7 +357,7 @@ fn handshake_and_idle_timeouts_close_sessions() {
             &commands[..],
             [
                 Command::OpenUpstream { session: a, .. },
-                Command::CloseUpstream { session: b },
+                Command::CloseUpstream { session: b, .. },
             ] if *a == session && *b == session
         ),
         "{commands:?}"
@@ -483,9 +489,16 @@ fn closing_a_session_closes_its_upstream_or_cancels_its_allocation() {
         &commands[..],
         [Command::OpenUpstream { session, backend: b, .. }] if *session == routed && *b == backend
     ));
+    let path = first_path(&relay, routed, now);
     assert!(relay.close_session(now, routed));
     let (commands, notifications) = drain(&mut relay);
-    assert_eq!(commands, vec![Command::CloseUpstream { session: routed }]);
+    assert_eq!(
+        commands,
+        vec![Command::CloseUpstream {
+            session: routed,
+            path
+        }]
+    );
     assert!(matches!(
         &notifications[..],
         [Notification::SessionClosed { reason: CloseReason::Closed, info }]
@@ -533,4 +546,9 @@ fn closing_a_session_closes_its_upstream_or_cancels_its_allocation() {
         [Notification::SessionClosed { reason: CloseReason::Closed, info }]
             if info.id == session && info.backend.is_none()
     ));
+}
+
+/// The first client path of a routed session.
+fn first_path(relay: &Relay, session: SessionId, now: Instant) -> PathId {
+    relay.session(session, now).expect("a live session").paths[0].id
 }

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use porter_core::initial::LongPacketSpec;
 use porter_core::wire::{LongType, Version};
 use porter_core::{
-    AllocationFailure, AllocationId, AssemblerConfig, BackendAddr, ClientAddr, RelayConfig, Route,
-    RouteName, RouteTarget, SessionId,
+    AllocationFailure, AllocationId, AssemblerConfig, BackendAddr, ClientAddr, PathId,
+    QuicLbRouting, RelayConfig, Route, RouteName, RouteTarget, SessionId,
 };
 use porter_sim::{
     client_initial_flight, long_header_packet, retry_packet, short_header_packet, ClientHelloSpec,
@@ -50,6 +50,9 @@ fn config(idle_timeout: Duration) -> RelayConfig {
         handshake_timeout: Duration::from_secs(2),
         max_sessions: 5,
         max_cids_per_session: 3,
+        max_paths_per_session: 2,
+        path_idle_timeout: Duration::from_secs(1),
+        quic_lb: quic_lb_routing(),
         max_buffered_per_session: 3000,
         max_buffered_total: 6000,
         max_pending_allocations: 1,
@@ -61,6 +64,18 @@ fn config(idle_timeout: Duration) -> RelayConfig {
         },
         ..RelayConfig::default()
     }
+}
+
+/// Server-ID routing: plaintext CIDs of config ID 0 (an eighth of random CIDs) with a
+/// one-octet server ID, each naming one of the backends.
+fn quic_lb_routing() -> QuicLbRouting {
+    use porter_core::quic_lb::{Config, ServerId};
+    let mut routing = QuicLbRouting::new();
+    routing.insert_config(Config::new(0, 1, 4, None).unwrap());
+    for id in 0..=u8::MAX {
+        routing.insert_server(ServerId::new(&[id]).unwrap(), backend(usize::from(id)));
+    }
+    routing
 }
 
 /// One connection attempt of the pool: its original DCID and its Initial datagrams.
@@ -278,6 +293,16 @@ impl Harness {
         }
     }
 
+    /// A path the relay opened (`known`), or an arbitrary ID.
+    fn pick_path(&self, i: usize, known: bool) -> PathId {
+        let seen = self.model.paths_seen();
+        if known && !seen.is_empty() {
+            seen[i % seen.len()]
+        } else {
+            PathId((i % 40) as u64)
+        }
+    }
+
     fn known_cid(&self, cid: CidPick) -> Vec<u8> {
         match cid {
             CidPick::Known(i) => self.cids[i % self.cids.len()].clone(),
@@ -371,7 +396,7 @@ impl Harness {
                 known,
                 kind,
             } => {
-                let id = self.pick_session(session, known);
+                let path = self.pick_path(session, known);
                 let d = match kind {
                     BackendKind::Long { scid, coalesced } => {
                         let mut d = Vec::new();
@@ -407,10 +432,7 @@ impl Harness {
                     BackendKind::Short(len) => short_header_packet(0, &[], 1, &vec![1; len]),
                     BackendKind::Garbage(bytes) => bytes,
                 };
-                ModelOp::Backend {
-                    session: id,
-                    datagram: d,
-                }
+                ModelOp::Backend { path, datagram: d }
             }
             Op::SetSimple { name, backends } => ModelOp::SetRoute(Route {
                 name: RouteName::parse(ROUTE_NAMES[name]).unwrap(),
@@ -472,7 +494,12 @@ const MUST_COVER: &[&str] = &[
     "close_upstream",
     "transmit",
     "transmit_async",
-    "address_changed",
+    "open_path",
+    "path_opened",
+    "path_closed",
+    "drop:path_limit",
+    "drop:ended_connection",
+    "quic_lb_adopted",
     "allocate",
     "cancel_allocation",
     "allocated",

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use porter_core::wire::Version;
 use porter_core::{
-    BackendAddr, ClientAddr, CloseReason, Command, DropReason, Notification, Relay, RelayConfig,
-    Route, RouteName, RouteTarget, SessionId, SessionState, Verdict,
+    BackendAddr, ClientAddr, CloseReason, Command, DropReason, Notification, PathId, Relay,
+    RelayConfig, Route, RouteName, RouteTarget, SessionId, SessionState, Verdict,
 };
 use porter_sim::{client_initial_flight, ClientHelloSpec, InitialFlightSpec, SimRng};
 
@@ -82,6 +82,7 @@ fn idle_timeout_shorter_than_handshake_timeout_fires_on_time() {
     let mut relay = relay(config, simple());
     let t0 = Instant::now();
     let session = open(&mut relay, t0);
+    let path = relay.session(session, t0).unwrap().paths[0].id;
     assert_eq!(relay.poll_timeout(), Some(t0 + Duration::from_secs(1)));
     relay.handle_timeout(t0 + Duration::from_secs(1));
     assert_eq!(
@@ -90,7 +91,7 @@ fn idle_timeout_shorter_than_handshake_timeout_fires_on_time() {
         "closed at its idle deadline"
     );
     let commands: Vec<Command> = std::iter::from_fn(|| relay.poll_command()).collect();
-    assert_eq!(commands, vec![Command::CloseUpstream { session }]);
+    assert_eq!(commands, vec![Command::CloseUpstream { session, path }]);
     let closed = std::iter::from_fn(|| relay.poll_notification()).any(|n| {
         matches!(
             n,
@@ -133,6 +134,7 @@ fn backend_datagram_for_unrouted_session_is_dropped() {
     let mut relay = relay(RelayConfig::default(), target);
     let now = Instant::now();
     let session = open(&mut relay, now);
+    assert!(relay.session(session, now).unwrap().paths.is_empty());
     let cids = relay.stats().connection_ids;
     let mut long = Vec::new();
     porter_sim::long_header_packet(
@@ -149,7 +151,8 @@ fn backend_datagram_for_unrouted_session_is_dropped() {
         &mut long,
     );
     assert_eq!(
-        relay.handle_backend_datagram(now, session, &long),
+        // No path exists until the session is routed: not the one it would get first.
+        relay.handle_backend_datagram(now, PathId(1), &long),
         Verdict::Drop(DropReason::UnknownSession)
     );
     assert_eq!(relay.stats().connection_ids, cids, "nothing learned");
@@ -186,15 +189,17 @@ fn unknown_cid_on_a_shared_socket_is_not_guessed() {
             &[0; 32],
             &mut answer,
         );
-        let v = relay.handle_backend_datagram(now, session, &answer);
+        let path = relay.session(session, now).unwrap().paths[0].id;
+        let v = relay.handle_backend_datagram(now, path, &answer);
         assert!(matches!(v, Verdict::ToClient { .. }), "{v:?}");
-        sessions.push(session);
+        sessions.push((session, path));
     }
     let known = porter_sim::short_header_packet(0, &[1; 8], 0, &[0; 40]);
     assert_eq!(
         relay.handle_client_datagram(now, client(), &known),
         Verdict::ToBackend {
-            session: sessions[0],
+            session: sessions[0].0,
+            path: sessions[0].1,
             backend: BackendAddr(SocketAddr::from(([10, 0, 0, 1], 443))),
         }
     );

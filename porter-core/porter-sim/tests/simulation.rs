@@ -99,8 +99,9 @@ fn assert_held_datagrams_sent_in_arrival_order(sim: &Sim) -> usize {
                         client,
                         backend,
                         datagrams,
+                        ..
                     },
-            } => {
+            } if !open.contains(session) => {
                 let held = held.remove(session).unwrap_or_default();
                 assert_eq!(datagrams, &held, "{session}: sent out of arrival order");
                 assert!(!open.contains(session), "{session} opened twice");
@@ -109,14 +110,24 @@ fn assert_held_datagrams_sent_in_arrival_order(sim: &Sim) -> usize {
                 opens += 1;
             }
             LogEntry::Command {
-                command: Command::CloseUpstream { session },
+                command: Command::CloseUpstream { session, .. },
                 ..
             } => {
-                let Some(i) = open.iter().position(|s| s == session) else {
-                    panic!("{session}: CloseUpstream before its OpenUpstream");
-                };
-                open.remove(i);
+                assert!(
+                    open.contains(session),
+                    "{session}: CloseUpstream before its OpenUpstream"
+                );
                 closing.push(*session);
+            }
+            LogEntry::Notification {
+                notification: Notification::PathClosed { session, .. },
+                ..
+            } => {
+                // The path's CloseUpstream, not the session's.
+                let Some(i) = closing.iter().position(|s| s == session) else {
+                    panic!("{session}: PathClosed without its CloseUpstream");
+                };
+                closing.remove(i);
             }
             LogEntry::Notification {
                 at,
@@ -146,6 +157,7 @@ fn assert_held_datagrams_sent_in_arrival_order(sim: &Sim) -> usize {
                     info.id
                 );
                 closing.retain(|s| *s != info.id);
+                open.retain(|s| *s != info.id);
             }
             _ => {}
         }
@@ -386,20 +398,34 @@ fn nat_rebinding_keeps_sessions_on_their_backends() {
         let info = sim.relay().session(sessions[i], sim.now()).unwrap();
         assert_eq!(info.client, ClientAddr(sim.client_addr(conn.client())));
     }
+    // Each move opened a new path, for the new address.
     let moved = sim
         .driver()
         .notifications()
-        .filter(|(_, n)| matches!(n, Notification::AddressChanged { .. }))
+        .filter(|(_, n)| matches!(n, Notification::PathOpened { .. }))
         .count();
     assert_eq!(moved, 20);
     let stats = sim.relay().stats();
     assert_eq!((stats.sessions, stats.sessions_opened), (20, 20));
     assert_eq!(stats.drops(DropReason::UnknownConnection), 0);
-    // The backends still see each connection from one upstream socket.
+    // The backends see each move as a new 4-tuple: each connection from two upstream
+    // sockets, the second that of the new path. (Before paths, the relay repointed the
+    // session and the backend never saw the move: one socket.)
     for s in 0..2 {
         for c in sim.server(ServerId(s)).connections() {
-            assert_eq!(c.peers.len(), 1);
+            assert_eq!(c.peers.len(), 2);
         }
+    }
+    // The old paths end on their own timer; the sessions live on, on the new paths.
+    let timeout = sim.relay().config().path_idle_timeout;
+    sim.run_for(timeout + Duration::from_secs(1));
+    let stats = sim.relay().stats();
+    assert_eq!((stats.sessions, stats.paths), (20, 20));
+    for (i, &c) in conns.iter().enumerate() {
+        let new = ClientAddr(sim.client_addr(sim.conn(c).client()));
+        let paths = sim.driver().paths_of(sessions[i]);
+        assert_eq!(paths.len(), 1, "client {i}: the old path ended");
+        assert_eq!(paths[0].2, new, "client {i}: the path left is the new one");
     }
 }
 
@@ -914,16 +940,18 @@ fn idle_sessions_close_and_their_sockets_with_them() {
         .driver()
         .commands()
         .filter_map(|(at, c)| match c {
-            Command::CloseUpstream { session } => Some((at, *session)),
+            Command::CloseUpstream { session, .. } => Some((at, *session)),
             _ => None,
         })
         .collect();
     assert_eq!(upstreams_closed, closed);
     assert_eq!(closed.len(), 4);
-    // The client comes back after its session expired: its short headers are unknown.
+    // The client comes back after its session expired: its short headers carry a CID
+    // of an ended session, dropped as such (and never adopted).
     sim.want_pings(conns[0], 1);
     sim.run_for(Duration::from_millis(500));
-    assert!(sim.relay().stats().drops(DropReason::UnknownConnection) > 0);
+    assert!(sim.relay().stats().drops(DropReason::EndedConnection) > 0);
+    assert_eq!(sim.relay().session_count(), 0);
 }
 
 #[test]
@@ -953,4 +981,192 @@ fn same_seed_same_run() {
     let first = run(99);
     assert_eq!(first, run(99));
     assert_ne!(first.0, run(100).0);
+}
+
+/// Bytes the relay sent to `to` (forwarded backend datagrams) and bytes it received from
+/// `to`, from the driver's log.
+fn bytes_to_and_from(sim: &Sim, to: SocketAddr) -> (usize, usize) {
+    let (mut sent, mut received) = (0, 0);
+    for entry in sim.driver().log() {
+        match entry {
+            LogEntry::Backend {
+                len,
+                verdict: Verdict::ToClient { client, .. },
+                ..
+            } if client.0 == to => sent += len,
+            LogEntry::Client { from, bytes, .. } if from.0 == to => received += bytes.len(),
+            _ => {}
+        }
+    }
+    (sent, received)
+}
+
+/// A datagram with a live connection's CID, replayed from another address, opens a new
+/// path: only what the backend answers on that path reaches the forged address (at most
+/// 3× what it sent: here one answer to one replayed ping), the real client's answers
+/// keep going to the real client, and the forged path ends on its own timer. Before
+/// paths, the relay repointed the session to the forged address and every later answer
+/// went there.
+#[test]
+fn a_forged_datagram_with_a_live_cid_is_not_amplified_and_the_client_carries_on() {
+    let mut sim = sim(0x5eed_0a3f, LinkConditions::ideal(Duration::from_millis(5)));
+    let (conns, names) = connected_clients(&mut sim, 2, 8);
+    let c = conns[0];
+    let real = sim.client_addr(sim.conn(c).client());
+    let session = sim.session_of(c).unwrap();
+    // The real client's latest datagram, replayed as is (the strongest forgery: it
+    // decodes at the backend).
+    let replay = sim
+        .driver()
+        .log()
+        .iter()
+        .rev()
+        .find_map(|e| match e {
+            LogEntry::Client {
+                from,
+                bytes,
+                verdict: Verdict::ToBackend { .. },
+                ..
+            } if from.0 == real && bytes[0] & 0x80 == 0 => Some(bytes.clone()),
+            _ => None,
+        })
+        .expect("the client sent short headers");
+    let forged = addr("203.0.113.66:4444");
+    let answers = sim.conn(c).answers().len();
+    // Mid-transfer: the forgery reaches the relay while a real ping's answer is on its
+    // way back (a relay that repointed the session sent that answer to the forger).
+    sim.want_pings(c, 20);
+    sim.run_for(Duration::from_millis(3));
+    let now = sim.now();
+    let listener = sim.driver().listener();
+    sim.network_mut().send(now, forged, listener, replay);
+    assert!(sim.run_until_done(Duration::from_secs(5), |s| all_done(s, &[c])));
+    let forwarded_to_forged = sim
+        .driver()
+        .log()
+        .iter()
+        .filter(|e| {
+            matches!(e, LogEntry::Backend { verdict: Verdict::ToClient { client, .. }, .. }
+                if client.0 == forged)
+        })
+        .count();
+    assert_eq!(
+        forwarded_to_forged, 1,
+        "the forger gets the answer to its own datagram, and nothing of the real client's"
+    );
+
+    let (sent, received) = bytes_to_and_from(&sim, forged);
+    assert!(received > 0, "the forged datagram reached the relay");
+    assert!(
+        sent <= 3 * received,
+        "{sent} bytes sent to the forged address for {received} received"
+    );
+    // The real client got every answer, from its backend, on its own address.
+    assert!(sim.conn(c).answers().len() >= answers + 20);
+    assert_eq!(sim.conn(c).servers(), [names[0].as_str()]);
+    let (to_real, _) = bytes_to_and_from(&sim, real);
+    assert!(to_real > 20 * sent.max(1));
+    let paths = sim.driver().paths_of(session);
+    assert_eq!(paths.len(), 2, "the forgery opened a path of its own");
+    assert_eq!(paths[1].2, ClientAddr(forged));
+    // The forged path ends on its timer; the real one lives on.
+    let timeout = sim.relay().config().path_idle_timeout;
+    sim.want_pings(c, (timeout.as_millis() / 50) as u32 + 20);
+    sim.run_for(timeout + Duration::from_millis(500));
+    let paths = sim.driver().paths_of(session);
+    assert_eq!(paths.len(), 1);
+    assert_eq!(paths[0].2, ClientAddr(real));
+    assert_eq!(sim.driver().stats().inconsistencies, 0);
+}
+
+/// A connection whose session ended comes back, from its old address and then from a
+/// new port of the same IP, while another client's session of that IP is live: its
+/// datagrams are dropped as those of an ended connection, never adopted by the other
+/// session (before, the other session's sole-session-of-the-IP rule took them and moved
+/// its return path).
+#[test]
+fn a_late_datagram_of_an_ended_connection_is_not_adopted_by_another_session_of_its_ip() {
+    let config = RelayConfig {
+        idle_timeout: Duration::from_secs(3),
+        ..RelayConfig::default()
+    };
+    let mut sim = Sim::new(
+        Instant::now(),
+        SimConfig {
+            seed: 0x5eed_0e4d,
+            relay: config,
+            network: LinkConditions::ideal(Duration::from_millis(5)),
+            ..SimConfig::default()
+        },
+    );
+    // Both clients are on 192.0.2.1, on two ports.
+    let (conns, names) = connected_clients(&mut sim, 2, 8);
+    let (late, live) = (conns[0], conns[1]);
+    let live_session = sim.session_of(live).unwrap();
+    let live_addr = ClientAddr(sim.client_addr(sim.conn(live).client()));
+    let late_session = sim.session_of(late).unwrap();
+    // The live client keeps pinging for 6 s; the other falls silent and idles out.
+    sim.want_pings(live, 120);
+    sim.run_for(Duration::from_secs(4));
+    assert!(sim.relay().session(late_session, sim.now()).is_none());
+    let answers = sim.conn(late).answers().len();
+    let pings = sim.conn(late).pings_sent();
+    let server_stats = |sim: &Sim, conn: ConnId| {
+        sim.server_at(backend_of(sim, conn).unwrap())
+            .unwrap()
+            .stats()
+    };
+    let (late_backend, live_backend) = (server_stats(&sim, late), server_stats(&sim, live));
+    assert_ne!(names[0], names[1], "the two sessions are on two backends");
+
+    let ended = sim.relay().stats().drops(DropReason::EndedConnection);
+    let old_addr = sim.client_addr(sim.conn(late).client());
+    let resumed = sim.now();
+    sim.want_pings(late, 3);
+    sim.run_for(Duration::from_millis(500));
+    let client = sim.conn(late).client();
+    sim.rebind(client, addr("192.0.2.1:30000"));
+    sim.want_pings(late, 3);
+    sim.run_for(Duration::from_millis(500));
+
+    let dropped = sim.relay().stats().drops(DropReason::EndedConnection) - ended;
+    // Every late datagram that reached the relay was dropped as an ended connection's.
+    let late_addrs = [old_addr, addr("192.0.2.1:30000")];
+    let verdicts: Vec<&Verdict> = sim
+        .driver()
+        .log()
+        .iter()
+        .filter_map(|e| match e {
+            LogEntry::Client {
+                at, from, verdict, ..
+            } if *at >= resumed && late_addrs.contains(&from.0) => Some(verdict),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(verdicts.len() as u64, dropped);
+    assert!(verdicts
+        .iter()
+        .all(|v| **v == Verdict::Drop(DropReason::EndedConnection)));
+    assert!(sim.conn(late).pings_sent() - pings >= 6);
+    assert!(dropped >= 6);
+    assert_eq!(
+        sim.conn(late).answers().len(),
+        answers,
+        "nothing got through"
+    );
+    // Neither backend saw any of them: not the ended connection's (its session is
+    // gone), not the live session's (nothing of another connection reached it).
+    assert_eq!(server_stats(&sim, late).datagrams, late_backend.datagrams);
+    assert_eq!(server_stats(&sim, live).unknown, live_backend.unknown);
+    // The live session neither got them nor moved: one path, its own address.
+    let paths = sim.driver().paths_of(live_session);
+    assert_eq!(paths.len(), 1);
+    assert_eq!(paths[0].2, live_addr);
+    assert!(!sim
+        .driver()
+        .notifications()
+        .any(|(_, n)| matches!(n, Notification::PathOpened { .. })));
+    let live_conn = sim.conn(live);
+    assert_eq!(live_conn.servers(), [names[1].as_str()]);
+    assert_eq!(sim.driver().stats().inconsistencies, 0);
 }

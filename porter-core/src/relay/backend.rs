@@ -1,4 +1,5 @@
-//! Backend datagrams: forwarded to the session's client, and read for the connection IDs
+//! Backend datagrams: forwarded to the client of the path whose upstream socket received
+//! them, and read for the connection IDs
 //! the backend chooses. Every long header a backend sends (Initial, Handshake, Retry;
 //! coalesced ones too) carries its Source CID in the clear (RFC 9000 §17.2), which the
 //! client then uses as its Destination CID: the relay learns it, up to
@@ -8,7 +9,7 @@ use std::time::Instant;
 
 use super::output::{DropReason, Verdict};
 use super::Relay;
-use crate::ids::SessionId;
+use crate::ids::{PathId, SessionId};
 use crate::session::SessionState;
 use crate::wire::{self, ConnectionId, Packet, Packets};
 
@@ -16,16 +17,28 @@ impl Relay {
     pub(super) fn backend_datagram(
         &mut self,
         now: Instant,
-        id: SessionId,
+        path: PathId,
         datagram: &[u8],
     ) -> Verdict {
-        // A session not routed yet has no upstream socket, so nothing can come from its
-        // backend: forwarding it would hand the client bytes from nowhere, and learning
-        // its CIDs would let them squat the session's table.
+        // Only routed sessions have paths, so nothing comes from the backend of a session
+        // not routed yet: forwarding it would hand the client bytes from nowhere, and
+        // learning its CIDs would let them squat the session's table.
+        let id = path.session();
         let Some(session) = self
             .sessions
             .get_mut(&id)
             .filter(|s| s.state == SessionState::Established)
+        else {
+            return Verdict::Drop(DropReason::UnknownSession);
+        };
+        // The path's own client, and no other: a backend datagram never follows a
+        // client to another address (the backend moves to the new path itself, once it
+        // has validated it).
+        let Some(client) = session
+            .paths
+            .iter()
+            .find(|p| p.id == path)
+            .map(|p| p.client)
         else {
             return Verdict::Drop(DropReason::UnknownSession);
         };
@@ -34,7 +47,7 @@ impl Relay {
         };
         session.last_activity = now;
         session.to_client.add(datagram.len());
-        let client = session.client;
+        session.confirmed = true;
         if wire::is_long_header(first) {
             for packet in Packets::new(datagram) {
                 match packet {

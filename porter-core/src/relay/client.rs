@@ -80,6 +80,11 @@ impl Relay {
             return self.client_to_session(now, from, id, datagram, Some(packet.ty));
         }
         if packet.ty != LongType::Initial {
+            // A Handshake or 0-RTT packet with a CID the relay never saw: routable only
+            // by the server ID in it.
+            if let Some(verdict) = self.route_by_server_id(now, from, packet.dcid, datagram) {
+                return verdict;
+            }
             return Verdict::Drop(DropReason::UnknownConnection);
         }
         if let Some(refused) = self.refused.get(&dcid).copied() {
@@ -106,13 +111,19 @@ impl Relay {
                 let backend = session
                     .backend
                     .expect("established sessions have a backend");
+                let Some(path) = session.paths.iter_mut().find(|p| p.client == from) else {
+                    // A known connection from a new address: a new path, never a move of
+                    // an existing one (see `super::path`).
+                    return self.open_path(now, id, from, datagram);
+                };
+                path.last_client = now;
+                let path = path.id;
+                session.client = from;
                 session.last_activity = now;
                 session.to_backend.add(datagram.len());
-                if session.client != from {
-                    self.move_client(id, from);
-                }
                 Verdict::ToBackend {
                     session: id,
+                    path,
                     backend,
                 }
             }
@@ -201,6 +212,9 @@ impl Relay {
                 last_activity: now,
                 to_backend: Traffic::default(),
                 to_client: Traffic::default(),
+                paths: Vec::new(),
+                confirmed: true,
+                next_path: 0,
             },
         );
         self.cids.insert(dcid, id);

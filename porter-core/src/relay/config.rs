@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use super::quic_lb::QuicLbRouting;
 use crate::assembler::AssemblerConfig;
 
 /// What to do with connections that cannot be routed.
@@ -28,6 +29,12 @@ pub struct RelayConfig {
     /// Most connection IDs mapped to one session; beyond it the oldest is forgotten.
     /// Default 8.
     pub max_cids_per_session: usize,
+    /// Most client paths (client addresses, each with its own upstream socket) one
+    /// session has at once; a datagram that would open another is dropped. Default 4.
+    pub max_paths_per_session: usize,
+    /// A path other than the session's most recently used one ends after this long
+    /// without a datagram from its client (the session lives on). Default 5 s.
+    pub path_idle_timeout: Duration,
     /// Most bytes held for one connection before its route is known. Default 64 KiB.
     pub max_buffered_per_session: usize,
     /// Most bytes held for all such connections together. Default 64 MiB.
@@ -46,6 +53,9 @@ pub struct RelayConfig {
     pub refusal_replays_per_second: u32,
     /// ClientHello limits.
     pub assembler: AssemblerConfig,
+    /// Server-ID routing (QUIC-LB): the backends' CID configurations and the backend of
+    /// each server ID. Default: none.
+    pub quic_lb: QuicLbRouting,
     /// Seed for the little randomness the relay needs (unused header bits, the Source
     /// CID of refusals). Drivers pass a random seed; tests a fixed one.
     pub seed: u64,
@@ -58,6 +68,8 @@ impl Default for RelayConfig {
             handshake_timeout: Duration::from_secs(5),
             max_sessions: 100_000,
             max_cids_per_session: 8,
+            max_paths_per_session: 4,
+            path_idle_timeout: Duration::from_secs(5),
             max_buffered_per_session: 64 * 1024,
             max_buffered_total: 64 * 1024 * 1024,
             max_pending_allocations: 1024,
@@ -66,6 +78,7 @@ impl Default for RelayConfig {
             refusal: RefusalMode::Close,
             refusal_replays_per_second: 100,
             assembler: AssemblerConfig::default(),
+            quic_lb: QuicLbRouting::default(),
             seed: 0x5eed_0f5e_ed00,
         }
     }

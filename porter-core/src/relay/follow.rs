@@ -11,8 +11,11 @@
 //! sharing a socket cannot be told apart, and a guess would send one connection's
 //! datagrams to another's backend. From a new port of a known IP it is a migration
 //! (quinn's `rebind` switches CID and socket at once); it is followed only when exactly one
-//! routed session of that IP can be meant. Everything else is dropped and counted: only
-//! CIDs that encode their server (QUIC-LB) could route it.
+//! routed session of that IP can be meant, and only ever on a new path of that session
+//! (see [`super::path`]): the backend, not the relay, decides whether the datagram belongs
+//! to the connection, and no existing path is redirected. A CID of a session that ended
+//! is never followed. Everything else is dropped and counted: only CIDs that encode their
+//! server (QUIC-LB) could route it.
 
 use std::time::Instant;
 
@@ -31,6 +34,15 @@ impl Relay {
     ) -> Verdict {
         if let Some((id, _)) = self.cids.lookup_short(datagram) {
             return self.client_to_session(now, from, id, datagram, None);
+        }
+        // A late datagram of a connection that ended: no other session may adopt it.
+        if self.of_ended_session(datagram) {
+            return Verdict::Drop(DropReason::EndedConnection);
+        }
+        // A CID that names its server (QUIC-LB) goes there, whatever the address.
+        let dcid = datagram.get(1..).unwrap_or_default();
+        if let Some(verdict) = self.route_by_server_id(now, from, dcid, datagram) {
+            return verdict;
         }
         // Unknown DCID: see the module docs for when it is followed.
         let id = match self.established_at(from) {
@@ -71,7 +83,8 @@ impl Relay {
             if s.state != SessionState::Established || cid_len == 0 || datagram.len() <= cid_len {
                 continue;
             }
-            if found.replace(s.id).is_some() {
+            // A session with two paths from this IP is listed twice.
+            if found.replace(s.id).is_some_and(|f| f != s.id) {
                 return None;
             }
         }
@@ -101,7 +114,7 @@ pub(super) mod tests {
     use super::*;
     use crate::ids::BackendAddr;
     use crate::relay::RelayConfig;
-    use crate::session::{Session, Traffic};
+    use crate::session::{Path, Session, Traffic};
     use crate::wire::Version;
 
     pub(in crate::relay) fn addr(text: &str) -> ClientAddr {
@@ -137,9 +150,24 @@ pub(super) mod tests {
                 last_activity: now,
                 to_backend: Traffic::default(),
                 to_client: Traffic::default(),
+                paths: Vec::new(),
+                confirmed: true,
+                next_path: 0,
             },
         );
         relay.index_client(id, client);
+        relay.next_session = relay.next_session.max(id.0 + 1);
+        if state == SessionState::Established {
+            // The session's first path.
+            let session = relay.sessions.get_mut(&id).unwrap();
+            let path = session.new_path_id().unwrap();
+            session.paths.push(Path {
+                id: path,
+                client,
+                last_client: now,
+            });
+            relay.path_count += 1;
+        }
     }
 
     pub(in crate::relay) const ROUTED: SessionState = SessionState::Established;

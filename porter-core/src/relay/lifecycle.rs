@@ -1,5 +1,5 @@
-//! A session's life: routed ([`Relay::establish`]), its client moving, its timers
-//! (handshake, then idle) and its end.
+//! A session's life: routed ([`Relay::establish`], its first path), its timers
+//! (handshake, then idle, and those of its paths: see [`super::path`]) and its end.
 
 use std::cmp::Reverse;
 use std::collections::HashMap;
@@ -8,7 +8,7 @@ use std::time::Instant;
 use super::output::{Command, Notification, RefuseReason};
 use super::Relay;
 use crate::ids::{BackendAddr, ClientAddr, SessionId};
-use crate::session::{CloseReason, Session, SessionState};
+use crate::session::{CloseReason, Path, Session, SessionState};
 
 impl Relay {
     /// The next time [`Self::handle_timeout`] has work to do.
@@ -23,6 +23,7 @@ impl Relay {
 
     /// Expires what is due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.forget_ended(now);
         while let Some(Reverse((at, _))) = self.route_timers.peek() {
             if *at > now {
                 break;
@@ -42,8 +43,12 @@ impl Relay {
                 break;
             }
             self.timers.pop();
-            let Some(session) = self.sessions.get(&id) else {
+            if !self.sessions.contains_key(&id) {
                 continue; // closed earlier; a stale entry
+            }
+            self.expire_paths(id, now);
+            let Some(session) = self.sessions.get(&id) else {
+                continue;
             };
             let deadline = self.deadline(session);
             if deadline > now {
@@ -51,6 +56,9 @@ impl Relay {
                 continue;
             }
             match session.state {
+                SessionState::Established if !session.confirmed => {
+                    self.close(id, CloseReason::HandshakeTimeout, now);
+                }
                 SessionState::Established => self.close(id, CloseReason::IdleTimeout, now),
                 SessionState::AwaitingClientHello => {
                     self.close(id, CloseReason::HandshakeTimeout, now);
@@ -71,6 +79,17 @@ impl Relay {
             return;
         };
         let pending = self.pending.remove(&id);
+        let path = session
+            .new_path_id()
+            .expect("a session's first path has a number");
+        // Most sessions keep one path: reserve for one, not Vec's default four.
+        session.paths.reserve_exact(1);
+        session.paths.push(Path {
+            id: path,
+            client: session.client,
+            last_client: now,
+        });
+        self.path_count += 1;
         session.state = SessionState::Established;
         session.backend = Some(backend);
         session.last_activity = now;
@@ -106,23 +125,10 @@ impl Relay {
         });
         self.commands.push_back(Command::OpenUpstream {
             session: id,
+            path,
             client: session.client,
             backend,
             datagrams,
-        });
-    }
-
-    pub(super) fn move_client(&mut self, id: SessionId, to: ClientAddr) {
-        let Some(session) = self.sessions.get_mut(&id) else {
-            return;
-        };
-        let from = std::mem::replace(&mut session.client, to);
-        self.unindex_client(id, from);
-        self.index_client(id, to);
-        self.notifications.push_back(Notification::AddressChanged {
-            session: id,
-            from,
-            to,
         });
     }
 
@@ -135,14 +141,26 @@ impl Relay {
         self.by_ip.entry(client.0.ip()).or_default().push(id);
     }
 
+    /// Removes one entry of `id` for `client` (a session has one per path, and two paths
+    /// may share an IP).
     pub(super) fn unindex_client(&mut self, id: SessionId, client: ClientAddr) {
         remove_id(&mut self.by_client, client, id);
         remove_id(&mut self.by_ip, client.0.ip(), id);
     }
 
+    /// The session's next deadline: its own (handshake or idle), or that of a path.
     pub(super) fn deadline(&self, session: &Session) -> Instant {
         match session.state {
-            SessionState::Established => session.last_activity + self.config.idle_timeout,
+            // Adopted by its CID's server ID and not answered yet: the handshake timeout
+            // bounds it, and the idle timeout too, when shorter.
+            SessionState::Established if !session.confirmed => (session.created
+                + self.config.handshake_timeout)
+                .min(session.last_activity + self.config.idle_timeout),
+            SessionState::Established => {
+                let idle = session.last_activity + self.config.idle_timeout;
+                self.next_path_deadline(session.id)
+                    .map_or(idle, |path| path.min(idle))
+            }
             _ => session.created + self.config.handshake_timeout,
         }
     }
@@ -156,7 +174,16 @@ impl Relay {
                 self.cids.remove(cid);
             }
         }
-        self.unindex_client(id, session.client);
+        if session.paths.is_empty() {
+            self.unindex_client(id, session.client);
+        }
+        for path in &session.paths {
+            self.unindex_client(id, path.client);
+        }
+        self.path_count -= session.paths.len();
+        if session.state == SessionState::Established {
+            self.remember_ended(now, id, &session.cids);
+        }
         if let Some(p) = self.pending.remove(&id) {
             self.buffered_total -= p.bytes;
         }
@@ -168,8 +195,12 @@ impl Relay {
         }
         if let Some(backend) = session.backend {
             self.routes.session_ended(backend);
-            self.commands
-                .push_back(Command::CloseUpstream { session: id });
+        }
+        for path in &session.paths {
+            self.commands.push_back(Command::CloseUpstream {
+                session: id,
+                path: path.id,
+            });
         }
         self.stats.sessions_closed += 1;
         self.notifications.push_back(Notification::SessionClosed {
@@ -181,7 +212,9 @@ impl Relay {
 
 fn remove_id<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Vec<SessionId>>, key: K, id: SessionId) {
     if let Some(ids) = map.get_mut(&key) {
-        ids.retain(|&s| s != id);
+        if let Some(i) = ids.iter().position(|&s| s == id) {
+            ids.swap_remove(i);
+        }
         if ids.is_empty() {
             map.remove(&key);
         }

@@ -4,7 +4,9 @@
 //!
 //! One file per concept: [`config`] (limits), [`output`] (everything the relay hands
 //! back), [`client`] and [`backend`] (the two directions of a datagram), [`follow`] (the
-//! rules that match a datagram with an unknown CID to a session), [`refusal`] (refused
+//! rules that match a datagram with an unknown CID to a session), [`path`] (client paths,
+//! one upstream socket each, and the CIDs of ended sessions), [`quic_lb`] (server-ID
+//! routing), [`refusal`] (refused
 //! connections, remembered), [`lifecycle`] (timers and closing), [`budget`] (token
 //! bucket, ID hashing) and [`stats`].
 
@@ -15,6 +17,8 @@ mod config;
 mod follow;
 mod lifecycle;
 mod output;
+mod path;
+mod quic_lb;
 mod refusal;
 mod stats;
 
@@ -28,12 +32,13 @@ pub use self::output::{
     AllocationFailure, Command, CompleteAllocationError, DropReason, Notification, RefuseReason,
     Verdict,
 };
+pub use self::quic_lb::{QuicLbCounters, QuicLbMiss, QuicLbRouting};
 pub use self::stats::{AllocationCounters, RelayStats};
 
 use self::budget::{IdMap, TokenBucket};
 use self::refusal::Refused;
 use crate::cid::CidTable;
-use crate::ids::{AllocationId, BackendAddr, ClientAddr, SessionId};
+use crate::ids::{AllocationId, BackendAddr, ClientAddr, PathId, SessionId};
 use crate::routes::{Route, RouteError, RouteName, RouteTable};
 use crate::session::{CloseReason, Pending, Session, SessionInfo};
 use crate::wire::ConnectionId;
@@ -47,6 +52,12 @@ pub struct Relay {
     sessions: IdMap<SessionId, Session>,
     pending: IdMap<SessionId, Pending>,
     cids: CidTable,
+    /// Client paths open, over all sessions.
+    path_count: usize,
+    /// CIDs of routed sessions that ended, and their expiry order (see [`path`]).
+    ended: CidTable,
+    ended_order: VecDeque<(Instant, ConnectionId)>,
+    /// Addresses of every path (of the handshake address before routing), per session.
     by_client: HashMap<ClientAddr, Vec<SessionId>>,
     /// Sessions by client IP, for following a client that changes port and CID at once.
     by_ip: HashMap<IpAddr, Vec<SessionId>>,
@@ -100,6 +111,9 @@ impl Relay {
             sessions: IdMap::default(),
             pending: IdMap::default(),
             cids: CidTable::default(),
+            path_count: 0,
+            ended: CidTable::default(),
+            ended_order: VecDeque::new(),
             by_client: HashMap::new(),
             by_ip: HashMap::new(),
             refused: HashMap::new(),
@@ -270,6 +284,8 @@ impl Relay {
             buffered_bytes: self.buffered_total,
             reassembly_bytes: self.pending.values().map(|p| p.reassembly).sum(),
             connection_ids: self.cids.len(),
+            paths: self.path_count,
+            remembered_ended_cids: self.ended.len(),
             routes: self.routes.len(),
             remembered_refusals: self.refused.len(),
             ..self.stats.clone()
@@ -282,8 +298,8 @@ impl Relay {
         self.accepting = accepting;
     }
 
-    /// Closes a session at once (its [`Command::CloseUpstream`], when it had an upstream,
-    /// and its [`Notification::SessionClosed`] follow); `false` if there is no such
+    /// Closes a session at once (a [`Command::CloseUpstream`] for each of its paths, and
+    /// its [`Notification::SessionClosed`] follow); `false` if there is no such
     /// session.
     pub fn close_session(&mut self, now: Instant, id: SessionId) -> bool {
         let exists = self.sessions.contains_key(&id);
@@ -328,14 +344,15 @@ impl Relay {
         verdict
     }
 
-    /// Handles a datagram that arrived on `session`'s upstream socket.
+    /// Handles a datagram that arrived on the upstream socket of `path` (opened by the
+    /// [`Command::OpenUpstream`] that named it).
     pub fn handle_backend_datagram(
         &mut self,
         now: Instant,
-        session: SessionId,
+        path: PathId,
         datagram: &[u8],
     ) -> Verdict {
-        let verdict = self.backend_datagram(now, session, datagram);
+        let verdict = self.backend_datagram(now, path, datagram);
         match &verdict {
             Verdict::ToClient { .. } => self.stats.to_client.add(datagram.len()),
             Verdict::Drop(reason) => self.count_drop(*reason),

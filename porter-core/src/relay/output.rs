@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use thiserror::Error;
 
-use crate::ids::{AllocationId, BackendAddr, ClientAddr, SessionId};
+use crate::ids::{AllocationId, BackendAddr, ClientAddr, PathId, SessionId};
 use crate::routes::RouteName;
 use crate::session::{CloseReason, SessionInfo};
 use crate::wire::Version;
@@ -22,11 +22,13 @@ use crate::wire::Version;
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[must_use]
 pub enum Verdict {
-    /// Send the client's datagram, unchanged, to `backend` through the session's upstream
-    /// socket.
+    /// Send the client's datagram, unchanged, to `backend` through the upstream socket of
+    /// `path` (the path of the address it came from).
     ToBackend {
         /// The session.
         session: SessionId,
+        /// The client path, whose upstream socket carries it.
+        path: PathId,
         /// Its backend.
         backend: BackendAddr,
     },
@@ -34,11 +36,13 @@ pub enum Verdict {
     ToClient {
         /// The session.
         session: SessionId,
-        /// The client's current address.
+        /// The address of the path whose upstream socket received it: a path's backend
+        /// datagrams go to that path's client only.
         client: ClientAddr,
     },
-    /// The relay keeps a copy of the datagram until the route is known; it leaves in the
-    /// session's [`Command::OpenUpstream`].
+    /// The relay keeps a copy of the datagram; it leaves in a [`Command::OpenUpstream`]:
+    /// the session's first, once the route is known, or that of the new path the
+    /// datagram opened (a client that moved to another address).
     Held {
         /// The session.
         session: SessionId,
@@ -56,13 +60,17 @@ pub enum Verdict {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[must_use]
 pub enum Command {
-    /// A session is routed: open its upstream socket to `backend` (its replies come back
-    /// through [`crate::Relay::handle_backend_datagram`] with this session), then send
-    /// `datagrams` on it, in this order: what the relay held while the route was unknown.
+    /// A client path opened: the session was routed (its first path), or a datagram of
+    /// a routed session came from a new client address. Open an upstream socket for
+    /// `path` to `backend` (its replies come back through
+    /// [`crate::Relay::handle_backend_datagram`] with this path), then send `datagrams`
+    /// on it, in this order: what the relay held for it.
     OpenUpstream {
         /// The session.
         session: SessionId,
-        /// The client's address.
+        /// The path: the key of the upstream socket in later verdicts and commands.
+        path: PathId,
+        /// The path's client address.
         client: ClientAddr,
         /// Where the upstream socket sends.
         backend: BackendAddr,
@@ -99,11 +107,13 @@ pub enum Command {
         /// The request.
         id: AllocationId,
     },
-    /// The session ended: close its upstream socket. Comes only for sessions that had a
-    /// [`Command::OpenUpstream`], always after it.
+    /// A path ended (its client left it, or the session ended): close its upstream
+    /// socket. Comes once for each [`Command::OpenUpstream`], always after it.
     CloseUpstream {
         /// The session.
         session: SessionId,
+        /// The path whose socket to close.
+        path: PathId,
     },
 }
 
@@ -141,14 +151,27 @@ pub enum Notification {
         /// Why.
         reason: RefuseReason,
     },
-    /// A session's client now uses another address; replies go there.
-    AddressChanged {
+    /// A routed session's client sent from a new address: a new path (and upstream
+    /// socket) carries it, so the backend sees the move as a new 4-tuple and validates
+    /// it. Not sent for a session's first path (see [`Notification::SessionOpened`]).
+    PathOpened {
         /// The session.
         session: SessionId,
-        /// The old address.
-        from: ClientAddr,
-        /// The new address.
-        to: ClientAddr,
+        /// The new path.
+        path: PathId,
+        /// Its client address.
+        client: ClientAddr,
+    },
+    /// A path other than the session's current one ended on its timer (or its socket
+    /// failed); the session lives on. Paths that end with their session are not
+    /// announced (see [`Notification::SessionClosed`]).
+    PathClosed {
+        /// The session.
+        session: SessionId,
+        /// The path.
+        path: PathId,
+        /// Its client address.
+        client: ClientAddr,
     },
     /// A route installed with [`crate::Relay::set_route_until`] reached its expiry and was
     /// removed. Sessions it routed stay where they are.
@@ -258,6 +281,12 @@ drop_reasons! {
     /// A retransmitted Initial of a connection refused moments ago (answered with the
     /// refusal again when refusals are answered, so it is not counted then).
     RecentlyRefused => "recently_refused",
+    /// A datagram of a routed session from a new address, beyond
+    /// `max_paths_per_session`.
+    PathLimit => "path_limit",
+    /// A short-header datagram whose DCID belonged to a session that ended recently: a
+    /// late datagram of that connection, which no other session may adopt.
+    EndedConnection => "ended_connection",
 }
 
 /// How an allocation failed, as reported by the driver.

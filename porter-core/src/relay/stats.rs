@@ -1,6 +1,7 @@
 //! The relay's counters and gauges, as [`crate::Relay::stats`] reports them.
 
 use crate::relay::output::DropReason;
+use crate::relay::quic_lb::QuicLbCounters;
 use crate::session::Traffic;
 
 /// Counters of allocations by outcome.
@@ -34,6 +35,11 @@ pub struct RelayStats {
     pub reassembly_bytes: usize,
     /// Connection IDs mapped.
     pub connection_ids: usize,
+    /// Client paths open (one upstream socket each), over all sessions.
+    pub paths: usize,
+    /// Connection IDs of ended sessions remembered, so that a late datagram of an ended
+    /// connection is dropped, never adopted (at most 65 536, each for one idle timeout).
+    pub remembered_ended_cids: usize,
     /// Routes installed.
     pub routes: usize,
     /// Refused connections remembered, so their retransmitted Initials get the same
@@ -43,6 +49,9 @@ pub struct RelayStats {
     pub sessions_opened: u64,
     /// Sessions closed since start.
     pub sessions_closed: u64,
+    /// Paths opened since start beyond each session's first: clients that moved (or
+    /// datagrams that claimed to be theirs).
+    pub paths_opened: u64,
     /// Connections refused since start.
     pub refused: u64,
     /// Client to backend, since start.
@@ -51,6 +60,8 @@ pub struct RelayStats {
     pub to_client: Traffic,
     /// Allocations by outcome.
     pub allocations: AllocationCounters,
+    /// Server-ID (QUIC-LB) routing outcomes.
+    pub quic_lb: QuicLbCounters,
     /// Drops by reason, indexed like [`DropReason::ALL`].
     pub drops: Vec<u64>,
 }

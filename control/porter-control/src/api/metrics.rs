@@ -119,8 +119,20 @@ pub(super) fn render(
     m.single(
         "porter_upstream_sockets",
         "gauge",
-        "Upstream UDP sockets open (one per routed session).",
+        "Upstream UDP sockets open (one per client path of a routed session).",
         gauges.upstream_sockets,
+    );
+    m.single(
+        "porter_paths",
+        "gauge",
+        "Client paths open (a routed session has one per client address).",
+        stats.paths,
+    );
+    m.single(
+        "porter_paths_opened_total",
+        "counter",
+        "Paths opened beyond each session's first: clients that moved, or datagrams that claimed to be theirs.",
+        stats.paths_opened,
     );
     m.single(
         "porter_connection_ids",

@@ -1,0 +1,428 @@
+//! Server-ID routing with QUIC-LB connection IDs (draft-ietf-quic-load-balancers-21).
+//!
+//! A client that changes address and connection ID at once (Wi-Fi to 5G) sends from an
+//! unknown address with a CID the relay never saw: the CID came in an encrypted
+//! NEW_CONNECTION_ID frame. When the backends encode a server ID in the CIDs they issue,
+//! the relay decodes such a DCID (long or short header) whose first octet names a
+//! configured config ID, and the server ID picks the backend: the datagram goes there on
+//! a new path (its own upstream socket), so the backend sees the move as a new 4-tuple
+//! and validates it. Nothing per connection is needed, so any relay instance with the
+//! same configuration routes it.
+//!
+//! Such a session is adopted on the word of the datagram alone: it lives only for the
+//! handshake timeout until its backend answers on it (a backend answers only datagrams of
+//! its connections), and it counts against `max_sessions` and the new-sessions rate like
+//! any other. CIDs whose config bits are `0b111` (unroutable), name no configured config,
+//! or carry a server ID no backend has fall back to the other rules
+//! ([`super::follow`]) and are counted.
+
+use std::cmp::Reverse;
+use std::time::Instant;
+
+use bytes::Bytes;
+use porter_quic_lb::{Config, Decoder, NotRoutable, ServerId};
+
+use super::output::{Command, DropReason, Notification, Verdict};
+use super::Relay;
+use crate::ids::{BackendAddr, ClientAddr, PathId, SessionId};
+use crate::session::{Path, Session, SessionState, Traffic};
+use crate::wire::{ConnectionId, Version};
+
+/// The QUIC-LB configurations the backends use and the backend of each server ID: what
+/// the relay needs to route a CID by its content. Empty by default (no server-ID
+/// routing).
+#[derive(Clone, Debug, Default)]
+pub struct QuicLbRouting {
+    decoder: Decoder,
+    servers: Vec<(ServerId, BackendAddr)>,
+}
+
+impl QuicLbRouting {
+    /// No configurations, no servers.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a configuration (replacing one with the same config ID); returns the one it
+    /// replaced.
+    pub fn insert_config(&mut self, config: Config) -> Option<Config> {
+        self.decoder.insert(config)
+    }
+
+    /// Names the backend of a server ID (replacing an earlier one for the same ID).
+    pub fn insert_server(&mut self, server_id: ServerId, backend: BackendAddr) {
+        self.servers.retain(|(id, _)| *id != server_id);
+        self.servers.push((server_id, backend));
+    }
+
+    /// Whether any configuration is set (otherwise nothing is decoded).
+    pub fn is_enabled(&self) -> bool {
+        self.decoder.configs().next().is_some()
+    }
+
+    /// The configurations, by config ID.
+    pub fn configs(&self) -> impl Iterator<Item = &Config> + '_ {
+        self.decoder.configs()
+    }
+
+    /// The server IDs and their backends.
+    pub fn servers(&self) -> &[(ServerId, BackendAddr)] {
+        &self.servers
+    }
+
+    /// Where `cid` (the DCID of a long header, or everything after a short header's
+    /// first octet) routes, and the CID's length; or why it does not.
+    pub fn route(&self, cid: &[u8]) -> Result<(BackendAddr, usize), QuicLbMiss> {
+        let route = self.decoder.decode(cid).map_err(|e| match e {
+            NotRoutable::Unroutable => QuicLbMiss::Unroutable,
+            NotRoutable::UnknownConfig(_) => QuicLbMiss::UnknownConfig,
+            _ => QuicLbMiss::Malformed,
+        })?;
+        self.servers
+            .iter()
+            .find(|(id, _)| *id == route.server_id)
+            .map(|(_, backend)| (*backend, route.cid_len))
+            .ok_or(QuicLbMiss::UnknownServer)
+    }
+}
+
+impl PartialEq for QuicLbRouting {
+    fn eq(&self, other: &Self) -> bool {
+        let configs = |r: &Self| {
+            r.decoder
+                .configs()
+                .map(|c| (c.id(), c.server_id_len(), c.nonce_len(), c.key().cloned()))
+                .collect::<Vec<_>>()
+        };
+        self.servers == other.servers && configs(self) == configs(other)
+    }
+}
+
+impl Eq for QuicLbRouting {}
+
+/// Why a CID did not route by its server ID.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum QuicLbMiss {
+    /// Config bits `0b111`: unroutable by definition.
+    Unroutable,
+    /// The config bits name no configured config (a client-chosen CID, or not ours).
+    UnknownConfig,
+    /// Shorter than its config's CID length, or empty.
+    Malformed,
+    /// A server ID no backend has.
+    UnknownServer,
+}
+
+/// Counters of server-ID routing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QuicLbCounters {
+    /// Datagrams routed to a backend by their CID's server ID.
+    pub routed: u64,
+    /// CIDs with config bits `0b111` (fell back to the other rules).
+    pub unroutable: u64,
+    /// CIDs naming no configured config (fell back).
+    pub unknown_config: u64,
+    /// CIDs too short for their config (fell back).
+    pub malformed: u64,
+    /// Server IDs no backend has (fell back).
+    pub unknown_server: u64,
+}
+
+impl Relay {
+    /// Routes a datagram with an unknown DCID by the server ID in it, if server-ID routing
+    /// is configured and the CID carries a known one; `None` to fall back.
+    pub(super) fn route_by_server_id(
+        &mut self,
+        now: Instant,
+        from: ClientAddr,
+        cid_bytes: &[u8],
+        datagram: &[u8],
+    ) -> Option<Verdict> {
+        if !self.config.quic_lb.is_enabled() {
+            return None;
+        }
+        let (backend, len) = match self.config.quic_lb.route(cid_bytes) {
+            Ok(found) => found,
+            Err(miss) => {
+                let c = &mut self.stats.quic_lb;
+                match miss {
+                    QuicLbMiss::Unroutable => c.unroutable += 1,
+                    QuicLbMiss::UnknownConfig => c.unknown_config += 1,
+                    QuicLbMiss::Malformed => c.malformed += 1,
+                    QuicLbMiss::UnknownServer => c.unknown_server += 1,
+                }
+                return None;
+            }
+        };
+        let cid = ConnectionId::new(cid_bytes.get(..len)?)?;
+        self.stats.quic_lb.routed += 1;
+        // A session of this address on that backend already: the client switched CID on
+        // a path the relay knows.
+        let here: Vec<SessionId> = self.by_client.get(&from).cloned().unwrap_or_default();
+        let mut mine = here.into_iter().filter(|id| {
+            self.sessions
+                .get(id)
+                .is_some_and(|s| s.state == SessionState::Established && s.backend == Some(backend))
+        });
+        if let (Some(id), None) = (mine.next(), mine.next()) {
+            self.learn_cid(id, cid);
+            return Some(self.client_to_session(now, from, id, datagram, None));
+        }
+        Some(self.adopt(now, from, cid, backend, datagram))
+    }
+
+    /// A session for a connection the relay learns of from its CID alone: routed at
+    /// once, on one path from `from`, unconfirmed until its backend answers.
+    fn adopt(
+        &mut self,
+        now: Instant,
+        from: ClientAddr,
+        cid: ConnectionId,
+        backend: BackendAddr,
+        datagram: &[u8],
+    ) -> Verdict {
+        if !self.accepting {
+            return Verdict::Drop(DropReason::Draining);
+        }
+        if self.sessions.len() >= self.config.max_sessions {
+            return Verdict::Drop(DropReason::SessionLimit);
+        }
+        if !self.bucket.take(now) {
+            return Verdict::Drop(DropReason::RateLimited);
+        }
+        let id = SessionId(self.next_session);
+        self.next_session += 1;
+        let path = PathId::new(id, 0);
+        let mut to_backend = Traffic::default();
+        to_backend.add(datagram.len());
+        self.sessions.insert(
+            id,
+            Session {
+                id,
+                client: from,
+                backend: Some(backend),
+                state: SessionState::Established,
+                // Short headers carry no version; QUIC-LB CIDs are version-independent.
+                version: Version::V1,
+                original_dcid: cid,
+                client_scid: ConnectionId::EMPTY,
+                sni: None,
+                cids: vec![cid],
+                server_cid_len: u8::try_from(cid.len()).ok(),
+                created: now,
+                last_activity: now,
+                to_backend,
+                to_client: Traffic::default(),
+                paths: vec![Path {
+                    id: path,
+                    client: from,
+                    last_client: now,
+                }],
+                confirmed: false,
+                next_path: 1,
+            },
+        );
+        self.cids.insert(cid, id);
+        self.path_count += 1;
+        self.index_client(id, from);
+        let deadline = now + self.config.handshake_timeout.min(self.config.idle_timeout);
+        self.timers.push(Reverse((deadline, id)));
+        self.stats.sessions_opened += 1;
+        self.stats.to_backend.add(datagram.len());
+        self.routes.session_started(backend);
+        self.notifications.push_back(Notification::SessionOpened {
+            session: id,
+            client: from,
+            backend,
+            sni: None,
+            alpn: Vec::new(),
+            version: Version::V1,
+            // Routed by its first datagram: no wait.
+            waited: std::time::Duration::ZERO,
+        });
+        self.commands.push_back(Command::OpenUpstream {
+            session: id,
+            path,
+            client: from,
+            backend,
+            datagrams: vec![Bytes::copy_from_slice(datagram)],
+        });
+        Verdict::Held { session: id }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use porter_quic_lb::Key;
+
+    use super::super::follow::tests::{add, addr, ROUTED};
+    use super::super::RelayConfig;
+    use super::*;
+    use crate::session::CloseReason;
+
+    const A: &str = "192.0.2.9:443"; // the backend `add` gives its sessions
+    const B: &str = "192.0.2.10:443";
+
+    fn backend(text: &str) -> BackendAddr {
+        BackendAddr(text.parse().unwrap())
+    }
+
+    fn config(key: Option<Key>) -> Config {
+        // Server ID 2 octets; with a key, 14 octets of nonce make it single-pass.
+        Config::new(1, 2, if key.is_some() { 14 } else { 6 }, key).unwrap()
+    }
+
+    fn relay(key: Option<Key>) -> Relay {
+        let mut routing = QuicLbRouting::new();
+        routing.insert_config(config(key));
+        routing.insert_server(ServerId::new(&[1, 1]).unwrap(), backend(A));
+        routing.insert_server(ServerId::new(&[2, 2]).unwrap(), backend(B));
+        Relay::new(RelayConfig {
+            quic_lb: routing,
+            ..RelayConfig::default()
+        })
+    }
+
+    fn short(cid: &[u8]) -> Vec<u8> {
+        let mut d = vec![0x40u8];
+        d.extend_from_slice(cid);
+        d.extend_from_slice(&[9; 40]);
+        d
+    }
+
+    fn cid_for(key: Option<Key>, server: [u8; 2], nonce: u8) -> Vec<u8> {
+        let config = config(key);
+        let nonce = vec![nonce; config.nonce_len()];
+        config.encode(&server, &nonce).unwrap().as_bytes().to_vec()
+    }
+
+    #[test]
+    fn an_unknown_cid_naming_a_server_opens_a_session_to_it_from_any_address() {
+        for key in [None, Some(Key::new([7; 16]))] {
+            let mut relay = relay(key.clone());
+            let now = Instant::now();
+            // Another client of the same IP is live on A: irrelevant, the CID says B.
+            add(&mut relay, 1, "198.51.100.1:1000", ROUTED, Some(8));
+            let cid = cid_for(key.clone(), [2, 2], 5);
+            let moved = addr("203.0.113.9:5000");
+            let v = relay.handle_client_datagram(now, moved, &short(&cid));
+            let Verdict::Held { session } = v else {
+                panic!("{v:?}")
+            };
+            let commands: Vec<Command> = std::iter::from_fn(|| relay.poll_command()).collect();
+            assert!(
+                matches!(&commands[..], [Command::OpenUpstream { session: s, client, backend: b, datagrams, .. }]
+                    if *s == session && *client == moved && *b == backend(B) && datagrams.len() == 1),
+                "{commands:?}"
+            );
+            assert_eq!(relay.stats().quic_lb.routed, 1);
+            // Its next datagrams take the path; the other session is untouched.
+            let path = relay.session(session, now).unwrap().paths[0].id;
+            assert_eq!(
+                relay.handle_client_datagram(now, moved, &short(&cid)),
+                Verdict::ToBackend {
+                    session,
+                    path,
+                    backend: backend(B)
+                }
+            );
+            let other = relay.session(SessionId(1), now).unwrap();
+            assert_eq!(
+                (other.paths.len(), other.client),
+                (1, addr("198.51.100.1:1000"))
+            );
+            // The backend answers: confirmed, it lives on past the handshake timeout.
+            assert!(matches!(
+                relay.handle_backend_datagram(now, path, &[0x40; 30]),
+                Verdict::ToClient { client, .. } if client == moved
+            ));
+            relay.handle_timeout(now + relay.config().handshake_timeout);
+            assert!(relay.session(session, now).is_some());
+        }
+    }
+
+    #[test]
+    fn an_adopted_session_its_backend_never_answers_ends_after_the_handshake_timeout() {
+        let mut relay = relay(None);
+        let now = Instant::now();
+        let v = relay.handle_client_datagram(
+            now,
+            addr("203.0.113.9:5000"),
+            &short(&cid_for(None, [1, 1], 3)),
+        );
+        let Verdict::Held { session } = v else {
+            panic!("{v:?}")
+        };
+        let timeout = relay.config().handshake_timeout;
+        assert_eq!(relay.poll_timeout(), Some(now + timeout));
+        relay.handle_timeout(now + timeout - Duration::from_millis(1));
+        assert!(relay.session(session, now).is_some());
+        relay.handle_timeout(now + timeout);
+        assert!(relay.session(session, now).is_none());
+        let closed = std::iter::from_fn(|| relay.poll_notification()).any(|n| {
+            matches!(
+                n,
+                Notification::SessionClosed {
+                    reason: CloseReason::HandshakeTimeout,
+                    ..
+                }
+            )
+        });
+        assert!(closed);
+    }
+
+    #[test]
+    fn a_cid_naming_a_server_of_a_session_at_that_address_joins_it() {
+        let mut relay = relay(None);
+        let now = Instant::now();
+        add(&mut relay, 1, "198.51.100.1:1000", ROUTED, Some(9));
+        let cid = cid_for(None, [1, 1], 4);
+        let v = relay.handle_client_datagram(now, addr("198.51.100.1:1000"), &short(&cid));
+        assert!(
+            matches!(
+                v,
+                Verdict::ToBackend {
+                    session: SessionId(1),
+                    ..
+                }
+            ),
+            "{v:?}"
+        );
+        assert_eq!(relay.session_count(), 1);
+        assert_eq!(
+            relay.cids.get(&ConnectionId::new(&cid).unwrap()),
+            Some(SessionId(1))
+        );
+    }
+
+    #[test]
+    fn unroutable_unknown_and_foreign_cids_fall_back_and_are_counted() {
+        let mut relay = relay(None);
+        let now = Instant::now();
+        let from = addr("203.0.113.9:5000");
+        let mut unroutable = cid_for(None, [1, 1], 1);
+        unroutable[0] |= 0b1110_0000;
+        let mut other_config = cid_for(None, [1, 1], 1);
+        other_config[0] = (other_config[0] & 0x1f) | (3 << 5);
+        let unknown_server = cid_for(None, [3, 3], 1);
+        for cid in [&unroutable, &other_config, &unknown_server] {
+            assert_eq!(
+                relay.handle_client_datagram(now, from, &short(cid)),
+                Verdict::Drop(DropReason::UnknownConnection)
+            );
+        }
+        let c = relay.stats().quic_lb;
+        assert_eq!(
+            (c.routed, c.unroutable, c.unknown_config, c.unknown_server),
+            (0, 1, 1, 1)
+        );
+        assert_eq!(relay.session_count(), 0);
+        // Too short for its config: counted, never a panic.
+        let short_cid = &cid_for(None, [1, 1], 1)[..4];
+        let _ = relay.handle_client_datagram(now, from, &[&[0x40][..], short_cid].concat());
+        assert_eq!(relay.stats().quic_lb.malformed, 1);
+    }
+}
