@@ -1147,7 +1147,9 @@ fn quic_lb_servers(n: &Node) -> Result<Vec<(Vec<u8>, SocketAddr)>, String> {
 
 fn hex_bytes(text: &str) -> Result<Vec<u8>, String> {
     let digits = text.trim_start_matches("0x");
-    if digits.is_empty() || !digits.len().is_multiple_of(2) || !digits.bytes().all(|b| b.is_ascii_hexdigit())
+    if digits.is_empty()
+        || !digits.len().is_multiple_of(2)
+        || !digits.bytes().all(|b| b.is_ascii_hexdigit())
     {
         return Err(format!("`{text}` is not an even number of hex digits"));
     }

@@ -44,3 +44,26 @@ fn api_token_comes_from_the_environment() {
         Some("s3cret")
     );
 }
+
+#[test]
+fn quic_lb_configurations_and_path_limits_reach_the_relay() {
+    let text = "relay: {max_paths_per_session: 3, path_idle_timeout: 2s}\n\
+                quic_lb:\n  - {config_id: 1, server_id_len: 2, nonce_len: 14, \
+                key: 000102030405060708090a0b0c0d0e0f, servers: {\"0a0b\": \"10.0.0.5:4433\"}}\n";
+    let config = porter_config::from_str(text, "t.yaml").unwrap();
+    let settings = Settings::from_config_with_env(&config, |_| None).unwrap();
+    let relay = settings.host_settings().new_relay().expect("relay");
+    let c = relay.config();
+    assert_eq!(c.max_paths_per_session, 3);
+    assert_eq!(c.path_idle_timeout, std::time::Duration::from_secs(2));
+    let lb = &c.quic_lb;
+    assert!(lb.is_enabled());
+    let configs: Vec<_> = lb.configs().collect();
+    assert_eq!(configs.len(), 1);
+    assert_eq!(configs[0].mode(), porter_core::quic_lb::Mode::SinglePass);
+    // A CID the backend would issue routes to it.
+    let cid = configs[0].encode(&[0x0a, 0x0b], &[7; 14]).unwrap();
+    let (backend, len) = lb.route(cid.as_bytes()).unwrap();
+    assert_eq!(backend.0, "10.0.0.5:4433".parse().unwrap());
+    assert_eq!(len, 17);
+}

@@ -19,7 +19,7 @@ use crate::assembler::{InitialAssembler, InitialError, Progress};
 use crate::client_hello::ClientHelloInfo;
 use crate::ids::{AllocationId, ClientAddr, SessionId};
 use crate::routes::Resolved;
-use crate::session::{CloseReason, Pending, Session, SessionState, Traffic};
+use crate::session::{CloseReason, PathList, Pending, Session, SessionState, Traffic};
 use crate::wire::{
     self, ConnectionId, LongPacket, LongType, Packet, Version, MIN_INITIAL_DATAGRAM,
 };
@@ -212,7 +212,7 @@ impl Relay {
                 last_activity: now,
                 to_backend: Traffic::default(),
                 to_client: Traffic::default(),
-                paths: Vec::new(),
+                paths: PathList::default(),
                 confirmed: true,
                 next_path: 0,
             },

@@ -114,7 +114,7 @@ pub(super) mod tests {
     use super::*;
     use crate::ids::BackendAddr;
     use crate::relay::RelayConfig;
-    use crate::session::{Path, Session, Traffic};
+    use crate::session::{Path, PathList, Session, Traffic};
     use crate::wire::Version;
 
     pub(in crate::relay) fn addr(text: &str) -> ClientAddr {
@@ -150,7 +150,7 @@ pub(super) mod tests {
                 last_activity: now,
                 to_backend: Traffic::default(),
                 to_client: Traffic::default(),
-                paths: Vec::new(),
+                paths: PathList::default(),
                 confirmed: true,
                 next_path: 0,
             },

@@ -82,8 +82,6 @@ impl Relay {
         let path = session
             .new_path_id()
             .expect("a session's first path has a number");
-        // Most sessions keep one path: reserve for one, not Vec's default four.
-        session.paths.reserve_exact(1);
         session.paths.push(Path {
             id: path,
             client: session.client,

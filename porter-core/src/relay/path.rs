@@ -138,10 +138,9 @@ impl Relay {
         let Some(session) = self.sessions.get_mut(&id) else {
             return;
         };
-        let Some(i) = session.paths.iter().position(|p| p.id == path) else {
+        let Some(ended) = session.paths.remove(path) else {
             return;
         };
-        let ended = session.paths.remove(i);
         if let Some(current) = session.current_path() {
             session.client = current.client;
         }

@@ -25,7 +25,7 @@ use porter_quic_lb::{Config, Decoder, NotRoutable, ServerId};
 use super::output::{Command, DropReason, Notification, Verdict};
 use super::Relay;
 use crate::ids::{BackendAddr, ClientAddr, PathId, SessionId};
-use crate::session::{Path, Session, SessionState, Traffic};
+use crate::session::{Path, PathList, Session, SessionState, Traffic};
 use crate::wire::{ConnectionId, Version};
 
 /// The QUIC-LB configurations the backends use and the backend of each server ID: what
@@ -214,11 +214,15 @@ impl Relay {
                 last_activity: now,
                 to_backend,
                 to_client: Traffic::default(),
-                paths: vec![Path {
-                    id: path,
-                    client: from,
-                    last_client: now,
-                }],
+                paths: {
+                    let mut paths = PathList::default();
+                    paths.push(Path {
+                        id: path,
+                        client: from,
+                        last_client: now,
+                    });
+                    paths
+                },
                 confirmed: false,
                 next_path: 1,
             },

@@ -208,6 +208,21 @@ pub(super) fn render(
         );
     }
     m.family(
+        "porter_quic_lb_total",
+        "counter",
+        "Unknown CIDs decoded as QUIC-LB CIDs, by outcome (routed by server ID, or fell back).",
+    );
+    let lb = &stats.quic_lb;
+    for (outcome, value) in [
+        ("routed", lb.routed),
+        ("unroutable", lb.unroutable),
+        ("unknown_config", lb.unknown_config),
+        ("malformed", lb.malformed),
+        ("unknown_server", lb.unknown_server),
+    ] {
+        m.sample("porter_quic_lb_total", &[("outcome", outcome)], value);
+    }
+    m.family(
         "porter_allocations_total",
         "counter",
         "Agones allocations, by outcome (requested counts every request).",
