@@ -266,8 +266,8 @@ drop_reasons! {
     NoRoute => "no_route",
     /// Allocation impossible, with refusals configured to drop.
     AllocationRefused => "allocation_refused",
-    /// A backend datagram for a session that no longer exists, or that has no backend
-    /// yet.
+    /// A backend datagram on a path that no longer exists (its session ended, or its
+    /// client left it), or that never did.
     UnknownSession => "unknown_session",
     /// A retransmitted Initial of a connection refused moments ago (answered with the
     /// refusal again when refusals are answered, so it is not counted then).
