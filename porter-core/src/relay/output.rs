@@ -275,8 +275,8 @@ drop_reasons! {
     AllocationRefused => "allocation_refused",
     /// No healthy backend on the route, with refusals configured to drop.
     NoHealthyBackend => "no_healthy_backend",
-    /// A backend datagram for a session that no longer exists, or that has no backend
-    /// yet.
+    /// A backend datagram on a path that no longer exists (its session ended, or its
+    /// client left it), or that never did.
     UnknownSession => "unknown_session",
     /// A retransmitted Initial of a connection refused moments ago (answered with the
     /// refusal again when refusals are answered, so it is not counted then).
