@@ -109,7 +109,6 @@ async fn download(
         "-q".into(),
         "--exit-on-all-streams-close".into(),
         format!("--download={}", out.display()),
-        format!("--timeout={}s", DOWNLOAD_TIMEOUT.as_secs()),
     ];
     args.extend(extra.iter().map(|s| (*s).to_owned()));
     args.push("localhost".into());
@@ -180,6 +179,8 @@ pub async fn ngtcp2_v2_download(bin: Binary) {
 
 /// `--change-local-addr`: one millisecond after the handshake the client moves to a new
 /// port and a new connection ID and validates the new path; the download completes.
+/// (gtlsclient's own `--timeout` option is not used: with it, 1.11 ended 200 kB downloads
+/// after 11 kB when the client moved.)
 pub async fn ngtcp2_change_local_addr(bin: Binary) {
     assert_download(bin, false, &["--change-local-addr=1ms"]).await;
 }
