@@ -107,6 +107,7 @@ macro_rules! __with_cases {
                 ngtcp2_v2_download,
                 ngtcp2_change_local_addr,
                 ngtcp2_retry_server,
+                ngtcp2_migration_beside_another_session,
             }
             reload_cases {
                 editing_the_config_in_place_adds_a_route,

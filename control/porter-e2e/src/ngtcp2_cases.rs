@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use porter_test_support::*;
 
+use crate::peers::*;
+
 /// The size of the downloaded file.
 const FILE_LEN: usize = 200_000;
 /// How long one download may take before it counts as stalled.
@@ -189,4 +191,66 @@ pub async fn ngtcp2_change_local_addr(bin: Binary) {
 /// token, to the server's new CID) goes to the same backend.
 pub async fn ngtcp2_retry_server(bin: Binary) {
     assert_download(bin, true, &[]).await;
+}
+
+/// ngtcp2 migrates (new port and new CID) while a quinn session from the same IP is live.
+/// The relay cannot read the new CID (it came in an encrypted frame) and ngtcp2 does not
+/// encode its server in it (no QUIC-LB), so following the move would mean guessing between
+/// the two sessions of that IP: the relay must not guess. It drops the moved datagrams
+/// (counted as `unknown_connection`), opens no path for them into any session, and the other
+/// session keeps working. The migrating download may stall: that is reported, not required.
+pub async fn ngtcp2_migration_beside_another_session(bin: Binary) {
+    let server = Ngtcp2Server::start(false);
+    let pki = Pki::new();
+    let other = EchoServer::start("B", pki.server_config(&["b.test"]), false);
+    let routes = format!(
+        "{}  - {{fqdn: b.test, type: simple, target: \"{}\"}}\n",
+        config_for(&server),
+        other.addr
+    );
+    let porter = Porter::start(bin, &routes);
+    let client = client_endpoint(pki.client_config(None));
+    let conn = connect(&client, porter.udp, "b.test")
+        .await
+        .unwrap_or_else(|e| panic!("b.test: {e}; log:\n{}", porter.log()));
+    assert_eq!(echo(&conn, b"before").await, "B:before");
+
+    let relay = porter.udp;
+    let moving = tokio::spawn(async move {
+        let moved = download(relay, &server, &["--change-local-addr=1ms"]).await;
+        (moved, server)
+    });
+    // The other session keeps talking while ngtcp2 moves (an echo every half second).
+    let mut n = 0;
+    while !moving.is_finished() {
+        let text = format!("during-{n}");
+        assert_eq!(echo(&conn, text.as_bytes()).await, format!("B:{text}"));
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (moved, _server) = moving.await.expect("the download task");
+    assert_eq!(
+        echo(&conn, b"after").await,
+        "B:after",
+        "the other session is undisturbed"
+    );
+
+    let stats = porter.stats();
+    assert_eq!(
+        stats["paths_opened"], 0,
+        "no path was opened for the move: {stats}"
+    );
+    match moved {
+        Ok(bytes) => assert!(bytes == file_bytes(), "the migrated download differs"),
+        Err(why) => {
+            assert!(
+                stats["drops"]["unknown_connection"].as_u64() > Some(0),
+                "the moved datagrams were dropped, not forwarded: {stats}"
+            );
+            eprintln!(
+                "the migrating download did not complete ({why}), as expected without QUIC-LB"
+            );
+        }
+    }
+    conn.close(0u32.into(), b"done");
 }
