@@ -252,6 +252,15 @@ pub enum RouteError {
     /// A balancing policy or weights on an agones route.
     #[error("route {0} allocates from a fleet: it takes no policy or weights")]
     BalanceOnFleet(RouteName),
+    /// A target that is the relay's own listen address: one datagram would loop through
+    /// the relay for ever.
+    #[error("route {name}: target {target} is this relay's own listen address")]
+    TargetIsRelay {
+        /// The route.
+        name: RouteName,
+        /// The target.
+        target: BackendAddr,
+    },
 }
 
 #[derive(Debug)]

@@ -145,3 +145,27 @@ pub async fn network_text_in_logs_is_escaped(bin: Binary) {
     );
     assert!(!log.contains('\u{1b}'), "a raw escape reached the log");
 }
+
+/// A route to Porter's own UDP address (also written as `localhost:` or `0.0.0.0:` with
+/// its port) is refused with 400: one datagram would otherwise loop through the relay
+/// for ever. A route elsewhere on the same host is fine.
+pub async fn a_route_to_the_relays_own_address_is_refused(bin: Binary) {
+    let porter = Porter::start(bin, "routes: []\n");
+    let port = porter.udp.port();
+    for target in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        format!("0.0.0.0:{port}"),
+    ] {
+        let body = format!(r#"{{"fqdn":"loop.test","type":"simple","target":"{target}"}}"#);
+        let (status, reply) = http(porter.api, "POST", "/routes", Some(&body), None).unwrap();
+        assert_eq!(status, 400, "{target}: {reply}");
+        assert!(reply.contains("own listen address"), "{target}: {reply}");
+    }
+    let (_, routes) = http(porter.api, "GET", "/routes", None, None).unwrap();
+    assert!(!routes.contains("loop.test"), "{routes}");
+    let other = free_udp_port();
+    let body = format!(r#"{{"fqdn":"ok.test","type":"simple","target":"127.0.0.1:{other}"}}"#);
+    let (status, reply) = http(porter.api, "POST", "/routes", Some(&body), None).unwrap();
+    assert_eq!(status, 200, "{reply}");
+}

@@ -438,7 +438,13 @@ pub fn start<R: Runtime>(
     for addr in &settings.listen {
         listeners.push(bind_listener(&rt, *addr, has_v4)?);
     }
-    let cell = HostCell::new(RelayHost::new(settings.new_relay()?, settings.log_requests));
+    // The bound addresses (an ephemeral port is known only now): routes to them loop.
+    let bound: Vec<SocketAddr> = listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .collect();
+    let relay = settings.new_relay_at(bound)?;
+    let cell = HostCell::new(RelayHost::new(relay, settings.log_requests));
     let engine = Engine::new(rt, cell, listeners, allocator);
     engine.start();
     if let Some(health) = settings.health {

@@ -24,7 +24,14 @@ pub struct HostSettings {
 impl HostSettings {
     /// A relay with these settings' limits and routes.
     pub fn new_relay(&self) -> Result<Relay, SetupError> {
+        self.new_relay_at(Vec::new())
+    }
+
+    /// As [`Self::new_relay`], for a relay whose listeners are bound to `own`: a route to
+    /// one of them is a problem (it would loop).
+    pub fn new_relay_at(&self, own: Vec<SocketAddr>) -> Result<Relay, SetupError> {
         let mut relay = Relay::new(self.relay.clone());
+        relay.set_own_addresses(own);
         let mut problems = Vec::new();
         for route in &self.routes {
             if let Err(e) = relay.set_route(route.clone()) {

@@ -39,7 +39,7 @@ use self::budget::{IdMap, TokenBucket};
 use self::refusal::Refused;
 use crate::cid::CidTable;
 use crate::ids::{AllocationId, BackendAddr, ClientAddr, PathId, SessionId};
-use crate::routes::{Route, RouteError, RouteName, RouteTable};
+use crate::routes::{Route, RouteError, RouteName, RouteTable, RouteTarget};
 use crate::session::{CloseReason, Pending, Session, SessionInfo};
 use crate::wire::ConnectionId;
 
@@ -84,6 +84,8 @@ pub struct Relay {
     accepting: bool,
     scratch: Vec<u8>,
     buffered_total: usize,
+    /// The listeners' addresses: routes to them are refused.
+    own_addresses: Vec<std::net::SocketAddr>,
     stats: RelayStats,
 }
 
@@ -129,6 +131,7 @@ impl Relay {
             accepting: true,
             scratch: Vec::new(),
             buffered_total: 0,
+            own_addresses: Vec::new(),
             stats: RelayStats {
                 drops: vec![0; DropReason::ALL.len()],
                 ..RelayStats::default()
@@ -146,6 +149,7 @@ impl Relay {
     /// Inserts or replaces a route; returns the one it replaced. Sessions already routed
     /// stay where they are.
     pub fn set_route(&mut self, route: Route) -> Result<Option<Route>, RouteError> {
+        self.check_targets(&route)?;
         let name = route.name.clone();
         let previous = self.routes.insert(route)?;
         self.route_expiry.remove(&name);
@@ -160,11 +164,51 @@ impl Relay {
         route: Route,
         until: Instant,
     ) -> Result<Option<Route>, RouteError> {
+        self.check_targets(&route)?;
         let name = route.name.clone();
         let previous = self.routes.insert(route)?;
         self.route_expiry.insert(name.clone(), until);
         self.route_timers.push(Reverse((until, name)));
         Ok(previous)
+    }
+
+    /// Tells the relay the addresses its listeners are bound to, so that a route to one of
+    /// them is refused ([`RouteError::TargetIsRelay`]): a datagram sent there would come
+    /// back to the relay as a new client datagram and loop. Routes already installed are
+    /// not re-checked; set the addresses before the routes.
+    pub fn set_own_addresses(&mut self, addrs: Vec<std::net::SocketAddr>) {
+        self.own_addresses = addrs;
+    }
+
+    /// Refuses a simple route with a target that is one of the relay's own listen
+    /// addresses: the same address, the same port on an unspecified (`0.0.0.0`, `::`)
+    /// address, or on loopback when the relay listens on loopback or on every address.
+    /// (A listener on every address is also reached through the host's other addresses,
+    /// which the relay cannot list; those are not caught.)
+    fn check_targets(&self, route: &Route) -> Result<(), RouteError> {
+        let RouteTarget::Simple(backends) = &route.target else {
+            return Ok(());
+        };
+        for target in backends {
+            let t = target.0;
+            let own = self.own_addresses.iter().any(|own| {
+                let (ti, oi) = (t.ip(), own.ip());
+                let same_family = ti.is_ipv4() == oi.is_ipv4();
+                // `::` may be dual-stack: it takes IPv4 loopback too.
+                let any = oi.is_unspecified() && (same_family || oi.is_ipv6());
+                t.port() == own.port()
+                    && (ti == oi
+                        || ti.is_unspecified()
+                        || (ti.is_loopback() && ((oi.is_loopback() && same_family) || any)))
+            });
+            if own {
+                return Err(RouteError::TargetIsRelay {
+                    name: route.name.clone(),
+                    target: *target,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// When a temporary route expires; `None` for permanent and unknown routes.
@@ -468,5 +512,50 @@ mod tests {
         closed.sort_unstable();
         assert_eq!(closed, [(1, "closed"), (2, "closed")]);
         assert_eq!(relay.close_sessions_to(now, backend), 0);
+    }
+
+    #[test]
+    fn a_route_to_the_relays_own_listen_address_is_refused() {
+        let route = |target: &str| Route {
+            name: RouteName::parse("loop.test").unwrap(),
+            target: RouteTarget::Simple(vec![BackendAddr(target.parse().unwrap())]),
+            balance: Default::default(),
+        };
+        let mut relay = Relay::new(RelayConfig::default());
+        relay.set_own_addresses(vec![
+            "127.0.0.1:4433".parse().unwrap(),
+            "0.0.0.0:7777".parse().unwrap(),
+        ]);
+        for own in [
+            "127.0.0.1:4433",
+            "0.0.0.0:4433",
+            "127.0.0.2:4433",
+            "127.0.0.1:7777",
+            "0.0.0.0:7777",
+            "192.0.2.9:7777",
+            "[::1]:4433",
+        ] {
+            let refused = relay.set_route(route(own));
+            let until = relay.set_route_until(route(own), Instant::now());
+            if own == "192.0.2.9:7777" || own == "[::1]:4433" {
+                // Another address of a host listening on every address (not knowable
+                // here), and IPv6 loopback when only IPv4 loopback is bound.
+                assert!(refused.is_ok() && until.is_ok(), "{own}");
+                relay.remove_route(&RouteName::parse("loop.test").unwrap());
+                continue;
+            }
+            assert!(
+                matches!(refused, Err(RouteError::TargetIsRelay { .. })),
+                "{own}: {refused:?}"
+            );
+            assert!(
+                matches!(until, Err(RouteError::TargetIsRelay { .. })),
+                "{own}"
+            );
+        }
+        assert!(relay.routes().is_empty());
+        for other in ["127.0.0.1:4434", "10.0.0.5:4433"] {
+            assert!(relay.set_route(route(other)).is_ok(), "{other}");
+        }
     }
 }
