@@ -121,6 +121,7 @@ impl Cli {
         };
         settings.config_file = self.config_file();
         init_logging(&settings);
+        install_panic_hook();
         tracing::info!(config = %origin, "configuration loaded");
         for warning in &config.warnings {
             tracing::warn!("{warning}");
@@ -143,6 +144,57 @@ pub fn init_logging(settings: &Settings) {
     }
 }
 
+/// The exit code of a process that ends because a thread or task panicked
+/// ([`install_panic_hook`]): `EX_SOFTWARE` of sysexits(3).
+pub const PANIC_EXIT_CODE: i32 = 70;
+
+/// Makes a panic anywhere in the process (any thread, any task of any runtime) end the
+/// process with [`PANIC_EXIT_CODE`] after logging one `error` line ([`panic_line`]).
+/// Without it a panicking relay task would end silently: tokio's runtime catches task
+/// panics, and the relay would go on without, say, a listener. Called by
+/// [`Cli::prepare`] once logging is set up; a panic before that gets Rust's default hook.
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
+        let backtrace = std::backtrace::Backtrace::capture();
+        let line = panic_line(
+            thread.name(),
+            location.as_deref(),
+            panic_payload(info.payload()),
+        );
+        if backtrace.status() == std::backtrace::BacktraceStatus::Captured {
+            tracing::error!(exit_code = PANIC_EXIT_CODE, "{line}\n{backtrace}");
+        } else {
+            tracing::error!(exit_code = PANIC_EXIT_CODE, "{line}");
+        }
+        std::process::exit(PANIC_EXIT_CODE);
+    }));
+}
+
+/// The text of a panic's payload (`panic!("..")` gives a `&str` or a `String`).
+fn panic_payload(payload: &(dyn std::any::Any + Send)) -> &str {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        s
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s
+    } else {
+        "(a payload that is not text)"
+    }
+}
+
+/// The log line of a panic: the thread, where, and the message.
+#[must_use]
+pub fn panic_line(thread: Option<&str>, location: Option<&str>, message: &str) -> String {
+    format!(
+        "panic in thread {} at {}: {message}; the process exits with code {PANIC_EXIT_CODE}",
+        thread.unwrap_or("(unnamed)"),
+        location.unwrap_or("(unknown location)"),
+    )
+}
+
 /// The exit code of a binary named `binary` whose relay returned `result`: 0, or 1 with
 /// the error (and its causes, with `{:#}`) logged and printed to stderr.
 pub fn finish<E: fmt::Display>(binary: &str, result: Result<(), E>) -> ExitCode {
@@ -153,5 +205,32 @@ pub fn finish<E: fmt::Display>(binary: &str, result: Result<(), E>) -> ExitCode 
             eprintln!("{binary}: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_panic_line_names_thread_place_and_message() {
+        assert_eq!(
+            panic_line(Some("porter"), Some("src/engine.rs:10:5"), "boom"),
+            "panic in thread porter at src/engine.rs:10:5: boom; the process exits with code 70"
+        );
+        assert_eq!(
+            panic_line(None, None, "x"),
+            "panic in thread (unnamed) at (unknown location): x; the process exits with code 70"
+        );
+    }
+
+    #[test]
+    fn payloads_of_both_text_kinds_are_read() {
+        let s: Box<dyn std::any::Any + Send> = Box::new("static");
+        assert_eq!(panic_payload(&*s), "static");
+        let s: Box<dyn std::any::Any + Send> = Box::new(String::from("owned"));
+        assert_eq!(panic_payload(&*s), "owned");
+        let s: Box<dyn std::any::Any + Send> = Box::new(7_u8);
+        assert_eq!(panic_payload(&*s), "(a payload that is not text)");
     }
 }
