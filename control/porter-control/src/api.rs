@@ -146,6 +146,7 @@ pub struct Api {
     sync: Option<RouteSync>,
     allocator: Option<(Arc<dyn Allocator>, Duration)>,
     reload: Option<Reloader>,
+    resolver: crate::dns::Resolver,
     started: Instant,
 }
 
@@ -172,6 +173,7 @@ impl Api {
             sync: None,
             allocator: None,
             reload: None,
+            resolver: crate::dns::Resolver::default(),
             started: Instant::now(),
         }
     }
@@ -218,6 +220,14 @@ impl Api {
     #[must_use]
     pub fn with_reload(mut self, reload: Reloader) -> Self {
         self.reload = Some(reload);
+        self
+    }
+
+    /// Looks up routes' host names with `resolver` (default: the system's, with
+    /// [`crate::dns::DNS_TIMEOUT`]).
+    #[must_use]
+    pub fn with_resolver(mut self, resolver: crate::dns::Resolver) -> Self {
+        self.resolver = resolver;
         self
     }
 
@@ -314,7 +324,7 @@ impl Api {
             (Method::GET, "/sessions", _) => self.sessions(req.uri().query()),
             (Method::GET, "/routes", _) => self.list_routes(),
             (Method::POST, "/routes", _) => match self.read_json::<RouteText, B>(req).await {
-                Ok(body) => match self.set_route(&body) {
+                Ok(body) => match self.set_route(&body).await {
                     Ok(_) => json_reply(StatusCode::OK, &json!({"status": "ok"})),
                     Err(failure) => failure.reply(),
                 },
@@ -323,7 +333,7 @@ impl Api {
             (Method::GET, "/routes/{fqdn}", Some(name)) => self.get_route(&name),
             (Method::PUT, "/routes/{fqdn}", Some(name)) => {
                 match self.read_json::<PutRouteJson, B>(req).await {
-                    Ok(body) => self.put_route(&name, body),
+                    Ok(body) => self.put_route(&name, body).await,
                     Err(failure) => failure.reply(),
                 }
             }
@@ -435,9 +445,11 @@ impl Api {
 
     /// Validates, resolves and installs a route (through the sync when there is one);
     /// returns it and whether it is new.
-    fn set_route(&self, body: &RouteText) -> Result<(Route, bool), Failure> {
+    /// Host names are looked up off the executor, each within [`crate::dns::DNS_TIMEOUT`]
+    /// (a lookup that takes longer is a 400 like any other unresolvable target).
+    async fn set_route(&self, body: &RouteText) -> Result<(Route, bool), Failure> {
         let spec = RouteSpec::from_text(body).map_err(|e| Failure::bad_request(e.to_string()))?;
-        let route = spec.resolve().map_err(|failures| {
+        let route = self.resolver.resolve(&spec).await.map_err(|failures| {
             let messages: Vec<String> = failures.iter().map(ToString::to_string).collect();
             Failure::bad_request(messages.join("; "))
         })?;
@@ -532,7 +544,7 @@ impl Api {
         }
     }
 
-    fn put_route(&self, name: &RouteName, body: PutRouteJson) -> Reply {
+    async fn put_route(&self, name: &RouteName, body: PutRouteJson) -> Reply {
         if let Some(fqdn) = &body.fqdn {
             match porter_config::parse_route_name(fqdn) {
                 Ok(n) if n == *name => {}
@@ -552,7 +564,7 @@ impl Api {
             policy: body.policy,
             weights: body.weights,
         };
-        match self.set_route(&json) {
+        match self.set_route(&json).await {
             Ok((route, created)) => {
                 let status = if created {
                     StatusCode::CREATED

@@ -16,6 +16,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod dns;
 pub mod http;
 pub mod redis_sync;
 pub mod reload;

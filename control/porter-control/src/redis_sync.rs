@@ -213,14 +213,14 @@ async fn session_inner(
     .await?;
     let simple: Vec<(String, String)> = simple.into_iter().collect();
     let agones: Vec<(String, String)> = agones.into_iter().collect();
-    sync.apply_load(&simple, &agones);
+    sync.apply_load(&simple, &agones).await;
     *synced = true;
 
     loop {
         tokio::select! {
             msg = messages.next() => match msg {
                 Some(msg) => {
-                    sync.apply_message(msg.get_payload_bytes());
+                    sync.apply_message(msg.get_payload_bytes()).await;
                 }
                 None => return Err(LinkError::SubscriptionClosed),
             },

@@ -37,8 +37,9 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use crate::dns::Resolver;
 use porter_config::{InvalidValue, ResolveError, RouteSpec, RouteText, RouteTextError, TargetText};
 use porter_core::{Notification, Route, RouteError, RouteName};
 use serde::{Deserialize, Serialize};
@@ -124,6 +125,15 @@ impl SharedRoute {
     /// The core route, host names resolved now (to their first address).
     pub fn to_route(&self) -> Result<Route, ToRouteError> {
         self.spec()?.resolve().map_err(ToRouteError::Unresolved)
+    }
+
+    /// As [`Self::to_route`], host names looked up by `resolver` (off the executor, with
+    /// its timeout).
+    pub async fn to_route_with(&self, resolver: &Resolver) -> Result<Route, ToRouteError> {
+        resolver
+            .resolve(&self.spec()?)
+            .await
+            .map_err(ToRouteError::Unresolved)
     }
 
     /// The message announcing this route.
@@ -443,6 +453,8 @@ struct Inner {
     /// of its own, taken last: the relay reports expiries while its host is locked.
     expired: Mutex<Vec<RouteName>>,
     wake: Notify,
+    /// Looks up the host names of routes from Redis ([`crate::dns`]).
+    resolver: Mutex<Resolver>,
 }
 
 impl fmt::Debug for RouteSync {
@@ -483,6 +495,7 @@ impl RouteSync {
                 }),
                 expired: Mutex::new(Vec::new()),
                 wake: Notify::new(),
+                resolver: Mutex::new(Resolver::default()),
             }),
         };
         // Temporary routes the relay expires are deleted from Redis too. A weak
@@ -706,8 +719,28 @@ impl RouteSync {
         self.inner.wake.notified().await;
     }
 
-    /// Applies a message from the channel.
-    pub fn apply_message(&self, payload: &[u8]) -> MessageOutcome {
+    /// Looks up routes' host names with `resolver` from now on (default: the system's,
+    /// with [`crate::dns::DNS_TIMEOUT`]).
+    pub fn set_resolver(&self, resolver: Resolver) {
+        *self
+            .inner
+            .resolver
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = resolver;
+    }
+
+    fn resolver(&self) -> Resolver {
+        self.inner
+            .resolver
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Applies a message from the channel. Host names are looked up off the executor,
+    /// each within [`crate::dns::DNS_TIMEOUT`]: a lookup that takes longer makes the
+    /// message invalid (the route comes again with the next full load).
+    pub async fn apply_message(&self, payload: &[u8]) -> MessageOutcome {
         let decoded = match decode_message(payload) {
             Ok(d) => d,
             Err(why) => return self.invalid(payload, why.into()),
@@ -718,7 +751,7 @@ impl RouteSync {
         }
         // Resolve before taking any lock: DNS can be slow, the relay must not wait for it.
         let route = match &decoded.change {
-            Change::Set(shared) => match shared.to_route() {
+            Change::Set(shared) => match shared.to_route_with(&self.resolver()).await {
                 Ok(route) => Some(route),
                 Err(why) => return self.invalid(payload, why.into()),
             },
@@ -756,7 +789,10 @@ impl RouteSync {
 
     /// Applies a full load of both hashes (`simple` and `agones` entries as
     /// `(field, value)`), then marks the link synced. See the module docs for the rules.
-    pub fn apply_load(
+    ///
+    /// Host names are looked up as in [`Self::apply_message`]; a route whose lookup fails
+    /// or times out is counted as failed and left out.
+    pub async fn apply_load(
         &self,
         simple: &[(String, String)],
         agones: &[(String, String)],
@@ -775,7 +811,7 @@ impl RouteSync {
                     }
                 };
                 // Resolved before any lock is taken (see apply_message).
-                let route = match shared.to_route() {
+                let route = match shared.to_route_with(&self.resolver()).await {
                     Ok(route) => Some(route),
                     Err(why) => {
                         report.failed += 1;
@@ -865,6 +901,44 @@ pub fn new_epoch() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn block<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn a_message_whose_lookup_times_out_is_invalid_and_not_applied() {
+        let host = host();
+        let sync = RouteSync::with_instance(host.clone(), "c", "me");
+        let slow: crate::dns::Lookup = Arc::new(|_, _| {
+            std::thread::sleep(std::time::Duration::from_secs(2));
+            Ok(vec!["192.0.2.1:1".parse().unwrap()])
+        });
+        sync.set_resolver(Resolver::with_lookup(
+            slow,
+            std::time::Duration::from_millis(100),
+        ));
+        let started = std::time::Instant::now();
+        let out = block(
+            sync.apply_message(
+                shared("slow.test", "slow.example:4433")
+                    .set_message("other")
+                    .as_bytes(),
+            ),
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        let MessageOutcome::Invalid(why) = out else {
+            panic!("{out:?}");
+        };
+        assert!(why.to_string().contains("took longer than 100ms"), "{why}");
+        assert!(!routes(&host).join(" ").contains("slow.test"));
+        let report =
+            block(sync.apply_load(&[("slow.test".into(), "slow.example:4433".into())], &[]));
+        assert_eq!((report.set, report.failed), (0, 1));
+    }
     use porter_core::{Relay, RelayConfig};
 
     fn host() -> RelayHandle {
@@ -930,8 +1004,9 @@ mod tests {
         }
         let host = host();
         let sync = RouteSync::with_instance(host.clone(), "c", "me");
-        let out =
-            sync.apply_message(br#"{"fqdn":"a.test","type":"simple","target":"127.0.0.1:1,nope"}"#);
+        let out = block(
+            sync.apply_message(br#"{"fqdn":"a.test","type":"simple","target":"127.0.0.1:1,nope"}"#),
+        );
         assert!(matches!(out, MessageOutcome::Invalid(_)), "{out:?}");
         assert!(routes(&host).is_empty());
         assert_eq!(sync.status().counters.messages_invalid, 1);
@@ -995,14 +1070,14 @@ mod tests {
         let host = host();
         let sync = RouteSync::with_instance(host.clone(), "c", "me");
         let r = shared("a.test", "127.0.0.1:1");
-        let out = sync.apply_message(r.set_message("me").as_bytes());
+        let out = block(sync.apply_message(r.set_message("me").as_bytes()));
         assert!(matches!(out, MessageOutcome::Own), "{out:?}");
         assert!(routes(&host).is_empty());
-        let out = sync.apply_message(r.set_message("other").as_bytes());
+        let out = block(sync.apply_message(r.set_message("other").as_bytes()));
         assert!(matches!(out, MessageOutcome::Applied), "{out:?}");
         assert_eq!(routes(&host).len(), 1);
         let del = Message::delete(&r.name, "other");
-        let out = sync.apply_message(del.as_bytes());
+        let out = block(sync.apply_message(del.as_bytes()));
         assert!(matches!(out, MessageOutcome::Applied), "{out:?}");
         assert!(routes(&host).is_empty());
     }
@@ -1029,7 +1104,7 @@ mod tests {
         assert!(matches!(&left[0].change, Change::Set(r) if r.target == "127.0.0.1:4"));
         // A message from elsewhere for a name with a pending change does not undo it.
         let other = shared("a.test", "127.0.0.1:9");
-        let out = sync.apply_message(other.set_message("x").as_bytes());
+        let out = block(sync.apply_message(other.set_message("x").as_bytes()));
         assert!(matches!(out, MessageOutcome::Deferred), "{out:?}");
         assert!(routes(&host).iter().any(|r| r.contains("127.0.0.1:4")));
     }
@@ -1044,21 +1119,21 @@ mod tests {
         .unwrap();
         let sync = RouteSync::with_instance(host.clone(), "c", "me");
         let e = |n: &str, t: &str| (n.to_owned(), t.to_owned());
-        let report = sync.apply_load(
+        let report = block(sync.apply_load(
             &[
                 e("x.test", "127.0.0.1:2"),
                 e("gone.test", "127.0.0.1:3"),
                 e("bad..name", "127.0.0.1:1"),
             ],
             &[e("g.test", "fleet")],
-        );
+        ));
         assert_eq!((report.set, report.removed, report.failed), (3, 0, 1));
         assert_eq!(sync.status().state, LinkState::Synced);
         // Disconnected: a local change is queued; elsewhere gone.test was deleted.
         sync.link_down("connection refused");
         assert_eq!(sync.status().state, LinkState::Down);
         set_local(&sync, "local.test", "127.0.0.1:5");
-        let report = sync.apply_load(&[e("x.test", "127.0.0.1:7")], &[e("g.test", "fleet")]);
+        let report = block(sync.apply_load(&[e("x.test", "127.0.0.1:7")], &[e("g.test", "fleet")]));
         assert_eq!((report.set, report.removed), (1, 1));
         let names = routes(&host).join(" ");
         assert!(names.contains("config.test"), "{names}");
@@ -1075,7 +1150,7 @@ mod tests {
             sync.begin("e1").is_empty(),
             "nothing to restore on first contact"
         );
-        sync.apply_load(&[("a.test".into(), "127.0.0.1:1".into())], &[]);
+        block(sync.apply_load(&[("a.test".into(), "127.0.0.1:1".into())], &[]));
         assert!(
             sync.begin("e1").is_empty(),
             "same epoch: Redis kept its data"

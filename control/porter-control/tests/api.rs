@@ -488,7 +488,7 @@ async fn readyz_follows_the_redis_link() {
         "{}",
         a.error()
     );
-    sync.apply_load(&[], &[]);
+    sync.apply_load(&[], &[]).await;
     assert_eq!(
         call(&api, "GET", "/readyz", "").await.status,
         StatusCode::OK
