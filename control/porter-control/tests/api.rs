@@ -574,7 +574,17 @@ async fn metrics_show_every_target_of_a_simple_route() {
     ] {
         assert!(text.contains(needle), "{needle} missing:\n{text}");
     }
-    assert!(!text.contains("route=\"g.test\""), "{text}");
+    // No per-target series for the agones route (its per-route series are there).
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("porter_backend_") && l.contains("route=\"g.test\"")),
+        "{text}"
+    );
+    assert!(
+        text.contains("porter_route_sessions{route=\"g.test\"} 0"),
+        "{text}"
+    );
 }
 
 /// Every endpoint in `ENDPOINTS` is dispatched (not 404/405/501).

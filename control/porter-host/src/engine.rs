@@ -346,6 +346,7 @@ impl<R: Runtime> Engine<R> {
         // has returned to the executor, or on another thread after the insert below, and
         // removes its own entry under the same lock.
         let mut allocations = lock(&self.allocations);
+        let requested = Instant::now();
         let task = self.rt.spawn(async move {
             let result: Result<Allocated, AllocationError> = match allocation {
                 Some(allocation) => allocation.await,
@@ -354,11 +355,13 @@ impl<R: Runtime> Engine<R> {
                     "agones is not enabled in this relay's configuration",
                 )),
             };
+            let took = requested.elapsed();
             let mut outs = Vec::new();
             let notes = {
                 let mut host = engine.cell.lock();
                 // Dropping the handle detaches: this task runs on to the end.
                 drop(lock(&engine.allocations).remove(&id));
+                host.allocation_answered(took, &result);
                 host.complete_allocation(Instant::now(), id, result);
                 plan_commands(&mut host, &mut outs);
                 engine.rearm(&host);

@@ -30,6 +30,7 @@ use porter_core::{
 use crate::{Allocated, AllocationError, AllocationErrorKind};
 
 use crate::logtext::{escape_network_text, LogLimiter};
+use crate::metrics::{Accounting, Histograms, RouteStats};
 use crate::notify::Notify;
 
 /// Called with each notification, after the host lock is released.
@@ -48,6 +49,8 @@ pub struct RelayHost {
     notes: Vec<Notification>,
     /// Per-session and per-datagram log lines: a flood must not become one in the log.
     log_limit: LogLimiter,
+    /// Per-route counters and the histograms, fed from the notifications.
+    accounting: Accounting,
 }
 
 impl fmt::Debug for RelayHost {
@@ -71,7 +74,20 @@ impl RelayHost {
             outbox: Vec::new(),
             notes: Vec::new(),
             log_limit: LogLimiter::new(LOG_LINES_PER_SECOND),
+            accounting: Accounting::new(),
         }
+    }
+
+    /// An allocation's answer came `took` after its request (the engine's allocation
+    /// task, under the lock, before [`Self::complete_allocation`]): recorded in the
+    /// `porter_allocation_seconds` histogram by outcome.
+    pub fn allocation_answered(
+        &mut self,
+        took: Duration,
+        result: &Result<Allocated, AllocationError>,
+    ) {
+        self.accounting
+            .allocation_answered(took, result.as_ref().err().map(AllocationError::kind));
     }
 
     /// Per-session and per-datagram log lines left out by the rate limit since start
@@ -201,7 +217,36 @@ impl RelayHost {
                     log_notification(&note);
                 }
             }
+            self.account(&note);
             self.notes.push(note);
+        }
+    }
+
+    /// Feeds one notification to the per-route counters and the histograms.
+    fn account(&mut self, note: &Notification) {
+        match note {
+            Notification::SessionOpened {
+                session,
+                sni,
+                waited,
+                ..
+            } => {
+                self.accounting
+                    .session_opened(&self.relay, *session, sni.as_deref(), *waited);
+            }
+            Notification::Refused { sni, .. } => {
+                self.accounting.refused(&self.relay, sni.as_deref());
+            }
+            Notification::SessionClosed { info, .. } => self.accounting.session_closed(
+                info.id,
+                info.backend.is_some(),
+                info.age,
+                info.to_backend,
+                info.to_client,
+            ),
+            Notification::PathOpened { .. }
+            | Notification::PathClosed { .. }
+            | Notification::RouteExpired { .. } => {}
         }
     }
 }
@@ -291,6 +336,15 @@ pub struct HostStats {
     /// Per-session, per-datagram and socket-error log lines left out by their rate
     /// limits since start.
     pub log_lines_suppressed: u64,
+    /// Per-route counters, sorted by route name: every route installed (zeros
+    /// included), and removed routes while sessions they routed are still open. Traffic
+    /// is counted when each session ends.
+    pub routes: Vec<RouteStats>,
+    /// Refusals whose server name matched no route (labelled
+    /// [`crate::NO_ROUTE_LABEL`]).
+    pub refused_without_route: u64,
+    /// Routing wait, session duration and allocation time.
+    pub histograms: Histograms,
 }
 
 /// The host and the engine's wake-up, shared by the engine's tasks and every
@@ -415,7 +469,9 @@ impl RelayHandle {
 
     /// Gauges and counters.
     pub fn stats(&self) -> HostStats {
-        let host = self.cell.lock();
+        let mut host = self.cell.lock();
+        let host = &mut *host;
+        let (routes, refused_without_route, histograms) = host.accounting.snapshot(&host.relay);
         HostStats {
             relay: host.relay().stats(),
             upstream_sockets: host.upstream_sockets(),
@@ -427,6 +483,9 @@ impl RelayHandle {
             lock_acquisitions: self.cell.acquired.load(Ordering::Relaxed),
             lock_contended: self.cell.contended.load(Ordering::Relaxed),
             log_lines_suppressed: host.log_lines_suppressed(),
+            routes,
+            refused_without_route,
+            histograms,
         }
     }
 

@@ -33,6 +33,7 @@ mod engine;
 mod health;
 mod host;
 mod logtext;
+mod metrics;
 mod notify;
 mod settings;
 mod socket;
@@ -49,6 +50,10 @@ pub use host::{
     HostCell, HostStats, RelayHandle, RelayHost, RouteEditor, Subscriber, ALLOCATION_GRACE,
 };
 pub use logtext::{escape_network_text, LogLimiter, MAX_LOGGED_BYTES};
+pub use metrics::{
+    Histogram, Histograms, RouteStats, ALLOCATION_BUCKETS, NO_ROUTE_LABEL, ROUTING_WAIT_BUCKETS,
+    SESSION_DURATION_BUCKETS,
+};
 pub use quinn_udp::UdpSockRef;
 pub use settings::{HostSettings, SetupError};
 pub use socket::{bind_listener, canonical, BindError, Socket};

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use porter_core::DropReason;
-use porter_host::HostStats;
+use porter_host::{Histogram, HostStats, NO_ROUTE_LABEL};
 
 use super::DriverGauges;
 use crate::sync::{LinkState, SyncStatus};
@@ -42,6 +42,20 @@ impl Exposition {
             self.out.push('}');
         }
         let _ = writeln!(self.out, " {value}");
+    }
+
+    /// The samples of one histogram of the current family (`_bucket`, `_sum`, `_count`),
+    /// in seconds, with `labels` before `le`.
+    fn histogram(&mut self, name: &str, labels: &[(&str, &str)], h: &Histogram) {
+        let bucket = format!("{name}_bucket");
+        for (le, n) in h.buckets() {
+            let le = le.map_or_else(|| "+Inf".to_owned(), |d| d.as_secs_f64().to_string());
+            let mut with_le = labels.to_vec();
+            with_le.push(("le", &le));
+            self.sample(&bucket, &with_le, n);
+        }
+        self.sample(&format!("{name}_sum"), labels, h.sum().as_secs_f64());
+        self.sample(&format!("{name}_count"), labels, h.count());
     }
 
     /// A family with one unlabelled sample.
@@ -249,6 +263,8 @@ pub(super) fn render(
             n,
         );
     }
+    render_routes(&mut m, host);
+    render_histograms(&mut m, host);
     m.single(
         "porter_host_lock_acquisitions_total",
         "counter",
@@ -352,4 +368,101 @@ pub(super) fn render(
         c.restored,
     );
     m.out
+}
+
+/// The per-route families: labels are route names from the configuration (and
+/// [`NO_ROUTE_LABEL`] for refusals that matched no route), never network input. Each
+/// family's HELP and TYPE are written even with no route.
+fn render_routes(m: &mut Exposition, host: &HostStats) {
+    m.family(
+        "porter_route_sessions",
+        "gauge",
+        "Sessions routed through the route and open now.",
+    );
+    for r in &host.routes {
+        m.sample("porter_route_sessions", &[("route", &r.route)], r.sessions);
+    }
+    m.family(
+        "porter_route_sessions_opened_total",
+        "counter",
+        "Sessions routed through the route.",
+    );
+    for r in &host.routes {
+        m.sample(
+            "porter_route_sessions_opened_total",
+            &[("route", &r.route)],
+            r.sessions_opened,
+        );
+    }
+    m.family(
+        "porter_route_refusals_total",
+        "counter",
+        "Connections refused, by the route their server name matched (route=\"none\": no route matched).",
+    );
+    for r in &host.routes {
+        m.sample(
+            "porter_route_refusals_total",
+            &[("route", &r.route)],
+            r.refusals,
+        );
+    }
+    m.sample(
+        "porter_route_refusals_total",
+        &[("route", NO_ROUTE_LABEL)],
+        host.refused_without_route,
+    );
+    m.family(
+        "porter_route_datagrams_total",
+        "counter",
+        "Datagrams relayed by the route's sessions, by direction; counted when each session ends.",
+    );
+    for r in &host.routes {
+        for (direction, t) in [("to_backend", r.to_backend), ("to_client", r.to_client)] {
+            m.sample(
+                "porter_route_datagrams_total",
+                &[("route", &r.route), ("direction", direction)],
+                t.datagrams,
+            );
+        }
+    }
+    m.family(
+        "porter_route_bytes_total",
+        "counter",
+        "UDP payload bytes relayed by the route's sessions, by direction; counted when each session ends.",
+    );
+    for r in &host.routes {
+        for (direction, t) in [("to_backend", r.to_backend), ("to_client", r.to_client)] {
+            m.sample(
+                "porter_route_bytes_total",
+                &[("route", &r.route), ("direction", direction)],
+                t.bytes,
+            );
+        }
+    }
+}
+
+/// The histogram families (fixed buckets, seconds).
+fn render_histograms(m: &mut Exposition, host: &HostStats) {
+    let h = &host.histograms;
+    m.family(
+        "porter_routing_wait_seconds",
+        "histogram",
+        "Time a routed connection waited for its route (ClientHello, allocation).",
+    );
+    m.histogram("porter_routing_wait_seconds", &[], &h.routing_wait);
+    m.family(
+        "porter_session_duration_seconds",
+        "histogram",
+        "Lifetime of routed sessions, observed when each ends.",
+    );
+    m.histogram("porter_session_duration_seconds", &[], &h.session_duration);
+    m.family(
+        "porter_allocation_seconds",
+        "histogram",
+        "Time from an Agones allocation request to the allocator's answer, by outcome \
+         (success, or the kind of failure).",
+    );
+    for (outcome, hist) in &h.allocation {
+        m.histogram("porter_allocation_seconds", &[("outcome", outcome)], hist);
+    }
 }
