@@ -9,12 +9,11 @@ use std::time::{Duration, Instant};
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use porter_control::api::{Api, ApiSettings, DriverGauges};
-use porter_core::wire::Version;
 use porter_core::{
     BackendAddr, ClientAddr, Relay, RelayConfig, Route, RouteName, RouteTarget, Verdict,
 };
 use porter_host::{HostCell, RelayHandle, RelayHost};
-use porter_sim::{client_initial_flight, ClientHelloSpec, InitialFlightSpec, SimRng};
+use porter_sim::one_datagram_initial;
 use serde_json::Value;
 
 const DASHBOARD: &str = concat!(
@@ -39,26 +38,7 @@ const GRAPHED: &[&str] = &[
 ];
 
 fn initial(sni: &str, seed: u64) -> Vec<u8> {
-    let mut rng = SimRng::new(seed);
-    let hello = ClientHelloSpec {
-        sni: Some(sni.into()),
-        ..ClientHelloSpec::default()
-    }
-    .build(&mut rng);
-    let dcid = rng.bytes(8);
-    client_initial_flight(
-        &InitialFlightSpec {
-            version: Version::V1,
-            dcid: &dcid,
-            scid: &[],
-            token: &[],
-            first_packet_number: 0,
-            datagram_size: 1200,
-            chaos: false,
-        },
-        &hello,
-    )
-    .remove(0)
+    one_datagram_initial(sni, seed)
 }
 
 fn api(handle: RelayHandle) -> Api {

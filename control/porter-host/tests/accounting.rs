@@ -4,36 +4,16 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use porter_core::wire::Version;
 use porter_core::{
     BackendAddr, ClientAddr, Relay, RelayConfig, Route, RouteName, RouteTarget, Traffic, Verdict,
 };
 use std::sync::Arc;
 
 use porter_host::{HostCell, RelayHandle, RelayHost, RouteStats, NO_ROUTE_LABEL};
-use porter_sim::{client_initial_flight, ClientHelloSpec, InitialFlightSpec, SimRng};
+use porter_sim::one_datagram_initial;
 
 fn initial(sni: &str, seed: u64) -> Vec<u8> {
-    let mut rng = SimRng::new(seed);
-    let hello = ClientHelloSpec {
-        sni: Some(sni.into()),
-        ..ClientHelloSpec::default()
-    }
-    .build(&mut rng);
-    let dcid = rng.bytes(8);
-    let flight = client_initial_flight(
-        &InitialFlightSpec {
-            version: Version::V1,
-            dcid: &dcid,
-            scid: &[],
-            token: &[],
-            first_packet_number: 0,
-            datagram_size: 1200,
-            chaos: false,
-        },
-        &hello,
-    );
-    flight.into_iter().next().unwrap()
+    one_datagram_initial(sni, seed)
 }
 
 fn client(port: u16) -> ClientAddr {

@@ -69,9 +69,9 @@ pub use hello::{ClientHelloSpec, DescribedAlpn, DescribedHello, DescribedSni, SN
 pub use model::{ModelOp, RelayModel};
 pub use net::{Datagram, LinkConditions, Network, NetworkStats};
 pub use packets::{
-    client_initial_flight, initial_spec, long_header_packet, retry_integrity_tag, retry_packet,
-    seal_padded, server_first_flight, short_header_packet, write_crypto, AckSpec,
-    InitialFlightSpec,
+    client_initial_flight, initial_spec, long_header_packet, one_datagram_initial,
+    retry_integrity_tag, retry_packet, seal_padded, server_first_flight, short_header_packet,
+    write_crypto, AckSpec, InitialFlightSpec,
 };
 pub use rng::SimRng;
 pub use server::{Server, ServerConfig, ServerConnection, ServerStats};

@@ -36,6 +36,41 @@ pub struct InitialFlightSpec<'a> {
     pub chaos: bool,
 }
 
+/// A client's whole first flight in one datagram: a QUIC v1 Initial of 1200 bytes carrying
+/// a default [`crate::ClientHelloSpec`] for `sni`, under an 8-byte DCID drawn from `seed`
+/// (the same seed gives the same datagram). What most relay tests start a session with.
+///
+/// # Panics
+/// If the default ClientHello for `sni` needs more than one datagram (an SNI of hundreds of
+/// bytes).
+pub fn one_datagram_initial(sni: &str, seed: u64) -> Vec<u8> {
+    let mut rng = SimRng::new(seed);
+    let hello = crate::ClientHelloSpec {
+        sni: Some(sni.into()),
+        ..crate::ClientHelloSpec::default()
+    }
+    .build(&mut rng);
+    let dcid = rng.bytes(8);
+    let mut flight = client_initial_flight(
+        &InitialFlightSpec {
+            version: Version::V1,
+            dcid: &dcid,
+            scid: &[],
+            token: &[],
+            first_packet_number: 0,
+            datagram_size: 1200,
+            chaos: false,
+        },
+        &hello,
+    );
+    assert_eq!(
+        flight.len(),
+        1,
+        "the ClientHello for {sni:?} needs one datagram"
+    );
+    flight.remove(0)
+}
+
 /// Protects `crypto` (a ClientHello) in as many Initial packets as it needs, one packet
 /// per datagram, each datagram padded with PADDING frames to exactly
 /// [`InitialFlightSpec::datagram_size`] bytes.

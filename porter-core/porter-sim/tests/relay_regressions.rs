@@ -9,30 +9,10 @@ use porter_core::{
     BackendAddr, ClientAddr, CloseReason, Command, DropReason, Notification, PathId, Relay,
     RelayConfig, Route, RouteName, RouteTarget, SessionId, SessionState, Verdict,
 };
-use porter_sim::{client_initial_flight, ClientHelloSpec, InitialFlightSpec, SimRng};
+use porter_sim::one_datagram_initial;
 
 fn initial(sni: &str, seed: u64) -> Vec<u8> {
-    let mut rng = SimRng::new(seed);
-    let hello = ClientHelloSpec {
-        sni: Some(sni.into()),
-        ..ClientHelloSpec::default()
-    }
-    .build(&mut rng);
-    let dcid = rng.bytes(8);
-    let flight = client_initial_flight(
-        &InitialFlightSpec {
-            version: Version::V1,
-            dcid: &dcid,
-            scid: &[],
-            token: &[],
-            first_packet_number: 0,
-            datagram_size: 1200,
-            chaos: false,
-        },
-        &hello,
-    );
-    assert_eq!(flight.len(), 1);
-    flight.into_iter().next().unwrap()
+    one_datagram_initial(sni, seed)
 }
 
 fn client() -> ClientAddr {
