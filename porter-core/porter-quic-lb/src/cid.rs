@@ -6,6 +6,54 @@ use std::ops::Deref;
 
 use crate::config::{MAX_CID_LEN, MAX_SERVER_ID_LEN, MIN_SERVER_ID_LEN};
 
+/// The byte views both inline values share: `as_bytes`, `len`, `is_empty`, `Deref` and
+/// `AsRef` to `[u8]`, and hex `Display`/`Debug` (`Name(0a0b..)`).
+macro_rules! inline_bytes {
+    ($name:ident, $len_doc:literal, $empty_doc:literal) => {
+        impl $name {
+            /// The octets, first octet first.
+            pub fn as_bytes(&self) -> &[u8] {
+                &self.bytes[..usize::from(self.len)]
+            }
+
+            #[doc = $len_doc]
+            pub fn len(&self) -> usize {
+                usize::from(self.len)
+            }
+
+            #[doc = $empty_doc]
+            pub fn is_empty(&self) -> bool {
+                self.len == 0
+            }
+        }
+
+        impl Deref for $name {
+            type Target = [u8];
+            fn deref(&self) -> &[u8] {
+                self.as_bytes()
+            }
+        }
+
+        impl AsRef<[u8]> for $name {
+            fn as_ref(&self) -> &[u8] {
+                self.as_bytes()
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, concat!(stringify!($name), "({})"), self)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write_hex(f, self.as_bytes())
+            }
+        }
+    };
+}
+
 /// A server ID: 1 to 15 opaque octets (§4.1; they are bytes, not an integer).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServerId {
@@ -34,48 +82,13 @@ impl ServerId {
         id.bytes[..bytes.len()].copy_from_slice(bytes);
         Ok(id)
     }
-
-    /// The octets.
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.bytes[..usize::from(self.len)]
-    }
-
-    /// The length in octets (1 to 15).
-    pub fn len(&self) -> usize {
-        usize::from(self.len)
-    }
-
-    /// Always false: a server ID has at least one octet. Present for the
-    /// `len_without_is_empty` convention.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
 }
 
-impl Deref for ServerId {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        self.as_bytes()
-    }
-}
-
-impl AsRef<[u8]> for ServerId {
-    fn as_ref(&self) -> &[u8] {
-        self.as_bytes()
-    }
-}
-
-impl fmt::Debug for ServerId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ServerId({self})")
-    }
-}
-
-impl fmt::Display for ServerId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write_hex(f, self.as_bytes())
-    }
-}
+inline_bytes!(
+    ServerId,
+    "The length in octets (1 to 15).",
+    "Always false: a server ID has at least one octet. Present for the `len_without_is_empty` convention."
+);
 
 impl TryFrom<&[u8]> for ServerId {
     type Error = ServerIdLengthError;
@@ -103,47 +116,13 @@ impl ConnectionId {
         cid.bytes[..len].copy_from_slice(&bytes[..len]);
         cid
     }
-
-    /// The octets, first octet first.
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.bytes[..usize::from(self.len)]
-    }
-
-    /// The length in octets.
-    pub fn len(&self) -> usize {
-        usize::from(self.len)
-    }
-
-    /// Whether the CID is empty (never, for CIDs this crate produces).
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
 }
 
-impl Deref for ConnectionId {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        self.as_bytes()
-    }
-}
-
-impl AsRef<[u8]> for ConnectionId {
-    fn as_ref(&self) -> &[u8] {
-        self.as_bytes()
-    }
-}
-
-impl fmt::Debug for ConnectionId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ConnectionId({self})")
-    }
-}
-
-impl fmt::Display for ConnectionId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write_hex(f, self.as_bytes())
-    }
-}
+inline_bytes!(
+    ConnectionId,
+    "The length in octets.",
+    "Whether the CID is empty (never, for CIDs this crate produces)."
+);
 
 fn write_hex(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
     for byte in bytes {
