@@ -106,6 +106,7 @@ macro_rules! __with_cases {
                 ngtcp2_v1_download,
                 ngtcp2_v2_download,
                 ngtcp2_change_local_addr,
+                ngtcp2_nat_rebinding,
                 ngtcp2_retry_server,
                 ngtcp2_migration_beside_another_session,
             }
