@@ -645,10 +645,19 @@ impl Checker<'_> {
         let player_list = self.read(&s, "player_list", non_empty_string);
         let reserve_player_slot = self.read(&s, "reserve_player_slot", boolean);
         let port_name = self.get(&s, "port_name", non_empty_string);
+        let server_id_label = self.get(&s, "server_id_label", non_empty_string);
         let allocate_route_ttl = self.read(&s, "allocate_route_ttl", duration_positive);
 
         if !enabled {
             return (None, false);
+        }
+        if server_id_label.is_some() && top.value("quic_lb").is_none() {
+            self.error(
+                s.path_of("server_id_label"),
+                s.value("server_id_label").and_then(|f| f.span()),
+                "server IDs are read from CIDs only with a `quic_lb` configuration (its \
+                 `servers` may be empty)",
+            );
         }
         let enabled_at = s.value("enabled").and_then(|f| f.span());
         let mut required = |key: &str, present: bool, what: &str| {
@@ -709,6 +718,7 @@ impl Checker<'_> {
             reserve_player_slot,
             port_name,
             allocate_route_ttl,
+            server_id_label,
         };
         (Some(config), true)
     }

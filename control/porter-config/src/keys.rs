@@ -414,6 +414,12 @@ pub const AGONES: Section = Section {
             Value("10m"),
             "Life of a POST /allocate route.",
         ),
+        key(
+            "server_id_label",
+            Kind::String,
+            Derived("none"),
+            "Label holding a game server's QUIC-LB server ID.",
+        ),
     ],
 };
 

@@ -240,6 +240,9 @@ pub struct AgonesConfig {
     pub port_name: Option<String>,
     /// How long a route made by `POST /allocate` lasts.
     pub allocate_route_ttl: Duration,
+    /// The label (else annotation) of a game server that holds its QUIC-LB server ID in
+    /// hex; `None` reads none.
+    pub server_id_label: Option<String>,
 }
 
 /// Section `relay`: the bounds and timers of the relay core.
