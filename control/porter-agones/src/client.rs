@@ -316,7 +316,8 @@ impl AgonesClient {
         let socket_addr = resolve(&response.address, port, deadline).await;
         let server_id = self.settings.server_id_label.as_ref().and_then(|name| {
             let metadata = response.metadata.as_ref();
-            let found = metadata.and_then(|m| m.labels.get(name).or_else(|| m.annotations.get(name)));
+            let found =
+                metadata.and_then(|m| m.labels.get(name).or_else(|| m.annotations.get(name)));
             if found.is_none() {
                 tracing::warn!(
                     game_server = %response.game_server_name,

@@ -523,8 +523,12 @@ async fn the_server_id_comes_from_the_named_label_else_the_annotation() {
     const NAME: &str = "porter.dev/server-id";
     let mut servers = fleet("arena", 3, 1);
     servers[0].labels.insert(NAME.to_owned(), "0a01".to_owned());
-    servers[0].annotations.insert(NAME.to_owned(), "ffff".to_owned());
-    servers[1].annotations.insert(NAME.to_owned(), "0a02".to_owned());
+    servers[0]
+        .annotations
+        .insert(NAME.to_owned(), "ffff".to_owned());
+    servers[1]
+        .annotations
+        .insert(NAME.to_owned(), "0a02".to_owned());
     let allocator = start(ServerCert::WithDnsName, servers).await;
     let mut config = allocator.client_config();
     config.server_id_label = Some(NAME.to_owned());

@@ -101,6 +101,7 @@ macro_rules! __with_cases {
                 players_fill_servers_in_order_then_fleet_is_full,
                 slow_or_down_allocator_then_recovery,
                 allocate_endpoint_adds_a_temporary_route,
+                a_game_servers_server_id_label_keeps_a_moving_player_on_it,
             }
             ngtcp2_cases {
                 ngtcp2_v1_download,

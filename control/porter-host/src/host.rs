@@ -172,7 +172,9 @@ impl RelayHost {
                         "the game server's QUIC-LB server ID already names another backend; \
                          its clients are routed without it"
                     ),
-                    Ok(binding) => tracing::debug!(allocation = %id, %game_server, ?binding, "server ID"),
+                    Ok(binding) => {
+                        tracing::debug!(allocation = %id, %game_server, ?binding, "server ID")
+                    }
                     Err(e) => tracing::debug!(allocation = %id, "{e}"),
                 }
                 return;
