@@ -161,22 +161,23 @@ impl RelayHost {
                     BackendAddr(addr),
                     &server_id,
                 );
-                match binding {
-                    Ok(ServerIdBinding::Invalid) => tracing::warn!(
-                        allocation = %id, %game_server, server_id = %escape_network_text(server_id.as_bytes()),
-                        "the game server's QUIC-LB server ID is not hex of a configured \
-                         length; its clients are routed without it"
-                    ),
-                    Ok(ServerIdBinding::Conflict) => tracing::warn!(
-                        allocation = %id, %game_server, server_id = %escape_network_text(server_id.as_bytes()),
-                        "the game server's QUIC-LB server ID already names another backend; \
-                         its clients are routed without it"
-                    ),
+                let shown = escape_network_text(server_id.as_bytes());
+                let why = match binding {
+                    Ok(ServerIdBinding::Invalid) => "is not hex of a configured length",
+                    Ok(ServerIdBinding::Conflict) => "already names another backend",
                     Ok(binding) => {
-                        tracing::debug!(allocation = %id, %game_server, ?binding, "server ID")
+                        tracing::debug!(allocation = %id, %game_server, server_id = %shown, ?binding, "server ID");
+                        return;
                     }
-                    Err(e) => tracing::debug!(allocation = %id, "{e}"),
-                }
+                    Err(e) => {
+                        tracing::debug!(allocation = %id, "{e}");
+                        return;
+                    }
+                };
+                tracing::warn!(
+                    allocation = %id, %game_server, server_id = %shown,
+                    "the game server's QUIC-LB server ID {why}; its clients are routed without it"
+                );
                 return;
             }
             Ok(allocated) => Ok(BackendAddr(allocated.addr)),
