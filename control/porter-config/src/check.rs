@@ -447,6 +447,17 @@ impl Checker<'_> {
             log_format: self
                 .get(&s, "log_format", log_format)
                 .unwrap_or(default_format),
+            receive_buffer: self.read(&s, "receive_buffer", |n| {
+                let bytes = byte_size_at_least(n, 64 * 1024)?;
+                if bytes > 1 << 30 {
+                    return Err(format!(
+                        "{} is more than the 1GiB a listener may ask for",
+                        format_byte_size(bytes as u64)
+                    ));
+                }
+                Ok(bytes)
+            }),
+            batch_sends: self.read(&s, "batch_sends", boolean),
         }
     }
 

@@ -223,6 +223,18 @@ pub const UDP: Section = Section {
             Derived("the value of `log.format`"),
             "Format of the connection logs.",
         ),
+        key(
+            "receive_buffer",
+            Kind::ByteSize,
+            Value("8MiB"),
+            "Kernel receive buffer of each listener socket (SO_RCVBUFFORCE when permitted, else SO_RCVBUF up to net.core.rmem_max); the size in effect is logged at start.",
+        ),
+        key(
+            "batch_sends",
+            Kind::Bool,
+            Value("true"),
+            "Send single client-bound datagrams of many clients in one sendmmsg.",
+        ),
     ],
 };
 

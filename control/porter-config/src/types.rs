@@ -72,6 +72,10 @@ pub struct UdpConfig {
     pub log_requests: bool,
     /// Format of those logs; `log.format` unless `udp.log_format` is set.
     pub log_format: LogFormat,
+    /// The kernel receive buffer asked for on each listener socket, in bytes.
+    pub receive_buffer: usize,
+    /// Send single client-bound datagrams of many clients in one `sendmmsg`.
+    pub batch_sends: bool,
 }
 
 impl UdpConfig {
@@ -92,6 +96,8 @@ impl Default for UdpConfig {
             binds: vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)],
             log_requests: false,
             log_format: LogFormat::Human,
+            receive_buffer: 8 << 20,
+            batch_sends: true,
         }
     }
 }

@@ -356,6 +356,21 @@ fn bad_duration() {
 }
 
 #[test]
+fn listener_buffer_and_batching() {
+    let c = parse("udp: {receive_buffer: 16MiB, batch_sends: false}\n").unwrap();
+    assert_eq!((c.udp.receive_buffer, c.udp.batch_sends), (16 << 20, false));
+    let d = parse("").unwrap();
+    assert_eq!((d.udp.receive_buffer, d.udp.batch_sends), (8 << 20, true));
+    let e = errors("udp:\n  receive_buffer: 2GiB\n");
+    assert!(
+        e.starts_with("test.yaml:2:19: udp.receive_buffer: 2GiB is more than the 1GiB"),
+        "{e}"
+    );
+    let e = errors("udp: {receive_buffer: 1KiB}\n");
+    assert!(e.contains("udp.receive_buffer: 1KiB is too small"), "{e}");
+}
+
+#[test]
 fn bad_port() {
     let e = errors("udp: {port: 70000}\n");
     assert_eq!(e, "test.yaml:1:13: udp.port: 70000 is not a port (0-65535)");

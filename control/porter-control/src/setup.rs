@@ -49,6 +49,10 @@ pub struct Settings {
     pub config_file: Option<PathBuf>,
     /// Active health checks, when `health.enabled`.
     pub health: Option<porter_host::HealthSettings>,
+    /// Kernel receive buffer asked for on each listener, in bytes.
+    pub receive_buffer: usize,
+    /// Client sends batched with `sendmmsg`.
+    pub batch_sends: bool,
 }
 
 impl Settings {
@@ -148,6 +152,8 @@ impl Settings {
             redis: config.redis.clone(),
             config: config.clone(),
             config_file: None,
+            receive_buffer: config.udp.receive_buffer,
+            batch_sends: config.udp.batch_sends,
         })
     }
 
@@ -159,6 +165,8 @@ impl Settings {
             routes: self.routes.clone(),
             log_requests: self.log_requests,
             health: self.health,
+            receive_buffer: self.receive_buffer,
+            batch_sends: self.batch_sends,
         }
     }
 }

@@ -11,7 +11,7 @@
 //!
 //! The tests keep the case names, in modules named after the files that hold them:
 //! `cases::routes_by_sni_exact_wildcard_and_default`, `control_cases::..`,
-//! `agones_cases::..`, `reload_cases::..`, `edge_cases::..`.
+//! `agones_cases::..`, `reload_cases::..`, `edge_cases::..`, `scale_cases::..`.
 //!
 //! The peers the cases use are public too: [`Pki`], [`EchoServer`], [`client_endpoint`],
 //! [`connect`], [`echo`], [`UdpSink`], [`Nat`].
@@ -36,6 +36,8 @@ pub mod ngtcp2_cases;
 mod peers;
 #[doc(hidden)]
 pub mod reload_cases;
+#[doc(hidden)]
+pub mod scale_cases;
 
 /// Runs one case against `binary` on the runtime each case had as a
 /// `#[tokio::test(flavor = "multi_thread", worker_threads = 2)]`.
@@ -124,6 +126,10 @@ macro_rules! __with_cases {
                 network_text_in_logs_is_escaped,
                 a_route_to_the_relays_own_address_is_refused,
             }
+            scale_cases {
+                replies_to_many_clients_leave_in_batches,
+                an_l4_balancer_moving_a_connection_to_another_instance_keeps_it_with_quic_lb,
+            }
         }
     };
 }
@@ -171,6 +177,7 @@ mod tests {
             ("ngtcp2_cases", include_str!("ngtcp2_cases.rs")),
             ("reload_cases", include_str!("reload_cases.rs")),
             ("edge_cases", include_str!("edge_cases.rs")),
+            ("scale_cases", include_str!("scale_cases.rs")),
         ]
         .iter()
         .flat_map(|(module, text)| {
