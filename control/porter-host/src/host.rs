@@ -164,10 +164,10 @@ impl RelayHost {
         }
     }
 
-    /// A path's upstream socket could not be opened: the path ends (with its session,
-    /// if it was the session's only one); see [`Relay::close_path`].
+    /// A path's upstream socket could not be opened: the path ends, and a session whose
+    /// only path it was is refused; see [`Relay::upstream_failed`].
     pub fn upstream_failed(&mut self, now: Instant, path: PathId) {
-        self.relay.close_path(now, path);
+        self.relay.upstream_failed(now, path);
     }
 
     /// Expires timers; see [`Relay::handle_timeout`].

@@ -419,7 +419,11 @@ impl Relay {
         match result {
             Ok(backend) => {
                 self.stats.allocations.succeeded += 1;
-                self.establish(now, session, backend);
+                if self.sockets_exhausted() {
+                    self.refuse_async(now, session, RefuseReason::SocketLimit);
+                } else {
+                    self.establish(now, session, backend);
+                }
             }
             Err(_) => {
                 self.stats.allocations.failed += 1;
@@ -440,6 +444,12 @@ impl Relay {
     /// up otherwise, one per session opened and closed).
     pub fn poll_notification(&mut self) -> Option<Notification> {
         self.notifications.pop_front()
+    }
+
+    /// Whether every upstream socket the relay may open ([`RelayConfig::max_paths`]) is
+    /// in use.
+    fn sockets_exhausted(&self) -> bool {
+        self.path_count >= self.config.max_paths
     }
 
     fn count_drop(&mut self, reason: DropReason) {

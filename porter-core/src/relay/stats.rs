@@ -54,6 +54,9 @@ pub struct RelayStats {
     pub paths_opened: u64,
     /// Connections refused since start.
     pub refused: u64,
+    /// Upstream sockets the I/O layer could not open since start
+    /// ([`crate::Relay::upstream_failed`]).
+    pub upstream_failures: u64,
     /// Client to backend, since start.
     pub to_backend: Traffic,
     /// Backend to client, since start.
