@@ -11,7 +11,7 @@
 //!
 //! The tests keep the case names, in modules named after the files that hold them:
 //! `cases::routes_by_sni_exact_wildcard_and_default`, `control_cases::..`,
-//! `agones_cases::..`, `reload_cases::..`, `edge_cases::..`.
+//! `agones_cases::..`, `reload_cases::..`, `edge_cases::..`, `fd_cases::..`.
 //!
 //! The peers the cases use are public too: [`Pki`], [`EchoServer`], [`client_endpoint`],
 //! [`connect`], [`echo`], [`UdpSink`], [`Nat`].
@@ -31,6 +31,8 @@ pub mod cases;
 pub mod control_cases;
 #[doc(hidden)]
 pub mod edge_cases;
+#[doc(hidden)]
+pub mod fd_cases;
 #[doc(hidden)]
 pub mod ngtcp2_cases;
 mod peers;
@@ -122,6 +124,10 @@ macro_rules! __with_cases {
                 network_text_in_logs_is_escaped,
                 a_route_to_the_relays_own_address_is_refused,
             }
+            fd_cases {
+                a_flood_of_initials_under_a_low_fd_limit_is_refused_by_name_and_the_relay_keeps_serving,
+                api_accept_errors_under_a_low_fd_limit_back_off_quietly,
+            }
         }
     };
 }
@@ -169,6 +175,7 @@ mod tests {
             ("ngtcp2_cases", include_str!("ngtcp2_cases.rs")),
             ("reload_cases", include_str!("reload_cases.rs")),
             ("edge_cases", include_str!("edge_cases.rs")),
+            ("fd_cases", include_str!("fd_cases.rs")),
         ]
         .iter()
         .flat_map(|(module, text)| {

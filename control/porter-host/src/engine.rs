@@ -446,6 +446,20 @@ pub fn start<R: Runtime>(
         .iter()
         .filter_map(|l| l.local_addr().ok())
         .collect();
+    // Every path holds a socket: no more paths than the process can open. Drawn now,
+    // with the listeners open.
+    let budget = crate::SocketBudget::measure(settings.relay.max_paths);
+    tracing::info!(
+        effective = budget.effective,
+        configured = budget.configured,
+        fd_limit = budget.fd_limit.map_or_else(|| "unlimited".to_owned(), |l| l.to_string()),
+        fds_open = budget.fds_open,
+        fd_reserve = crate::FD_RESERVE,
+        port_range = budget.port_range.map_or_else(|| "unknown".to_owned(), |p| p.to_string()),
+        "upstream socket budget"
+    );
+    let mut settings = settings.clone();
+    settings.relay.max_paths = budget.effective;
     let relay = settings.new_relay_at(bound)?;
     let cell = HostCell::new(RelayHost::new(relay, settings.log_requests));
     let engine = Engine::new(rt, cell, listeners, allocator);

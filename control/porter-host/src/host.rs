@@ -327,6 +327,9 @@ pub struct HostStats {
     pub relay: RelayStats,
     /// Upstream sockets the relay asked for and has not closed.
     pub upstream_sockets: usize,
+    /// The most upstream sockets the relay opens ([`porter_core::RelayConfig::max_paths`],
+    /// as the engine set it from the descriptor limit and the port range).
+    pub upstream_socket_limit: usize,
     /// Failed allocations by kind (every kind, zeros included).
     pub allocation_failures: Vec<(AllocationErrorKind, u64)>,
     /// Acquisitions of the data-plane (host) lock since start.
@@ -475,6 +478,7 @@ impl RelayHandle {
         HostStats {
             relay: host.relay().stats(),
             upstream_sockets: host.upstream_sockets(),
+            upstream_socket_limit: host.relay().config().max_paths,
             allocation_failures: AllocationErrorKind::ALL
                 .iter()
                 .copied()

@@ -130,6 +130,7 @@ fn a_connection_beyond_the_socket_cap_is_refused_with_its_own_reason_until_a_soc
         (stats.paths, stats.sessions_opened, stats.refused),
         (2, 2, 1)
     );
+    assert_eq!(stats.refusals(RefuseReason::SocketLimit), 1);
     // Its retransmission gets the same answer, not a session.
     assert_eq!(
         relay.handle_client_datagram(t0, client(3), &third),
@@ -222,6 +223,8 @@ fn an_upstream_socket_that_cannot_be_opened_refuses_its_session_with_a_connectio
         ),
         (0, 0, 1, 1)
     );
+    assert_eq!(stats.refusals(RefuseReason::SocketFailed), 1);
+    assert_eq!(stats.refusals(RefuseReason::SocketLimit), 0);
     // Reported twice: nothing happens.
     assert!(!relay.upstream_failed(t0, path));
     assert_eq!(drain(&mut relay), (vec![], vec![]));

@@ -134,6 +134,7 @@ impl Relay {
             own_addresses: Vec::new(),
             stats: RelayStats {
                 drops: vec![0; DropReason::ALL.len()],
+                refusals: vec![0; RefuseReason::ALL.len()],
                 ..RelayStats::default()
             },
         }

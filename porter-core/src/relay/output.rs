@@ -211,6 +211,17 @@ pub enum RefuseReason {
 }
 
 impl RefuseReason {
+    /// Every reason, in counter order ([`crate::RelayStats::refusals`]).
+    pub const ALL: &'static [Self] = &[
+        Self::NoRoute,
+        Self::AllocationFailed,
+        Self::AllocationTimeout,
+        Self::AllocationLimit,
+        Self::NoHealthyBackend,
+        Self::SocketLimit,
+        Self::SocketFailed,
+    ];
+
     /// A short stable name, for logs and metrics labels.
     pub fn as_str(&self) -> &'static str {
         match self {

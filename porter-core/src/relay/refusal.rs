@@ -105,6 +105,9 @@ impl Relay {
         };
         self.remember_refused(now, original_dcid, refused);
         self.stats.refused += 1;
+        if let Some(i) = RefuseReason::ALL.iter().position(|r| *r == reason) {
+            self.stats.refusals[i] += 1;
+        }
         self.notifications.push_back(Notification::Refused {
             session: id,
             client,

@@ -1,6 +1,6 @@
 //! The relay's counters and gauges, as [`crate::Relay::stats`] reports them.
 
-use crate::relay::output::DropReason;
+use crate::relay::output::{DropReason, RefuseReason};
 use crate::relay::quic_lb::QuicLbCounters;
 use crate::session::Traffic;
 
@@ -67,6 +67,8 @@ pub struct RelayStats {
     pub quic_lb: QuicLbCounters,
     /// Drops by reason, indexed like [`DropReason::ALL`].
     pub drops: Vec<u64>,
+    /// Refusals by reason, indexed like [`RefuseReason::ALL`] (their sum is `refused`).
+    pub refusals: Vec<u64>,
 }
 
 impl RelayStats {
@@ -74,5 +76,11 @@ impl RelayStats {
     pub fn drops(&self, reason: DropReason) -> u64 {
         let i = DropReason::ALL.iter().position(|r| *r == reason);
         i.and_then(|i| self.drops.get(i)).copied().unwrap_or(0)
+    }
+
+    /// Refusals counted under `reason`.
+    pub fn refusals(&self, reason: RefuseReason) -> u64 {
+        let i = RefuseReason::ALL.iter().position(|r| *r == reason);
+        i.and_then(|i| self.refusals.get(i)).copied().unwrap_or(0)
     }
 }
