@@ -1,7 +1,9 @@
-//! End-to-end cases for resource-true admission (issue 14 item 1, and item 7's accept
-//! back-off), written once for every relay binary: the relay under a low
-//! file-descriptor limit (`prlimit`), flooded with valid Initials from many sources, and
-//! its API flooded with connections it has no descriptor for.
+//! End-to-end cases for resource-true admission (issue 14 item 1, item 7's accept
+//! back-off, and item 10's datagrams from the relay's own sockets), written once for every
+//! relay binary: the relay under a low file-descriptor limit (`prlimit`), flooded with
+//! valid Initials from many sources; its API flooded with connections it has no
+//! descriptor for; and a route that leads back to the relay through another address of
+//! its host.
 
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -288,4 +290,59 @@ pub async fn api_accept_errors_under_a_low_fd_limit_back_off_quietly(bin: Binary
     let log = porter.log();
     let errors = socket_error_lines(&log);
     assert!(errors.len() < 5, "socket-error lines: {errors:#?}");
+}
+
+/// A global-scope IPv4 address of this host (`ip -4 -o addr show scope global`).
+fn host_ipv4() -> Option<std::net::IpAddr> {
+    let out = std::process::Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "scope", "global"])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|cidr| cidr.split('/').next())
+        .and_then(|ip| ip.parse().ok())
+}
+
+/// Item 10 of issue 14: a relay listening on every address, with a route to its own
+/// port at another address of its host (which the route check cannot know): the
+/// datagram its upstream socket sends comes back to its listener from that socket's
+/// address, and is dropped as `own_socket` instead of opening another path and looping.
+pub async fn a_datagram_from_the_relays_own_upstream_socket_is_dropped(bin: Binary) {
+    let host_ip = host_ipv4().expect("this case needs a global IPv4 address on the host");
+    let (udp_port, api_port) = (free_udp_port(), free_tcp_port());
+    let config = format!(
+        "udp: {{port: {udp_port}, bind: 0.0.0.0}}\napi: {{port: {api_port}}}\nroutes:\n{}",
+        simple_route("loop.test", SocketAddr::new(host_ip, udp_port))
+    );
+    let mut porter = Porter::spawn(bin, &config, &[]);
+    porter.api = ([127, 0, 0, 1], api_port).into();
+    let up = wait_for(Duration::from_secs(15), || {
+        porter.get("/healthz").ok().filter(|(s, _)| *s == 200)
+    });
+    assert!(up.is_some(), "the API never answered; log:\n{}", porter.log());
+
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client
+        .send_to(&one_datagram_initial("loop.test", 1), ("127.0.0.1", udp_port))
+        .unwrap();
+    let dropped = wait_for(Duration::from_secs(5), || {
+        let stats = porter.stats();
+        (stats["drops"]["own_socket"].as_u64() >= Some(1)).then_some(stats)
+    });
+    let stats = dropped.unwrap_or_else(|| {
+        panic!(
+            "no own_socket drop; stats: {}; log:\n{}",
+            porter.stats(),
+            porter.log()
+        )
+    });
+    // The looped datagram opened nothing: one session, on its one path.
+    assert_eq!(
+        (&stats["sessions"], &stats["paths"], &stats["paths_opened"]),
+        (&1.into(), &1.into(), &0.into()),
+        "{stats}"
+    );
 }

@@ -127,6 +127,7 @@ macro_rules! __with_cases {
             fd_cases {
                 a_flood_of_initials_under_a_low_fd_limit_is_refused_by_name_and_the_relay_keeps_serving,
                 api_accept_errors_under_a_low_fd_limit_back_off_quietly,
+                a_datagram_from_the_relays_own_upstream_socket_is_dropped,
             }
         }
     };

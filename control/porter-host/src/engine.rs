@@ -10,7 +10,8 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -43,6 +44,44 @@ const UPSTREAM_SLOTS_KEPT: usize = 64;
 struct Upstream<R: Runtime> {
     socket: Arc<Socket<R::Udp>>,
     reader: R::Task,
+    /// Its local port, counted in [`OwnPorts`].
+    port: Option<u16>,
+}
+
+/// How many upstream sockets hold each local port: a datagram at a listener from a
+/// local address and one of these ports came from the relay itself (a backend target
+/// that leads back to it), and relaying it would loop. One atomic counter per port, so
+/// the listeners read it without a lock.
+struct OwnPorts(Box<[AtomicU32]>);
+
+impl OwnPorts {
+    fn new() -> Self {
+        Self((0..=u16::MAX).map(|_| AtomicU32::new(0)).collect())
+    }
+
+    fn add(&self, port: u16) {
+        self.0[usize::from(port)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn remove(&self, port: u16) {
+        let _ = self.0[usize::from(port)].fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+            n.checked_sub(1)
+        });
+    }
+
+    /// Whether a datagram from `from`, received at `dst` on a listener bound to `bound`,
+    /// came from one of the relay's upstream sockets: its port is one of theirs, and its
+    /// address is one of this host's (loopback, the address it was sent to, or the
+    /// listener's own). A remote host using the same port number is not local.
+    fn sent_it(&self, from: SocketAddr, dst: Option<IpAddr>, bound: Option<IpAddr>) -> bool {
+        if self.0[usize::from(from.port())].load(Ordering::Relaxed) == 0 {
+            return false;
+        }
+        let ip = from.ip().to_canonical();
+        ip.is_loopback()
+            || dst.is_some_and(|d| d.to_canonical() == ip)
+            || bound.is_some_and(|b| !b.is_unspecified() && b.to_canonical() == ip)
+    }
 }
 
 /// The relay's I/O on runtime `R`: everything the driver's tasks share.
@@ -51,6 +90,7 @@ pub struct Engine<R: Runtime> {
     cell: Arc<HostCell>,
     listeners: Vec<Arc<Socket<R::Udp>>>,
     upstreams: Mutex<HashMap<PathId, Upstream<R>>>,
+    own_ports: OwnPorts,
     allocations: Mutex<HashMap<AllocationId, R::Task>>,
     allocator: Option<Arc<dyn Allocator>>,
     /// Receive slots of the upstream readers, held only while a batch is handled.
@@ -72,6 +112,7 @@ impl<R: Runtime> Engine<R> {
             cell,
             listeners: listeners.into_iter().map(Arc::new).collect(),
             upstreams: Mutex::new(HashMap::new()),
+            own_ports: OwnPorts::new(),
             allocations: Mutex::new(HashMap::new()),
             allocator,
             upstream_slots: SlotPool::new(UPSTREAM_BATCH, SLOT_LEN, UPSTREAM_SLOTS_KEPT),
@@ -128,6 +169,7 @@ impl<R: Runtime> Engine<R> {
         let mut bufs = vec![vec![0u8; SLOT_LEN]; BATCH_SIZE];
         let mut metas = vec![RecvMeta::default(); BATCH_SIZE];
         let mut outs = Vec::new();
+        let bound = listener.local_addr().ok().map(|a| a.ip());
         loop {
             let n = match listener.recv(&mut bufs, &mut metas).await {
                 Ok(n) => n,
@@ -140,6 +182,14 @@ impl<R: Runtime> Engine<R> {
             for (meta, buf) in metas[..n].iter().zip(&bufs) {
                 let from = ClientAddr(canonical(meta.addr));
                 let data = &buf[..meta.len];
+                if self.own_ports.sent_it(from.0, meta.dst_ip, bound) {
+                    let mut host = self.cell.lock();
+                    let now = Instant::now();
+                    for segment in data.chunks(meta.stride.max(1)) {
+                        host.own_datagram(now, from, segment.len());
+                    }
+                    continue;
+                }
                 let notes = {
                     let mut host = self.cell.lock();
                     let now = Instant::now();
@@ -266,6 +316,9 @@ impl<R: Runtime> Engine<R> {
             Command::CloseUpstream { path, .. } => {
                 let upstream = lock(&self.upstreams).remove(&path);
                 if let Some(upstream) = upstream {
+                    if let Some(port) = upstream.port {
+                        self.own_ports.remove(port);
+                    }
                     R::abort(upstream.reader);
                 }
             }
@@ -306,10 +359,21 @@ impl<R: Runtime> Engine<R> {
         match connect_upstream(&self.rt, backend.0) {
             Ok(socket) => {
                 let socket = Arc::new(socket);
+                let port = socket.local_addr().ok().map(|a| a.port());
+                if let Some(port) = port {
+                    self.own_ports.add(port);
+                }
                 let reader = self
                     .rt
                     .spawn(self.clone().read_upstream(path, socket.clone()));
-                lock(&self.upstreams).insert(path, Upstream { socket, reader });
+                lock(&self.upstreams).insert(
+                    path,
+                    Upstream {
+                        socket,
+                        reader,
+                        port,
+                    },
+                );
             }
             Err(e) => {
                 // Bounded: under a flood every new session may fail the same way.
@@ -505,5 +569,36 @@ pub async fn drain<R: Runtime>(
             tracing::info!("second signal: exiting now");
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod own_port_tests {
+    use super::*;
+
+    #[test]
+    fn a_datagram_is_the_relays_own_only_from_a_local_address_and_a_port_in_use() {
+        let ports = OwnPorts::new();
+        let from = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        // No upstream socket on the port: never ours.
+        assert!(!ports.sent_it(from("127.0.0.1:40000"), ip("127.0.0.1"), None));
+        ports.add(40000);
+        // Loopback, the address the datagram was sent to, the listener's own address.
+        assert!(ports.sent_it(from("127.0.0.1:40000"), None, None));
+        assert!(ports.sent_it(from("192.0.2.2:40000"), ip("192.0.2.2"), None));
+        assert!(ports.sent_it(from("192.0.2.2:40000"), None, ip("192.0.2.2")));
+        assert!(ports.sent_it(from("[::ffff:192.0.2.2]:40000"), ip("192.0.2.2"), None));
+        // A remote host that happens to use the same port, and a listener on every
+        // address, which says nothing.
+        assert!(!ports.sent_it(from("198.51.100.7:40000"), ip("192.0.2.2"), ip("0.0.0.0")));
+        assert!(!ports.sent_it(from("127.0.0.1:40001"), None, None));
+        // Counted per socket: the port stays ours until its last socket closes.
+        ports.add(40000);
+        ports.remove(40000);
+        assert!(ports.sent_it(from("127.0.0.1:40000"), None, None));
+        ports.remove(40000);
+        ports.remove(40000);
+        assert!(!ports.sent_it(from("127.0.0.1:40000"), None, None));
     }
 }

@@ -23,7 +23,8 @@ use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 use porter_core::{
-    AllocationFailure, AllocationId, BackendAddr, ClientAddr, Command, Notification, PathId, Relay,
+    AllocationFailure, AllocationId, BackendAddr, ClientAddr, Command, DropReason, Notification,
+    PathId, Relay,
     RelayStats, Route, RouteError, RouteName, Verdict,
 };
 
@@ -120,6 +121,20 @@ impl RelayHost {
             }
         }
         verdict
+    }
+
+    /// A datagram at a listener from one of the relay's own upstream sockets: dropped
+    /// and counted; see [`Relay::drop_own_datagram`].
+    pub fn own_datagram(&mut self, now: Instant, from: ClientAddr, len: usize) {
+        let _ = self.relay.drop_own_datagram();
+        if self.log_requests && self.log_limit.allow(now).is_some() {
+            tracing::info!(
+                client = %from,
+                len,
+                reason = DropReason::OwnSocket.as_str(),
+                "dropped client datagram"
+            );
+        }
     }
 
     /// A datagram from a backend, on `path`'s upstream socket; see

@@ -389,6 +389,15 @@ impl Relay {
         verdict
     }
 
+    /// Drops a datagram that arrived at a listener from one of the relay's own upstream
+    /// sockets (a backend target that leads back to the relay, such as another address
+    /// of its own host): relaying it would loop. Only the I/O layer knows its sockets'
+    /// addresses, so it tells; the drop is counted as [`DropReason::OwnSocket`].
+    pub fn drop_own_datagram(&mut self) -> Verdict {
+        self.count_drop(DropReason::OwnSocket);
+        Verdict::Drop(DropReason::OwnSocket)
+    }
+
     /// Handles a datagram that arrived on the upstream socket of `path` (opened by the
     /// [`Command::OpenUpstream`] that named it).
     pub fn handle_backend_datagram(
