@@ -346,3 +346,63 @@ pub async fn a_datagram_from_the_relays_own_upstream_socket_is_dropped(bin: Bina
         "{stats}"
     );
 }
+
+/// Item 10 of issue 14: the drain deadline ends the process even while the data plane
+/// is saturated. A session keeps the drain from ending early, and four senders keep the
+/// listener busy with junk datagrams; after SIGTERM with `drain_period: 1s` the process
+/// is gone within a few seconds, with exit code 0.
+pub async fn the_drain_deadline_ends_the_process_while_the_listener_is_saturated(bin: Binary) {
+    let pki = Pki::new();
+    let a = EchoServer::start("A", pki.server_config(&["a.test"]), false);
+    let mut porter = Porter::start(
+        bin,
+        &format!(
+            "relay: {{drain_period: 1s}}\nroutes:\n{}",
+            simple_route("a.test", a.addr)
+        ),
+    );
+    let client = client_endpoint(pki.client_config(None));
+    let conn = connect(&client, porter.udp, "a.test")
+        .await
+        .expect("connect");
+    assert_eq!(echo(&conn, b"hi").await, "A:hi");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let senders: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, relay) = (stop.clone(), porter.udp);
+            std::thread::spawn(move || {
+                let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+                // A short header for no known connection: dropped, but each one costs a
+                // receive and a lookup.
+                let junk = [0x40u8; 1200];
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = socket.send_to(&junk, relay);
+                }
+            })
+        })
+        .collect();
+    // The flood is under way once the relay has counted some of it.
+    let flooding = wait_for(Duration::from_secs(5), || {
+        let drops = metric_sum(&porter.metrics(), "porter_drops_total");
+        (drops > 1000.0).then_some(())
+    });
+    assert!(
+        flooding.is_some(),
+        "the flood did not reach the relay: {}",
+        porter.stats()
+    );
+    let signalled = Instant::now();
+    porter.terminate();
+    let code = porter.wait_exit(Duration::from_secs(10));
+    let took = signalled.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    for s in senders {
+        let _ = s.join();
+    }
+    assert_eq!(code, Some(0), "{}", porter.log());
+    assert!(
+        took < Duration::from_secs(4),
+        "exited {took:?} after SIGTERM with a 1 s drain"
+    );
+}

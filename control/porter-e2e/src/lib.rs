@@ -128,6 +128,7 @@ macro_rules! __with_cases {
                 a_flood_of_initials_under_a_low_fd_limit_is_refused_by_name_and_the_relay_keeps_serving,
                 api_accept_errors_under_a_low_fd_limit_back_off_quietly,
                 a_datagram_from_the_relays_own_upstream_socket_is_dropped,
+                the_drain_deadline_ends_the_process_while_the_listener_is_saturated,
             }
         }
     };

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -32,6 +32,26 @@ const SLOT_LEN: usize = 64 * 1024;
 /// How long the timer task sleeps when the core has no deadline.
 const NO_DEADLINE: Duration = Duration::from_secs(3600);
 
+/// How long after the drain deadline the watchdog ends a process that has not exited.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(1);
+
+/// Ends the process at `at` from a thread of its own, which needs no executor and no
+/// lock: the drain's deadline is kept even when the data plane starves the drain task.
+fn watch_drain(at: Instant) {
+    let spawned = std::thread::Builder::new()
+        .name("porter-drain-watchdog".into())
+        .spawn(move || {
+            while let Some(left) = at.checked_duration_since(Instant::now()) {
+                std::thread::sleep(left);
+            }
+            tracing::warn!("drain deadline passed and the relay is still busy: exiting now");
+            std::process::exit(0);
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("cannot start the drain watchdog: {e}");
+    }
+}
+
 /// How often the shutdown drain looks at the session count.
 const DRAIN_POLL: Duration = Duration::from_millis(100);
 
@@ -44,45 +64,54 @@ const UPSTREAM_SLOTS_KEPT: usize = 64;
 struct Upstream<R: Runtime> {
     socket: Arc<Socket<R::Udp>>,
     reader: R::Task,
-    /// Its local port, counted in [`OwnPorts`].
-    port: Option<u16>,
+    /// Its local address, when it is one of [`OwnAddrs`].
+    local: Option<SocketAddr>,
 }
 
-/// How many upstream sockets hold each local port: a datagram at a listener from a
-/// local address and one of these ports came from the relay itself (a backend target
-/// that leads back to it), and relaying it would loop. One atomic counter per port, so
-/// the listeners read it without a lock.
-struct OwnPorts(Box<[AtomicU32]>);
+/// The local addresses of the upstream sockets: a datagram at a listener from one of
+/// them came from the relay itself (a backend target that leads back to it), and
+/// relaying it would loop. A connected UDP socket's local address is specific (the
+/// kernel fills in the source address at connect), so the match is exact; a counter per
+/// port lets the listeners skip the lookup, and its lock, for most datagrams.
+struct OwnAddrs {
+    ports: Box<[AtomicU32]>,
+    addrs: Mutex<HashMap<SocketAddr, u32>>,
+}
 
-impl OwnPorts {
+impl OwnAddrs {
     fn new() -> Self {
-        Self((0..=u16::MAX).map(|_| AtomicU32::new(0)).collect())
-    }
-
-    fn add(&self, port: u16) {
-        self.0[usize::from(port)].fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn remove(&self, port: u16) {
-        let _ = self.0[usize::from(port)].fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-            n.checked_sub(1)
-        });
-    }
-
-    /// Whether a datagram from `from`, received at `dst` on a listener bound to `bound`,
-    /// came from one of the relay's upstream sockets: its port is one of theirs, and its
-    /// address is one of this host's (loopback, the address it was sent to, or the
-    /// listener's own). A remote host using the same port number is not local.
-    fn sent_it(&self, from: SocketAddr, dst: Option<IpAddr>, bound: Option<IpAddr>) -> bool {
-        if self.0[usize::from(from.port())].load(Ordering::Relaxed) == 0 {
-            return false;
+        Self {
+            ports: (0..=u16::MAX).map(|_| AtomicU32::new(0)).collect(),
+            addrs: Mutex::new(HashMap::new()),
         }
-        let ip = from.ip().to_canonical();
-        ip.is_loopback()
-            || dst.is_some_and(|d| d.to_canonical() == ip)
-            || bound.is_some_and(|b| !b.is_unspecified() && b.to_canonical() == ip)
+    }
+
+    fn add(&self, addr: SocketAddr) {
+        let addr = canonical(addr);
+        *lock(&self.addrs).entry(addr).or_insert(0) += 1;
+        self.ports[usize::from(addr.port())].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn remove(&self, addr: SocketAddr) {
+        let addr = canonical(addr);
+        let mut addrs = lock(&self.addrs);
+        if let Some(n) = addrs.get_mut(&addr) {
+            *n -= 1;
+            if *n == 0 {
+                addrs.remove(&addr);
+            }
+            self.ports[usize::from(addr.port())].fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether a datagram from `from` came from one of the relay's upstream sockets.
+    fn sent_it(&self, from: SocketAddr) -> bool {
+        let from = canonical(from);
+        self.ports[usize::from(from.port())].load(Ordering::Relaxed) != 0
+            && lock(&self.addrs).contains_key(&from)
     }
 }
+
 
 /// The relay's I/O on runtime `R`: everything the driver's tasks share.
 pub struct Engine<R: Runtime> {
@@ -90,7 +119,7 @@ pub struct Engine<R: Runtime> {
     cell: Arc<HostCell>,
     listeners: Vec<Arc<Socket<R::Udp>>>,
     upstreams: Mutex<HashMap<PathId, Upstream<R>>>,
-    own_ports: OwnPorts,
+    own_addrs: OwnAddrs,
     allocations: Mutex<HashMap<AllocationId, R::Task>>,
     allocator: Option<Arc<dyn Allocator>>,
     /// Receive slots of the upstream readers, held only while a batch is handled.
@@ -112,7 +141,7 @@ impl<R: Runtime> Engine<R> {
             cell,
             listeners: listeners.into_iter().map(Arc::new).collect(),
             upstreams: Mutex::new(HashMap::new()),
-            own_ports: OwnPorts::new(),
+            own_addrs: OwnAddrs::new(),
             allocations: Mutex::new(HashMap::new()),
             allocator,
             upstream_slots: SlotPool::new(UPSTREAM_BATCH, SLOT_LEN, UPSTREAM_SLOTS_KEPT),
@@ -169,7 +198,6 @@ impl<R: Runtime> Engine<R> {
         let mut bufs = vec![vec![0u8; SLOT_LEN]; BATCH_SIZE];
         let mut metas = vec![RecvMeta::default(); BATCH_SIZE];
         let mut outs = Vec::new();
-        let bound = listener.local_addr().ok().map(|a| a.ip());
         loop {
             let n = match listener.recv(&mut bufs, &mut metas).await {
                 Ok(n) => n,
@@ -182,7 +210,7 @@ impl<R: Runtime> Engine<R> {
             for (meta, buf) in metas[..n].iter().zip(&bufs) {
                 let from = ClientAddr(canonical(meta.addr));
                 let data = &buf[..meta.len];
-                if self.own_ports.sent_it(from.0, meta.dst_ip, bound) {
+                if self.own_addrs.sent_it(from.0) {
                     let mut host = self.cell.lock();
                     let now = Instant::now();
                     for segment in data.chunks(meta.stride.max(1)) {
@@ -293,7 +321,7 @@ impl<R: Runtime> Engine<R> {
                 backend,
                 datagrams,
             } => {
-                self.open_upstream(session, path, backend);
+                self.open_upstream(session, path, client, backend);
                 if let Some(socket) = self.upstream_socket(path) {
                     if let Ok(peer) = socket.peer_addr() {
                         for d in datagrams {
@@ -316,8 +344,8 @@ impl<R: Runtime> Engine<R> {
             Command::CloseUpstream { path, .. } => {
                 let upstream = lock(&self.upstreams).remove(&path);
                 if let Some(upstream) = upstream {
-                    if let Some(port) = upstream.port {
-                        self.own_ports.remove(port);
+                    if let Some(local) = upstream.local {
+                        self.own_addrs.remove(local);
                     }
                     R::abort(upstream.reader);
                 }
@@ -355,13 +383,21 @@ impl<R: Runtime> Engine<R> {
         }
     }
 
-    fn open_upstream(self: &Arc<Self>, session: SessionId, path: PathId, backend: BackendAddr) {
+    fn open_upstream(
+        self: &Arc<Self>,
+        session: SessionId,
+        path: PathId,
+        client: ClientAddr,
+        backend: BackendAddr,
+    ) {
         match connect_upstream(&self.rt, backend.0) {
             Ok(socket) => {
                 let socket = Arc::new(socket);
-                let port = socket.local_addr().ok().map(|a| a.port());
-                if let Some(port) = port {
-                    self.own_ports.add(port);
+                // A socket bound to its client's own address (a transparent relay) is left
+                // out: that client's datagrams are not the relay's.
+                let local = socket.local_addr().ok().filter(|a| canonical(*a) != client.0);
+                if let Some(local) = local {
+                    self.own_addrs.add(local);
                 }
                 let reader = self
                     .rt
@@ -371,7 +407,7 @@ impl<R: Runtime> Engine<R> {
                     Upstream {
                         socket,
                         reader,
-                        port,
+                        local,
                     },
                 );
             }
@@ -544,7 +580,9 @@ pub fn start<R: Runtime>(
 
 /// The shutdown drain, after the first SIGINT/SIGTERM: stops accepting new sessions and
 /// keeps forwarding until no session is left, `period` has passed, or `second_signal`
-/// resolves.
+/// resolves. The deadline holds even when this task cannot run (a data plane so busy
+/// that the executor never gets to it): a watchdog thread ends the process, with exit
+/// code 0, [`DRAIN_GRACE`] after it. Call it only on the way out.
 pub async fn drain<R: Runtime>(
     engine: &Engine<R>,
     period: Duration,
@@ -557,6 +595,7 @@ pub async fn drain<R: Runtime>(
     let handle = engine.handle();
     handle.set_accepting(false);
     let deadline = Instant::now() + period;
+    watch_drain(deadline + DRAIN_GRACE);
     let mut second_signal = std::pin::pin!(second_signal);
     loop {
         let sessions = handle.session_count();
@@ -573,32 +612,29 @@ pub async fn drain<R: Runtime>(
 }
 
 #[cfg(test)]
-mod own_port_tests {
+mod own_addr_tests {
     use super::*;
 
     #[test]
-    fn a_datagram_is_the_relays_own_only_from_a_local_address_and_a_port_in_use() {
-        let ports = OwnPorts::new();
-        let from = |s: &str| s.parse::<SocketAddr>().unwrap();
-        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
-        // No upstream socket on the port: never ours.
-        assert!(!ports.sent_it(from("127.0.0.1:40000"), ip("127.0.0.1"), None));
-        ports.add(40000);
-        // Loopback, the address the datagram was sent to, the listener's own address.
-        assert!(ports.sent_it(from("127.0.0.1:40000"), None, None));
-        assert!(ports.sent_it(from("192.0.2.2:40000"), ip("192.0.2.2"), None));
-        assert!(ports.sent_it(from("192.0.2.2:40000"), None, ip("192.0.2.2")));
-        assert!(ports.sent_it(from("[::ffff:192.0.2.2]:40000"), ip("192.0.2.2"), None));
-        // A remote host that happens to use the same port, and a listener on every
-        // address, which says nothing.
-        assert!(!ports.sent_it(from("198.51.100.7:40000"), ip("192.0.2.2"), ip("0.0.0.0")));
-        assert!(!ports.sent_it(from("127.0.0.1:40001"), None, None));
-        // Counted per socket: the port stays ours until its last socket closes.
-        ports.add(40000);
-        ports.remove(40000);
-        assert!(ports.sent_it(from("127.0.0.1:40000"), None, None));
-        ports.remove(40000);
-        ports.remove(40000);
-        assert!(!ports.sent_it(from("127.0.0.1:40000"), None, None));
+    fn a_datagram_is_the_relays_own_only_from_an_upstream_sockets_exact_address() {
+        let own = OwnAddrs::new();
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(!own.sent_it(a("127.0.0.1:40000")));
+        own.add(a("127.0.0.1:40000"));
+        own.add(a("192.0.2.2:40001"));
+        assert!(own.sent_it(a("127.0.0.1:40000")));
+        assert!(own.sent_it(a("[::ffff:192.0.2.2]:40001")));
+        // Another address with the same port (a client on 127.1.0.7, say), or the same
+        // address with another port, is not the relay.
+        assert!(!own.sent_it(a("127.1.0.7:40000")));
+        assert!(!own.sent_it(a("192.0.2.2:40000")));
+        // Counted per socket: ours until its last socket closes.
+        own.add(a("127.0.0.1:40000"));
+        own.remove(a("127.0.0.1:40000"));
+        assert!(own.sent_it(a("127.0.0.1:40000")));
+        own.remove(a("127.0.0.1:40000"));
+        own.remove(a("127.0.0.1:40000"));
+        assert!(!own.sent_it(a("127.0.0.1:40000")));
+        assert_eq!(own.ports[40000].load(Ordering::Relaxed), 0);
     }
 }

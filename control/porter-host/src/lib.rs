@@ -45,7 +45,7 @@ use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
 use std::time::Instant;
 
 pub use allocator::{Allocated, AllocationError, AllocationErrorKind, AllocationFuture, Allocator};
-pub use engine::{drain, start, Engine, StartError};
+pub use engine::{drain, start, Engine, StartError, DRAIN_GRACE};
 pub use health::{HealthSettings, PROBE_VERSION};
 pub use host::{
     HostCell, HostStats, RelayHandle, RelayHost, RouteEditor, Subscriber, ALLOCATION_GRACE,
