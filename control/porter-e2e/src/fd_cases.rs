@@ -52,7 +52,10 @@ struct FdSampler {
 
 impl FdSampler {
     fn start(pid: u32) -> Self {
-        let (stop, max) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+        let (stop, max) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicU64::new(0)),
+        );
         let (s, m) = (stop.clone(), max.clone());
         let thread = std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
@@ -153,10 +156,15 @@ pub async fn a_flood_of_initials_under_a_low_fd_limit_is_refused_by_name_and_the
 
     // The API answers at once.
     let started = Instant::now();
-    let (status, _) = porter.get("/healthz").expect("GET /healthz after the flood");
+    let (status, _) = porter
+        .get("/healthz")
+        .expect("GET /healthz after the flood");
     let healthz = started.elapsed();
     assert_eq!(status, 200);
-    assert!(healthz < Duration::from_secs(1), "/healthz took {healthz:?}");
+    assert!(
+        healthz < Duration::from_secs(1),
+        "/healthz took {healthz:?}"
+    );
 
     // A new legitimate connection: routed or refused, in under a second.
     let after = client_endpoint(pki.client_config(None));
@@ -286,7 +294,11 @@ pub async fn api_accept_errors_under_a_low_fd_limit_back_off_quietly(bin: Binary
     let back = wait_for(Duration::from_secs(10), || {
         porter.get("/healthz").ok().filter(|(s, _)| *s == 200)
     });
-    assert!(back.is_some(), "the API never came back; log:\n{}", porter.log());
+    assert!(
+        back.is_some(),
+        "the API never came back; log:\n{}",
+        porter.log()
+    );
     let log = porter.log();
     let errors = socket_error_lines(&log);
     assert!(errors.len() < 5, "socket-error lines: {errors:#?}");
@@ -322,11 +334,18 @@ pub async fn a_datagram_from_the_relays_own_upstream_socket_is_dropped(bin: Bina
     let up = wait_for(Duration::from_secs(15), || {
         porter.get("/healthz").ok().filter(|(s, _)| *s == 200)
     });
-    assert!(up.is_some(), "the API never answered; log:\n{}", porter.log());
+    assert!(
+        up.is_some(),
+        "the API never answered; log:\n{}",
+        porter.log()
+    );
 
     let client = UdpSocket::bind("127.0.0.1:0").unwrap();
     client
-        .send_to(&one_datagram_initial("loop.test", 1), ("127.0.0.1", udp_port))
+        .send_to(
+            &one_datagram_initial("loop.test", 1),
+            ("127.0.0.1", udp_port),
+        )
         .unwrap();
     let dropped = wait_for(Duration::from_secs(5), || {
         let stats = porter.stats();

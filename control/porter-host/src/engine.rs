@@ -112,7 +112,6 @@ impl OwnAddrs {
     }
 }
 
-
 /// The relay's I/O on runtime `R`: everything the driver's tasks share.
 pub struct Engine<R: Runtime> {
     rt: R,
@@ -395,7 +394,10 @@ impl<R: Runtime> Engine<R> {
                 let socket = Arc::new(socket);
                 // A socket bound to its client's own address (a transparent relay) is left
                 // out: that client's datagrams are not the relay's.
-                let local = socket.local_addr().ok().filter(|a| canonical(*a) != client.0);
+                let local = socket
+                    .local_addr()
+                    .ok()
+                    .filter(|a| canonical(*a) != client.0);
                 if let Some(local) = local {
                     self.own_addrs.add(local);
                 }
@@ -552,10 +554,14 @@ pub fn start<R: Runtime>(
     tracing::info!(
         effective = budget.effective,
         configured = budget.configured,
-        fd_limit = budget.fd_limit.map_or_else(|| "unlimited".to_owned(), |l| l.to_string()),
+        fd_limit = budget
+            .fd_limit
+            .map_or_else(|| "unlimited".to_owned(), |l| l.to_string()),
         fds_open = budget.fds_open,
         fd_reserve = crate::FD_RESERVE,
-        port_range = budget.port_range.map_or_else(|| "unknown".to_owned(), |p| p.to_string()),
+        port_range = budget
+            .port_range
+            .map_or_else(|| "unknown".to_owned(), |p| p.to_string()),
         "upstream socket budget"
     );
     let mut settings = settings.clone();

@@ -24,8 +24,7 @@ use std::time::{Duration, Instant};
 
 use porter_core::{
     AllocationFailure, AllocationId, BackendAddr, ClientAddr, Command, DropReason, Notification,
-    PathId, Relay,
-    RelayStats, Route, RouteError, RouteName, Verdict,
+    PathId, Relay, RelayStats, Route, RouteError, RouteName, Verdict,
 };
 
 use crate::{Allocated, AllocationError, AllocationErrorKind};

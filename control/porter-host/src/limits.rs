@@ -33,7 +33,13 @@ pub fn raise_fd_limit() -> (FdLimit, Option<io::Error>) {
     let limit = getrlimit(Resource::Nofile);
     let before = limit.current;
     if limit.current == limit.maximum {
-        return (FdLimit { before, now: before }, None);
+        return (
+            FdLimit {
+                before,
+                now: before,
+            },
+            None,
+        );
     }
     let raised = rustix::process::Rlimit {
         current: limit.maximum,
@@ -47,7 +53,13 @@ pub fn raise_fd_limit() -> (FdLimit, Option<io::Error>) {
             },
             None,
         ),
-        Err(e) => (FdLimit { before, now: before }, Some(e.into())),
+        Err(e) => (
+            FdLimit {
+                before,
+                now: before,
+            },
+            Some(e.into()),
+        ),
     }
 }
 

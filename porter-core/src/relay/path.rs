@@ -362,7 +362,12 @@ mod tests {
         );
         let stats = relay.stats();
         assert_eq!(
-            (stats.sessions, stats.paths, stats.refused, stats.upstream_failures),
+            (
+                stats.sessions,
+                stats.paths,
+                stats.refused,
+                stats.upstream_failures
+            ),
             (1, 1, 0, 1)
         );
     }
