@@ -558,6 +558,7 @@ pub fn start<R: Runtime>(
             .fd_limit
             .map_or_else(|| "unlimited".to_owned(), |l| l.to_string()),
         fds_open = budget.fds_open,
+        fds_later = crate::FDS_OPENED_LATER,
         fd_reserve = crate::FD_RESERVE,
         port_range = budget
             .port_range

@@ -50,7 +50,7 @@ pub use health::{HealthSettings, PROBE_VERSION};
 pub use host::{
     HostCell, HostStats, RelayHandle, RelayHost, RouteEditor, Subscriber, ALLOCATION_GRACE,
 };
-pub use limits::{open_fds, raise_fd_limit, FdLimit, SocketBudget, FD_RESERVE};
+pub use limits::{open_fds, raise_fd_limit, FdLimit, SocketBudget, FDS_OPENED_LATER, FD_RESERVE};
 pub use logtext::{escape_network_text, LogLimiter, MAX_LOGGED_BYTES};
 pub use metrics::{
     Histogram, Histograms, RouteStats, ALLOCATION_BUCKETS, NO_ROUTE_LABEL, ROUTING_WAIT_BUCKETS,
