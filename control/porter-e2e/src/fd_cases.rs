@@ -438,3 +438,62 @@ pub async fn the_drain_deadline_ends_the_process_while_the_listener_is_saturated
         "exited {took:?} after SIGTERM with a 1 s drain"
     );
 }
+
+/// Item 1 of issue 14, the other way to lack a socket: the system refuses to open one
+/// (here: a route to the broadcast address, which a UDP socket without SO_BROADCAST
+/// cannot connect to). Each of 20 connections is refused at once with
+/// CONNECTION_REFUSED, counted as `socket_failed`, and the error lines stay few.
+pub async fn a_socket_the_system_refuses_is_a_named_refusal(bin: Binary) {
+    let pki = Pki::new();
+    let porter = Porter::start(
+        bin,
+        &format!(
+            "routes:\n{}",
+            simple_route("a.test", "255.255.255.255:9".parse().unwrap())
+        ),
+    );
+    let client = client_endpoint(pki.client_config(None));
+    let attempts: Vec<_> = (0..20)
+        .map(|_| {
+            let connecting = client.connect(porter.udp, "a.test").unwrap();
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let outcome = tokio::time::timeout(Duration::from_secs(1), connecting).await;
+                (outcome, started.elapsed())
+            })
+        })
+        .collect();
+    for attempt in attempts {
+        let (outcome, took) = attempt.await.unwrap();
+        match outcome {
+            Ok(Err(quinn::ConnectionError::ConnectionClosed(close))) => assert_eq!(
+                close.error_code,
+                quinn::TransportErrorCode::CONNECTION_REFUSED
+            ),
+            Ok(other) => panic!("expected a refusal, got {other:?}"),
+            Err(_) => panic!("no answer within 1 s; log:\n{}", porter.log()),
+        }
+        assert!(took < Duration::from_secs(1), "refused after {took:?}");
+    }
+    let stats = porter.stats();
+    assert_eq!(stats["refusals"]["socket_failed"], 20, "{stats}");
+    assert_eq!(stats["upstream_failures"], 20, "{stats}");
+    assert_eq!(
+        (&stats["sessions"], &stats["paths"]),
+        (&0.into(), &0.into())
+    );
+    assert_eq!(
+        metric(
+            &porter.metrics(),
+            "porter_refusals_total",
+            &[("reason", "socket_failed")]
+        ),
+        Some(20.0)
+    );
+    let log = porter.log();
+    let lines = log.matches("cannot open upstream socket").count();
+    assert!(
+        (1..5).contains(&lines),
+        "{lines} socket-error lines:\n{log}"
+    );
+}

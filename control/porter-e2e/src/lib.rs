@@ -129,6 +129,7 @@ macro_rules! __with_cases {
                 api_accept_errors_under_a_low_fd_limit_back_off_quietly,
                 a_datagram_from_the_relays_own_upstream_socket_is_dropped,
                 the_drain_deadline_ends_the_process_while_the_listener_is_saturated,
+                a_socket_the_system_refuses_is_a_named_refusal,
             }
         }
     };
