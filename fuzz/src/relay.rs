@@ -165,6 +165,9 @@ impl Setup {
             max_cids_per_session: 1 + usize::from(self.max_cids % 4),
             // Derived from bytes already read, so that the corpus keeps its meaning.
             max_paths_per_session: 1 + usize::from(self.max_sessions / 8 % 4),
+            // The socket cap: below the session cap for some inputs, so refusals for it
+            // and dropped new paths are reached.
+            max_paths: 1 + usize::from(self.max_sessions / 32 % 8),
             path_idle_timeout: Duration::from_millis(1 + u64::from(self.handshake_ms)),
             // Server-ID routing for half the inputs: plaintext CIDs with config ID 0 and
             // a one-octet server ID 0, 1 or 2 (a backend each), which short headers with

@@ -743,6 +743,8 @@ impl Checker<'_> {
             self.read(&s, "max_cids_per_session", |n| integer_at_least(n, 1));
         let max_paths_per_session =
             self.read(&s, "max_paths_per_session", |n| integer_at_least(n, 1));
+        let max_upstream_sockets =
+            self.read(&s, "max_upstream_sockets", |n| integer_at_least(n, 1));
         let path_idle_timeout = self.read(&s, "path_idle_timeout", duration_positive);
         // One Initial datagram is at least 1200 bytes (RFC 9000 §14.1).
         let per_connection = self.read(&s, "max_buffered_bytes_per_connection", |n| {
@@ -811,6 +813,7 @@ impl Checker<'_> {
             max_sessions,
             max_cids_per_session,
             max_paths_per_session,
+            max_upstream_sockets,
             path_idle_timeout,
             max_buffered_bytes_per_connection: per_connection,
             max_buffered_bytes_total: total,

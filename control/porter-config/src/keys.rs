@@ -470,6 +470,12 @@ pub const RELAY: Section = Section {
             "Client paths (addresses) per session.",
         ),
         key(
+            "max_upstream_sockets",
+            Kind::Integer,
+            Value("100000"),
+            "Upstream sockets (client paths) at once.",
+        ),
+        key(
             "path_idle_timeout",
             Kind::Duration,
             Value("5s"),

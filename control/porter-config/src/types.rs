@@ -265,6 +265,9 @@ pub struct RelayConfig {
     pub max_cids_per_session: usize,
     /// Client paths (client addresses, each with its own upstream socket) per session.
     pub max_paths_per_session: usize,
+    /// Upstream sockets (client paths) at once over all sessions; the relay lowers it to
+    /// its file-descriptor limit less a reserve and its ephemeral port range.
+    pub max_upstream_sockets: usize,
     /// A path other than the one its client used last ends after this long without a
     /// datagram from its client.
     pub path_idle_timeout: Duration,
@@ -296,6 +299,7 @@ impl Default for RelayConfig {
             max_sessions: 100_000,
             max_cids_per_session: 8,
             max_paths_per_session: 4,
+            max_upstream_sockets: 100_000,
             path_idle_timeout: Duration::from_secs(5),
             max_buffered_bytes_per_connection: 64 << 10,
             max_buffered_bytes_total: 64 << 20,

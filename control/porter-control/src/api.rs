@@ -713,6 +713,10 @@ impl Api {
             .iter()
             .map(|r| (r.as_str().to_owned(), json!(stats.drops(*r))))
             .collect();
+        let refusals: serde_json::Map<String, serde_json::Value> = porter_core::RefuseReason::ALL
+            .iter()
+            .map(|r| (r.as_str().to_owned(), json!(stats.refusals(*r))))
+            .collect();
         let redis = self.sync.as_ref().map(|s| {
             let st = s.status();
             json!({
@@ -728,6 +732,8 @@ impl Api {
             "pending_sessions": stats.pending_sessions,
             "upstream_sockets": gauges.upstream_sockets,
             "upstream_sockets_expected": upstreams,
+            "upstream_socket_limit": host.upstream_socket_limit,
+            "upstream_failures": stats.upstream_failures,
             "connection_ids": stats.connection_ids,
             "paths": stats.paths,
             "paths_opened": stats.paths_opened,
@@ -746,6 +752,7 @@ impl Api {
             "sessions_opened": stats.sessions_opened,
             "sessions_closed": stats.sessions_closed,
             "refused": stats.refused,
+            "refusals": refusals,
             "to_backend": {"datagrams": stats.to_backend.datagrams, "bytes": stats.to_backend.bytes},
             "to_client": {"datagrams": stats.to_client.datagrams, "bytes": stats.to_client.bytes},
             "allocations": {

@@ -89,6 +89,9 @@ impl Settings {
             max_sessions: r.max_sessions,
             max_cids_per_session: r.max_cids_per_session,
             max_paths_per_session: r.max_paths_per_session,
+            // Lowered to what the process can open when the engine starts
+            // (`porter_host::socket_budget`).
+            max_paths: r.max_upstream_sockets,
             path_idle_timeout: r.path_idle_timeout,
             max_buffered_per_session: r.max_buffered_bytes_per_connection,
             max_buffered_total: r.max_buffered_bytes_total,

@@ -11,7 +11,8 @@
 //!
 //! The tests keep the case names, in modules named after the files that hold them:
 //! `cases::routes_by_sni_exact_wildcard_and_default`, `control_cases::..`,
-//! `agones_cases::..`, `reload_cases::..`, `edge_cases::..`, `scale_cases::..`.
+//! `agones_cases::..`, `reload_cases::..`, `edge_cases::..`, `fd_cases::..`,
+//! `scale_cases::..`.
 //!
 //! The peers the cases use are public too: [`Pki`], [`EchoServer`], [`client_endpoint`],
 //! [`connect`], [`echo`], [`UdpSink`], [`Nat`].
@@ -31,6 +32,8 @@ pub mod cases;
 pub mod control_cases;
 #[doc(hidden)]
 pub mod edge_cases;
+#[doc(hidden)]
+pub mod fd_cases;
 #[doc(hidden)]
 pub mod ngtcp2_cases;
 mod peers;
@@ -130,6 +133,13 @@ macro_rules! __with_cases {
                 replies_to_many_clients_leave_in_batches,
                 an_l4_balancer_moving_a_connection_to_another_instance_keeps_it_with_quic_lb,
             }
+            fd_cases {
+                a_flood_of_initials_under_a_low_fd_limit_is_refused_by_name_and_the_relay_keeps_serving,
+                api_accept_errors_under_a_low_fd_limit_back_off_quietly,
+                a_datagram_from_the_relays_own_upstream_socket_is_dropped,
+                the_drain_deadline_ends_the_process_while_the_listener_is_saturated,
+                a_socket_the_system_refuses_is_a_named_refusal,
+            }
         }
     };
 }
@@ -178,6 +188,7 @@ mod tests {
             ("reload_cases", include_str!("reload_cases.rs")),
             ("edge_cases", include_str!("edge_cases.rs")),
             ("scale_cases", include_str!("scale_cases.rs")),
+            ("fd_cases", include_str!("fd_cases.rs")),
         ]
         .iter()
         .flat_map(|(module, text)| {

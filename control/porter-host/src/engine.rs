@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,6 +33,26 @@ const SLOT_LEN: usize = 64 * 1024;
 /// How long the timer task sleeps when the core has no deadline.
 const NO_DEADLINE: Duration = Duration::from_secs(3600);
 
+/// How long after the drain deadline the watchdog ends a process that has not exited.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(1);
+
+/// Ends the process at `at` from a thread of its own, which needs no executor and no
+/// lock: the drain's deadline is kept even when the data plane starves the drain task.
+fn watch_drain(at: Instant) {
+    let spawned = std::thread::Builder::new()
+        .name("porter-drain-watchdog".into())
+        .spawn(move || {
+            while let Some(left) = at.checked_duration_since(Instant::now()) {
+                std::thread::sleep(left);
+            }
+            tracing::warn!("drain deadline passed and the relay is still busy: exiting now");
+            std::process::exit(0);
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("cannot start the drain watchdog: {e}");
+    }
+}
+
 /// How often the shutdown drain looks at the session count.
 const DRAIN_POLL: Duration = Duration::from_millis(100);
 
@@ -44,6 +65,52 @@ const UPSTREAM_SLOTS_KEPT: usize = 64;
 struct Upstream<R: Runtime> {
     socket: Arc<Socket<R::Udp>>,
     reader: R::Task,
+    /// Its local address, when it is one of [`OwnAddrs`].
+    local: Option<SocketAddr>,
+}
+
+/// The local addresses of the upstream sockets: a datagram at a listener from one of
+/// them came from the relay itself (a backend target that leads back to it), and
+/// relaying it would loop. A connected UDP socket's local address is specific (the
+/// kernel fills in the source address at connect), so the match is exact; a counter per
+/// port lets the listeners skip the lookup, and its lock, for most datagrams.
+struct OwnAddrs {
+    ports: Box<[AtomicU32]>,
+    addrs: Mutex<HashMap<SocketAddr, u32>>,
+}
+
+impl OwnAddrs {
+    fn new() -> Self {
+        Self {
+            ports: (0..=u16::MAX).map(|_| AtomicU32::new(0)).collect(),
+            addrs: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn add(&self, addr: SocketAddr) {
+        let addr = canonical(addr);
+        *lock(&self.addrs).entry(addr).or_insert(0) += 1;
+        self.ports[usize::from(addr.port())].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn remove(&self, addr: SocketAddr) {
+        let addr = canonical(addr);
+        let mut addrs = lock(&self.addrs);
+        if let Some(n) = addrs.get_mut(&addr) {
+            *n -= 1;
+            if *n == 0 {
+                addrs.remove(&addr);
+            }
+            self.ports[usize::from(addr.port())].fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether a datagram from `from` came from one of the relay's upstream sockets.
+    fn sent_it(&self, from: SocketAddr) -> bool {
+        let from = canonical(from);
+        self.ports[usize::from(from.port())].load(Ordering::Relaxed) != 0
+            && lock(&self.addrs).contains_key(&from)
+    }
 }
 
 /// The relay's I/O on runtime `R`: everything the driver's tasks share.
@@ -57,6 +124,7 @@ pub struct Engine<R: Runtime> {
     /// Per listener: the kernel receive buffer in effect, in bytes.
     receive_buffers: Vec<usize>,
     upstreams: Mutex<HashMap<PathId, Upstream<R>>>,
+    own_addrs: OwnAddrs,
     allocations: Mutex<HashMap<AllocationId, R::Task>>,
     allocator: Option<Arc<dyn Allocator>>,
     /// Receive slots of the upstream readers, held only while a batch is handled.
@@ -85,6 +153,7 @@ impl<R: Runtime> Engine<R> {
             sends,
             receive_buffers,
             upstreams: Mutex::new(HashMap::new()),
+            own_addrs: OwnAddrs::new(),
             allocations: Mutex::new(HashMap::new()),
             allocator,
             upstream_slots: SlotPool::new(UPSTREAM_BATCH, SLOT_LEN, UPSTREAM_SLOTS_KEPT),
@@ -199,6 +268,14 @@ impl<R: Runtime> Engine<R> {
             for (meta, buf) in metas[..n].iter().zip(&bufs) {
                 let from = ClientAddr(canonical(meta.addr));
                 let data = &buf[..meta.len];
+                if self.own_addrs.sent_it(from.0) {
+                    let mut host = self.cell.lock();
+                    let now = Instant::now();
+                    for segment in data.chunks(meta.stride.max(1)) {
+                        host.own_datagram(now, from, segment.len());
+                    }
+                    continue;
+                }
                 let notes = {
                     let mut host = self.cell.lock();
                     let now = Instant::now();
@@ -209,6 +286,10 @@ impl<R: Runtime> Engine<R> {
                 self.cell.deliver(&notes);
                 self.execute(&mut outs, data).await;
             }
+            // A socket that is always readable never makes `recv` wait, and an executor
+            // without cooperative budgets (smol's) would then run nothing else on this
+            // thread: not the timer, the API, the signal handler or the drain.
+            yield_once().await;
         }
     }
 
@@ -238,6 +319,8 @@ impl<R: Runtime> Engine<R> {
                 self.execute(&mut outs, data).await;
             }
             self.upstream_slots.put(bufs);
+            // As in `listen`: a busy upstream socket leaves the thread to the others.
+            yield_once().await;
         }
     }
 
@@ -318,7 +401,7 @@ impl<R: Runtime> Engine<R> {
                 backend,
                 datagrams,
             } => {
-                self.open_upstream(session, path, backend);
+                self.open_upstream(session, path, client, backend);
                 if let Some(socket) = self.upstream_socket(path) {
                     if let Ok(peer) = socket.peer_addr() {
                         for d in datagrams {
@@ -341,6 +424,9 @@ impl<R: Runtime> Engine<R> {
             Command::CloseUpstream { path, .. } => {
                 let upstream = lock(&self.upstreams).remove(&path);
                 if let Some(upstream) = upstream {
+                    if let Some(local) = upstream.local {
+                        self.own_addrs.remove(local);
+                    }
                     R::abort(upstream.reader);
                 }
             }
@@ -377,14 +463,36 @@ impl<R: Runtime> Engine<R> {
         }
     }
 
-    fn open_upstream(self: &Arc<Self>, session: SessionId, path: PathId, backend: BackendAddr) {
+    fn open_upstream(
+        self: &Arc<Self>,
+        session: SessionId,
+        path: PathId,
+        client: ClientAddr,
+        backend: BackendAddr,
+    ) {
         match connect_upstream(&self.rt, backend.0) {
             Ok(socket) => {
                 let socket = Arc::new(socket);
+                // A socket bound to its client's own address (a transparent relay) is left
+                // out: that client's datagrams are not the relay's.
+                let local = socket
+                    .local_addr()
+                    .ok()
+                    .filter(|a| canonical(*a) != client.0);
+                if let Some(local) = local {
+                    self.own_addrs.add(local);
+                }
                 let reader = self
                     .rt
                     .spawn(self.clone().read_upstream(path, socket.clone()));
-                lock(&self.upstreams).insert(path, Upstream { socket, reader });
+                lock(&self.upstreams).insert(
+                    path,
+                    Upstream {
+                        socket,
+                        reader,
+                        local,
+                    },
+                );
             }
             Err(e) => {
                 // Bounded: under a flood every new session may fail the same way.
@@ -521,6 +629,25 @@ pub fn start<R: Runtime>(
         .iter()
         .filter_map(|l| l.local_addr().ok())
         .collect();
+    // Every path holds a socket: no more paths than the process can open. Drawn now,
+    // with the listeners open.
+    let budget = crate::SocketBudget::measure(settings.relay.max_paths);
+    tracing::info!(
+        effective = budget.effective,
+        configured = budget.configured,
+        fd_limit = budget
+            .fd_limit
+            .map_or_else(|| "unlimited".to_owned(), |l| l.to_string()),
+        fds_open = budget.fds_open,
+        fds_later = crate::FDS_OPENED_LATER,
+        fd_reserve = crate::FD_RESERVE,
+        port_range = budget
+            .port_range
+            .map_or_else(|| "unknown".to_owned(), |p| p.to_string()),
+        "upstream socket budget"
+    );
+    let mut settings = settings.clone();
+    settings.relay.max_paths = budget.effective;
     let relay = settings.new_relay_at(bound)?;
     let cell = HostCell::new(RelayHost::new(relay, settings.log_requests));
     let engine = Engine::new(rt, cell, listeners, allocator, settings.batch_sends);
@@ -547,7 +674,9 @@ pub fn start<R: Runtime>(
 
 /// The shutdown drain, after the first SIGINT/SIGTERM: stops accepting new sessions and
 /// keeps forwarding until no session is left, `period` has passed, or `second_signal`
-/// resolves.
+/// resolves. The deadline holds even when this task cannot run (a data plane so busy
+/// that the executor never gets to it): a watchdog thread ends the process, with exit
+/// code 0, [`DRAIN_GRACE`] after it. Call it only on the way out.
 pub async fn drain<R: Runtime>(
     engine: &Engine<R>,
     period: Duration,
@@ -560,6 +689,7 @@ pub async fn drain<R: Runtime>(
     let handle = engine.handle();
     handle.set_accepting(false);
     let deadline = Instant::now() + period;
+    watch_drain(deadline + DRAIN_GRACE);
     let mut second_signal = std::pin::pin!(second_signal);
     loop {
         let sessions = handle.session_count();
@@ -572,5 +702,33 @@ pub async fn drain<R: Runtime>(
             tracing::info!("second signal: exiting now");
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod own_addr_tests {
+    use super::*;
+
+    #[test]
+    fn a_datagram_is_the_relays_own_only_from_an_upstream_sockets_exact_address() {
+        let own = OwnAddrs::new();
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(!own.sent_it(a("127.0.0.1:40000")));
+        own.add(a("127.0.0.1:40000"));
+        own.add(a("192.0.2.2:40001"));
+        assert!(own.sent_it(a("127.0.0.1:40000")));
+        assert!(own.sent_it(a("[::ffff:192.0.2.2]:40001")));
+        // Another address with the same port (a client on 127.1.0.7, say), or the same
+        // address with another port, is not the relay.
+        assert!(!own.sent_it(a("127.1.0.7:40000")));
+        assert!(!own.sent_it(a("192.0.2.2:40000")));
+        // Counted per socket: ours until its last socket closes.
+        own.add(a("127.0.0.1:40000"));
+        own.remove(a("127.0.0.1:40000"));
+        assert!(own.sent_it(a("127.0.0.1:40000")));
+        own.remove(a("127.0.0.1:40000"));
+        own.remove(a("127.0.0.1:40000"));
+        assert!(!own.sent_it(a("127.0.0.1:40000")));
+        assert_eq!(own.ports[40000].load(Ordering::Relaxed), 0);
     }
 }

@@ -32,6 +32,7 @@ mod batch;
 mod engine;
 mod health;
 mod host;
+mod limits;
 mod logtext;
 mod metrics;
 mod notify;
@@ -46,11 +47,12 @@ use std::os::fd::BorrowedFd;
 use std::time::Instant;
 
 pub use allocator::{Allocated, AllocationError, AllocationErrorKind, AllocationFuture, Allocator};
-pub use engine::{drain, start, Engine, StartError};
+pub use engine::{drain, start, Engine, StartError, DRAIN_GRACE};
 pub use health::{HealthSettings, PROBE_VERSION};
 pub use host::{
     HostCell, HostStats, RelayHandle, RelayHost, RouteEditor, Subscriber, ALLOCATION_GRACE,
 };
+pub use limits::{open_fds, raise_fd_limit, FdLimit, SocketBudget, FDS_OPENED_LATER, FD_RESERVE};
 pub use logtext::{escape_network_text, LogLimiter, MAX_LOGGED_BYTES};
 pub use metrics::{
     Histogram, Histograms, RouteStats, ALLOCATION_BUCKETS, NO_ROUTE_LABEL, ROUTING_WAIT_BUCKETS,

@@ -51,7 +51,8 @@ pub(crate) struct Queue {
     items: Vec<(SocketAddr, Range<usize>)>,
 }
 
-/// What [`ClientSends`] counted: `sendmmsg` calls and the datagrams they carried.
+/// What the batched client sends counted: `sendmmsg` calls and the datagrams they
+/// carried.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BatchedSends {
     /// `sendmmsg` calls.

@@ -17,7 +17,7 @@
 //!   deadline; after `handle_timeout(now)` nothing is due, no routed session has been
 //!   idle for the idle timeout and no pending one is older than the handshake timeout;
 //! - paths: stats count exactly the paths the commands left open, at most
-//!   `max_paths_per_session` per session; remembered CIDs of ended sessions `<= 65 536`;
+//!   `max_paths_per_session` per session and `max_paths` in all; remembered CIDs of ended sessions `<= 65 536`;
 //! - verdicts: `ToBackend` comes from a client datagram and goes, on the path the
 //!   sender's address has (its `OpenUpstream` named that address), to the backend the
 //!   session's `SessionOpened` named; `ToClient` comes from a path's socket and goes to
@@ -567,6 +567,10 @@ impl RelayModel {
                         paths.count() <= self.config.max_paths_per_session.max(1),
                         "{session}: more paths than max_paths_per_session"
                     );
+                    assert!(
+                        self.upstreams.len() <= self.config.max_paths,
+                        "more upstream sockets than max_paths"
+                    );
                 }
                 Command::OpenUpstream {
                     session,
@@ -802,7 +806,9 @@ impl RelayModel {
                             assert!(
                                 matches!(
                                     reason,
-                                    RefuseReason::NoRoute | RefuseReason::AllocationLimit
+                                    RefuseReason::NoRoute
+                                        | RefuseReason::AllocationLimit
+                                        | RefuseReason::SocketLimit
                                 ),
                                 "{reason:?} refused by a client datagram"
                             );
@@ -814,6 +820,15 @@ impl RelayModel {
                         } => {
                             assert_eq!(Some(*session), waited, "refused for its allocation");
                             assert_eq!(*reason, RefuseReason::AllocationFailed);
+                        }
+                        // A game server came back while every socket was in use.
+                        Cause::Allocation {
+                            session: waited,
+                            backend: Some(_),
+                            ..
+                        } => {
+                            assert_eq!(Some(*session), waited, "refused for its allocation");
+                            assert_eq!(*reason, RefuseReason::SocketLimit);
                         }
                         Cause::Timeout => assert_eq!(*reason, RefuseReason::AllocationTimeout),
                         other => panic!("{session} refused ({reason:?}) by {other:?}"),
@@ -942,7 +957,11 @@ impl RelayModel {
                     RefusalMode::Drop => assert!(
                         matches!(
                             verdict,
-                            Verdict::Drop(DropReason::NoRoute | DropReason::AllocationRefused)
+                            Verdict::Drop(
+                                DropReason::NoRoute
+                                    | DropReason::AllocationRefused
+                                    | DropReason::SocketLimit
+                            )
                         ),
                         "a silent refusal is a drop, not {verdict:?}"
                     ),

@@ -136,6 +136,7 @@ impl Relay {
             own_addresses: Vec::new(),
             stats: RelayStats {
                 drops: vec![0; DropReason::ALL.len()],
+                refusals: vec![0; RefuseReason::ALL.len()],
                 ..RelayStats::default()
             },
             allocated_server_ids: quic_lb::AllocatedServerIds::default(),
@@ -395,6 +396,15 @@ impl Relay {
         verdict
     }
 
+    /// Drops a datagram that arrived at a listener from one of the relay's own upstream
+    /// sockets (a backend target that leads back to the relay, such as another address
+    /// of its own host): relaying it would loop. Only the I/O layer knows its sockets'
+    /// addresses, so it tells; the drop is counted as [`DropReason::OwnSocket`].
+    pub fn drop_own_datagram(&mut self) -> Verdict {
+        self.count_drop(DropReason::OwnSocket);
+        Verdict::Drop(DropReason::OwnSocket)
+    }
+
     /// Handles a datagram that arrived on the upstream socket of `path` (opened by the
     /// [`Command::OpenUpstream`] that named it).
     pub fn handle_backend_datagram(
@@ -426,7 +436,11 @@ impl Relay {
         match result {
             Ok(backend) => {
                 self.stats.allocations.succeeded += 1;
-                self.establish(now, session, backend);
+                if self.sockets_exhausted() {
+                    self.refuse_async(now, session, RefuseReason::SocketLimit);
+                } else {
+                    self.establish(now, session, backend);
+                }
             }
             Err(_) => {
                 self.stats.allocations.failed += 1;
@@ -447,6 +461,12 @@ impl Relay {
     /// up otherwise, one per session opened and closed).
     pub fn poll_notification(&mut self) -> Option<Notification> {
         self.notifications.pop_front()
+    }
+
+    /// Whether every upstream socket the relay may open ([`RelayConfig::max_paths`]) is
+    /// in use.
+    fn sockets_exhausted(&self) -> bool {
+        self.path_count >= self.config.max_paths
     }
 
     fn count_drop(&mut self, reason: DropReason) {

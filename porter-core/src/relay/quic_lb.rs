@@ -340,6 +340,9 @@ impl Relay {
         if self.sessions.len() >= self.config.max_sessions {
             return Verdict::Drop(DropReason::SessionLimit);
         }
+        if self.sockets_exhausted() {
+            return Verdict::Drop(DropReason::SocketLimit);
+        }
         if !self.bucket.take(now) {
             return Verdict::Drop(DropReason::RateLimited);
         }
