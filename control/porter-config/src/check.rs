@@ -447,6 +447,7 @@ impl Checker<'_> {
             log_format: self
                 .get(&s, "log_format", log_format)
                 .unwrap_or(default_format),
+            transparent: self.read(&s, "transparent", boolean),
         }
     }
 

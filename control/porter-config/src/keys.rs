@@ -223,6 +223,12 @@ pub const UDP: Section = Section {
             Derived("the value of `log.format`"),
             "Format of the connection logs.",
         ),
+        key(
+            "transparent",
+            Kind::Bool,
+            Value("false"),
+            "Backends see each client's own address (IP_TRANSPARENT).",
+        ),
     ],
 };
 

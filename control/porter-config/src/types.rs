@@ -72,6 +72,8 @@ pub struct UdpConfig {
     pub log_requests: bool,
     /// Format of those logs; `log.format` unless `udp.log_format` is set.
     pub log_format: LogFormat,
+    /// Upstream sockets send from each client's own address (IP_TRANSPARENT).
+    pub transparent: bool,
 }
 
 impl UdpConfig {
@@ -92,6 +94,7 @@ impl Default for UdpConfig {
             binds: vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)],
             log_requests: false,
             log_format: LogFormat::Human,
+            transparent: false,
         }
     }
 }

@@ -49,6 +49,8 @@ pub struct Settings {
     pub config_file: Option<PathBuf>,
     /// Active health checks, when `health.enabled`.
     pub health: Option<porter_host::HealthSettings>,
+    /// Upstream sockets send from each client's own address (`udp.transparent`).
+    pub transparent: bool,
 }
 
 impl Settings {
@@ -133,6 +135,7 @@ impl Settings {
             relay,
             routes,
             log_requests: config.udp.log_requests,
+            transparent: config.udp.transparent,
             health: config.health.map(|h| porter_host::HealthSettings {
                 interval: h.interval,
                 timeout: h.timeout,
@@ -159,6 +162,7 @@ impl Settings {
             routes: self.routes.clone(),
             log_requests: self.log_requests,
             health: self.health,
+            transparent: self.transparent,
         }
     }
 }

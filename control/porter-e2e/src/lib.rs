@@ -11,14 +11,18 @@
 //!
 //! The tests keep the case names, in modules named after the files that hold them:
 //! `cases::routes_by_sni_exact_wildcard_and_default`, `control_cases::..`,
-//! `agones_cases::..`, `reload_cases::..`, `edge_cases::..`.
+//! `agones_cases::..`, `reload_cases::..`, `edge_cases::..`, `transparent_cases::..` (the
+//! latter build their own network namespaces, as root).
 //!
 //! The peers the cases use are public too: [`Pki`], [`EchoServer`], [`client_endpoint`],
 //! [`connect`], [`echo`], [`UdpSink`], [`Nat`].
 
 use std::future::Future;
 
-pub use peers::{client_endpoint, connect, echo, EchoServer, Nat, Pki, UdpSink, ALPN, WHO_AM_I};
+pub use peers::{
+    client_endpoint, client_endpoint_on, connect, echo, EchoServer, Nat, Pki, UdpSink, ALPN,
+    WHO_AM_I,
+};
 pub use porter_test_support::Binary;
 
 #[doc(hidden)]
@@ -36,6 +40,8 @@ pub mod ngtcp2_cases;
 mod peers;
 #[doc(hidden)]
 pub mod reload_cases;
+#[doc(hidden)]
+pub mod transparent_cases;
 
 /// Runs one case against `binary` on the runtime each case had as a
 /// `#[tokio::test(flavor = "multi_thread", worker_threads = 2)]`.
@@ -122,6 +128,10 @@ macro_rules! __with_cases {
                 network_text_in_logs_is_escaped,
                 a_route_to_the_relays_own_address_is_refused,
             }
+            transparent_cases {
+                the_backend_sees_each_clients_own_address,
+                transparent_mode_without_cap_net_admin_refuses_to_start,
+            }
         }
     };
 }
@@ -169,6 +179,7 @@ mod tests {
             ("ngtcp2_cases", include_str!("ngtcp2_cases.rs")),
             ("reload_cases", include_str!("reload_cases.rs")),
             ("edge_cases", include_str!("edge_cases.rs")),
+            ("transparent_cases", include_str!("transparent_cases.rs")),
         ]
         .iter()
         .flat_map(|(module, text)| {

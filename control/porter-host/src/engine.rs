@@ -20,7 +20,10 @@ use quinn_udp::{RecvMeta, BATCH_SIZE};
 use crate::batch::{plan_backend, plan_client, plan_commands, run, Out};
 use crate::host::{HostCell, RelayHandle, RelayHost, ALLOCATION_GRACE};
 use crate::notify::{lock, race, First};
-use crate::socket::{bind_listener, canonical, connect_upstream, BindError, SlotPool, Socket};
+use crate::socket::{
+    bind_listener, canonical, connect_upstream, connect_upstream_transparent, probe_transparent,
+    BindError, SlotPool, Socket,
+};
 use crate::{
     Allocated, AllocationError, AllocationErrorKind, Allocator, HostSettings, Runtime, SetupError,
 };
@@ -56,16 +59,20 @@ pub struct Engine<R: Runtime> {
     /// Receive slots of the upstream readers, held only while a batch is handled.
     upstream_slots: SlotPool,
     armed: Mutex<Option<Instant>>,
+    /// Upstream sockets send from the client's own address (`udp.transparent`).
+    transparent: bool,
 }
 
 impl<R: Runtime> Engine<R> {
     /// An engine over the host in `cell`, reading `listeners`; allocation requests go
-    /// to `allocator` (without one they fail: Agones is not enabled).
+    /// to `allocator` (without one they fail: Agones is not enabled). With `transparent`,
+    /// upstream sockets are bound to their client's address (IP_TRANSPARENT).
     pub fn new(
         rt: R,
         cell: Arc<HostCell>,
         listeners: Vec<Socket<R::Udp>>,
         allocator: Option<Arc<dyn Allocator>>,
+        transparent: bool,
     ) -> Arc<Self> {
         Arc::new(Self {
             rt,
@@ -76,6 +83,7 @@ impl<R: Runtime> Engine<R> {
             allocator,
             upstream_slots: SlotPool::new(UPSTREAM_BATCH, SLOT_LEN, UPSTREAM_SLOTS_KEPT),
             armed: Mutex::new(None),
+            transparent,
         })
     }
 
@@ -243,7 +251,7 @@ impl<R: Runtime> Engine<R> {
                 backend,
                 datagrams,
             } => {
-                self.open_upstream(session, path, backend);
+                self.open_upstream(session, path, client, backend);
                 if let Some(socket) = self.upstream_socket(path) {
                     if let Ok(peer) = socket.peer_addr() {
                         for d in datagrams {
@@ -302,8 +310,19 @@ impl<R: Runtime> Engine<R> {
         }
     }
 
-    fn open_upstream(self: &Arc<Self>, session: SessionId, path: PathId, backend: BackendAddr) {
-        match connect_upstream(&self.rt, backend.0) {
+    fn open_upstream(
+        self: &Arc<Self>,
+        session: SessionId,
+        path: PathId,
+        client: ClientAddr,
+        backend: BackendAddr,
+    ) {
+        let opened = if self.transparent {
+            connect_upstream_transparent(&self.rt, client.0, backend.0)
+        } else {
+            connect_upstream(&self.rt, backend.0)
+        };
+        match opened {
             Ok(socket) => {
                 let socket = Arc::new(socket);
                 let reader = self
@@ -425,6 +444,9 @@ pub enum StartError {
     /// The routes or limits were rejected by the core.
     #[error(transparent)]
     Setup(#[from] SetupError),
+    /// `udp.transparent` is on, but this process may not make transparent sockets.
+    #[error("udp.transparent: cannot make transparent upstream sockets ({0}); transparent mode needs Linux and CAP_NET_ADMIN (CAP_NET_RAW also does): run as root or grant the capability")]
+    Transparent(std::io::Error),
 }
 
 /// Starts the relay on `rt`: binds the listeners, builds the relay host from `settings`,
@@ -435,6 +457,9 @@ pub fn start<R: Runtime>(
     settings: &HostSettings,
     allocator: Option<Arc<dyn Allocator>>,
 ) -> Result<Arc<Engine<R>>, StartError> {
+    if settings.transparent {
+        probe_transparent().map_err(StartError::Transparent)?;
+    }
     let mut listeners = Vec::new();
     // With an IPv4 listener beside it, an IPv6 listener takes IPv6 only.
     let has_v4 = settings.listen.iter().any(SocketAddr::is_ipv4);
@@ -448,8 +473,11 @@ pub fn start<R: Runtime>(
         .collect();
     let relay = settings.new_relay_at(bound)?;
     let cell = HostCell::new(RelayHost::new(relay, settings.log_requests));
-    let engine = Engine::new(rt, cell, listeners, allocator);
+    let engine = Engine::new(rt, cell, listeners, allocator, settings.transparent);
     engine.start();
+    if settings.transparent {
+        tracing::info!("transparent mode: upstream sockets send from each client's own address");
+    }
     if let Some(health) = settings.health {
         let checker = engine.clone();
         drop(engine.rt.spawn(crate::health::run(checker, health)));
