@@ -246,6 +246,12 @@ pub(crate) fn connect_upstream_transparent<R: Runtime>(
     client: SocketAddr,
     backend: SocketAddr,
 ) -> io::Result<Socket<R::Udp>> {
+    keep_udp_gro_key();
+    Socket::new(rt, bind_transparent(client, backend)?)
+}
+
+/// The socket of [`connect_upstream_transparent`], bound and connected.
+fn bind_transparent(client: SocketAddr, backend: SocketAddr) -> io::Result<StdUdpSocket> {
     let client = canonical(client);
     let backend = canonical(backend);
     if client.is_ipv4() != backend.is_ipv4() {
@@ -254,7 +260,6 @@ pub(crate) fn connect_upstream_transparent<R: Runtime>(
             format!("transparent mode: client {client} and backend {backend} are of different IP families"),
         ));
     }
-    keep_udp_gro_key();
     let socket = transparent_socket(client)?;
     socket.bind(&client.into()).map_err(|e| {
         let hint = if e.kind() == io::ErrorKind::AddrInUse {
@@ -265,7 +270,7 @@ pub(crate) fn connect_upstream_transparent<R: Runtime>(
         io::Error::new(e.kind(), format!("transparent bind to {client}: {e}{hint}"))
     })?;
     socket.connect(&backend.into())?;
-    Socket::new(rt, socket.into())
+    Ok(socket.into())
 }
 
 /// A UDP socket of `addr`'s family with IP_TRANSPARENT (IPV6_TRANSPARENT) set.
@@ -295,8 +300,8 @@ fn set_transparent(_: &socket2::Socket, _: bool) -> io::Result<()> {
 }
 
 /// Checks at start that transparent upstream sockets can be made: IP_TRANSPARENT needs
-/// CAP_NET_ADMIN (or CAP_NET_RAW), and without it every session would fail one by one. IPv6 is checked
-/// only where the host has it.
+/// CAP_NET_ADMIN (or CAP_NET_RAW), and without it every session would fail one by one.
+/// IPv6 is checked only where the host has it.
 pub(crate) fn probe_transparent() -> io::Result<()> {
     transparent_socket((Ipv4Addr::UNSPECIFIED, 0).into())
         .map_err(|e| io::Error::new(e.kind(), format!("IP_TRANSPARENT: {e}")))?;
@@ -347,6 +352,20 @@ mod tests {
         assert_eq!(canonical(mapped), "192.0.2.1:443".parse().unwrap());
         let v6: SocketAddr = "[2001:db8::1]:443".parse().unwrap();
         assert_eq!(canonical(v6), v6);
+    }
+
+    #[test]
+    fn a_transparent_path_across_ip_families_fails_before_any_socket() {
+        let v4: SocketAddr = "192.0.2.1:5000".parse().unwrap();
+        let mapped: SocketAddr = "[::ffff:192.0.2.1]:5000".parse().unwrap();
+        let v6: SocketAddr = "[2001:db8::5]:4433".parse().unwrap();
+        for client in [v4, mapped] {
+            let e = bind_transparent(client, v6).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");
+            assert!(e.to_string().contains("different IP families"), "{e}");
+        }
+        let e = bind_transparent(v6, v4).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");
     }
 
     #[test]
