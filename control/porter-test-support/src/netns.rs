@@ -22,7 +22,9 @@ pub struct NetNs {
 }
 
 impl NetNs {
-    /// A new namespace `porter-<role>-<pid>-<n>`, its loopback up.
+    /// A new namespace `porter-<role>-<pid>-<n>`, its loopback up, and without IPv6
+    /// duplicate address detection, so that addresses (link-local ones too) work as soon
+    /// as they are added.
     ///
     /// # Panics
     /// When it cannot be made (not root, no `ip`): a test that needs one fails loudly
@@ -33,7 +35,28 @@ impl NetNs {
         ip(&["netns", "add", &name]);
         let ns = Self { name };
         ns.ip(&["link", "set", "lo", "up"]);
+        ns.set_sysctl("net/ipv6/conf/all/accept_dad", "0");
+        ns.set_sysctl("net/ipv6/conf/default/accept_dad", "0");
         ns
+    }
+
+    /// Writes `value` to `/proc/sys/<key>` inside the namespace (where the host has that
+    /// key: IPv6 may be off).
+    pub fn set_sysctl(&self, key: &str, value: &str) {
+        let path = format!("/proc/sys/{key}");
+        if std::path::Path::new(&path).exists() {
+            let out = Command::new("ip")
+                .args(["netns", "exec", &self.name, "sh", "-c"])
+                .arg(format!("echo {value} > {path}"))
+                .output()
+                .expect("run ip netns exec");
+            assert!(
+                out.status.success(),
+                "set {key} in netns {}: {}",
+                self.name,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
     }
 
     /// Its name, as `ip netns` knows it.

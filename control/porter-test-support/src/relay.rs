@@ -84,23 +84,26 @@ impl Porter {
     }
 
     /// Starts `binary` inside the network namespace `netns` (`ip netns exec`), its UDP
-    /// listener on `udp` with `udp_extra` (such as `, transparent: true`) in the `udp`
-    /// section, its API on 127.0.0.1:8080 of that namespace, and `body` after them.
-    /// Waits until the API answers; [`Porter::get`] and the calls built on it reach it
-    /// from inside the namespace.
+    /// listeners on `binds` (one port for all; [`Porter::udp`] is the first) with
+    /// `udp_extra` (such as `, transparent: true`) in the `udp` section, its API on
+    /// 127.0.0.1:8080 of that namespace, and `body` after them. Waits until the API
+    /// answers; [`Porter::get`] and the calls built on it reach it from inside the
+    /// namespace.
     pub fn start_in_netns(
         binary: Binary,
         netns: &crate::netns::NetNs,
-        udp: SocketAddr,
+        binds: &[SocketAddr],
         udp_extra: &str,
         body: &str,
     ) -> Self {
+        let udp = *binds.first().expect("a listen address");
         let api: SocketAddr = ([127, 0, 0, 1], 8080).into();
+        let ips: Vec<String> = binds.iter().map(|b| format!("\"{}\"", b.ip())).collect();
         let head = format!(
-            "udp: {{port: {}, bind: \"{}\", log_requests: true{udp_extra}}}\n\
+            "udp: {{port: {}, bind: [{}], log_requests: true{udp_extra}}}\n\
              api: {{port: {}}}\n",
             udp.port(),
-            udp.ip(),
+            ips.join(", "),
             api.port()
         );
         let mut porter =
