@@ -507,6 +507,23 @@ impl Harness {
                     .get(i)
                     .copied()
                     .unwrap_or(AllocationId(u64::MAX));
+                let index = usize::from(*backend) % BACKENDS.len();
+                if *ok && *backend >= 0x80 {
+                    // The answer names a server ID: the backend's own (not in the
+                    // configuration), another backend's, a configured one, or garbage.
+                    let allocated = |i: usize| format!("{:02x}", BACKENDS.len() + i);
+                    let server_id = match *backend & 0x60 {
+                        0x00 => allocated(index),
+                        0x20 => allocated((index + 1) % BACKENDS.len()),
+                        0x40 => format!("{index:02x}"),
+                        _ => "zz".to_owned(),
+                    };
+                    return ModelOp::CompleteWithServerId {
+                        id,
+                        backend: backend_addr(*backend),
+                        server_id,
+                    };
+                }
                 let backend = backend_addr(*backend);
                 let result = if *ok {
                     Ok(backend)

@@ -229,6 +229,18 @@ pub const UDP: Section = Section {
             Value("false"),
             "Backends see each client's own address (IP_TRANSPARENT).",
         ),
+        key(
+            "receive_buffer",
+            Kind::ByteSize,
+            Value("8MiB"),
+            "Kernel receive buffer of each listener socket (SO_RCVBUFFORCE when permitted, else SO_RCVBUF up to net.core.rmem_max); the size in effect is logged at start.",
+        ),
+        key(
+            "batch_sends",
+            Kind::Bool,
+            Value("true"),
+            "Send single client-bound datagrams of many clients in one sendmmsg.",
+        ),
     ],
 };
 
@@ -419,6 +431,12 @@ pub const AGONES: Section = Section {
             Kind::Duration,
             Value("10m"),
             "Life of a POST /allocate route.",
+        ),
+        key(
+            "server_id_label",
+            Kind::String,
+            Derived("none"),
+            "Label holding a game server's QUIC-LB server ID.",
         ),
     ],
 };

@@ -74,6 +74,10 @@ pub struct UdpConfig {
     pub log_format: LogFormat,
     /// Upstream sockets send from each client's own address (IP_TRANSPARENT).
     pub transparent: bool,
+    /// The kernel receive buffer asked for on each listener socket, in bytes.
+    pub receive_buffer: usize,
+    /// Send single client-bound datagrams of many clients in one `sendmmsg`.
+    pub batch_sends: bool,
 }
 
 impl UdpConfig {
@@ -95,6 +99,8 @@ impl Default for UdpConfig {
             log_requests: false,
             log_format: LogFormat::Human,
             transparent: false,
+            receive_buffer: 8 << 20,
+            batch_sends: true,
         }
     }
 }
@@ -243,6 +249,9 @@ pub struct AgonesConfig {
     pub port_name: Option<String>,
     /// How long a route made by `POST /allocate` lasts.
     pub allocate_route_ttl: Duration,
+    /// The label (else annotation) of a game server that holds its QUIC-LB server ID in
+    /// hex; `None` reads none.
+    pub server_id_label: Option<String>,
 }
 
 /// Section `relay`: the bounds and timers of the relay core.

@@ -94,6 +94,10 @@ enum Access {
 pub struct DriverGauges {
     /// Upstream sockets open.
     pub upstream_sockets: usize,
+    /// The smallest kernel receive buffer of the listeners, in bytes.
+    pub listener_receive_buffer: usize,
+    /// Client sends batched with `sendmmsg`: calls and the datagrams they carried.
+    pub batched_sends: porter_host::BatchedSends,
 }
 
 /// Reads the driver's gauges.
@@ -189,6 +193,8 @@ impl Api {
         let gauged = engine.clone();
         let gauges: GaugeFn = Arc::new(move || DriverGauges {
             upstream_sockets: gauged.upstream_count(),
+            listener_receive_buffer: gauged.receive_buffer(),
+            batched_sends: gauged.batched_sends(),
         });
         let mut api = Self::new(settings.clone(), engine.handle(), gauges);
         if let Some(sync) = sync {
@@ -731,6 +737,9 @@ impl Api {
                 "unknown_config": stats.quic_lb.unknown_config,
                 "malformed": stats.quic_lb.malformed,
                 "unknown_server": stats.quic_lb.unknown_server,
+                "allocated_server_ids": stats.quic_lb.allocated_server_ids,
+                "invalid_server_ids": stats.quic_lb.invalid_server_ids,
+                "server_id_conflicts": stats.quic_lb.server_id_conflicts,
             },
             "buffered_bytes": stats.buffered_bytes,
             "routes": stats.routes,

@@ -51,6 +51,10 @@ pub struct Settings {
     pub health: Option<porter_host::HealthSettings>,
     /// Upstream sockets send from each client's own address (`udp.transparent`).
     pub transparent: bool,
+    /// Kernel receive buffer asked for on each listener, in bytes.
+    pub receive_buffer: usize,
+    /// Client sends batched with `sendmmsg`.
+    pub batch_sends: bool,
 }
 
 impl Settings {
@@ -151,6 +155,8 @@ impl Settings {
             redis: config.redis.clone(),
             config: config.clone(),
             config_file: None,
+            receive_buffer: config.udp.receive_buffer,
+            batch_sends: config.udp.batch_sends,
         })
     }
 
@@ -163,6 +169,8 @@ impl Settings {
             log_requests: self.log_requests,
             health: self.health,
             transparent: self.transparent,
+            receive_buffer: self.receive_buffer,
+            batch_sends: self.batch_sends,
         }
     }
 }

@@ -11,8 +11,8 @@
 //!
 //! The tests keep the case names, in modules named after the files that hold them:
 //! `cases::routes_by_sni_exact_wildcard_and_default`, `control_cases::..`,
-//! `agones_cases::..`, `reload_cases::..`, `edge_cases::..`, `transparent_cases::..` (the
-//! latter build their own network namespaces, as root).
+//! `agones_cases::..`, `reload_cases::..`, `edge_cases::..`, `scale_cases::..`,
+//! `transparent_cases::..` (the latter build their own network namespaces, as root).
 //!
 //! The peers the cases use are public too: [`Pki`], [`EchoServer`], [`client_endpoint`],
 //! [`connect`], [`echo`], [`UdpSink`], [`Nat`].
@@ -40,6 +40,8 @@ pub mod ngtcp2_cases;
 mod peers;
 #[doc(hidden)]
 pub mod reload_cases;
+#[doc(hidden)]
+pub mod scale_cases;
 #[doc(hidden)]
 pub mod transparent_cases;
 
@@ -107,11 +109,13 @@ macro_rules! __with_cases {
                 players_fill_servers_in_order_then_fleet_is_full,
                 slow_or_down_allocator_then_recovery,
                 allocate_endpoint_adds_a_temporary_route,
+                a_game_servers_server_id_label_keeps_a_moving_player_on_it,
             }
             ngtcp2_cases {
                 ngtcp2_v1_download,
                 ngtcp2_v2_download,
                 ngtcp2_change_local_addr,
+                ngtcp2_nat_rebinding,
                 ngtcp2_retry_server,
                 ngtcp2_migration_beside_another_session,
             }
@@ -127,6 +131,10 @@ macro_rules! __with_cases {
                 api_refuses_stalled_cross_site_and_rebinding_requests,
                 network_text_in_logs_is_escaped,
                 a_route_to_the_relays_own_address_is_refused,
+            }
+            scale_cases {
+                replies_to_many_clients_leave_in_batches,
+                an_l4_balancer_moving_a_connection_to_another_instance_keeps_it_with_quic_lb,
             }
             transparent_cases {
                 the_backend_sees_each_clients_own_address,
@@ -179,6 +187,7 @@ mod tests {
             ("ngtcp2_cases", include_str!("ngtcp2_cases.rs")),
             ("reload_cases", include_str!("reload_cases.rs")),
             ("edge_cases", include_str!("edge_cases.rs")),
+            ("scale_cases", include_str!("scale_cases.rs")),
             ("transparent_cases", include_str!("transparent_cases.rs")),
         ]
         .iter()

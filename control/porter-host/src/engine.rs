@@ -19,7 +19,8 @@ use quinn_udp::{RecvMeta, BATCH_SIZE};
 
 use crate::batch::{plan_backend, plan_client, plan_commands, run, Out};
 use crate::host::{HostCell, RelayHandle, RelayHost, ALLOCATION_GRACE};
-use crate::notify::{lock, race, First};
+use crate::notify::{lock, race, yield_once, First};
+use crate::sends::{BatchedSends, ClientSends, Queue};
 use crate::socket::{
     bind_listener, canonical, connect_upstream, connect_upstream_transparent, probe_transparent,
     BindError, SlotPool, Socket,
@@ -53,6 +54,11 @@ pub struct Engine<R: Runtime> {
     rt: R,
     cell: Arc<HostCell>,
     listeners: Vec<Arc<Socket<R::Udp>>>,
+    /// Per listener (same index): client-bound datagrams queued for one `sendmmsg`;
+    /// `None` when sends are not batched.
+    sends: Option<Vec<ClientSends>>,
+    /// Per listener: the kernel receive buffer in effect, in bytes.
+    receive_buffers: Vec<usize>,
     upstreams: Mutex<HashMap<PathId, Upstream<R>>>,
     allocations: Mutex<HashMap<AllocationId, R::Task>>,
     allocator: Option<Arc<dyn Allocator>>,
@@ -65,19 +71,26 @@ pub struct Engine<R: Runtime> {
 
 impl<R: Runtime> Engine<R> {
     /// An engine over the host in `cell`, reading `listeners`; allocation requests go
-    /// to `allocator` (without one they fail: Agones is not enabled). With `transparent`,
-    /// upstream sockets are bound to their client's address (IP_TRANSPARENT).
+    /// to `allocator` (without one they fail: Agones is not enabled). With
+    /// `batch_sends`, single client-bound datagrams leave each listener in `sendmmsg`
+    /// batches. With `transparent`, upstream sockets are bound to their client's
+    /// address (IP_TRANSPARENT).
     pub fn new(
         rt: R,
         cell: Arc<HostCell>,
         listeners: Vec<Socket<R::Udp>>,
         allocator: Option<Arc<dyn Allocator>>,
+        batch_sends: bool,
         transparent: bool,
     ) -> Arc<Self> {
+        let sends = batch_sends.then(|| listeners.iter().map(|_| ClientSends::default()).collect());
+        let receive_buffers = listeners.iter().map(Socket::receive_buffer).collect();
         Arc::new(Self {
             rt,
             cell,
             listeners: listeners.into_iter().map(Arc::new).collect(),
+            sends,
+            receive_buffers,
             upstreams: Mutex::new(HashMap::new()),
             allocations: Mutex::new(HashMap::new()),
             allocator,
@@ -92,6 +105,15 @@ impl<R: Runtime> Engine<R> {
         for listener in &self.listeners {
             let (engine, listener) = (self.clone(), listener.clone());
             drop(self.rt.spawn(async move { engine.listen(listener).await }));
+        }
+        if let Some(sends) = &self.sends {
+            for i in 0..sends.len() {
+                let engine = self.clone();
+                drop(
+                    self.rt
+                        .spawn(async move { engine.flush_client_sends(i).await }),
+                );
+            }
         }
         let engine = self.clone();
         drop(self.rt.spawn(async move { engine.run_timer().await }));
@@ -120,12 +142,49 @@ impl<R: Runtime> Engine<R> {
         lock(&self.upstreams).len()
     }
 
+    /// The smallest kernel receive buffer of the listeners, in bytes.
+    pub fn receive_buffer(&self) -> usize {
+        self.receive_buffers.iter().copied().min().unwrap_or(0)
+    }
+
+    /// What the batched client sends counted, over all listeners (zero when sends are
+    /// not batched).
+    pub fn batched_sends(&self) -> BatchedSends {
+        let mut total = BatchedSends::default();
+        for s in self.sends.iter().flatten() {
+            let c = s.counts();
+            total.calls += c.calls;
+            total.datagrams += c.datagrams;
+        }
+        total
+    }
+
     fn listener_for(&self, client: SocketAddr) -> Option<&Arc<Socket<R::Udp>>> {
+        self.listener_index(client).map(|i| &self.listeners[i])
+    }
+
+    fn listener_index(&self, client: SocketAddr) -> Option<usize> {
         let want_v4 = client.is_ipv4();
         self.listeners
             .iter()
-            .find(|l| l.local_addr().is_ok_and(|a| a.is_ipv4() == want_v4))
-            .or_else(|| self.listeners.first())
+            .position(|l| l.local_addr().is_ok_and(|a| a.is_ipv4() == want_v4))
+            .or_else(|| (!self.listeners.is_empty()).then_some(0))
+    }
+
+    /// The flusher of listener `i`'s batched sends.
+    async fn flush_client_sends(self: Arc<Self>, i: usize) {
+        let Some(sends) = self.sends.as_ref().and_then(|s| s.get(i)) else {
+            return;
+        };
+        let listener = &self.listeners[i];
+        let mut spare = Queue::default();
+        loop {
+            sends.queued().await;
+            // Every other task that is ready (upstream readers with datagrams) runs
+            // first and adds to the batch.
+            yield_once().await;
+            sends.flush(listener, &mut spare).await;
+        }
     }
 
     fn upstream_socket(&self, path: PathId) -> Option<Arc<Socket<R::Udp>>> {
@@ -216,15 +275,31 @@ impl<R: Runtime> Engine<R> {
                 }
                 Out::ToClient(client, range) => {
                     let (client, start, seg) = (*client, range.start, range.len());
-                    let Some(listener) = self.listener_for(client.0).cloned() else {
+                    let Some(index) = self.listener_index(client.0) else {
                         i += 1;
                         continue;
                     };
+                    let listener = self.listeners[index].clone();
                     let (end, next) = run(outs, i, seg, listener.max_segments(), |o| match o {
                         Out::ToClient(c, r) if *c == client => Some(r.clone()),
                         _ => None,
                     });
                     let segment = (end - start > seg).then_some(seg);
+                    if let Some(sends) = self.sends.as_ref().map(|s| &s[index]) {
+                        if segment.is_none() {
+                            // One datagram: it joins the listener's next batch.
+                            if sends.push(client.0, &data[start..end]) {
+                                sends.flush(&listener, &mut Queue::default()).await;
+                            }
+                            i = next;
+                            continue;
+                        }
+                        // A GSO run leaves at once; what was queued before it goes
+                        // first, so that this client's datagrams keep their order.
+                        if !sends.is_empty() {
+                            sends.flush(&listener, &mut Queue::default()).await;
+                        }
+                    }
                     if let Err(e) = listener.send(client.0, &data[start..end], segment).await {
                         tracing::debug!(%client, "send to client failed: {e}");
                     }
@@ -464,7 +539,7 @@ pub fn start<R: Runtime>(
     // With an IPv4 listener beside it, an IPv6 listener takes IPv6 only.
     let has_v4 = settings.listen.iter().any(SocketAddr::is_ipv4);
     for addr in &settings.listen {
-        listeners.push(bind_listener(&rt, *addr, has_v4)?);
+        listeners.push(bind_listener(&rt, *addr, has_v4, settings.receive_buffer)?);
     }
     // The bound addresses (an ephemeral port is known only now): routes to them loop.
     let bound: Vec<SocketAddr> = listeners
@@ -473,7 +548,14 @@ pub fn start<R: Runtime>(
         .collect();
     let relay = settings.new_relay_at(bound)?;
     let cell = HostCell::new(RelayHost::new(relay, settings.log_requests));
-    let engine = Engine::new(rt, cell, listeners, allocator, settings.transparent);
+    let engine = Engine::new(
+        rt,
+        cell,
+        listeners,
+        allocator,
+        settings.batch_sends,
+        settings.transparent,
+    );
     engine.start();
     if settings.transparent {
         tracing::info!("transparent mode: upstream sockets send from each client's own address");
@@ -486,8 +568,14 @@ pub fn start<R: Runtime>(
             "health checks on"
         );
     }
-    for addr in engine.listen_addrs() {
-        tracing::info!(listen = %addr, "relay listening");
+    for (addr, buffer) in engine.listen_addrs().iter().zip(&engine.receive_buffers) {
+        tracing::info!(
+            listen = %addr,
+            receive_buffer = buffer,
+            asked = settings.receive_buffer,
+            batched_sends = settings.batch_sends,
+            "relay listening"
+        );
     }
     Ok(engine)
 }

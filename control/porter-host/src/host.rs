@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use porter_core::{
     AllocationFailure, AllocationId, BackendAddr, ClientAddr, Command, Notification, PathId, Relay,
-    RelayStats, Route, RouteError, RouteName, Verdict,
+    RelayStats, Route, RouteError, RouteName, ServerIdBinding, Verdict,
 };
 
 use crate::{Allocated, AllocationError, AllocationErrorKind};
@@ -139,8 +139,10 @@ impl RelayHost {
         verdict
     }
 
-    /// The allocator's answer; see [`Relay::complete_allocation`]. A late answer (the
-    /// connection already gave up) is logged and discarded.
+    /// The allocator's answer; see [`Relay::complete_allocation`] (and
+    /// [`Relay::complete_allocation_with_server_id`] when it names a server ID: an ID the
+    /// relay cannot use is logged). A late answer (the connection already gave up) is
+    /// logged and discarded.
     pub fn complete_allocation(
         &mut self,
         now: Instant,
@@ -148,6 +150,36 @@ impl RelayHost {
         result: Result<Allocated, AllocationError>,
     ) {
         let result = match result {
+            Ok(Allocated {
+                addr,
+                server_id: Some(server_id),
+                game_server,
+            }) => {
+                let binding = self.relay.complete_allocation_with_server_id(
+                    now,
+                    id,
+                    BackendAddr(addr),
+                    &server_id,
+                );
+                let shown = escape_network_text(server_id.as_bytes());
+                let why = match binding {
+                    Ok(ServerIdBinding::Invalid) => "is not hex of a configured length",
+                    Ok(ServerIdBinding::Conflict) => "already names another backend",
+                    Ok(binding) => {
+                        tracing::debug!(allocation = %id, %game_server, server_id = %shown, ?binding, "server ID");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::debug!(allocation = %id, "{e}");
+                        return;
+                    }
+                };
+                tracing::warn!(
+                    allocation = %id, %game_server, server_id = %shown,
+                    "the game server's QUIC-LB server ID {why}; its clients are routed without it"
+                );
+                return;
+            }
             Ok(allocated) => Ok(BackendAddr(allocated.addr)),
             Err(e) => {
                 tracing::warn!(allocation = %id, kind = e.kind().as_str(), reason = %e, "allocation failed");

@@ -22,6 +22,11 @@ pub struct HostSettings {
     /// Upstream sockets send from each client's own address (IP_TRANSPARENT; needs
     /// CAP_NET_ADMIN and host routing for the replies).
     pub transparent: bool,
+    /// Kernel receive buffer asked for on each listener, in bytes (0: the kernel's
+    /// default).
+    pub receive_buffer: usize,
+    /// Send single client-bound datagrams in `sendmmsg` batches across clients.
+    pub batch_sends: bool,
 }
 
 impl HostSettings {

@@ -32,7 +32,7 @@ pub use self::output::{
     AllocationFailure, Command, CompleteAllocationError, DropReason, Notification, RefuseReason,
     Verdict,
 };
-pub use self::quic_lb::{QuicLbCounters, QuicLbMiss, QuicLbRouting};
+pub use self::quic_lb::{QuicLbCounters, QuicLbMiss, QuicLbRouting, ServerIdBinding};
 pub use self::stats::{AllocationCounters, RelayStats};
 
 use self::budget::{IdMap, TokenBucket};
@@ -87,6 +87,8 @@ pub struct Relay {
     /// The listeners' addresses: routes to them are refused.
     own_addresses: Vec<std::net::SocketAddr>,
     stats: RelayStats,
+    /// Server IDs of allocated game servers (see [`quic_lb`]).
+    allocated_server_ids: quic_lb::AllocatedServerIds,
 }
 
 /// One page of [`Relay::sessions_page`].
@@ -136,6 +138,7 @@ impl Relay {
                 drops: vec![0; DropReason::ALL.len()],
                 ..RelayStats::default()
             },
+            allocated_server_ids: quic_lb::AllocatedServerIds::default(),
         }
     }
 
@@ -332,6 +335,10 @@ impl Relay {
             remembered_ended_cids: self.ended.len(),
             routes: self.routes.len(),
             remembered_refusals: self.refused.len(),
+            quic_lb: QuicLbCounters {
+                allocated_server_ids: self.allocated_server_ids.len(),
+                ..self.stats.quic_lb
+            },
             ..self.stats.clone()
         }
     }

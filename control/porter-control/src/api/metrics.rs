@@ -137,6 +137,24 @@ pub(super) fn render(
         gauges.upstream_sockets,
     );
     m.single(
+        "porter_listener_receive_buffer_bytes",
+        "gauge",
+        "Kernel receive buffer in effect on the listener sockets (the smallest), in bytes.",
+        gauges.listener_receive_buffer,
+    );
+    m.single(
+        "porter_listener_batched_sends_total",
+        "counter",
+        "sendmmsg calls that sent client-bound datagrams of many clients at once.",
+        gauges.batched_sends.calls,
+    );
+    m.single(
+        "porter_listener_batched_datagrams_total",
+        "counter",
+        "Datagrams sent by those sendmmsg calls.",
+        gauges.batched_sends.datagrams,
+    );
+    m.single(
         "porter_paths",
         "gauge",
         "Client paths open (a routed session has one per client address).",
