@@ -447,6 +447,7 @@ impl Checker<'_> {
             log_format: self
                 .get(&s, "log_format", log_format)
                 .unwrap_or(default_format),
+            transparent: self.read(&s, "transparent", boolean),
             receive_buffer: self.read(&s, "receive_buffer", |n| {
                 let bytes = byte_size_at_least(n, 64 * 1024)?;
                 if bytes > 1 << 30 {

@@ -224,6 +224,12 @@ pub const UDP: Section = Section {
             "Format of the connection logs.",
         ),
         key(
+            "transparent",
+            Kind::Bool,
+            Value("false"),
+            "Backends see each client's own address (IP_TRANSPARENT).",
+        ),
+        key(
             "receive_buffer",
             Kind::ByteSize,
             Value("8MiB"),

@@ -72,6 +72,8 @@ pub struct UdpConfig {
     pub log_requests: bool,
     /// Format of those logs; `log.format` unless `udp.log_format` is set.
     pub log_format: LogFormat,
+    /// Upstream sockets send from each client's own address (IP_TRANSPARENT).
+    pub transparent: bool,
     /// The kernel receive buffer asked for on each listener socket, in bytes.
     pub receive_buffer: usize,
     /// Send single client-bound datagrams of many clients in one `sendmmsg`.
@@ -96,6 +98,7 @@ impl Default for UdpConfig {
             binds: vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)],
             log_requests: false,
             log_format: LogFormat::Human,
+            transparent: false,
             receive_buffer: 8 << 20,
             batch_sends: true,
         }

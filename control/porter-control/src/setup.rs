@@ -49,6 +49,8 @@ pub struct Settings {
     pub config_file: Option<PathBuf>,
     /// Active health checks, when `health.enabled`.
     pub health: Option<porter_host::HealthSettings>,
+    /// Upstream sockets send from each client's own address (`udp.transparent`).
+    pub transparent: bool,
     /// Kernel receive buffer asked for on each listener, in bytes.
     pub receive_buffer: usize,
     /// Client sends batched with `sendmmsg`.
@@ -140,6 +142,7 @@ impl Settings {
             relay,
             routes,
             log_requests: config.udp.log_requests,
+            transparent: config.udp.transparent,
             health: config.health.map(|h| porter_host::HealthSettings {
                 interval: h.interval,
                 timeout: h.timeout,
@@ -168,6 +171,7 @@ impl Settings {
             routes: self.routes.clone(),
             log_requests: self.log_requests,
             health: self.health,
+            transparent: self.transparent,
             receive_buffer: self.receive_buffer,
             batch_sends: self.batch_sends,
         }

@@ -67,3 +67,24 @@ fn quic_lb_configurations_and_path_limits_reach_the_relay() {
     assert_eq!(backend.0, "10.0.0.5:4433".parse().unwrap());
     assert_eq!(len, 17);
 }
+
+#[test]
+fn udp_transparent_reaches_the_data_plane_and_is_off_by_default() {
+    let settings = |text: &str| {
+        let config = porter_config::from_str(text, "t.yaml").unwrap();
+        Settings::from_config_with_env(&config, |_| None).unwrap()
+    };
+    assert!(!settings("udp: {port: 7777}\n").host_settings().transparent);
+    assert!(
+        settings("udp: {port: 7777, transparent: true}\n")
+            .host_settings()
+            .transparent
+    );
+    // Not a boolean: an error naming the key and its place.
+    let e = porter_config::from_str("udp: {transparent: yes}\n", "t.yaml").unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.contains("t.yaml:1:") && text.contains("udp.transparent"),
+        "{text}"
+    );
+}

@@ -12,14 +12,18 @@
 //! The tests keep the case names, in modules named after the files that hold them:
 //! `cases::routes_by_sni_exact_wildcard_and_default`, `control_cases::..`,
 //! `agones_cases::..`, `reload_cases::..`, `edge_cases::..`, `fd_cases::..`,
-//! `scale_cases::..`.
+//! `scale_cases::..`, `transparent_cases::..` (the latter build their own network
+//! namespaces, as root).
 //!
 //! The peers the cases use are public too: [`Pki`], [`EchoServer`], [`client_endpoint`],
 //! [`connect`], [`echo`], [`UdpSink`], [`Nat`].
 
 use std::future::Future;
 
-pub use peers::{client_endpoint, connect, echo, EchoServer, Nat, Pki, UdpSink, ALPN, WHO_AM_I};
+pub use peers::{
+    client_endpoint, client_endpoint_on, connect, echo, EchoServer, Nat, Pki, UdpSink, ALPN,
+    WHO_AM_I,
+};
 pub use porter_test_support::Binary;
 
 #[doc(hidden)]
@@ -41,6 +45,8 @@ mod peers;
 pub mod reload_cases;
 #[doc(hidden)]
 pub mod scale_cases;
+#[doc(hidden)]
+pub mod transparent_cases;
 
 /// Runs one case against `binary` on the runtime each case had as a
 /// `#[tokio::test(flavor = "multi_thread", worker_threads = 2)]`.
@@ -140,6 +146,10 @@ macro_rules! __with_cases {
                 the_drain_deadline_ends_the_process_while_the_listener_is_saturated,
                 a_socket_the_system_refuses_is_a_named_refusal,
             }
+            transparent_cases {
+                the_backend_sees_each_clients_own_address,
+                transparent_mode_without_cap_net_admin_refuses_to_start,
+            }
         }
     };
 }
@@ -189,6 +199,7 @@ mod tests {
             ("edge_cases", include_str!("edge_cases.rs")),
             ("scale_cases", include_str!("scale_cases.rs")),
             ("fd_cases", include_str!("fd_cases.rs")),
+            ("transparent_cases", include_str!("transparent_cases.rs")),
         ]
         .iter()
         .flat_map(|(module, text)| {

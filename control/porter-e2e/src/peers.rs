@@ -152,6 +152,11 @@ impl EchoServer {
         Self::serve(name, endpoint, false)
     }
 
+    /// As [`Self::start`], on `socket`, bound already (inside a network namespace, say).
+    pub fn start_on(name: &str, config: quinn::ServerConfig, socket: std::net::UdpSocket) -> Self {
+        Self::serve(name, endpoint_on(socket, Some(config)), false)
+    }
+
     fn serve(name: &str, endpoint: quinn::Endpoint, retry: bool) -> Self {
         let addr = endpoint.local_addr().unwrap();
         let ep = endpoint.clone();
@@ -219,6 +224,30 @@ pub fn client_endpoint(config: quinn::ClientConfig) -> quinn::Endpoint {
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     endpoint.set_default_client_config(config);
     endpoint
+}
+
+/// A client endpoint on `socket`, bound already (inside a network namespace, say).
+pub fn client_endpoint_on(
+    socket: std::net::UdpSocket,
+    config: quinn::ClientConfig,
+) -> quinn::Endpoint {
+    let mut endpoint = endpoint_on(socket, None);
+    endpoint.set_default_client_config(config);
+    endpoint
+}
+
+fn endpoint_on(
+    socket: std::net::UdpSocket,
+    server: Option<quinn::ServerConfig>,
+) -> quinn::Endpoint {
+    socket.set_nonblocking(true).expect("non-blocking socket");
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        server,
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .expect("a quinn endpoint on the socket")
 }
 
 /// Connects to `relay` asking for `sni`: the handshake's outcome, within 10 seconds.

@@ -91,9 +91,16 @@ pub async fn replies_to_many_clients_leave_in_batches(bin: Binary) {
                     .await
                     .unwrap_or_else(|_| {
                         panic!(
-                            "{} (batch_sends {setting}): a client got {} of {ROUNDS} datagrams",
+                            "{} (batch_sends {setting}): a client got {} of {ROUNDS} datagrams; \
+                             stats: {}; metrics: {:?}",
                             bin.name,
-                            rounds.len()
+                            rounds.len(),
+                            porter.stats(),
+                            porter
+                                .metrics()
+                                .iter()
+                                .filter(|m| m.name.starts_with("porter_listener"))
+                                .collect::<Vec<_>>()
                         )
                     })
                     .unwrap();

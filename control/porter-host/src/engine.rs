@@ -22,7 +22,10 @@ use crate::batch::{plan_backend, plan_client, plan_commands, run, Out};
 use crate::host::{HostCell, RelayHandle, RelayHost, ALLOCATION_GRACE};
 use crate::notify::{lock, race, yield_once, First};
 use crate::sends::{BatchedSends, ClientSends, Queue};
-use crate::socket::{bind_listener, canonical, connect_upstream, BindError, SlotPool, Socket};
+use crate::socket::{
+    bind_listener, canonical, connect_upstream, connect_upstream_transparent, probe_transparent,
+    BindError, SlotPool, Socket,
+};
 use crate::{
     Allocated, AllocationError, AllocationErrorKind, Allocator, HostSettings, Runtime, SetupError,
 };
@@ -130,19 +133,23 @@ pub struct Engine<R: Runtime> {
     /// Receive slots of the upstream readers, held only while a batch is handled.
     upstream_slots: SlotPool,
     armed: Mutex<Option<Instant>>,
+    /// Upstream sockets send from the client's own address (`udp.transparent`).
+    transparent: bool,
 }
 
 impl<R: Runtime> Engine<R> {
     /// An engine over the host in `cell`, reading `listeners`; allocation requests go
     /// to `allocator` (without one they fail: Agones is not enabled). With
     /// `batch_sends`, single client-bound datagrams leave each listener in `sendmmsg`
-    /// batches.
+    /// batches. With `transparent`, upstream sockets are bound to their client's
+    /// address (IP_TRANSPARENT).
     pub fn new(
         rt: R,
         cell: Arc<HostCell>,
         listeners: Vec<Socket<R::Udp>>,
         allocator: Option<Arc<dyn Allocator>>,
         batch_sends: bool,
+        transparent: bool,
     ) -> Arc<Self> {
         let sends = batch_sends.then(|| listeners.iter().map(|_| ClientSends::default()).collect());
         let receive_buffers = listeners.iter().map(Socket::receive_buffer).collect();
@@ -158,6 +165,7 @@ impl<R: Runtime> Engine<R> {
             allocator,
             upstream_slots: SlotPool::new(UPSTREAM_BATCH, SLOT_LEN, UPSTREAM_SLOTS_KEPT),
             armed: Mutex::new(None),
+            transparent,
         })
     }
 
@@ -216,6 +224,7 @@ impl<R: Runtime> Engine<R> {
             let c = s.counts();
             total.calls += c.calls;
             total.datagrams += c.datagrams;
+            total.dropped += c.dropped;
         }
         total
     }
@@ -370,9 +379,17 @@ impl<R: Runtime> Engine<R> {
                             continue;
                         }
                         // A GSO run leaves at once; what was queued before it goes
-                        // first, so that this client's datagrams keep their order.
-                        if !sends.is_empty() {
-                            sends.flush(&listener, &mut Queue::default()).await;
+                        // first, so that this client's datagrams keep their order. When
+                        // another flush is under way, the run's datagrams queue behind.
+                        if !sends.is_empty() && !sends.flush(&listener, &mut Queue::default()).await
+                        {
+                            for datagram in data[start..end].chunks(seg) {
+                                if sends.push(client.0, datagram) {
+                                    sends.flush(&listener, &mut Queue::default()).await;
+                                }
+                            }
+                            i = next;
+                            continue;
                         }
                     }
                     if let Err(e) = listener.send(client.0, &data[start..end], segment).await {
@@ -470,7 +487,12 @@ impl<R: Runtime> Engine<R> {
         client: ClientAddr,
         backend: BackendAddr,
     ) {
-        match connect_upstream(&self.rt, backend.0) {
+        let opened = if self.transparent {
+            connect_upstream_transparent(&self.rt, client.0, backend.0)
+        } else {
+            connect_upstream(&self.rt, backend.0)
+        };
+        match opened {
             Ok(socket) => {
                 let socket = Arc::new(socket);
                 // A socket bound to its client's own address (a transparent relay) is left
@@ -608,6 +630,9 @@ pub enum StartError {
     /// The routes or limits were rejected by the core.
     #[error(transparent)]
     Setup(#[from] SetupError),
+    /// `udp.transparent` is on, but this process may not make transparent sockets.
+    #[error("udp.transparent: cannot make transparent upstream sockets ({0}); transparent mode needs Linux and CAP_NET_ADMIN (CAP_NET_RAW also does): run as root or grant the capability")]
+    Transparent(std::io::Error),
 }
 
 /// Starts the relay on `rt`: binds the listeners, builds the relay host from `settings`,
@@ -618,6 +643,9 @@ pub fn start<R: Runtime>(
     settings: &HostSettings,
     allocator: Option<Arc<dyn Allocator>>,
 ) -> Result<Arc<Engine<R>>, StartError> {
+    if settings.transparent {
+        probe_transparent().map_err(StartError::Transparent)?;
+    }
     let mut listeners = Vec::new();
     // With an IPv4 listener beside it, an IPv6 listener takes IPv6 only.
     let has_v4 = settings.listen.iter().any(SocketAddr::is_ipv4);
@@ -650,8 +678,18 @@ pub fn start<R: Runtime>(
     settings.relay.max_paths = budget.effective;
     let relay = settings.new_relay_at(bound)?;
     let cell = HostCell::new(RelayHost::new(relay, settings.log_requests));
-    let engine = Engine::new(rt, cell, listeners, allocator, settings.batch_sends);
+    let engine = Engine::new(
+        rt,
+        cell,
+        listeners,
+        allocator,
+        settings.batch_sends,
+        settings.transparent,
+    );
     engine.start();
+    if settings.transparent {
+        tracing::info!("transparent mode: upstream sockets send from each client's own address");
+    }
     if let Some(health) = settings.health {
         let checker = engine.clone();
         drop(engine.rt.spawn(crate::health::run(checker, health)));

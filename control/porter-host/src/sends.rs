@@ -9,15 +9,17 @@
 //! The flusher is woken by the first datagram queued, then yields once to the executor,
 //! so that every other reader that is ready runs (and queues) before the batch leaves.
 //! Under light load that costs one scheduler round; under load it is what makes batches.
-//! Order per client is kept: a reader that sends a GSO run directly first flushes what
-//! is queued on that listener (see the engine), and one path's datagrams are always
-//! handled by one reader.
+//! Order per client is kept: one path's datagrams are always handled by one reader, one
+//! flush runs at a time per listener (a flush asked for while another runs is left to
+//! it), and a reader that would send a GSO run directly while datagrams are queued on
+//! that listener first flushes them, or queues the run's datagrams behind them when
+//! another flush is under way (see the engine).
 
 use std::io::{self, IoSlice};
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::os::fd::BorrowedFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use rustix::net::addr::SocketAddrArg;
@@ -33,15 +35,23 @@ pub(crate) const MAX_BATCH: usize = 64;
 /// Most bytes queued per listener before the queuing task sends them itself.
 const MAX_QUEUED_BYTES: usize = 256 * 1024;
 
+/// Bytes queued per listener beyond which new datagrams are dropped (counted): the
+/// listener's socket is not taking them as fast as they come.
+const MAX_BACKLOG_BYTES: usize = 4 * MAX_QUEUED_BYTES;
+
 /// The queue of one listener and the counters of what left it.
 #[derive(Debug, Default)]
 pub(crate) struct ClientSends {
     queue: Mutex<Queue>,
     wake: Notify,
+    /// A flush is under way (at most one at a time, so batches leave in order).
+    flushing: AtomicBool,
     /// `sendmmsg` calls made.
     calls: AtomicU64,
     /// Datagrams they sent.
     datagrams: AtomicU64,
+    /// Datagrams dropped because the queue was over [`MAX_BACKLOG_BYTES`].
+    dropped: AtomicU64,
 }
 
 /// Datagrams waiting: their bytes back to back, and per datagram its client and range.
@@ -59,6 +69,9 @@ pub struct BatchedSends {
     pub calls: u64,
     /// Datagrams sent by them.
     pub datagrams: u64,
+    /// Datagrams dropped because the listener's queue was full (its socket did not take
+    /// them as fast as they came).
+    pub dropped: u64,
 }
 
 impl ClientSends {
@@ -67,6 +80,10 @@ impl ClientSends {
     pub(crate) fn push(&self, to: SocketAddr, datagram: &[u8]) -> bool {
         let full = {
             let mut q = lock(&self.queue);
+            if q.bytes.len() >= MAX_BACKLOG_BYTES {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                return true;
+            }
             let start = q.bytes.len();
             q.bytes.extend_from_slice(datagram);
             let end = q.bytes.len();
@@ -87,16 +104,30 @@ impl ClientSends {
         self.wake.notified().await;
     }
 
-    /// Moves what is queued into `spare` (which must be empty), and sends it all on
-    /// `listener`.
-    pub(crate) async fn flush<U: AsyncUdp>(&self, listener: &Socket<U>, spare: &mut Queue) {
-        {
-            let mut q = lock(&self.queue);
-            std::mem::swap(&mut *q, spare);
+    /// Sends what is queued on `listener` until the queue is empty, using `spare` (which
+    /// must be empty) as the other buffer. Returns `false`, sending nothing, when
+    /// another flush is under way: that one takes what was queued (the flusher task is
+    /// woken by every push, so nothing is left behind).
+    pub(crate) async fn flush<U: AsyncUdp>(&self, listener: &Socket<U>, spare: &mut Queue) -> bool {
+        if self.flushing.swap(true, Ordering::Acquire) {
+            return false;
         }
-        if spare.items.is_empty() {
-            return;
+        loop {
+            {
+                let mut q = lock(&self.queue);
+                std::mem::swap(&mut *q, spare);
+            }
+            if spare.items.is_empty() {
+                break;
+            }
+            self.send_all(listener, spare).await;
         }
+        self.flushing.store(false, Ordering::Release);
+        true
+    }
+
+    /// Sends every datagram of `spare` and empties it.
+    async fn send_all<U: AsyncUdp>(&self, listener: &Socket<U>, spare: &mut Queue) {
         let v6 = listener.local_addr().is_ok_and(|a| a.is_ipv6());
         let mut sent = 0;
         while sent < spare.items.len() {
@@ -128,6 +159,7 @@ impl ClientSends {
         BatchedSends {
             calls: self.calls.load(Ordering::Relaxed),
             datagrams: self.datagrams.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
         }
     }
 }
@@ -228,5 +260,18 @@ mod tests {
         }
         assert!(sends.push(to, &[0; 100]), "the batch is full");
         assert!(!sends.is_empty());
+    }
+
+    #[test]
+    fn a_queue_past_its_backlog_drops_and_counts() {
+        let sends = ClientSends::default();
+        let to: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let datagram = [0u8; 1200];
+        let fits = MAX_BACKLOG_BYTES.div_ceil(datagram.len());
+        for _ in 0..fits + 5 {
+            let _ = sends.push(to, &datagram);
+        }
+        assert_eq!(sends.counts().dropped, 5);
+        assert_eq!(lock(&sends.queue).items.len(), fits);
     }
 }

@@ -19,6 +19,9 @@ pub struct HostSettings {
     pub log_requests: bool,
     /// Active health checks of simple routes' backends; `None`: off.
     pub health: Option<crate::HealthSettings>,
+    /// Upstream sockets send from each client's own address (IP_TRANSPARENT; needs
+    /// CAP_NET_ADMIN and host routing for the replies).
+    pub transparent: bool,
     /// Kernel receive buffer asked for on each listener, in bytes (0: the kernel's
     /// default).
     pub receive_buffer: usize,

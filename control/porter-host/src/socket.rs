@@ -264,6 +264,92 @@ pub(crate) fn connect_upstream<R: Runtime>(
     Socket::new(rt, std)
 }
 
+/// A transparent upstream socket (`udp.transparent`): bound to the client's own address
+/// and port with IP_TRANSPARENT (IPV6_TRANSPARENT), then connected to `backend`, so the
+/// backend sees the client's address. Its replies reach this socket only if the host
+/// routes them here (docs/configuration.md, "Transparent mode").
+///
+/// Fails (the path fails; never a panic) when the client and the backend are of different
+/// families, or when the bind is refused: EADDRINUSE when another session from the same
+/// client address and port is open (no SO_REUSEADDR: a second socket with the same
+/// 4-tuple could not be told apart by the kernel).
+pub(crate) fn connect_upstream_transparent<R: Runtime>(
+    rt: &R,
+    client: SocketAddr,
+    backend: SocketAddr,
+) -> io::Result<Socket<R::Udp>> {
+    keep_udp_gro_key();
+    Socket::new(rt, bind_transparent(client, backend)?)
+}
+
+/// The socket of [`connect_upstream_transparent`], bound and connected.
+fn bind_transparent(client: SocketAddr, backend: SocketAddr) -> io::Result<StdUdpSocket> {
+    let client = canonical(client);
+    let backend = canonical(backend);
+    if client.is_ipv4() != backend.is_ipv4() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("transparent mode: client {client} and backend {backend} are of different IP families"),
+        ));
+    }
+    let socket = transparent_socket(client)?;
+    socket.bind(&client.into()).map_err(|e| {
+        let hint = if e.kind() == io::ErrorKind::AddrInUse {
+            " (another session from this client address and port is open)"
+        } else {
+            ""
+        };
+        io::Error::new(e.kind(), format!("transparent bind to {client}: {e}{hint}"))
+    })?;
+    socket.connect(&backend.into())?;
+    Ok(socket.into())
+}
+
+/// A UDP socket of `addr`'s family with IP_TRANSPARENT (IPV6_TRANSPARENT) set.
+fn transparent_socket(addr: SocketAddr) -> io::Result<socket2::Socket> {
+    use socket2::{Domain, Protocol, Type};
+    let socket = socket2::Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    set_transparent(&socket, addr.is_ipv6())?;
+    Ok(socket)
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn set_transparent(socket: &socket2::Socket, v6: bool) -> io::Result<()> {
+    if v6 {
+        socket.set_only_v6(true)?;
+        socket.set_ip_transparent_v6(true)
+    } else {
+        socket.set_ip_transparent_v4(true)
+    }
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn set_transparent(_: &socket2::Socket, _: bool) -> io::Result<()> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "IP_TRANSPARENT is Linux only",
+    ))
+}
+
+/// Checks at start that transparent upstream sockets can be made: IP_TRANSPARENT needs
+/// CAP_NET_ADMIN (or CAP_NET_RAW), and without it every session would fail one by one.
+/// IPv6 is checked only where the host has it.
+pub(crate) fn probe_transparent() -> io::Result<()> {
+    transparent_socket((Ipv4Addr::UNSPECIFIED, 0).into())
+        .map_err(|e| io::Error::new(e.kind(), format!("IP_TRANSPARENT: {e}")))?;
+    let v6_available = socket2::Socket::new(
+        socket2::Domain::IPV6,
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )
+    .is_ok();
+    if v6_available {
+        transparent_socket((Ipv6Addr::UNSPECIFIED, 0).into())
+            .map_err(|e| io::Error::new(e.kind(), format!("IPV6_TRANSPARENT: {e}")))?;
+    }
+    Ok(())
+}
+
 /// Keeps one IPv6 UDP socket with UDP_GRO on for the life of the process.
 ///
 /// quinn-udp's `UdpSocketState::new` probes GRO support by enabling UDP_GRO on a
@@ -298,6 +384,20 @@ mod tests {
         assert_eq!(canonical(mapped), "192.0.2.1:443".parse().unwrap());
         let v6: SocketAddr = "[2001:db8::1]:443".parse().unwrap();
         assert_eq!(canonical(v6), v6);
+    }
+
+    #[test]
+    fn a_transparent_path_across_ip_families_fails_before_any_socket() {
+        let v4: SocketAddr = "192.0.2.1:5000".parse().unwrap();
+        let mapped: SocketAddr = "[::ffff:192.0.2.1]:5000".parse().unwrap();
+        let v6: SocketAddr = "[2001:db8::5]:4433".parse().unwrap();
+        for client in [v4, mapped] {
+            let e = bind_transparent(client, v6).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");
+            assert!(e.to_string().contains("different IP families"), "{e}");
+        }
+        let e = bind_transparent(v6, v4).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");
     }
 
     #[test]

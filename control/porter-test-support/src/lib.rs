@@ -10,10 +10,12 @@
 //!   answers; [`http`], [`http_raw`] and [`parse_prometheus`] to talk to that API.
 //! - [`host`]: an in-process relay host; [`free_udp_port`], [`free_tcp_port`],
 //!   [`temp_dir`], [`wait_for`].
+//! - [`netns`]: network namespaces and veth pairs a test builds (as root) and removes.
 
 mod agones;
 mod host;
 mod metrics;
+pub mod netns;
 mod ports;
 mod redis;
 mod relay;

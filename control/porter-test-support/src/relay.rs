@@ -38,6 +38,9 @@ pub struct Porter {
     pub config_head: String,
     /// The bearer token [`Porter::get`] sends, when the API has one.
     pub token: Option<String>,
+    /// The network namespace it runs in ([`Porter::start_in_netns`]): the API is reached
+    /// from inside it.
+    netns: Option<String>,
 }
 
 impl Porter {
@@ -93,10 +96,59 @@ impl Porter {
              api: {{port: {api_port}{api_extra}}}\n"
         );
         let config_path = place(&temp_dir(), &format!("{head}{body}"));
-        let mut porter = Self::spawn_command(binary, wrapper, config_path, &[]);
+        let command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(binary.path);
+                c
+            }
+            None => Command::new(binary.path),
+        };
+        let mut porter = Self::spawn_command(binary, command, config_path, &[]);
         porter.udp = ([127, 0, 0, 1], udp_port).into();
         porter.api = ([127, 0, 0, 1], api_port).into();
         porter.config_head = head;
+        porter.wait_api(binary);
+        porter
+    }
+
+    /// Starts `binary` inside the network namespace `netns` (`ip netns exec`), its UDP
+    /// listeners on `binds` (one port for all; [`Porter::udp`] is the first) with
+    /// `udp_extra` (such as `, transparent: true`) in the `udp` section, its API on
+    /// 127.0.0.1:8080 of that namespace, and `body` after them. Waits until the API
+    /// answers; [`Porter::get`] and the calls built on it reach it from inside the
+    /// namespace.
+    pub fn start_in_netns(
+        binary: Binary,
+        netns: &crate::netns::NetNs,
+        binds: &[SocketAddr],
+        udp_extra: &str,
+        body: &str,
+    ) -> Self {
+        let udp = *binds.first().expect("a listen address");
+        let api: SocketAddr = ([127, 0, 0, 1], 8080).into();
+        let ips: Vec<String> = binds.iter().map(|b| format!("\"{}\"", b.ip())).collect();
+        let head = format!(
+            "udp: {{port: {}, bind: [{}], log_requests: true{udp_extra}}}\n\
+             api: {{port: {}}}\n",
+            udp.port(),
+            ips.join(", "),
+            api.port()
+        );
+        let mut porter =
+            Self::spawn_wrapped(binary, &netns.exec_prefix(), &format!("{head}{body}"), &[]);
+        porter.udp = udp;
+        porter.api = api;
+        porter.config_head = head;
+        porter.netns = Some(netns.name().to_owned());
+        porter.wait_api(binary);
+        porter
+    }
+
+    /// Waits until `GET /healthz` answers 200; panics with the log if the process exits
+    /// first or it never does.
+    fn wait_api(&mut self, binary: Binary) {
+        let porter = self;
         let ready = wait_for(Duration::from_secs(15), || {
             if let Ok(Some(status)) = porter.child.try_wait() {
                 panic!(
@@ -113,7 +165,6 @@ impl Porter {
             binary.name,
             porter.log()
         );
-        porter
     }
 
     /// Spawns `binary` with `config` written to a file, plus extra arguments, without
@@ -127,23 +178,26 @@ impl Porter {
     /// Spawns `binary` with `--config config_path` (an existing file) and extra arguments,
     /// without waiting for anything.
     pub fn spawn_at(binary: Binary, config_path: PathBuf, args: &[&str]) -> Self {
-        Self::spawn_command(binary, &[], config_path, args)
+        Self::spawn_command(binary, Command::new(binary.path), config_path, args)
+    }
+
+    /// As [`Porter::spawn`], run through `wrapper` (a command and its arguments that
+    /// end by running the program after them: `ip netns exec NAME`, `setpriv ...`).
+    pub fn spawn_wrapped(binary: Binary, wrapper: &[String], config: &str, args: &[&str]) -> Self {
+        let config_path = temp_dir().join("config.yaml");
+        std::fs::write(&config_path, config).expect("write config");
+        let (program, rest) = wrapper.split_first().expect("a wrapper command");
+        let mut command = Command::new(program);
+        command.args(rest).arg(binary.path);
+        Self::spawn_command(binary, command, config_path, args)
     }
 
     fn spawn_command(
         binary: Binary,
-        wrapper: &[&str],
+        mut command: Command,
         config_path: PathBuf,
         args: &[&str],
     ) -> Self {
-        let mut command = match wrapper.split_first() {
-            Some((program, rest)) => {
-                let mut c = Command::new(program);
-                c.args(rest).arg(binary.path);
-                c
-            }
-            None => Command::new(binary.path),
-        };
         let mut child = command
             .args(args)
             .arg("--config")
@@ -187,6 +241,7 @@ impl Porter {
             config_path,
             config_head: String::new(),
             token: None,
+            netns: None,
         }
     }
 
@@ -238,7 +293,11 @@ impl Porter {
 
     /// A GET on the API: status and body.
     pub fn get(&self, path: &str) -> std::io::Result<(u16, String)> {
-        http(self.api, "GET", path, None, self.token.as_deref())
+        let Some(netns) = &self.netns else {
+            return http(self.api, "GET", path, None, self.token.as_deref());
+        };
+        let stream = crate::netns::enter(netns, || connect(self.api))?;
+        request(stream, self.api, "GET", path, None, self.token.as_deref())
     }
 
     /// `GET /stats` as JSON.
@@ -264,8 +323,24 @@ pub fn http(
     body: Option<&str>,
     token: Option<&str>,
 ) -> std::io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    request(connect(addr)?, addr, method, path, body, token)
+}
+
+fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    Ok(stream)
+}
+
+/// One request on `stream` (connected to `addr`), read until the server closes.
+fn request(
+    mut stream: TcpStream,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    token: Option<&str>,
+) -> std::io::Result<(u16, String)> {
     let body = body.unwrap_or("");
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     write!(

@@ -155,6 +155,12 @@ pub(super) fn render(
         gauges.batched_sends.datagrams,
     );
     m.single(
+        "porter_listener_send_queue_drops_total",
+        "counter",
+        "Client-bound datagrams dropped because a listener's send queue was over its backlog (the socket did not take them as fast as they came).",
+        gauges.batched_sends.dropped,
+    );
+    m.single(
         "porter_upstream_socket_limit",
         "gauge",
         "Most upstream sockets the relay opens: relay.max_upstream_sockets, lowered at start to the file-descriptor limit less a reserve and to the ephemeral port range.",
