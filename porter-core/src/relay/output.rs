@@ -202,6 +202,9 @@ pub enum RefuseReason {
     AllocationLimit,
     /// Every backend of the (simple) route is marked unhealthy.
     NoHealthyBackend,
+    /// The Agones route's fleet, or the client's source prefix, has spent its allocation
+    /// budget (`allocations_per_second_per_fleet`, `allocations_per_second_per_prefix`).
+    AllocationBudget,
 }
 
 impl RefuseReason {
@@ -213,6 +216,7 @@ impl RefuseReason {
             Self::AllocationTimeout => "allocation_timeout",
             Self::AllocationLimit => "allocation_limit",
             Self::NoHealthyBackend => "no_healthy_backend",
+            Self::AllocationBudget => "allocation_budget",
         }
     }
 }
@@ -287,6 +291,15 @@ drop_reasons! {
     /// A short-header datagram whose DCID belonged to a session that ended recently: a
     /// late datagram of that connection, which no other session may adopt.
     EndedConnection => "ended_connection",
+    /// A new connection while unvalidated sessions are at half `max_unvalidated_sessions`
+    /// or more, from a source prefix or IP that already holds more than its share.
+    UnvalidatedLimit => "unvalidated_limit",
+    /// A new connection or path from a client address that has
+    /// `max_sessions_per_address` sessions already.
+    AddressSessionLimit => "address_session_limit",
+    /// A new connection or path from a client IP that has `max_sessions_per_ip` sessions
+    /// already.
+    IpSessionLimit => "ip_session_limit",
 }
 
 /// How an allocation failed, as reported by the driver.
