@@ -13,11 +13,13 @@
 //! - **Fair admission of unvalidated sessions** (`max_unvalidated_sessions`): below half
 //!   the cap, every new session is admitted; from half the cap on, only one whose source
 //!   prefix (IPv4 /24, IPv6 /64) and source IP each hold no more than the average of
-//!   those holding unvalidated sessions; at the cap, only one whose prefix holds none.
-//!   These checks come before the global new-session token bucket, so a flood that
-//!   holds its share spends no tokens: a source that holds nothing gets in whatever
-//!   the others send (within `max_sessions` and the token bucket, whose tokens a flood
-//!   turned away here no longer drains).
+//!   those holding unvalidated sessions; at the cap, only one whose prefix is *light*:
+//!   it holds none, or less than half that average (so never past twice the cap).
+//!   These checks come before decryption and before the global new-session token
+//!   bucket, so a flood turned away here costs no AES and spends no tokens; and a
+//!   prefix that is not light may not take the last tenth of the bucket's burst, which
+//!   is left to light ones. So a light source prefix gets in whatever the others send
+//!   (within `max_sessions`).
 //! - **Allocation budgets** for Agones routes: a token bucket per fleet and one per
 //!   source prefix, beside the cap on allocations in flight. A prefix's bucket is taken
 //!   first, so a flood from one prefix spends its own budget, not the fleet's.
@@ -63,6 +65,19 @@ impl Relay {
             return Err(DropReason::IpSessionLimit);
         }
         Ok(())
+    }
+
+    /// Takes a new-session token for a session from `from`. A source prefix that is not
+    /// light (see [`Unvalidated::light`]) leaves the last tenth of the bucket's burst to
+    /// those that are: a flood that keeps the bucket near empty still leaves them a way
+    /// in.
+    pub(super) fn take_session_token(&mut self, now: Instant, from: ClientAddr) -> bool {
+        let keep = if self.unvalidated.light(from.0.ip()) {
+            0
+        } else {
+            self.config.new_sessions_burst / 10
+        };
+        self.bucket.take_keeping(now, keep)
     }
 
     /// Counts a new session as unvalidated.
@@ -132,7 +147,9 @@ impl Unvalidated {
         }
         let prefix = self.by_prefix.get(&Prefix::of(ip)).copied().unwrap_or(0) as usize;
         if self.total >= cap {
-            return if prefix == 0 {
+            // Only a light prefix, and never past twice the cap (the light ones hold
+            // less than half of it between them).
+            return if self.total < cap.saturating_mul(2) && self.light(ip) {
                 Ok(())
             } else {
                 Err(DropReason::UnvalidatedLimit)
@@ -147,6 +164,14 @@ impl Unvalidated {
             return Err(DropReason::UnvalidatedLimit);
         }
         Ok(())
+    }
+
+    /// Whether `ip`'s prefix is light: it holds no unvalidated session, or less than
+    /// half the average of the prefixes that hold some (counting itself). A flood's
+    /// prefixes, holding their share, are not; a busy network's few handshakes are.
+    pub(crate) fn light(&self, ip: IpAddr) -> bool {
+        let held = self.by_prefix.get(&Prefix::of(ip)).copied().unwrap_or(0) as usize;
+        held == 0 || 2 * held * self.by_prefix.len() < self.total
     }
 
     pub(crate) fn add(&mut self, ip: IpAddr) {
@@ -295,13 +320,30 @@ mod tests {
         }
         assert_eq!(u.len(), 9);
         u.add(ip("192.0.2.5"));
-        // At the cap: only a prefix that holds none.
+        // At the cap: only a light prefix, one holding none or under half the average
+        // (10 / 3 prefixes: under 1.67).
         assert_eq!(u.len(), 10);
         assert_eq!(
-            u.admit(ip("203.0.113.9"), 10),
+            u.admit(ip("192.0.2.9"), 10),
             Err(DropReason::UnvalidatedLimit)
         );
+        assert_eq!(
+            u.admit(ip("198.51.100.9"), 10),
+            Err(DropReason::UnvalidatedLimit)
+        );
+        assert_eq!(u.admit(ip("203.0.113.9"), 10), Ok(()));
         assert_eq!(u.admit(ip("2001:db8::1"), 10), Ok(()));
+        // Never past twice the cap.
+        for i in 0..10 {
+            u.add(ip(&format!("10.0.{i}.1")));
+        }
+        assert_eq!(
+            u.admit(ip("2001:db8::1"), 10),
+            Err(DropReason::UnvalidatedLimit)
+        );
+        for i in 0..10 {
+            u.remove(ip(&format!("10.0.{i}.1")));
+        }
         // Removal gives the room back, and nothing is left counted.
         for i in 1..=5 {
             u.remove(ip(&format!("198.51.100.{i}")));

@@ -172,6 +172,11 @@ impl Relay {
         {
             return Verdict::Drop(DropReason::BufferFull);
         }
+        // The caps and fair admission cost a few lookups; checked before decrypting,
+        // a flood from sources over their share costs no AES either.
+        if let Err(reason) = self.admit_session(from) {
+            return Verdict::Drop(reason);
+        }
         // Decrypt before spending a session on it: garbage that merely looks like an
         // Initial never gets state.
         let mut assembler = InitialAssembler::new(self.config.assembler);
@@ -191,10 +196,7 @@ impl Relay {
         let Some(client_scid) = ConnectionId::new(packet.scid) else {
             return Verdict::Drop(DropReason::Malformed);
         };
-        if let Err(reason) = self.admit_session(from) {
-            return Verdict::Drop(reason);
-        }
-        if !self.bucket.take(now) {
+        if !self.take_session_token(now, from) {
             return Verdict::Drop(DropReason::RateLimited);
         }
         let id = SessionId(self.next_session);

@@ -192,7 +192,7 @@ impl Relay {
         if let Err(reason) = self.admit_session(from) {
             return Verdict::Drop(reason);
         }
-        if !self.bucket.take(now) {
+        if !self.take_session_token(now, from) {
             return Verdict::Drop(DropReason::RateLimited);
         }
         let id = SessionId(self.next_session);
