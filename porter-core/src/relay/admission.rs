@@ -20,19 +20,19 @@
 //!   prefix that is not light may not take the last tenth of the bucket's burst, which
 //!   is left to light ones. So a light source prefix gets in whatever the others send
 //!   (within `max_sessions`).
-//! - **Allocation budgets** for Agones routes: a token bucket per fleet and one per
-//!   source prefix, beside the cap on allocations in flight. A prefix's bucket is taken
-//!   first, so a flood from one prefix spends its own budget, not the fleet's.
+//! - **Allocation budgets** for Agones routes: at most so many allocation requests per
+//!   fleet, and per source prefix, in any one second, beside the cap on allocations in
+//!   flight. A prefix's budget is taken first, so a flood from one prefix spends its
+//!   own budget, not the fleet's.
 //!
-//! All of it is O(1) per datagram: counters in hash maps keyed by IP and prefix, and
-//! allocation buckets swept of full ones when their map doubles.
+//! All of it is O(1) per datagram (amortised): counters in hash maps keyed by IP and
+//! prefix, and allocation windows swept of idle ones when their map doubles.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use super::budget::TokenBucket;
 use super::output::DropReason;
 use super::Relay;
 use crate::ids::{ClientAddr, SessionId};
@@ -201,20 +201,54 @@ fn decrement<K: std::hash::Hash + Eq>(map: &mut HashMap<K, u32>, key: K) {
     }
 }
 
-/// The allocation budgets of Agones routes: a token bucket per fleet, one per source
-/// prefix.
+/// At most `limit` events in any one second: the instants of the last `limit`, oldest
+/// first. Exact (a token bucket would allow its burst plus its rate within a second),
+/// and O(1) amortised per event.
+#[derive(Debug)]
+pub(crate) struct Window {
+    times: VecDeque<Instant>,
+}
+
+const WINDOW: Duration = Duration::from_secs(1);
+
+impl Window {
+    fn new() -> Self {
+        Self {
+            times: VecDeque::new(),
+        }
+    }
+
+    fn take(&mut self, now: Instant, limit: u32) -> bool {
+        while self.times.front().is_some_and(|&t| t + WINDOW <= now) {
+            self.times.pop_front();
+        }
+        if self.times.len() >= limit as usize {
+            return false;
+        }
+        self.times.push_back(now);
+        true
+    }
+
+    /// Whether nothing in it counts any more at `now` (it may be forgotten).
+    fn is_idle(&self, now: Instant) -> bool {
+        self.times.back().is_none_or(|&t| t + WINDOW <= now)
+    }
+}
+
+/// The allocation budgets of Agones routes: at most so many allocation requests per
+/// fleet, and per source prefix, in any one second.
 #[derive(Debug)]
 pub(crate) struct AllocationBudget {
     per_fleet: u32,
     per_prefix: u32,
-    fleets: HashMap<Arc<str>, TokenBucket>,
-    prefixes: HashMap<Prefix, TokenBucket>,
-    /// The prefix map is swept of full buckets (which say nothing a new one would not)
-    /// when it reaches this size; then the size is doubled from what is left.
+    fleets: HashMap<Arc<str>, Window>,
+    prefixes: HashMap<Prefix, Window>,
+    /// The prefix map is swept of idle windows when it reaches this size; then the size
+    /// is doubled from what is left.
     sweep_at: usize,
 }
 
-/// The smallest size at which the prefix buckets are swept.
+/// The smallest size at which the prefix windows are swept.
 const MIN_SWEEP: usize = 1024;
 
 impl AllocationBudget {
@@ -229,37 +263,35 @@ impl AllocationBudget {
     }
 
     /// Takes one allocation from `ip`'s prefix budget, then from `fleet`'s; `false` if
-    /// either is spent.
+    /// either is spent. The prefix comes first: a flood from one prefix spends its own
+    /// budget, not the fleet's.
     pub(crate) fn take(&mut self, now: Instant, fleet: &Arc<str>, ip: IpAddr) -> bool {
         if self.per_prefix > 0 {
             if self.prefixes.len() >= self.sweep_at {
-                self.prefixes.retain(|_, b| !b.is_full(now));
+                self.prefixes.retain(|_, w| !w.is_idle(now));
                 self.sweep_at = (self.prefixes.len() * 2).max(MIN_SWEEP);
             }
-            let rate = self.per_prefix;
-            let bucket = self
+            let window = self
                 .prefixes
                 .entry(Prefix::of(ip))
-                .or_insert_with(|| TokenBucket::new(rate, rate));
-            if !bucket.take(now) {
+                .or_insert_with(Window::new);
+            if !window.take(now, self.per_prefix) {
                 return false;
             }
         }
         if self.per_fleet > 0 {
-            let rate = self.per_fleet;
             if !self.fleets.contains_key(fleet) {
-                self.fleets
-                    .insert(fleet.clone(), TokenBucket::new(rate, rate));
+                self.fleets.insert(fleet.clone(), Window::new());
             }
-            let bucket = self.fleets.get_mut(fleet).expect("inserted above");
-            if !bucket.take(now) {
+            let window = self.fleets.get_mut(fleet).expect("inserted above");
+            if !window.take(now, self.per_fleet) {
                 return false;
             }
         }
         true
     }
 
-    /// Prefix buckets kept now.
+    /// Prefix windows kept now.
     #[cfg(test)]
     pub(crate) fn prefixes(&self) -> usize {
         self.prefixes.len()
@@ -356,28 +388,32 @@ mod tests {
     }
 
     #[test]
-    fn allocation_budgets_are_per_prefix_then_per_fleet_and_full_buckets_are_swept() {
+    fn allocation_budgets_are_per_prefix_then_per_fleet_within_any_second() {
         let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
         let fleet: Arc<str> = Arc::from("games");
         let other: Arc<str> = Arc::from("other");
         let mut b = AllocationBudget::new(5, 2);
         // One prefix: its 2, then nothing, whatever the fleet has left.
-        assert!(b.take(t0, &fleet, ip("198.51.100.1")));
-        assert!(b.take(t0, &fleet, ip("198.51.100.2")));
-        assert!(!b.take(t0, &fleet, ip("198.51.100.3")));
+        assert!(b.take(ms(0), &fleet, ip("198.51.100.1")));
+        assert!(b.take(ms(10), &fleet, ip("198.51.100.2")));
+        assert!(!b.take(ms(20), &fleet, ip("198.51.100.3")));
         // Other prefixes: the fleet's 5 in all (2 spent already).
         let granted = (0..10)
-            .filter(|i| b.take(t0, &fleet, ip(&format!("203.0.{i}.1"))))
+            .filter(|i| b.take(ms(100 + i), &fleet, ip(&format!("203.0.{i}.1"))))
             .count();
         assert_eq!(granted, 3);
         // Another fleet has a budget of its own.
-        assert!(b.take(t0, &other, ip("192.0.2.1")));
-        // Buckets refill at their rate.
-        assert!(b.take(t0 + Duration::from_secs(1), &fleet, ip("198.51.100.1")));
-        // Thousands of prefixes, once each: the map is swept of refilled buckets.
+        assert!(b.take(ms(200), &other, ip("192.0.2.1")));
+        // A second after the prefix's first, one of its 2 is back (not both); the fleet
+        // too has one back.
+        assert!(!b.take(ms(999), &fleet, ip("198.51.100.1")));
+        assert!(b.take(ms(1000), &fleet, ip("198.51.100.1")));
+        assert!(!b.take(ms(1001), &fleet, ip("198.51.100.1")));
+        // Thousands of prefixes, once each: the map is swept of idle windows.
         let mut b = AllocationBudget::new(0, 1);
         for i in 0..20_000u32 {
-            let t = t0 + Duration::from_secs(u64::from(i));
+            let t = t0 + Duration::from_millis(u64::from(i) * 10);
             let [_, x, y, z] = i.to_be_bytes();
             assert!(b.take(t, &fleet, IpAddr::from([x, y, z, 1])));
         }

@@ -51,15 +51,6 @@ impl TokenBucket {
         }
     }
 
-    /// Whether the bucket would be full at `now`: it then says nothing a new one would
-    /// not, and may be forgotten.
-    pub(crate) fn is_full(&self, now: Instant) -> bool {
-        let elapsed = self.last.map_or(0.0, |last| {
-            now.saturating_duration_since(last).as_secs_f64()
-        });
-        self.per_second == 0.0 || self.tokens + elapsed * self.per_second >= self.burst
-    }
-
     pub(crate) fn take(&mut self, now: Instant) -> bool {
         self.take_keeping(now, 0)
     }

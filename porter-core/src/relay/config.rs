@@ -62,12 +62,12 @@ pub struct RelayConfig {
     /// Most sessions with a path from one client IP; a new session or path beyond it is
     /// dropped. Default 4096.
     pub max_sessions_per_ip: usize,
-    /// Agones allocations per second per fleet, sustained (a token bucket whose burst is
-    /// the same number); 0 for no limit. Default 100.
+    /// Most Agones allocation requests for one fleet in any one second; a connection
+    /// beyond it is refused ([`super::RefuseReason::AllocationBudget`]). 0 for no limit.
+    /// Default 100.
     pub allocations_per_second_per_fleet: u32,
-    /// Agones allocations per second per source prefix (IPv4 /24, IPv6 /64), over all
-    /// fleets (a token bucket whose burst is the same number); 0 for no limit. Default
-    /// 10.
+    /// Most Agones allocation requests for clients of one source prefix (IPv4 /24, IPv6
+    /// /64), over all fleets, in any one second; 0 for no limit. Default 10.
     pub allocations_per_second_per_prefix: u32,
     /// ClientHello limits.
     pub assembler: AssemblerConfig,

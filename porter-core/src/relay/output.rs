@@ -203,7 +203,8 @@ pub enum RefuseReason {
     /// Every backend of the (simple) route is marked unhealthy.
     NoHealthyBackend,
     /// The Agones route's fleet, or the client's source prefix, has spent its allocation
-    /// budget (`allocations_per_second_per_fleet`, `allocations_per_second_per_prefix`).
+    /// budget for this second (`allocations_per_second_per_fleet`,
+    /// `allocations_per_second_per_prefix`).
     AllocationBudget,
 }
 
