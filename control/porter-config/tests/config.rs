@@ -184,6 +184,11 @@ relay:
   new_sessions_per_second: 50
   max_client_hello_bytes: 8KiB
   refusal: drop
+  max_unvalidated_sessions: 500
+  max_sessions_per_address: 3
+  max_sessions_per_ip: 30
+  allocations_per_second_per_fleet: 0
+  allocations_per_second_per_prefix: 2
   drain_period: 0s
 log: {level: "warn,porter_core=debug", format: json}
 routes:
@@ -247,6 +252,18 @@ routes:
     assert_eq!(relay.max_client_hello_bytes, 8 << 10);
     assert_eq!(relay.refusal, config::Refusal::Drop);
     assert_eq!(relay.drain_period, Duration::ZERO);
+    assert_eq!(relay.max_unvalidated_sessions, 500);
+    assert_eq!(
+        (relay.max_sessions_per_address, relay.max_sessions_per_ip),
+        (3, 30)
+    );
+    assert_eq!(
+        (
+            relay.allocations_per_second_per_fleet,
+            relay.allocations_per_second_per_prefix
+        ),
+        (0, 2)
+    );
     assert_eq!(config.log.level, "warn,porter_core=debug");
     assert_eq!(config.log.format, LogFormat::Json);
     assert_eq!(
@@ -289,6 +306,11 @@ fn defaults_of_an_empty_file() {
     assert_eq!(d.relay.max_pending_allocations, 1024);
     assert_eq!(d.relay.new_sessions_per_second, 10_000);
     assert_eq!(d.relay.new_sessions_burst, 10_000);
+    assert_eq!(d.relay.max_unvalidated_sessions, 10_000);
+    assert_eq!(d.relay.max_sessions_per_address, 64);
+    assert_eq!(d.relay.max_sessions_per_ip, 4096);
+    assert_eq!(d.relay.allocations_per_second_per_fleet, 100);
+    assert_eq!(d.relay.allocations_per_second_per_prefix, 10);
     assert_eq!(d.relay.max_client_hello_bytes, 16 << 10);
     assert_eq!(d.relay.refusal, config::Refusal::Close);
     assert_eq!(d.relay.drain_period, Duration::from_secs(10));
