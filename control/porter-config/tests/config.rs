@@ -778,3 +778,27 @@ fn quic_lb_mistakes_name_the_key() {
         assert!(e.contains(needle), "{text}: {e}");
     }
 }
+
+#[test]
+fn bad_admission_limits_name_their_key_and_place() {
+    let e = errors("relay:\n  max_sessions_per_ip: 0\n");
+    assert!(
+        e.starts_with("test.yaml:2:24: relay.max_sessions_per_ip: 0 is too small (at least 1)"),
+        "{e}"
+    );
+    let e = errors("relay: {max_unvalidated_sessions: many}\n");
+    assert!(
+        e.contains("relay.max_unvalidated_sessions: expected a whole number"),
+        "{e}"
+    );
+    let e = errors("relay: {allocations_per_second_per_prefix: -1}\n");
+    assert!(
+        e.contains("relay.allocations_per_second_per_prefix: -1 is too small (at least 0)"),
+        "{e}"
+    );
+    let e = errors("relay: {allocations_per_second_per_fleet: 5000000000}\n");
+    assert!(
+        e.contains("relay.allocations_per_second_per_fleet: the rate is too large"),
+        "{e}"
+    );
+}

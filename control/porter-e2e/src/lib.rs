@@ -121,6 +121,7 @@ macro_rules! __with_cases {
                 api_refuses_stalled_cross_site_and_rebinding_requests,
                 network_text_in_logs_is_escaped,
                 a_route_to_the_relays_own_address_is_refused,
+                a_client_connects_through_a_flood_of_forged_initials,
             }
         }
     };

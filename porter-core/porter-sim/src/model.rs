@@ -15,7 +15,11 @@
 //!   exactly as the notifications announced them;
 //! - timers: while a session exists there is a timeout, never later than any session's
 //!   deadline; after `handle_timeout(now)` nothing is due, no routed session has been
-//!   idle for the idle timeout and no pending one is older than the handshake timeout;
+//!   idle for the idle timeout and no pending or unvalidated one is older than the
+//!   handshake timeout;
+//! - admission: unvalidated sessions counted exactly; sessions per client address and per
+//!   client IP (over their paths) within `max_sessions_per_address` and
+//!   `max_sessions_per_ip`;
 //! - paths: stats count exactly the paths the commands left open, at most
 //!   `max_paths_per_session` per session; remembered CIDs of ended sessions `<= 65 536`;
 //! - verdicts: `ToBackend` comes from a client datagram and goes, on the path the
