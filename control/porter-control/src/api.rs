@@ -826,6 +826,7 @@ fn session_json(s: &SessionInfo) -> serde_json::Value {
         "version": version,
         "age_seconds": s.age.as_secs_f64(),
         "idle_seconds": s.idle.as_secs_f64(),
+        "validated": s.validated,
         "to_backend": {"datagrams": s.to_backend.datagrams, "bytes": s.to_backend.bytes},
         "to_client": {"datagrams": s.to_client.datagrams, "bytes": s.to_client.bytes},
         "paths": s.paths.iter().map(|p| json!({

@@ -179,8 +179,6 @@ pub async fn a_route_to_the_relays_own_address_is_refused(bin: Binary) {
 /// cap are small (300/s, 200) so that the flood (about 3 000 Initials/s) is ten times
 /// the rate; the forged sources never answer, so their sessions stay unvalidated.
 pub async fn a_client_connects_through_a_flood_of_forged_initials(bin: Binary) {
-    use tokio::net::UdpSocket;
-
     const POOL: usize = 10_000;
     let pki = crate::Pki::new();
     let server = crate::EchoServer::start("A", pki.server_config(&["flood.test"]), false);
@@ -194,36 +192,13 @@ pub async fn a_client_connects_through_a_flood_of_forged_initials(bin: Binary) {
         ),
     );
 
-    // Real Initials: a quinn client connects to a socket that only records.
-    let capture = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let capturer = crate::client_endpoint(pki.client_config(None));
-    let mut pool: Vec<Vec<u8>> = Vec::with_capacity(POOL);
-    let mut seen = std::collections::HashSet::new();
-    let mut pending = Vec::new();
-    let mut buf = vec![0u8; 2048];
-    while pool.len() < POOL {
-        pending.push(
-            capturer
-                .connect(capture.local_addr().unwrap(), "flood.test")
-                .unwrap(),
-        );
-        let (n, _) = tokio::time::timeout(Duration::from_secs(5), capture.recv_from(&mut buf))
+    // Real Initials: the first datagram of real quinn connections' first flights.
+    let pool: Vec<Vec<u8>> =
+        crate::captured_first_flights(pki.client_config(None), "flood.test", POOL, false)
             .await
-            .expect("the capturing client sends")
-            .unwrap();
-        let d = &buf[..n];
-        // The first datagram of each connection (its DCID not seen yet); not a
-        // retransmission or a close.
-        let dcid = d.get(6..6 + usize::from(d[5])).map(<[u8]>::to_vec);
-        if n >= 1200 && d[0] & 0xf0 == 0xc0 && dcid.is_some_and(|c| seen.insert(c)) {
-            pool.push(d.to_vec());
-        }
-        if pending.len() > 64 {
-            pending.clear();
-        }
-    }
-    drop(pending);
-    capturer.close(0u32.into(), b"");
+            .into_iter()
+            .map(|mut flight| flight.remove(0))
+            .collect();
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let relay = porter.udp;
@@ -274,6 +249,9 @@ pub async fn a_client_connects_through_a_flood_of_forged_initials(bin: Binary) {
             assert_eq!(reply, format!("A:try {i}"));
             connected += 1;
         }
+        // Attempts spread over four seconds of flood, past the first forged sessions'
+        // handshake timeout.
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let sent = flood.join().unwrap();

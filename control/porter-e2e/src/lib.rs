@@ -18,7 +18,10 @@
 
 use std::future::Future;
 
-pub use peers::{client_endpoint, connect, echo, EchoServer, Nat, Pki, UdpSink, ALPN, WHO_AM_I};
+pub use peers::{
+    captured_first_flights, client_endpoint, connect, echo, EchoServer, Nat, Pki, UdpSink, ALPN,
+    WHO_AM_I,
+};
 pub use porter_test_support::Binary;
 
 #[doc(hidden)]
@@ -101,6 +104,7 @@ macro_rules! __with_cases {
                 players_fill_servers_in_order_then_fleet_is_full,
                 slow_or_down_allocator_then_recovery,
                 allocate_endpoint_adds_a_temporary_route,
+                allocation_budgets_bound_a_flood_of_initials,
             }
             ngtcp2_cases {
                 ngtcp2_v1_download,

@@ -153,9 +153,12 @@ impl Relay {
             // adopted by its CID's server ID, its backend never answered): the handshake
             // timeout bounds it whatever the backend sends, and the idle timeout too,
             // when shorter.
-            SessionState::Established if !session.validated => (session.created
-                + self.config.handshake_timeout)
-                .min(session.last_activity + self.config.idle_timeout),
+            SessionState::Established if !session.validated => {
+                let own = (session.created + self.config.handshake_timeout)
+                    .min(session.last_activity + self.config.idle_timeout);
+                self.next_path_deadline(session.id)
+                    .map_or(own, |path| path.min(own))
+            }
             SessionState::Established => {
                 let idle = session.last_activity + self.config.idle_timeout;
                 self.next_path_deadline(session.id)
