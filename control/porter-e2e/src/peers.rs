@@ -256,7 +256,7 @@ pub async fn captured_first_flights(
     n: usize,
     whole: bool,
 ) -> Vec<Vec<Vec<u8>>> {
-    let capture = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let capture = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let to = capture.local_addr().unwrap();
     let client = client_endpoint(config);
     let mut flights = Vec::with_capacity(n);
