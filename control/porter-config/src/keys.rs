@@ -514,7 +514,7 @@ pub const RELAY: Section = Section {
         key(
             "max_sessions_per_address",
             Kind::Integer,
-            Value("64"),
+            Value("1024"),
             "Sessions per client address.",
         ),
         key(

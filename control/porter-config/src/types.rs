@@ -309,7 +309,7 @@ impl Default for RelayConfig {
             refusal: Refusal::Close,
             refusal_replays_per_second: 100,
             max_unvalidated_sessions: 10_000,
-            max_sessions_per_address: 64,
+            max_sessions_per_address: 1024,
             max_sessions_per_ip: 4096,
             allocations_per_second_per_fleet: 100,
             allocations_per_second_per_prefix: 10,

@@ -307,7 +307,7 @@ fn defaults_of_an_empty_file() {
     assert_eq!(d.relay.new_sessions_per_second, 10_000);
     assert_eq!(d.relay.new_sessions_burst, 10_000);
     assert_eq!(d.relay.max_unvalidated_sessions, 10_000);
-    assert_eq!(d.relay.max_sessions_per_address, 64);
+    assert_eq!(d.relay.max_sessions_per_address, 1024);
     assert_eq!(d.relay.max_sessions_per_ip, 4096);
     assert_eq!(d.relay.allocations_per_second_per_fleet, 100);
     assert_eq!(d.relay.allocations_per_second_per_prefix, 10);

@@ -57,7 +57,8 @@ pub struct RelayConfig {
     /// source prefix and IP; at it, only from a prefix that holds none. Default 10 000.
     pub max_unvalidated_sessions: usize,
     /// Most sessions with a path from one client address (IP and port); a new session
-    /// or path beyond it is dropped. Default 64.
+    /// or path beyond it is dropped. A session counts until its idle timeout (the relay
+    /// cannot see a connection close). Default 1024.
     pub max_sessions_per_address: usize,
     /// Most sessions with a path from one client IP; a new session or path beyond it is
     /// dropped. Default 4096.
@@ -96,7 +97,7 @@ impl Default for RelayConfig {
             refusal: RefusalMode::Close,
             refusal_replays_per_second: 100,
             max_unvalidated_sessions: 10_000,
-            max_sessions_per_address: 64,
+            max_sessions_per_address: 1024,
             max_sessions_per_ip: 4096,
             allocations_per_second_per_fleet: 100,
             allocations_per_second_per_prefix: 10,
