@@ -174,7 +174,7 @@ pub use porter_quic_lb as quic_lb;
 pub use relay::{
     AllocationCounters, AllocationFailure, Command, CompleteAllocationError, DropReason,
     Notification, QuicLbCounters, QuicLbMiss, QuicLbRouting, RefusalMode, RefuseReason, Relay,
-    RelayConfig, RelayStats, SessionPage, Verdict,
+    RelayConfig, RelayStats, ServerIdBinding, SessionPage, Verdict,
 };
 pub use routes::{
     Balance, Policy, Resolved, Route, RouteError, RouteName, RouteNameError, RouteTable,

@@ -202,6 +202,12 @@ pub enum RefuseReason {
     AllocationLimit,
     /// Every backend of the (simple) route is marked unhealthy.
     NoHealthyBackend,
+    /// Every upstream socket the relay may open is in use
+    /// ([`crate::RelayConfig::max_paths`]).
+    SocketLimit,
+    /// The I/O layer could not open the session's upstream socket
+    /// ([`crate::Relay::upstream_failed`]): out of file descriptors or ports, typically.
+    SocketFailed,
     /// The Agones route's fleet, or the client's source prefix, has spent its allocation
     /// budget for this second (`allocations_per_second_per_fleet`,
     /// `allocations_per_second_per_prefix`).
@@ -209,6 +215,17 @@ pub enum RefuseReason {
 }
 
 impl RefuseReason {
+    /// Every reason, in counter order ([`crate::RelayStats::refusals`]).
+    pub const ALL: &'static [Self] = &[
+        Self::NoRoute,
+        Self::AllocationFailed,
+        Self::AllocationTimeout,
+        Self::AllocationLimit,
+        Self::NoHealthyBackend,
+        Self::SocketLimit,
+        Self::SocketFailed,
+    ];
+
     /// A short stable name, for logs and metrics labels.
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -217,6 +234,8 @@ impl RefuseReason {
             Self::AllocationTimeout => "allocation_timeout",
             Self::AllocationLimit => "allocation_limit",
             Self::NoHealthyBackend => "no_healthy_backend",
+            Self::SocketLimit => "socket_limit",
+            Self::SocketFailed => "socket_failed",
             Self::AllocationBudget => "allocation_budget",
         }
     }
@@ -292,6 +311,16 @@ drop_reasons! {
     /// A short-header datagram whose DCID belonged to a session that ended recently: a
     /// late datagram of that connection, which no other session may adopt.
     EndedConnection => "ended_connection",
+    /// A datagram that needed one more upstream socket (a new connection with refusals
+    /// configured to drop, or a new path of a routed session) while every one the relay
+    /// may open is in use (`max_paths`).
+    SocketLimit => "socket_limit",
+    /// A connection whose upstream socket could not be opened, with refusals configured
+    /// to drop.
+    SocketFailed => "socket_failed",
+    /// A datagram at the listener from one of the relay's own upstream sockets (a
+    /// backend target that leads back to the relay): forwarding it would loop.
+    OwnSocket => "own_socket",
     /// A new connection while unvalidated sessions are at half `max_unvalidated_sessions`
     /// or more, from a source prefix or IP that already holds more than its share.
     UnvalidatedLimit => "unvalidated_limit",
