@@ -188,6 +188,13 @@ impl Setup {
                 RefusalMode::Drop
             },
             refusal_replays_per_second: pick(&[0, 1, 100], self.rate) as u32,
+            // Small, so that fair admission and the caps are reached; derived from bytes
+            // already read, like the path limit.
+            max_unvalidated_sessions: 1 + usize::from(self.max_cids % 8),
+            max_sessions_per_address: 1 + usize::from(self.max_allocations / 4 % 4),
+            max_sessions_per_ip: 2 + usize::from(self.max_sessions / 32 % 4),
+            allocations_per_second_per_fleet: pick(&[0, 1, 5, 1000], self.burst) as u32,
+            allocations_per_second_per_prefix: pick(&[0, 1, 100], self.burst / 4) as u32,
             assembler: AssemblerConfig {
                 max_client_hello_len: pick(&[512, 1500, 4096, 16 * 1024], self.hello_limit),
                 max_datagrams: 1 + usize::from(self.max_datagrams % 4),

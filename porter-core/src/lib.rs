@@ -97,8 +97,10 @@
 //! assert_eq!(upstream.len(), capture.len());
 //! assert!(upstream.iter().all(|(_, to, _)| *to == backend));
 //!
-//! // 4. The timer. Without traffic the session idles out after `idle_timeout`; a wake-up
-//! //    before that finds nothing to do, which is harmless.
+//! // 4. The timer. No backend answered, so the client never used a connection ID a
+//! //    backend issued: the session is unvalidated and ends at `handshake_timeout` (a
+//! //    validated one idles out after `idle_timeout`). A wake-up before that finds
+//! //    nothing to do, which is harmless.
 //! let mut closed = None;
 //! while let Some(deadline) = relay.poll_timeout() {
 //!     relay.handle_timeout(deadline);
@@ -111,7 +113,7 @@
 //!         }
 //!     }
 //! }
-//! assert_eq!(closed, Some((Duration::from_secs(120), "idle_timeout")));
+//! assert_eq!(closed, Some((Duration::from_secs(5), "handshake_timeout")));
 //! assert_eq!(relay.session_count(), 0);
 //! # Ok(())
 //! # }

@@ -95,6 +95,10 @@ pub struct SessionInfo {
     pub to_backend: Traffic,
     /// Backend to client.
     pub to_client: Traffic,
+    /// Whether its client has used a connection ID the backend issued (a sender that
+    /// forged its address never sees one); an unvalidated session ends at its
+    /// handshake timeout whatever its backend sends.
+    pub validated: bool,
 }
 
 /// One client path of a session, in [`SessionInfo`].
@@ -135,6 +139,14 @@ pub(crate) struct Session {
     pub(crate) confirmed: bool,
     /// The number of its next path.
     pub(crate) next_path: u16,
+    /// Whether its client has sent a datagram with a CID the backend issued (see
+    /// `relay::admission`): until then it lives at most the handshake timeout.
+    pub(crate) validated: bool,
+    /// CIDs the backend issued (Source CIDs of its long headers), kept until the session
+    /// is validated by one of them; empty after.
+    pub(crate) issued: Vec<ConnectionId>,
+    /// The IP its first datagram came from, under which it counts as unvalidated.
+    pub(crate) source: std::net::IpAddr,
 }
 
 /// A session's paths, oldest first. The first lives inline: most sessions only ever have
@@ -219,6 +231,17 @@ impl Session {
         self.paths.iter().max_by_key(|p| p.last_client)
     }
 
+    /// Whether a client datagram of this routed session with this Destination CID (the
+    /// one it was matched by; `None` when it was matched otherwise) validates it: a CID
+    /// the backend issued, or anything at all once a backend that issues zero-length
+    /// CIDs has answered (nothing is left to check then).
+    pub(crate) fn validated_by(&self, dcid: Option<ConnectionId>) -> bool {
+        match dcid {
+            Some(cid) if self.issued.contains(&cid) => true,
+            _ => self.server_cid_len == Some(0),
+        }
+    }
+
     pub(crate) fn info(&self, now: Instant) -> SessionInfo {
         SessionInfo {
             id: self.id,
@@ -240,6 +263,7 @@ impl Session {
             idle: now.saturating_duration_since(self.last_activity),
             to_backend: self.to_backend,
             to_client: self.to_client,
+            validated: self.validated,
         }
     }
 }

@@ -779,6 +779,18 @@ impl Checker<'_> {
         let refusal_replays_per_second = self.read(&s, "refusal_replays_per_second", |n| {
             u32::try_from(integer_at_least(n, 1)?).map_err(|_| "the rate is too large".to_owned())
         });
+        let max_unvalidated_sessions =
+            self.read(&s, "max_unvalidated_sessions", |n| integer_at_least(n, 1));
+        let max_sessions_per_address =
+            self.read(&s, "max_sessions_per_address", |n| integer_at_least(n, 1));
+        let max_sessions_per_ip = self.read(&s, "max_sessions_per_ip", |n| integer_at_least(n, 1));
+        let allocation_rate = |n: &_| {
+            u32::try_from(integer_at_least(n, 0)?).map_err(|_| "the rate is too large".to_owned())
+        };
+        let allocations_per_second_per_fleet =
+            self.read(&s, "allocations_per_second_per_fleet", allocation_rate);
+        let allocations_per_second_per_prefix =
+            self.read(&s, "allocations_per_second_per_prefix", allocation_rate);
         let drain_period = self.read(&s, "drain_period", duration);
 
         if handshake_timeout > idle_timeout {
@@ -824,6 +836,11 @@ impl Checker<'_> {
             max_client_hello_bytes,
             refusal,
             refusal_replays_per_second,
+            max_unvalidated_sessions,
+            max_sessions_per_address,
+            max_sessions_per_ip,
+            allocations_per_second_per_fleet,
+            allocations_per_second_per_prefix,
             drain_period,
         }
     }

@@ -536,6 +536,36 @@ pub const RELAY: Section = Section {
             "Answers to replayed refused Initials per second.",
         ),
         key(
+            "max_unvalidated_sessions",
+            Kind::Integer,
+            Value("10000"),
+            "Sessions whose client has not used a backend-issued CID yet.",
+        ),
+        key(
+            "max_sessions_per_address",
+            Kind::Integer,
+            Value("1024"),
+            "Sessions per client address.",
+        ),
+        key(
+            "max_sessions_per_ip",
+            Kind::Integer,
+            Value("4096"),
+            "Sessions per client IP.",
+        ),
+        key(
+            "allocations_per_second_per_fleet",
+            Kind::Integer,
+            Value("100"),
+            "Agones allocations per fleet in any second.",
+        ),
+        key(
+            "allocations_per_second_per_prefix",
+            Kind::Integer,
+            Value("10"),
+            "Agones allocations per source /24 or /64 in any second.",
+        ),
+        key(
             "drain_period",
             Kind::Duration,
             Value("10s"),

@@ -290,6 +290,18 @@ pub struct RelayConfig {
     pub refusal: Refusal,
     /// Answers to replayed Initials of refused connections per second.
     pub refusal_replays_per_second: u32,
+    /// Sessions whose client has not yet used a CID the backend issued, at once; from
+    /// half of it on, new ones are admitted fairly per source prefix and IP.
+    pub max_unvalidated_sessions: usize,
+    /// Sessions with a path from one client address (IP and port).
+    pub max_sessions_per_address: usize,
+    /// Sessions with a path from one client IP.
+    pub max_sessions_per_ip: usize,
+    /// Agones allocation requests per fleet in any one second (0: no limit).
+    pub allocations_per_second_per_fleet: u32,
+    /// Agones allocation requests per source prefix (IPv4 /24, IPv6 /64) in any one
+    /// second (0: no limit).
+    pub allocations_per_second_per_prefix: u32,
     /// On shutdown, how long existing sessions keep being relayed.
     pub drain_period: Duration,
 }
@@ -312,6 +324,11 @@ impl Default for RelayConfig {
             max_client_hello_bytes: 16 << 10,
             refusal: Refusal::Close,
             refusal_replays_per_second: 100,
+            max_unvalidated_sessions: 10_000,
+            max_sessions_per_address: 1024,
+            max_sessions_per_ip: 4096,
+            allocations_per_second_per_fleet: 100,
+            allocations_per_second_per_prefix: 10,
             drain_period: Duration::from_secs(10),
         }
     }

@@ -185,6 +185,11 @@ relay:
   new_sessions_per_second: 50
   max_client_hello_bytes: 8KiB
   refusal: drop
+  max_unvalidated_sessions: 500
+  max_sessions_per_address: 3
+  max_sessions_per_ip: 30
+  allocations_per_second_per_fleet: 0
+  allocations_per_second_per_prefix: 2
   drain_period: 0s
 log: {level: "warn,porter_core=debug", format: json}
 routes:
@@ -248,6 +253,18 @@ routes:
     assert_eq!(relay.max_client_hello_bytes, 8 << 10);
     assert_eq!(relay.refusal, config::Refusal::Drop);
     assert_eq!(relay.drain_period, Duration::ZERO);
+    assert_eq!(relay.max_unvalidated_sessions, 500);
+    assert_eq!(
+        (relay.max_sessions_per_address, relay.max_sessions_per_ip),
+        (3, 30)
+    );
+    assert_eq!(
+        (
+            relay.allocations_per_second_per_fleet,
+            relay.allocations_per_second_per_prefix
+        ),
+        (0, 2)
+    );
     assert_eq!(config.log.level, "warn,porter_core=debug");
     assert_eq!(config.log.format, LogFormat::Json);
     assert_eq!(
@@ -290,6 +307,11 @@ fn defaults_of_an_empty_file() {
     assert_eq!(d.relay.max_pending_allocations, 1024);
     assert_eq!(d.relay.new_sessions_per_second, 10_000);
     assert_eq!(d.relay.new_sessions_burst, 10_000);
+    assert_eq!(d.relay.max_unvalidated_sessions, 10_000);
+    assert_eq!(d.relay.max_sessions_per_address, 1024);
+    assert_eq!(d.relay.max_sessions_per_ip, 4096);
+    assert_eq!(d.relay.allocations_per_second_per_fleet, 100);
+    assert_eq!(d.relay.allocations_per_second_per_prefix, 10);
     assert_eq!(d.relay.max_client_hello_bytes, 16 << 10);
     assert_eq!(d.relay.refusal, config::Refusal::Close);
     assert_eq!(d.relay.drain_period, Duration::from_secs(10));
@@ -791,4 +813,28 @@ fn quic_lb_mistakes_name_the_key() {
         let e = errors(&format!("{text}\n"));
         assert!(e.contains(needle), "{text}: {e}");
     }
+}
+
+#[test]
+fn bad_admission_limits_name_their_key_and_place() {
+    let e = errors("relay:\n  max_sessions_per_ip: 0\n");
+    assert!(
+        e.starts_with("test.yaml:2:24: relay.max_sessions_per_ip: 0 is too small (at least 1)"),
+        "{e}"
+    );
+    let e = errors("relay: {max_unvalidated_sessions: many}\n");
+    assert!(
+        e.contains("relay.max_unvalidated_sessions: expected a whole number"),
+        "{e}"
+    );
+    let e = errors("relay: {allocations_per_second_per_prefix: -1}\n");
+    assert!(
+        e.contains("relay.allocations_per_second_per_prefix: -1 is too small (at least 0)"),
+        "{e}"
+    );
+    let e = errors("relay: {allocations_per_second_per_fleet: 5000000000}\n");
+    assert!(
+        e.contains("relay.allocations_per_second_per_fleet: the rate is too large"),
+        "{e}"
+    );
 }

@@ -105,6 +105,11 @@ impl Settings {
                 config::Refusal::Drop => RefusalMode::Drop,
             },
             refusal_replays_per_second: r.refusal_replays_per_second,
+            max_unvalidated_sessions: r.max_unvalidated_sessions,
+            max_sessions_per_address: r.max_sessions_per_address,
+            max_sessions_per_ip: r.max_sessions_per_ip,
+            allocations_per_second_per_fleet: r.allocations_per_second_per_fleet,
+            allocations_per_second_per_prefix: r.allocations_per_second_per_prefix,
             assembler: AssemblerConfig {
                 max_client_hello_len: r.max_client_hello_bytes,
                 ..AssemblerConfig::default()

@@ -21,8 +21,8 @@
 use std::future::Future;
 
 pub use peers::{
-    client_endpoint, client_endpoint_on, connect, echo, EchoServer, Nat, Pki, UdpSink, ALPN,
-    WHO_AM_I,
+    captured_first_flights, client_endpoint, client_endpoint_on, connect, echo, EchoServer, Nat,
+    Pki, UdpSink, ALPN, WHO_AM_I,
 };
 pub use porter_test_support::Binary;
 
@@ -113,6 +113,7 @@ macro_rules! __with_cases {
                 slow_or_down_allocator_then_recovery,
                 allocate_endpoint_adds_a_temporary_route,
                 a_game_servers_server_id_label_keeps_a_moving_player_on_it,
+                allocation_budgets_bound_a_flood_of_initials,
             }
             ngtcp2_cases {
                 ngtcp2_v1_download,
@@ -134,6 +135,7 @@ macro_rules! __with_cases {
                 api_refuses_stalled_cross_site_and_rebinding_requests,
                 network_text_in_logs_is_escaped,
                 a_route_to_the_relays_own_address_is_refused,
+                a_client_connects_through_a_flood_of_forged_initials,
             }
             scale_cases {
                 replies_to_many_clients_leave_in_batches,

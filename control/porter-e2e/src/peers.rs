@@ -276,6 +276,56 @@ pub async fn echo(conn: &quinn::Connection, payload: &[u8]) -> String {
     String::from_utf8(reply).expect("utf-8 echo")
 }
 
+/// The first flights of `n` real quinn connections to `sni` (each a list of datagrams,
+/// one DCID each; only the first datagram unless `whole`), captured by a socket that
+/// never answers: valid Initials to replay from forged addresses.
+pub async fn captured_first_flights(
+    config: quinn::ClientConfig,
+    sni: &str,
+    n: usize,
+    whole: bool,
+) -> Vec<Vec<Vec<u8>>> {
+    let capture = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let to = capture.local_addr().unwrap();
+    let client = client_endpoint(config);
+    let mut flights = Vec::with_capacity(n);
+    let mut seen = std::collections::HashSet::new();
+    let mut buf = vec![0u8; 2048];
+    while flights.len() < n {
+        let connecting = client.connect(to, sni).expect("valid connect parameters");
+        let mut flight: Vec<Vec<u8>> = Vec::new();
+        let mut current: Option<Vec<u8>> = None;
+        // The flight leaves at once; a retransmission only after a PTO (hundreds of
+        // milliseconds), a close when `connecting` is dropped below: 5 ms of quiet ends
+        // the flight. Datagrams of earlier connections (their DCIDs seen) are skipped.
+        let mut wait = Duration::from_secs(5);
+        while let Ok(Ok((len, _))) = tokio::time::timeout(wait, capture.recv_from(&mut buf)).await {
+            wait = Duration::from_millis(5);
+            let d = &buf[..len];
+            let Some(dcid) = d.get(6..6 + usize::from(d[5])).map(<[u8]>::to_vec) else {
+                continue;
+            };
+            let ours = match &current {
+                Some(c) => *c == dcid,
+                None => seen.insert(dcid.clone()),
+            };
+            if len >= 1200 && ours {
+                current = Some(dcid);
+                flight.push(d.to_vec());
+                if !whole {
+                    break;
+                }
+            }
+        }
+        drop(connecting);
+        if !flight.is_empty() {
+            flights.push(flight);
+        }
+    }
+    client.close(0u32.into(), b"");
+    flights
+}
+
 /// A plain UDP backend that records what it receives.
 pub struct UdpSink {
     /// Its address.

@@ -186,9 +186,16 @@ impl RelayDriver {
         self.allocators.insert(Arc::from(fleet), (behaviour, 0));
     }
 
-    /// Everything the driver saw, in order.
+    /// Everything the driver saw, in order (since the last [`Self::clear_log`]).
     pub fn log(&self) -> &[LogEntry] {
         &self.log
+    }
+
+    /// Forgets the log: a long flood would otherwise keep every datagram it carried.
+    /// What reads the log ([`crate::Sim::session_of`], [`Self::commands`]) then sees
+    /// only what came after.
+    pub fn clear_log(&mut self) {
+        self.log.clear();
     }
 
     /// The commands the relay gave (and the driver executed), in order, with their

@@ -15,7 +15,11 @@
 //!   exactly as the notifications announced them;
 //! - timers: while a session exists there is a timeout, never later than any session's
 //!   deadline; after `handle_timeout(now)` nothing is due, no routed session has been
-//!   idle for the idle timeout and no pending one is older than the handshake timeout;
+//!   idle for the idle timeout and no pending or unvalidated one is older than the
+//!   handshake timeout;
+//! - admission: unvalidated sessions counted exactly; sessions per client address and per
+//!   client IP (over their paths) within `max_sessions_per_address` and
+//!   `max_sessions_per_ip`;
 //! - paths: stats count exactly the paths the commands left open, at most
 //!   `max_paths_per_session` per session and `max_paths` in all; remembered CIDs of ended sessions `<= 65 536`;
 //! - verdicts: `ToBackend` comes from a client datagram and goes, on the path the
@@ -809,6 +813,7 @@ impl RelayModel {
                                     RefuseReason::NoRoute
                                         | RefuseReason::AllocationLimit
                                         | RefuseReason::SocketLimit
+                                        | RefuseReason::AllocationBudget
                                 ),
                                 "{reason:?} refused by a client datagram"
                             );
@@ -1162,8 +1167,22 @@ impl RelayModel {
                         s.id,
                         s.idle
                     );
+                    // Whatever its backend sends, an unvalidated session ends at its
+                    // handshake timeout.
+                    assert!(
+                        s.validated || s.age < c.handshake_timeout,
+                        "{} unvalidated for {:?} after timeout",
+                        s.id,
+                        s.age
+                    );
                 }
-                (self.now + c.idle_timeout).checked_sub(s.idle)
+                let idle = (self.now + c.idle_timeout).checked_sub(s.idle);
+                if s.validated {
+                    idle
+                } else {
+                    let handshake = (self.now + c.handshake_timeout).checked_sub(s.age);
+                    idle.min(handshake)
+                }
             } else {
                 assert!(!self.opened.contains_key(&s.id));
                 assert!(!self.upstreams.values().any(|u| u.session == s.id));
@@ -1187,6 +1206,39 @@ impl RelayModel {
             self.opened.len(),
             "every opened session is listed"
         );
+        assert_eq!(
+            stats.unvalidated_sessions,
+            sessions.iter().filter(|s| !s.validated).count(),
+            "unvalidated sessions counted once each"
+        );
+        // Sessions per client address and per client IP (a session counts once under
+        // each address and IP its paths have; a pending one under its address).
+        let mut per_addr: HashMap<std::net::SocketAddr, HashSet<SessionId>> = HashMap::new();
+        let mut per_ip: HashMap<std::net::IpAddr, HashSet<SessionId>> = HashMap::new();
+        for s in &sessions {
+            let addrs: Vec<std::net::SocketAddr> = if s.paths.is_empty() {
+                vec![s.client.0]
+            } else {
+                s.paths.iter().map(|p| p.client.0).collect()
+            };
+            for a in addrs {
+                per_addr.entry(a).or_default().insert(s.id);
+                per_ip.entry(a.ip()).or_default().insert(s.id);
+            }
+        }
+        for (a, ids) in &per_addr {
+            assert!(
+                ids.len() <= c.max_sessions_per_address.max(1),
+                "{a}: {ids:?}"
+            );
+        }
+        for (ip, ids) in &per_ip {
+            assert!(
+                ids.len() <= c.max_sessions_per_ip.max(1),
+                "{ip}: {} sessions",
+                ids.len()
+            );
+        }
         assert_eq!(
             stats.pending_sessions,
             sessions.len() - established,

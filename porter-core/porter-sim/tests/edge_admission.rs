@@ -6,6 +6,13 @@
 //! - ClientHello reassembly memory is charged to the buffer budgets: pending sessions
 //!   with CRYPTO frames at far offsets count what they pin, and are refused as full once
 //!   the total budget is spent.
+//! - A session whose client never uses a CID the backend issued ends at its handshake
+//!   timeout however much the backend sends; one whose client does lives to its idle
+//!   timeout (acceptance 2).
+//! - Agones: 1 000 Initials from 1 000 sources in one second ask for at most the fleet's
+//!   budget; 100 from one IP for at most its prefix's share (acceptance 4).
+//!
+//! The flood of acceptance 3 is in `admission_flood.rs`.
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -264,4 +271,238 @@ fn a_session_whose_reassembly_outgrows_the_budget_ends_as_buffer_full() {
     );
     let stats = relay.stats();
     assert_eq!((stats.sessions, stats.buffered_bytes), (0, 0));
+}
+
+/// The upstream path of the session `commands` opened.
+fn opened_path(commands: &[Command]) -> porter_core::PathId {
+    commands
+        .iter()
+        .find_map(|c| match c {
+            Command::OpenUpstream { path, .. } => Some(*path),
+            _ => None,
+        })
+        .expect("the session was routed")
+}
+
+/// A backend's Handshake packet with this Source CID (its content does not matter to
+/// the relay).
+fn backend_handshake(scid: &[u8]) -> Vec<u8> {
+    let mut out = vec![0xe0, 0, 0, 0, 1, 0, scid.len() as u8];
+    out.extend_from_slice(scid);
+    out.extend_from_slice(&[1, 0]);
+    out
+}
+
+fn short_header(dcid: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x40];
+    out.extend_from_slice(dcid);
+    out.extend_from_slice(&[0x5a; 30]);
+    out
+}
+
+fn closed_as(notifications: &[Notification]) -> Vec<&'static str> {
+    notifications
+        .iter()
+        .filter_map(|n| match n {
+            Notification::SessionClosed { reason, .. } => Some(reason.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_session_whose_client_never_uses_a_backend_cid_ends_at_its_handshake_timeout_however_much_the_backend_sends(
+) {
+    use std::time::Duration;
+    let mut rng = SimRng::new(2);
+    let mut relay = routed("known.example", RelayConfig::default());
+    let (handshake, idle) = (
+        relay.config().handshake_timeout,
+        relay.config().idle_timeout,
+    );
+    let t0 = Instant::now();
+    let ms = |n: u64| t0 + Duration::from_millis(n);
+    let server_cid = [0x5e; 8];
+
+    // Forged: the client's address never sees the backend's answers, so all it can send
+    // is what it chose itself: its original DCID, in long and short headers.
+    let forged = ClientAddr(addr("198.51.100.7:4000"));
+    let odcid = [0x61; 8];
+    let initial = first_initial(&mut rng, "known.example", &odcid);
+    assert!(matches!(
+        relay.handle_client_datagram(t0, forged, &initial),
+        Verdict::Held { .. }
+    ));
+    let (commands, _) = drain(&mut relay);
+    let forged_path = opened_path(&commands);
+    let session = forged_path.session();
+    assert_eq!(relay.stats().unvalidated_sessions, 1);
+
+    // Real: it answers with the CID the backend issued.
+    let real = ClientAddr(addr("192.0.2.8:4000"));
+    let real_initial = first_initial(&mut rng, "known.example", &[0x62; 8]);
+    assert!(matches!(
+        relay.handle_client_datagram(t0, real, &real_initial),
+        Verdict::Held { .. }
+    ));
+    let (commands, _) = drain(&mut relay);
+    let real_path = opened_path(&commands);
+    let real_cid = [0x5f; 8];
+
+    // Both backends issue a CID, then keep sending every 100 ms, for longer than the
+    // handshake timeout.
+    for (path, cid) in [(forged_path, &server_cid), (real_path, &real_cid)] {
+        assert!(matches!(
+            relay.handle_backend_datagram(ms(10), path, &backend_handshake(cid)),
+            Verdict::ToClient { .. }
+        ));
+    }
+    // The forger retransmits its Initial and sends short headers with its own DCID;
+    // the real client uses the backend's CID.
+    assert!(matches!(
+        relay.handle_client_datagram(ms(20), forged, &initial),
+        Verdict::ToBackend { .. }
+    ));
+    assert!(matches!(
+        relay.handle_client_datagram(ms(20), forged, &short_header(&odcid)),
+        Verdict::ToBackend { .. }
+    ));
+    assert!(matches!(
+        relay.handle_client_datagram(ms(20), real, &short_header(&real_cid)),
+        Verdict::ToBackend { .. }
+    ));
+    assert!(!relay.session(session, ms(20)).unwrap().validated);
+    assert!(
+        relay
+            .session(real_path.session(), ms(20))
+            .unwrap()
+            .validated
+    );
+    let stats = relay.stats();
+    assert_eq!(
+        (stats.unvalidated_sessions, stats.sessions_validated),
+        (1, 1)
+    );
+
+    let mut at = 100;
+    while at < handshake.as_millis() as u64 + 2_000 {
+        for path in [forged_path, real_path] {
+            let v = relay.handle_backend_datagram(ms(at), path, &short_header(&[7; 8]));
+            let alive = relay.session(path.session(), ms(at)).is_some();
+            assert_eq!(matches!(v, Verdict::ToClient { .. }), alive);
+        }
+        relay.handle_timeout(ms(at));
+        let alive = relay.session(session, ms(at)).is_some();
+        assert_eq!(
+            alive,
+            ms(at) < t0 + handshake,
+            "the unvalidated session at {at} ms"
+        );
+        at += 100;
+    }
+    let (_, notifications) = drain(&mut relay);
+    assert_eq!(closed_as(&notifications), ["handshake_timeout"]);
+    // It ended at created + handshake_timeout to the instant: the relay's timer was
+    // due then, not later.
+    let mut relay2 = routed("known.example", RelayConfig::default());
+    let _ = relay2.handle_client_datagram(t0, forged, &initial);
+    let (commands, _) = drain(&mut relay2);
+    let path = opened_path(&commands);
+    let _ = relay2.handle_backend_datagram(ms(10), path, &backend_handshake(&server_cid));
+    let _ = relay2.handle_backend_datagram(
+        t0 + handshake - Duration::from_millis(1),
+        path,
+        &[0x40; 30],
+    );
+    assert_eq!(relay2.poll_timeout(), Some(t0 + handshake));
+
+    // The validated one lives on while its backend sends, and ends at its idle timeout.
+    assert!(relay.session(real_path.session(), ms(at)).is_some());
+    let last = ms(at - 100);
+    relay.handle_timeout(last + idle - Duration::from_millis(1));
+    assert!(relay.session(real_path.session(), last).is_some());
+    relay.handle_timeout(last + idle);
+    assert!(relay.session(real_path.session(), last).is_none());
+    let (_, notifications) = drain(&mut relay);
+    assert_eq!(closed_as(&notifications), ["idle_timeout"]);
+    assert_eq!(relay.stats().unvalidated_sessions, 0);
+}
+
+fn agones(config: RelayConfig) -> Relay {
+    let mut relay = Relay::new(config);
+    relay
+        .set_route(Route {
+            name: RouteName::parse("play.example").unwrap(),
+            target: RouteTarget::Agones {
+                fleet: "arena".into(),
+            },
+            balance: Default::default(),
+        })
+        .unwrap();
+    relay
+}
+
+fn allocations(relay: &mut Relay) -> usize {
+    let (commands, _) = drain(relay);
+    commands
+        .iter()
+        .filter(|c| matches!(c, Command::Allocate { .. }))
+        .count()
+}
+
+#[test]
+fn a_thousand_initials_from_a_thousand_sources_in_one_second_ask_for_at_most_the_fleets_budget_and_one_ip_for_its_prefixs_share(
+) {
+    use std::time::Duration;
+    let config = RelayConfig::default();
+    let (per_fleet, per_prefix) = (
+        config.allocations_per_second_per_fleet as usize,
+        config.allocations_per_second_per_prefix as usize,
+    );
+    assert!(per_fleet < 1000 && per_prefix < 100 && config.max_pending_allocations > 1000);
+    let mut relay = agones(config);
+    let mut rng = SimRng::new(3);
+    let t0 = Instant::now();
+    // 1 000 sources, each of its own /24, one Initial a millisecond.
+    let mut asked = 0;
+    let mut refused = 0;
+    for i in 0..1000u32 {
+        let [_, _, x, y] = i.to_be_bytes();
+        let from = ClientAddr(SocketAddr::from(([100, 64 + x, y, 1], 5000)));
+        let mut dcid = [0x71; 8];
+        dcid[4..].copy_from_slice(&i.to_be_bytes());
+        let initial = first_initial(&mut rng, "play.example", &dcid);
+        let now = t0 + Duration::from_millis(u64::from(i));
+        match relay.handle_client_datagram(now, from, &initial) {
+            Verdict::Held { .. } => {}
+            Verdict::Answered => refused += 1,
+            other => panic!("{other:?}"),
+        }
+        asked += allocations(&mut relay);
+    }
+    assert_eq!(asked, per_fleet, "the fleet's budget, and no more");
+    assert_eq!(refused, 1000 - per_fleet);
+    let stats = relay.stats();
+    assert_eq!(stats.allocations.requested, per_fleet as u64);
+    assert_eq!(stats.allocations.over_budget, (1000 - per_fleet) as u64);
+
+    // 100 Initials from one IP in the next second: its prefix's share.
+    let mut relay = agones(RelayConfig::default());
+    let from = ClientAddr(addr("203.0.113.50:6000"));
+    let mut asked = 0;
+    for i in 0..100u32 {
+        let mut dcid = [0x72; 8];
+        dcid[4..].copy_from_slice(&i.to_be_bytes());
+        let initial = first_initial(&mut rng, "play.example", &dcid);
+        let now = t0 + Duration::from_millis(u64::from(i) * 10);
+        let _ = relay.handle_client_datagram(now, from, &initial);
+        asked += allocations(&mut relay);
+    }
+    assert_eq!(asked, per_prefix);
+    // Another prefix is not held back by it.
+    let initial = first_initial(&mut rng, "play.example", &[0x73; 8]);
+    let now = t0 + Duration::from_millis(990);
+    let v = relay.handle_client_datagram(now, ClientAddr(addr("198.51.100.1:1")), &initial);
+    assert!(matches!(v, Verdict::Held { .. }), "{v:?}");
+    assert_eq!(allocations(&mut relay), 1);
 }

@@ -334,11 +334,29 @@ fn handshake_and_idle_timeouts_close_sessions() {
         }
     )));
 
-    // A routed session lives while traffic flows, then idles out.
+    // A routed session (validated: its client used the CID its backend issued) lives
+    // while traffic flows, then idles out.
     let other = ClientAddr(addr("192.0.2.2:1234"));
     let _ = relay.handle_client_datagram(t0, other, &datagrams[0].bytes);
     let _ = relay.handle_client_datagram(t0, other, &datagrams[1].bytes);
     let session = relay.sessions(t0)[0].id;
+    let server_cid = [0x5c; 8];
+    let mut handshake_packet = vec![0xe0, 0, 0, 0, 1, 0, 8];
+    handshake_packet.extend_from_slice(&server_cid);
+    handshake_packet.extend_from_slice(&[1, 0]);
+    let path = first_path(&relay, session, t0);
+    assert!(matches!(
+        relay.handle_backend_datagram(t0, path, &handshake_packet),
+        Verdict::ToClient { .. }
+    ));
+    let mut reply = vec![0x40];
+    reply.extend_from_slice(&server_cid);
+    reply.extend_from_slice(&[0; 20]);
+    assert!(matches!(
+        relay.handle_client_datagram(t0, other, &reply),
+        Verdict::ToBackend { .. }
+    ));
+    assert!(relay.session(session, t0).unwrap().validated);
     let t1 = t0 + idle / 2;
     assert!(matches!(
         relay.handle_backend_datagram(t1, first_path(&relay, session, t1), &[0x40, 1, 2, 3]),

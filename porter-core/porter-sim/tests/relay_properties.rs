@@ -60,6 +60,11 @@ fn config(idle_timeout: Duration) -> RelayConfig {
         max_pending_allocations: 1,
         new_sessions_per_second: 4,
         new_sessions_burst: 4,
+        max_unvalidated_sessions: 3,
+        max_sessions_per_address: 2,
+        max_sessions_per_ip: 5,
+        allocations_per_second_per_fleet: 3,
+        allocations_per_second_per_prefix: 2,
         assembler: AssemblerConfig {
             max_client_hello_len: 4096,
             max_datagrams: 4,
@@ -505,6 +510,9 @@ impl Harness {
 
 /// What every run must have exercised at least once, or the generator has gone blind.
 const MUST_COVER: &[&str] = &[
+    "drop:unvalidated_limit",
+    "drop:address_session_limit",
+    "refused:allocation_budget",
     "to_backend",
     "to_client",
     "held",

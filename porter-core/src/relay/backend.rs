@@ -3,7 +3,10 @@
 //! the backend chooses. Every long header a backend sends (Initial, Handshake, Retry;
 //! coalesced ones too) carries its Source CID in the clear (RFC 9000 §17.2), which the
 //! client then uses as its Destination CID: the relay learns it, up to
-//! `max_cids_per_session`, forgetting the oldest.
+//! `max_cids_per_session`, forgetting the oldest. Until the session is validated it also
+//! keeps them apart: a client datagram carrying one validates it (see
+//! [`super::admission`]). Backend datagrams never validate a session nor extend an
+//! unvalidated one's life.
 
 use std::time::Instant;
 
@@ -47,14 +50,31 @@ impl Relay {
         };
         session.last_activity = now;
         session.to_client.add(datagram.len());
-        session.confirmed = true;
+        // A session adopted by its CID's server ID: its backend answered, so the
+        // datagram decrypted there, which a sender that forged its address cannot make.
+        let adopted_answered = !std::mem::replace(&mut session.confirmed, true);
+        if adopted_answered {
+            self.validate(id);
+        }
         if wire::is_long_header(first) {
+            let max = self.config.max_cids_per_session.max(1);
             for packet in Packets::new(datagram) {
                 match packet {
                     Ok(Packet::Long(long)) => {
                         if let Some(scid) = ConnectionId::new(long.scid) {
                             if let Some(s) = self.sessions.get_mut(&id) {
                                 s.server_cid_len = Some(scid.len() as u8);
+                                // What validates the session when its client uses it.
+                                if !s.validated
+                                    && !scid.is_empty()
+                                    && scid != s.original_dcid
+                                    && !s.issued.contains(&scid)
+                                {
+                                    if s.issued.len() >= max {
+                                        s.issued.remove(0);
+                                    }
+                                    s.issued.push(scid);
+                                }
                             }
                             self.learn_cid(id, scid);
                         }

@@ -52,6 +52,12 @@ impl TokenBucket {
     }
 
     pub(crate) fn take(&mut self, now: Instant) -> bool {
+        self.take_keeping(now, 0)
+    }
+
+    /// Takes a token only if `keep` tokens are left after it: the last `keep` are kept
+    /// for others.
+    pub(crate) fn take_keeping(&mut self, now: Instant, keep: u32) -> bool {
         if self.per_second == 0.0 {
             return true;
         }
@@ -60,7 +66,7 @@ impl TokenBucket {
             self.tokens = (self.tokens + elapsed * self.per_second).min(self.burst);
         }
         self.last = Some(self.last.map_or(now, |l| l.max(now)));
-        if self.tokens >= 1.0 {
+        if self.tokens >= 1.0 + f64::from(keep) {
             self.tokens -= 1.0;
             true
         } else {
@@ -92,6 +98,14 @@ mod tests {
         let later = t0 + Duration::from_secs(60);
         assert!((0..3).all(|_| bucket.take(later)));
         assert!(!bucket.take(later));
+    }
+
+    #[test]
+    fn the_last_tokens_can_be_kept_for_others() {
+        let t0 = Instant::now();
+        let mut bucket = TokenBucket::new(10, 10);
+        assert_eq!((0..20).filter(|_| bucket.take_keeping(t0, 4)).count(), 6);
+        assert_eq!((0..20).filter(|_| bucket.take(t0)).count(), 4);
     }
 
     #[test]

@@ -77,7 +77,7 @@ impl Relay {
             return Verdict::Drop(DropReason::Malformed);
         };
         if let Some(id) = self.cids.get(&dcid) {
-            return self.client_to_session(now, from, id, datagram, Some(packet.ty));
+            return self.client_to_session(now, from, id, datagram, Some(packet.ty), Some(dcid));
         }
         if packet.ty != LongType::Initial {
             // A Handshake or 0-RTT packet with a CID the relay never saw: routable only
@@ -102,12 +102,19 @@ impl Relay {
         id: SessionId,
         datagram: &[u8],
         long_type: Option<LongType>,
+        dcid: Option<ConnectionId>,
     ) -> Verdict {
         let Some(session) = self.sessions.get_mut(&id) else {
             return Verdict::Drop(DropReason::UnknownConnection);
         };
         match session.state {
             SessionState::Established => {
+                if !session.validated && session.validated_by(dcid) {
+                    self.validate(id);
+                }
+                let Some(session) = self.sessions.get_mut(&id) else {
+                    return Verdict::Drop(DropReason::UnknownConnection);
+                };
                 let backend = session
                     .backend
                     .expect("established sessions have a backend");
@@ -165,6 +172,11 @@ impl Relay {
         {
             return Verdict::Drop(DropReason::BufferFull);
         }
+        // The caps and fair admission cost a few lookups; checked before decrypting,
+        // a flood from sources over their share costs no AES either.
+        if let Err(reason) = self.admit_session(from) {
+            return Verdict::Drop(reason);
+        }
         // Decrypt before spending a session on it: garbage that merely looks like an
         // Initial never gets state.
         let mut assembler = InitialAssembler::new(self.config.assembler);
@@ -181,12 +193,12 @@ impl Relay {
         {
             return Verdict::Drop(DropReason::BufferFull);
         }
-        if !self.bucket.take(now) {
-            return Verdict::Drop(DropReason::RateLimited);
-        }
         let Some(client_scid) = ConnectionId::new(packet.scid) else {
             return Verdict::Drop(DropReason::Malformed);
         };
+        if !self.take_session_token(now, from) {
+            return Verdict::Drop(DropReason::RateLimited);
+        }
         let id = SessionId(self.next_session);
         self.next_session += 1;
         self.sessions.insert(
@@ -215,10 +227,14 @@ impl Relay {
                 paths: PathList::default(),
                 confirmed: true,
                 next_path: 0,
+                validated: false,
+                issued: Vec::new(),
+                source: from.0.ip(),
             },
         );
         self.cids.insert(dcid, id);
         self.index_client(id, from);
+        self.count_unvalidated(from);
         self.timers
             .push(Reverse((now + self.config.handshake_timeout, id)));
         self.pending.insert(
@@ -337,6 +353,10 @@ impl Relay {
                 if self.allocations.len() >= self.config.max_pending_allocations {
                     self.stats.allocations.rejected += 1;
                     return self.refuse_now(now, id, RefuseReason::AllocationLimit);
+                }
+                if !self.allocation_budget.take(now, &fleet, client.0.ip()) {
+                    self.stats.allocations.over_budget += 1;
+                    return self.refuse_now(now, id, RefuseReason::AllocationBudget);
                 }
                 let alloc = AllocationId(self.next_allocation);
                 self.next_allocation += 1;

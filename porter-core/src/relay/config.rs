@@ -58,6 +58,25 @@ pub struct RelayConfig {
     /// whose burst is the same number); 0 for no limit. Only full-size datagrams from the
     /// refused address are answered at all. Default 100.
     pub refusal_replays_per_second: u32,
+    /// Most unvalidated sessions at once: sessions whose client has not yet sent a
+    /// datagram with a CID the backend issued (see the admission rules in the crate
+    /// docs of the relay). From half of it on, new sessions are admitted fairly per
+    /// source prefix and IP; at it, only from a prefix that holds none. Default 10 000.
+    pub max_unvalidated_sessions: usize,
+    /// Most sessions with a path from one client address (IP and port); a new session
+    /// or path beyond it is dropped. A session counts until its idle timeout (the relay
+    /// cannot see a connection close). Default 1024.
+    pub max_sessions_per_address: usize,
+    /// Most sessions with a path from one client IP; a new session or path beyond it is
+    /// dropped. Default 4096.
+    pub max_sessions_per_ip: usize,
+    /// Most Agones allocation requests for one fleet in any one second; a connection
+    /// beyond it is refused ([`super::RefuseReason::AllocationBudget`]). 0 for no limit.
+    /// Default 100.
+    pub allocations_per_second_per_fleet: u32,
+    /// Most Agones allocation requests for clients of one source prefix (IPv4 /24, IPv6
+    /// /64), over all fleets, in any one second; 0 for no limit. Default 10.
+    pub allocations_per_second_per_prefix: u32,
     /// ClientHello limits.
     pub assembler: AssemblerConfig,
     /// Server-ID routing (QUIC-LB): the backends' CID configurations and the backend of
@@ -85,6 +104,11 @@ impl Default for RelayConfig {
             new_sessions_burst: 10_000,
             refusal: RefusalMode::Close,
             refusal_replays_per_second: 100,
+            max_unvalidated_sessions: 10_000,
+            max_sessions_per_address: 1024,
+            max_sessions_per_ip: 4096,
+            allocations_per_second_per_fleet: 100,
+            allocations_per_second_per_prefix: 10,
             assembler: AssemblerConfig::default(),
             quic_lb: QuicLbRouting::default(),
             seed: 0x5eed_0f5e_ed00,

@@ -32,8 +32,8 @@ impl Relay {
         from: ClientAddr,
         datagram: &[u8],
     ) -> Verdict {
-        if let Some((id, _)) = self.cids.lookup_short(datagram) {
-            return self.client_to_session(now, from, id, datagram, None);
+        if let Some((id, cid)) = self.cids.lookup_short(datagram) {
+            return self.client_to_session(now, from, id, datagram, None, Some(cid));
         }
         // A late datagram of a connection that ended: no other session may adopt it.
         if self.of_ended_session(datagram) {
@@ -62,7 +62,8 @@ impl Relay {
                 self.learn_cid(id, cid);
             }
         }
-        self.client_to_session(now, from, id, datagram, None)
+        // A CID learned from the client proves nothing: no validation by it.
+        self.client_to_session(now, from, id, datagram, None, None)
     }
 
     /// The one routed session of `from`'s IP that an unknown CID from a new port can
@@ -75,15 +76,14 @@ impl Relay {
         datagram: &[u8],
     ) -> Option<SessionId> {
         let mut found = None;
-        for id in self.by_ip.get(&from.0.ip())? {
-            let Some(s) = self.sessions.get(id) else {
+        for id in self.by_ip.ids(&from.0.ip()) {
+            let Some(s) = self.sessions.get(&id) else {
                 continue;
             };
             let cid_len = usize::from(s.server_cid_len.unwrap_or(0));
             if s.state != SessionState::Established || cid_len == 0 || datagram.len() <= cid_len {
                 continue;
             }
-            // A session with two paths from this IP is listed twice.
             if found.replace(s.id).is_some_and(|f| f != s.id) {
                 return None;
             }
@@ -93,15 +93,12 @@ impl Relay {
 
     /// How many routed sessions this address has, and one of them.
     pub(super) fn established_at(&self, from: ClientAddr) -> (usize, Option<SessionId>) {
-        let Some(ids) = self.by_client.get(&from) else {
-            return (0, None);
-        };
-        let mut routed = ids.iter().filter(|id| {
+        let mut routed = self.by_client.ids(&from).filter(|id| {
             self.sessions
                 .get(id)
                 .is_some_and(|s| s.state == SessionState::Established)
         });
-        let first = routed.next().copied();
+        let first = routed.next();
         (usize::from(first.is_some()) + routed.count(), first)
     }
 }
@@ -153,9 +150,15 @@ pub(super) mod tests {
                 paths: PathList::default(),
                 confirmed: true,
                 next_path: 0,
+                validated: state == SessionState::Established,
+                issued: Vec::new(),
+                source: client.0.ip(),
             },
         );
         relay.index_client(id, client);
+        if state != SessionState::Established {
+            relay.unvalidated.add(client.0.ip());
+        }
         relay.next_session = relay.next_session.max(id.0 + 1);
         if state == SessionState::Established {
             // The session's first path.

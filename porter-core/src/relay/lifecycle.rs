@@ -2,7 +2,6 @@
 //! (handshake, then idle, and those of its paths: see [`super::path`]) and its end.
 
 use std::cmp::Reverse;
-use std::collections::HashMap;
 use std::time::Instant;
 
 use super::output::{Command, Notification, RefuseReason};
@@ -56,7 +55,12 @@ impl Relay {
                 continue;
             }
             match session.state {
-                SessionState::Established if !session.confirmed => {
+                // Unvalidated: the handshake timeout ended it, unless a shorter idle
+                // timeout came first.
+                SessionState::Established
+                    if !session.validated
+                        && session.created + self.config.handshake_timeout <= now =>
+                {
                     self.close(id, CloseReason::HandshakeTimeout, now);
                 }
                 SessionState::Established => self.close(id, CloseReason::IdleTimeout, now),
@@ -131,29 +135,30 @@ impl Relay {
     }
 
     pub(super) fn index_client(&mut self, id: SessionId, client: ClientAddr) {
-        // Most addresses carry one session: reserve for one, not the default four.
-        self.by_client
-            .entry(client)
-            .or_insert_with(|| Vec::with_capacity(1))
-            .push(id);
-        self.by_ip.entry(client.0.ip()).or_default().push(id);
+        self.by_client.insert(client, id);
+        self.by_ip.insert(client.0.ip(), id);
     }
 
     /// Removes one entry of `id` for `client` (a session has one per path, and two paths
     /// may share an IP).
     pub(super) fn unindex_client(&mut self, id: SessionId, client: ClientAddr) {
-        remove_id(&mut self.by_client, client, id);
-        remove_id(&mut self.by_ip, client.0.ip(), id);
+        self.by_client.remove(&client, id);
+        self.by_ip.remove(&client.0.ip(), id);
     }
 
     /// The session's next deadline: its own (handshake or idle), or that of a path.
     pub(super) fn deadline(&self, session: &Session) -> Instant {
         match session.state {
-            // Adopted by its CID's server ID and not answered yet: the handshake timeout
-            // bounds it, and the idle timeout too, when shorter.
-            SessionState::Established if !session.confirmed => (session.created
-                + self.config.handshake_timeout)
-                .min(session.last_activity + self.config.idle_timeout),
+            // Not validated (its client never used a CID the backend issued; for one
+            // adopted by its CID's server ID, its backend never answered): the handshake
+            // timeout bounds it whatever the backend sends, and the idle timeout too,
+            // when shorter.
+            SessionState::Established if !session.validated => {
+                let own = (session.created + self.config.handshake_timeout)
+                    .min(session.last_activity + self.config.idle_timeout);
+                self.next_path_deadline(session.id)
+                    .map_or(own, |path| path.min(own))
+            }
             SessionState::Established => {
                 let idle = session.last_activity + self.config.idle_timeout;
                 self.next_path_deadline(session.id)
@@ -174,6 +179,9 @@ impl Relay {
         }
         if session.paths.is_empty() {
             self.unindex_client(id, session.client);
+        }
+        if !session.validated {
+            self.unvalidated.remove(session.source);
         }
         for path in &session.paths {
             self.unindex_client(id, path.client);
@@ -206,16 +214,5 @@ impl Relay {
             reason,
             info: session.info(now),
         });
-    }
-}
-
-fn remove_id<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Vec<SessionId>>, key: K, id: SessionId) {
-    if let Some(ids) = map.get_mut(&key) {
-        if let Some(i) = ids.iter().position(|&s| s == id) {
-            ids.swap_remove(i);
-        }
-        if ids.is_empty() {
-            map.remove(&key);
-        }
     }
 }

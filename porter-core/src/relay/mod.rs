@@ -7,14 +7,17 @@
 //! rules that match a datagram with an unknown CID to a session), [`path`] (client paths,
 //! one upstream socket each, and the CIDs of ended sessions), [`quic_lb`] (server-ID
 //! routing), [`refusal`] (refused
-//! connections, remembered), [`lifecycle`] (timers and closing), [`budget`] (token
-//! bucket, ID hashing) and [`stats`].
+//! connections, remembered), [`lifecycle`] (timers and closing), [`admission`]
+//! (validation, fair admission of unvalidated sessions, allocation budgets), [`index`]
+//! (sessions by address and IP), [`budget`] (token bucket, ID hashing) and [`stats`].
 
+mod admission;
 mod backend;
 mod budget;
 mod client;
 mod config;
 mod follow;
+mod index;
 mod lifecycle;
 mod output;
 mod path;
@@ -35,7 +38,9 @@ pub use self::output::{
 pub use self::quic_lb::{QuicLbCounters, QuicLbMiss, QuicLbRouting, ServerIdBinding};
 pub use self::stats::{AllocationCounters, RelayStats};
 
+use self::admission::{AllocationBudget, Unvalidated};
 use self::budget::{IdMap, TokenBucket};
+use self::index::SessionIndex;
 use self::refusal::Refused;
 use crate::cid::CidTable;
 use crate::ids::{AllocationId, BackendAddr, ClientAddr, PathId, SessionId};
@@ -57,10 +62,16 @@ pub struct Relay {
     /// CIDs of routed sessions that ended, and their expiry order (see [`path`]).
     ended: CidTable,
     ended_order: VecDeque<(Instant, ConnectionId)>,
-    /// Addresses of every path (of the handshake address before routing), per session.
-    by_client: HashMap<ClientAddr, Vec<SessionId>>,
-    /// Sessions by client IP, for following a client that changes port and CID at once.
-    by_ip: HashMap<IpAddr, Vec<SessionId>>,
+    /// Sessions by the address of each of their paths (by the handshake address before
+    /// routing).
+    by_client: SessionIndex<ClientAddr>,
+    /// Sessions by client IP, for following a client that changes port and CID at once,
+    /// and for the per-IP cap.
+    by_ip: SessionIndex<IpAddr>,
+    /// Unvalidated sessions by source IP and prefix (see [`admission`]).
+    unvalidated: Unvalidated,
+    /// Allocation budgets per fleet and per source prefix (see [`admission`]).
+    allocation_budget: AllocationBudget,
     /// Original DCIDs of recently refused connections, and their expiry order.
     refused: HashMap<ConnectionId, Refused>,
     refused_order: VecDeque<(Instant, ConnectionId)>,
@@ -109,6 +120,10 @@ impl Relay {
                 config.refusal_replays_per_second,
                 config.refusal_replays_per_second,
             ),
+            allocation_budget: AllocationBudget::new(
+                config.allocations_per_second_per_fleet,
+                config.allocations_per_second_per_prefix,
+            ),
             rng: config.seed | 1,
             config,
             routes: RouteTable::new(),
@@ -118,8 +133,10 @@ impl Relay {
             path_count: 0,
             ended: CidTable::default(),
             ended_order: VecDeque::new(),
-            by_client: HashMap::new(),
-            by_ip: HashMap::new(),
+            by_client: SessionIndex::default(),
+            by_ip: SessionIndex::default(),
+            unvalidated: Unvalidated::default(),
+
             refused: HashMap::new(),
             refused_order: VecDeque::new(),
             allocations: IdMap::default(),
@@ -340,6 +357,7 @@ impl Relay {
                 allocated_server_ids: self.allocated_server_ids.len(),
                 ..self.stats.quic_lb
             },
+            unvalidated_sessions: self.unvalidated.len(),
             ..self.stats.clone()
         }
     }

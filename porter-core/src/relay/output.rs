@@ -208,6 +208,10 @@ pub enum RefuseReason {
     /// The I/O layer could not open the session's upstream socket
     /// ([`crate::Relay::upstream_failed`]): out of file descriptors or ports, typically.
     SocketFailed,
+    /// The Agones route's fleet, or the client's source prefix, has spent its allocation
+    /// budget for this second (`allocations_per_second_per_fleet`,
+    /// `allocations_per_second_per_prefix`).
+    AllocationBudget,
 }
 
 impl RefuseReason {
@@ -232,6 +236,7 @@ impl RefuseReason {
             Self::NoHealthyBackend => "no_healthy_backend",
             Self::SocketLimit => "socket_limit",
             Self::SocketFailed => "socket_failed",
+            Self::AllocationBudget => "allocation_budget",
         }
     }
 }
@@ -316,6 +321,15 @@ drop_reasons! {
     /// A datagram at the listener from one of the relay's own upstream sockets (a
     /// backend target that leads back to the relay): forwarding it would loop.
     OwnSocket => "own_socket",
+    /// A new connection while unvalidated sessions are at half `max_unvalidated_sessions`
+    /// or more, from a source prefix or IP that already holds more than its share.
+    UnvalidatedLimit => "unvalidated_limit",
+    /// A new connection or path from a client address that has
+    /// `max_sessions_per_address` sessions already.
+    AddressSessionLimit => "address_session_limit",
+    /// A new connection or path from a client IP that has `max_sessions_per_ip` sessions
+    /// already.
+    IpSessionLimit => "ip_session_limit",
 }
 
 /// How an allocation failed, as reported by the driver.

@@ -40,6 +40,9 @@ impl Relay {
         datagram: &[u8],
     ) -> Verdict {
         let max = self.config.max_paths_per_session.max(1);
+        if let Err(reason) = self.admit_path(id, client) {
+            return Verdict::Drop(reason);
+        }
         let Some(session) = self.sessions.get_mut(&id) else {
             return Verdict::Drop(DropReason::UnknownConnection);
         };

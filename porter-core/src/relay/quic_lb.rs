@@ -261,15 +261,16 @@ impl Relay {
         self.stats.quic_lb.routed += 1;
         // A session of this address on that backend already: the client switched CID on
         // a path the relay knows.
-        let here: Vec<SessionId> = self.by_client.get(&from).cloned().unwrap_or_default();
-        let mut mine = here.into_iter().filter(|id| {
+        let mut mine = self.by_client.ids(&from).filter(|id| {
             self.sessions
                 .get(id)
                 .is_some_and(|s| s.state == SessionState::Established && s.backend == Some(backend))
         });
-        if let (Some(id), None) = (mine.next(), mine.next()) {
+        let (first, second) = (mine.next(), mine.next());
+        drop(mine);
+        if let (Some(id), None) = (first, second) {
             self.learn_cid(id, cid);
-            return Some(self.client_to_session(now, from, id, datagram, None));
+            return Some(self.client_to_session(now, from, id, datagram, None, None));
         }
         let verdict = self.adopt(now, from, cid, backend, datagram);
         if let (Verdict::Held { session }, Some(id)) = (&verdict, allocated) {
@@ -343,7 +344,10 @@ impl Relay {
         if self.sockets_exhausted() {
             return Verdict::Drop(DropReason::SocketLimit);
         }
-        if !self.bucket.take(now) {
+        if let Err(reason) = self.admit_session(from) {
+            return Verdict::Drop(reason);
+        }
+        if !self.take_session_token(now, from) {
             return Verdict::Drop(DropReason::RateLimited);
         }
         let id = SessionId(self.next_session);
@@ -380,11 +384,15 @@ impl Relay {
                 },
                 confirmed: false,
                 next_path: 1,
+                validated: false,
+                issued: Vec::new(),
+                source: from.0.ip(),
             },
         );
         self.cids.insert(cid, id);
         self.path_count += 1;
         self.index_client(id, from);
+        self.count_unvalidated(from);
         let deadline = now + self.config.handshake_timeout.min(self.config.idle_timeout);
         self.timers.push(Reverse((deadline, id)));
         self.stats.sessions_opened += 1;

@@ -17,6 +17,9 @@ pub struct AllocationCounters {
     pub timed_out: u64,
     /// Refused before asking, because too many were in flight.
     pub rejected: u64,
+    /// Refused before asking, because the fleet or the source prefix had spent its
+    /// allocation budget.
+    pub over_budget: u64,
 }
 
 /// A snapshot of the relay's gauges and counters.
@@ -45,6 +48,10 @@ pub struct RelayStats {
     /// Refused connections remembered, so their retransmitted Initials get the same
     /// answer (at most 16 384, each for one handshake timeout).
     pub remembered_refusals: usize,
+    /// Sessions whose client has not yet used a CID the backend issued (all states).
+    pub unvalidated_sessions: usize,
+    /// Sessions validated since start: their client used a CID the backend issued.
+    pub sessions_validated: u64,
     /// Sessions routed since start.
     pub sessions_opened: u64,
     /// Sessions closed since start.

@@ -131,6 +131,18 @@ pub(super) fn render(
         stats.pending_sessions,
     );
     m.single(
+        "porter_unvalidated_sessions",
+        "gauge",
+        "Sessions whose client has not yet used a connection ID the backend issued.",
+        stats.unvalidated_sessions,
+    );
+    m.single(
+        "porter_sessions_validated_total",
+        "counter",
+        "Sessions validated: their client used a connection ID the backend issued.",
+        stats.sessions_validated,
+    );
+    m.single(
         "porter_upstream_sockets",
         "gauge",
         "Upstream UDP sockets open (one per client path of a routed session).",
@@ -296,6 +308,7 @@ pub(super) fn render(
         ("failed", a.failed),
         ("timed_out", a.timed_out),
         ("rejected", a.rejected),
+        ("over_budget", a.over_budget),
     ] {
         m.sample("porter_allocations_total", &[("outcome", outcome)], n);
     }
