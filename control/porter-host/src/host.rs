@@ -23,8 +23,8 @@ use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 use porter_core::{
-    AllocationFailure, AllocationId, BackendAddr, ClientAddr, Command, Notification, PathId, Relay,
-    RelayStats, Route, RouteError, RouteName, Verdict,
+    AllocationFailure, AllocationId, BackendAddr, ClientAddr, Command, ConnectionId, LookupId,
+    Notification, PathId, Relay, RelayStats, Route, RouteError, RouteName, Verdict,
 };
 
 use crate::{Allocated, AllocationError, AllocationErrorKind};
@@ -164,6 +164,19 @@ impl RelayHost {
         }
     }
 
+    /// The directory's answer to a lookup; see [`Relay::complete_lookup`]. A late answer
+    /// (the lookup timed out) is discarded.
+    pub fn complete_lookup(
+        &mut self,
+        now: Instant,
+        id: LookupId,
+        answer: Option<(ConnectionId, BackendAddr)>,
+    ) {
+        if let Err(e) = self.relay.complete_lookup(now, id, answer) {
+            tracing::debug!(lookup = %id, "{e}");
+        }
+    }
+
     /// A path's upstream socket could not be opened: the path ends (with its session,
     /// if it was the session's only one); see [`Relay::close_path`].
     pub fn upstream_failed(&mut self, now: Instant, path: PathId) {
@@ -207,8 +220,8 @@ impl RelayHost {
         }
         while let Some(note) = self.relay.poll_notification() {
             // Handshakes that never completed are not logged at all (see below).
-            let silent =
-                matches!(&note, Notification::SessionClosed { info, .. } if info.backend.is_none());
+            let silent = matches!(&note, Notification::SessionClosed { info, .. } if info.backend.is_none())
+                || matches!(&note, Notification::ConnectionIdsLearned { .. });
             if !silent {
                 if let Some(left_out) = self.log_limit.allow(Instant::now()) {
                     if left_out > 0 {
@@ -246,7 +259,8 @@ impl RelayHost {
             ),
             Notification::PathOpened { .. }
             | Notification::PathClosed { .. }
-            | Notification::RouteExpired { .. } => {}
+            | Notification::RouteExpired { .. }
+            | Notification::ConnectionIdsLearned { .. } => {}
         }
     }
 }
@@ -317,6 +331,8 @@ fn log_notification(note: &Notification) {
             );
         }
         Notification::SessionClosed { .. } => {}
+        // One per CID learned: for the directory, not the log.
+        Notification::ConnectionIdsLearned { .. } => {}
     }
 }
 

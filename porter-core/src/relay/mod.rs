@@ -6,7 +6,8 @@
 //! back), [`client`] and [`backend`] (the two directions of a datagram), [`follow`] (the
 //! rules that match a datagram with an unknown CID to a session), [`path`] (client paths,
 //! one upstream socket each, and the CIDs of ended sessions), [`quic_lb`] (server-ID
-//! routing), [`refusal`] (refused
+//! routing), [`directory`] (lookups of unknown CIDs in a directory shared between
+//! instances), [`refusal`] (refused
 //! connections, remembered), [`lifecycle`] (timers and closing), [`budget`] (token
 //! bucket, ID hashing) and [`stats`].
 
@@ -14,6 +15,7 @@ mod backend;
 mod budget;
 mod client;
 mod config;
+mod directory;
 mod follow;
 mod lifecycle;
 mod output;
@@ -28,6 +30,7 @@ use std::net::IpAddr;
 use std::time::Instant;
 
 pub use self::config::{RefusalMode, RelayConfig};
+pub use self::directory::{CompleteLookupError, DirectoryConfig, LookupCounters, LookupId};
 pub use self::output::{
     AllocationFailure, Command, CompleteAllocationError, DropReason, Notification, RefuseReason,
     Verdict,
@@ -87,6 +90,8 @@ pub struct Relay {
     /// The listeners' addresses: routes to them are refused.
     own_addresses: Vec<std::net::SocketAddr>,
     stats: RelayStats,
+    /// Directory lookups in flight (see [`directory`]).
+    lookups: directory::Lookups,
 }
 
 /// One page of [`Relay::sessions_page`].
@@ -108,6 +113,7 @@ impl Relay {
                 config.refusal_replays_per_second,
             ),
             rng: config.seed | 1,
+            lookups: directory::Lookups::new(&config.directory),
             config,
             routes: RouteTable::new(),
             sessions: IdMap::default(),
@@ -332,6 +338,7 @@ impl Relay {
             remembered_ended_cids: self.ended.len(),
             routes: self.routes.len(),
             remembered_refusals: self.refused.len(),
+            lookups: self.lookup_counters(),
             ..self.stats.clone()
         }
     }

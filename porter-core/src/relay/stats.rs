@@ -1,6 +1,7 @@
 //! The relay's counters and gauges, as [`crate::Relay::stats`] reports them.
 
 use crate::relay::output::DropReason;
+use crate::relay::directory::LookupCounters;
 use crate::relay::quic_lb::QuicLbCounters;
 use crate::session::Traffic;
 
@@ -62,6 +63,8 @@ pub struct RelayStats {
     pub allocations: AllocationCounters,
     /// Server-ID (QUIC-LB) routing outcomes.
     pub quic_lb: QuicLbCounters,
+    /// Directory lookups of unknown CIDs, by outcome.
+    pub lookups: LookupCounters,
     /// Drops by reason, indexed like [`DropReason::ALL`].
     pub drops: Vec<u64>,
 }
