@@ -12,7 +12,7 @@ use porter_test_support::*;
 
 use crate::peers::*;
 
-fn simple_route(fqdn: &str, target: SocketAddr) -> String {
+pub(crate) fn simple_route(fqdn: &str, target: SocketAddr) -> String {
     format!("  - {{fqdn: \"{fqdn}\", type: simple, target: \"{target}\"}}\n")
 }
 
@@ -124,7 +124,7 @@ pub async fn migration_and_nat_rebinding_keep_the_backend(bin: Binary) {
 }
 
 /// Waits (polling, up to `within`) until `cond` holds; whether it did.
-async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+pub(crate) async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + within;
     while !cond() {
         if Instant::now() >= deadline {
@@ -136,14 +136,14 @@ async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
 }
 
 /// A payload of `len` ASCII bytes (the echo answers in UTF-8).
-fn payload(len: usize) -> String {
+pub(crate) fn payload(len: usize) -> String {
     (0..len)
         .map(|i| char::from(b'a' + (i % 26) as u8))
         .collect()
 }
 
 /// Starts an echo of `payload` on `conn` in a task; its answer comes from the handle.
-fn transfer(conn: &quinn::Connection, payload: &str) -> tokio::task::JoinHandle<String> {
+pub(crate) fn transfer(conn: &quinn::Connection, payload: &str) -> tokio::task::JoinHandle<String> {
     let (conn, payload) = (conn.clone(), payload.to_owned());
     tokio::spawn(async move { echo(&conn, payload.as_bytes()).await })
 }

@@ -11,7 +11,7 @@
 //!
 //! The tests keep the case names, in modules named after the files that hold them:
 //! `cases::routes_by_sni_exact_wildcard_and_default`, `control_cases::..`,
-//! `agones_cases::..`, `reload_cases::..`, `edge_cases::..`.
+//! `agones_cases::..`, `reload_cases::..`, `edge_cases::..`, `directory_cases::..`.
 //!
 //! The peers the cases use are public too: [`Pki`], [`EchoServer`], [`client_endpoint`],
 //! [`connect`], [`echo`], [`UdpSink`], [`Nat`].
@@ -29,6 +29,8 @@ pub mod balance_cases;
 pub mod cases;
 #[doc(hidden)]
 pub mod control_cases;
+#[doc(hidden)]
+pub mod directory_cases;
 #[doc(hidden)]
 pub mod edge_cases;
 #[doc(hidden)]
@@ -122,6 +124,11 @@ macro_rules! __with_cases {
                 network_text_in_logs_is_escaped,
                 a_route_to_the_relays_own_address_is_refused,
             }
+            directory_cases {
+                an_l4_balancer_moving_a_connection_to_another_instance_keeps_it_with_the_directory,
+                ngtcp2_download_moved_to_another_instance_keeps_it_with_the_directory,
+                with_redis_stopped_the_directory_is_down_and_known_connections_flow,
+            }
         }
     };
 }
@@ -169,6 +176,7 @@ mod tests {
             ("ngtcp2_cases", include_str!("ngtcp2_cases.rs")),
             ("reload_cases", include_str!("reload_cases.rs")),
             ("edge_cases", include_str!("edge_cases.rs")),
+            ("directory_cases", include_str!("directory_cases.rs")),
         ]
         .iter()
         .flat_map(|(module, text)| {

@@ -286,6 +286,7 @@ pub struct Nat {
     outside: Arc<Mutex<Arc<UdpSocket>>>,
     client: Arc<Mutex<Option<SocketAddr>>>,
     last_short: Arc<Mutex<Option<Vec<u8>>>>,
+    target: Arc<Mutex<SocketAddr>>,
 }
 
 impl Nat {
@@ -300,10 +301,11 @@ impl Nat {
             outside: Arc::new(Mutex::new(first.clone())),
             client: Arc::default(),
             last_short: Arc::default(),
+            target: Arc::new(Mutex::new(target)),
         };
         nat.return_path(first);
         let (outside, client) = (nat.outside.clone(), nat.client.clone());
-        let last_short = nat.last_short.clone();
+        let (last_short, target) = (nat.last_short.clone(), nat.target.clone());
         tokio::spawn(async move {
             let mut buf = vec![0u8; 65536];
             while let Ok((n, from)) = inside_sock.recv_from(&mut buf).await {
@@ -312,7 +314,8 @@ impl Nat {
                     *last_short.lock().unwrap() = Some(buf[..n].to_vec());
                 }
                 let out = outside.lock().unwrap().clone();
-                let _ = out.send_to(&buf[..n], target).await;
+                let to = *target.lock().unwrap();
+                let _ = out.send_to(&buf[..n], to).await;
             }
         });
         nat
@@ -339,6 +342,15 @@ impl Nat {
         let addr = sock.local_addr().unwrap();
         self.return_path(sock.clone());
         *self.outside.lock().unwrap() = sock;
+        addr
+    }
+
+    /// Moves the flow to `target` from a new outside port, as an L4 load balancer whose
+    /// hash changed (the client's NAT rebound) sends it to another relay instance;
+    /// returns the new outside address.
+    pub async fn rebind_to(&self, target: SocketAddr) -> SocketAddr {
+        let addr = self.rebind().await;
+        *self.target.lock().unwrap() = target;
         addr
     }
 
