@@ -768,12 +768,13 @@ impl Checker<'_> {
         let directory_lookups_per_second = self.read(&s, "directory_lookups_per_second", |n| {
             u32::try_from(integer_at_least(n, 1)?).map_err(|_| "the rate is too large".to_owned())
         });
-        let directory_lookup_timeout =
-            self.read(&s, "directory_lookup_timeout", duration_positive);
-        let directory_max_pending_lookups =
-            self.read(&s, "directory_max_pending_lookups", |n| integer_at_least(n, 1));
-        let directory_max_held_datagrams =
-            self.read(&s, "directory_max_held_datagrams", |n| integer_at_least(n, 1));
+        let directory_lookup_timeout = self.read(&s, "directory_lookup_timeout", duration_positive);
+        let directory_max_pending_lookups = self.read(&s, "directory_max_pending_lookups", |n| {
+            integer_at_least(n, 1)
+        });
+        let directory_max_held_datagrams = self.read(&s, "directory_max_held_datagrams", |n| {
+            integer_at_least(n, 1)
+        });
         // One full-size datagram at least (RFC 9000 §14.1: clients send up to 1200 bytes
         // before the path is validated, and mostly that much or more afterwards).
         let directory_max_held_bytes = self.read(&s, "directory_max_held_bytes", |n| {

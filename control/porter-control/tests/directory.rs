@@ -142,7 +142,10 @@ async fn with_redis_stopped_lookups_answer_not_found_at_once_and_the_link_says_w
     assert!(status.reason.is_some(), "{status:?}");
     let asked = Instant::now();
     assert_eq!(d.lookup(Bytes::from_static(&[7; 20])).await, None);
-    assert!(asked.elapsed() < Duration::from_millis(50), "answered at once");
+    assert!(
+        asked.elapsed() < Duration::from_millis(50),
+        "answered at once"
+    );
     assert_eq!(d.status().counters.lookups_down, 1);
     // Back up: what the live session has is written again.
     server.restart();
@@ -186,9 +189,8 @@ async fn twenty_thousand_sessions_a_second_cost_a_bounded_number_of_round_trips(
     let took = started.elapsed();
     let c = d.status().counters;
     assert_eq!(c.dropped, 0);
-    let bound = took.as_millis() as u64 / FLUSH_DELAY.as_millis() as u64
-        + 2 * SESSIONS / BATCH as u64
-        + 2;
+    let bound =
+        took.as_millis() as u64 / FLUSH_DELAY.as_millis() as u64 + 2 * SESSIONS / BATCH as u64 + 2;
     println!(
         "{SESSIONS} sessions ({} writes) in {took:?}: {} round trips, {:.4} per session (bound {bound})",
         2 * SESSIONS,

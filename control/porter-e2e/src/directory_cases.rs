@@ -218,7 +218,11 @@ pub async fn with_redis_stopped_the_directory_is_down_and_known_connections_flow
     let routes = format!("routes:\n{}", simple_route("a.test", backend.addr));
     let config = format!("{}{routes}", redis_section(&redis));
     let porter = Porter::start(bin, &config);
-    assert!(porter.wait_ready(Duration::from_secs(15)), "{}", porter.log());
+    assert!(
+        porter.wait_ready(Duration::from_secs(15)),
+        "{}",
+        porter.log()
+    );
     let (status, body) = porter.get("/readyz").unwrap();
     assert_eq!(status, 200);
     assert!(

@@ -206,8 +206,16 @@ fn lookups_are_bounded_in_count_held_datagrams_bytes_and_rate() {
     let now = Instant::now();
     let client = |n: u16| ClientAddr(SocketAddr::new(addr("198.51.100.7:1").ip(), 5000 + n));
     let held = |v: Verdict| matches!(v, Verdict::Held { .. });
-    assert!(held(relay.handle_client_datagram(now, client(0), &foreign(1))));
-    assert!(held(relay.handle_client_datagram(now, client(0), &foreign(2))));
+    assert!(held(relay.handle_client_datagram(
+        now,
+        client(0),
+        &foreign(1)
+    )));
+    assert!(held(relay.handle_client_datagram(
+        now,
+        client(0),
+        &foreign(2)
+    )));
     // A third datagram for the same lookup: over the count.
     assert_eq!(
         relay.handle_client_datagram(now, client(0), &foreign(3)),
@@ -219,7 +227,11 @@ fn lookups_are_bounded_in_count_held_datagrams_bytes_and_rate() {
         relay.handle_client_datagram(now, client(1), &big),
         Verdict::Drop(DropReason::LookupLimit)
     );
-    assert!(held(relay.handle_client_datagram(now, client(1), &foreign(1))));
+    assert!(held(relay.handle_client_datagram(
+        now,
+        client(1),
+        &foreign(1)
+    )));
     // Over the lookups pending.
     assert_eq!(
         relay.handle_client_datagram(now, client(2), &foreign(1)),
@@ -228,7 +240,11 @@ fn lookups_are_bounded_in_count_held_datagrams_bytes_and_rate() {
     relay.complete_lookup(now, LookupId(1), None).unwrap();
     relay.complete_lookup(now, LookupId(2), None).unwrap();
     // Room again; the third lookup of the second empties the bucket of 3.
-    assert!(held(relay.handle_client_datagram(now, client(3), &foreign(1))));
+    assert!(held(relay.handle_client_datagram(
+        now,
+        client(3),
+        &foreign(1)
+    )));
     assert_eq!(
         relay.handle_client_datagram(now, client(4), &foreign(1)),
         Verdict::Drop(DropReason::LookupRateLimited)
@@ -239,7 +255,11 @@ fn lookups_are_bounded_in_count_held_datagrams_bytes_and_rate() {
     assert_eq!(stats.drops(DropReason::LookupRateLimited), 1);
     // Tokens come back with time.
     let later = now + Duration::from_secs(1);
-    assert!(held(relay.handle_client_datagram(later, client(4), &foreign(1))));
+    assert!(held(relay.handle_client_datagram(
+        later,
+        client(4),
+        &foreign(1)
+    )));
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! The relay's counters and gauges, as [`crate::Relay::stats`] reports them.
 
-use crate::relay::output::DropReason;
 use crate::relay::directory::LookupCounters;
+use crate::relay::output::DropReason;
 use crate::relay::quic_lb::QuicLbCounters;
 use crate::session::Traffic;
 
