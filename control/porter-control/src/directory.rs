@@ -8,7 +8,8 @@
 //! - Keys `porter:cid:<hex>` hold `<backend> <instance>` with a TTL of the relay's idle
 //!   timeout: written when the core announces a CID
 //!   (`Notification::ConnectionIdsLearned`), refreshed every third of the TTL while the
-//!   session lives (never per datagram), deleted when it ends (`SessionClosed`).
+//!   session lives (never per datagram; in pipelines of their own, beside the queue),
+//!   deleted when it ends (`SessionClosed`).
 //! - Writes queue up (bounded: beyond [`MAX_QUEUED`] they are dropped and counted) and
 //!   leave as one pipeline per batch: one flush at most every [`FLUSH_DELAY`], each of
 //!   up to [`BATCH`] commands, so the round trips per second are bounded whatever the
@@ -254,17 +255,12 @@ impl RedisDirectory {
             },
             () = self.inner.timer.sleep(IO_TIMEOUT) => return "connect: no answer".into(),
         };
+        // Whatever Redis lost while the link was down (or a restart) is written again.
+        if let Err(e) = self.refresh(&mut conn).await {
+            return e;
+        }
         {
-            // Whatever Redis lost while the link was down (or a restart) is written again.
             let mut st = lock(&self.inner.state);
-            let live: Vec<Op> = st
-                .sessions
-                .values()
-                .flat_map(|(backend, cids)| cids.iter().map(|&cid| Op::Set(cid, *backend)))
-                .collect();
-            for op in live {
-                push(&mut st, op);
-            }
             st.up = true;
             st.reason = None;
         }
@@ -279,14 +275,8 @@ impl RedisDirectory {
             let now = Instant::now();
             if now >= next_refresh {
                 next_refresh = now + refresh;
-                let mut st = lock(&self.inner.state);
-                let live: Vec<Op> = st
-                    .sessions
-                    .values()
-                    .flat_map(|(backend, cids)| cids.iter().map(|&cid| Op::Set(cid, *backend)))
-                    .collect();
-                for op in live {
-                    push(&mut st, op);
+                if let Err(e) = self.refresh(&mut conn).await {
+                    return e;
                 }
                 continue;
             }
@@ -315,7 +305,6 @@ impl RedisDirectory {
 
     /// Writes the queue, a pipeline of at most [`BATCH`] commands at a time.
     async fn flush(&self, conn: &mut MultiplexedConnection) -> Result<(), String> {
-        let ttl_ms = u64::try_from(self.inner.ttl.as_millis()).unwrap_or(u64::MAX);
         loop {
             let ops: Vec<Op> = {
                 let mut st = lock(&self.inner.state);
@@ -325,38 +314,59 @@ impl RedisDirectory {
             if ops.is_empty() {
                 return Ok(());
             }
-            let mut pipe = redis::pipe();
-            let (mut writes, mut deletes) = (0, 0);
-            for op in &ops {
-                match op {
-                    Op::Set(cid, backend) => {
-                        writes += 1;
-                        pipe.cmd("SET")
-                            .arg(key(cid.as_bytes()))
-                            .arg(format!("{backend} {}", self.inner.instance))
-                            .arg("PX")
-                            .arg(ttl_ms)
-                            .ignore();
-                    }
-                    Op::Del(cid) => {
-                        deletes += 1;
-                        pipe.cmd("DEL").arg(key(cid.as_bytes())).ignore();
-                    }
+            self.send(conn, &ops).await?;
+        }
+    }
+
+    /// Writes every live session's CIDs again (their TTL starts over), in pipelines of
+    /// [`BATCH`], beside the queue: a refresh never crowds out new writes.
+    async fn refresh(&self, conn: &mut MultiplexedConnection) -> Result<(), String> {
+        let live: Vec<Op> = lock(&self.inner.state)
+            .sessions
+            .values()
+            .flat_map(|(backend, cids)| cids.iter().map(|&cid| Op::Set(cid, *backend)))
+            .collect();
+        for ops in live.chunks(BATCH) {
+            self.send(conn, ops).await?;
+        }
+        Ok(())
+    }
+
+    /// One pipeline.
+    async fn send(&self, conn: &mut MultiplexedConnection, ops: &[Op]) -> Result<(), String> {
+        let ttl_ms = u64::try_from(self.inner.ttl.as_millis()).unwrap_or(u64::MAX);
+        let mut pipe = redis::pipe();
+        let (mut writes, mut deletes) = (0, 0);
+        for op in ops {
+            match op {
+                Op::Set(cid, backend) => {
+                    writes += 1;
+                    pipe.cmd("SET")
+                        .arg(key(cid.as_bytes()))
+                        .arg(format!("{backend} {}", self.inner.instance))
+                        .arg("PX")
+                        .arg(ttl_ms)
+                        .ignore();
+                }
+                Op::Del(cid) => {
+                    deletes += 1;
+                    pipe.cmd("DEL").arg(key(cid.as_bytes())).ignore();
                 }
             }
-            let sent = tokio::select! {
-                r = pipe.query_async::<()>(conn) => r.map_err(|e| format!("write: {e}")),
-                () = self.inner.timer.sleep(IO_TIMEOUT) => Err("write: no answer".into()),
-            };
-            let mut st = lock(&self.inner.state);
-            st.counters.flushes += 1;
-            if let Err(e) = sent {
-                st.counters.dropped += ops.len() as u64;
-                return Err(e);
-            }
-            st.counters.writes += writes;
-            st.counters.deletes += deletes;
         }
+        let sent = tokio::select! {
+            r = pipe.query_async::<()>(conn) => r.map_err(|e| format!("write: {e}")),
+            () = self.inner.timer.sleep(IO_TIMEOUT) => Err("write: no answer".into()),
+        };
+        let mut st = lock(&self.inner.state);
+        st.counters.flushes += 1;
+        if let Err(e) = sent {
+            st.counters.dropped += ops.len() as u64;
+            return Err(e);
+        }
+        st.counters.writes += writes;
+        st.counters.deletes += deletes;
+        Ok(())
     }
 
     async fn find(&self, dcid: Bytes) -> Option<(ConnectionId, BackendAddr)> {
