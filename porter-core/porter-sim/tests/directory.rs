@@ -308,7 +308,7 @@ fn a_routed_session_announces_its_original_dcid_then_each_backend_cid() {
         }]
     );
     // Without lookups nothing is announced.
-    let mut quiet = relay_quiet();
+    let mut quiet = new_relay(DirectoryConfig::default());
     let _ = quiet.handle_client_datagram(now, client, &initial);
     let (_, notifications) = drain(&mut quiet);
     assert!(!notifications
@@ -316,6 +316,73 @@ fn a_routed_session_announces_its_original_dcid_then_each_backend_cid() {
         .any(|n| matches!(n, Notification::ConnectionIdsLearned { .. })));
 }
 
-fn relay_quiet() -> Relay {
-    relay(DirectoryConfig::default())
+/// [`relay`], for tests whose relay variable shadows it.
+fn new_relay(directory: DirectoryConfig) -> Relay {
+    relay(directory)
+}
+
+#[test]
+fn a_found_connection_that_cannot_be_adopted_is_dropped_under_the_reason_and_a_race_is_not_doubled()
+{
+    let mut relay = relay(on());
+    let now = Instant::now();
+    let (a, b) = (
+        ClientAddr(addr("198.51.100.7:5000")),
+        ClientAddr(addr("198.51.100.8:5000")),
+    );
+    // Two clients (or one that rebound twice) ask for the same connection at once.
+    for client in [a, b] {
+        let v = relay.handle_client_datagram(now, client, &foreign(1));
+        assert!(matches!(v, Verdict::Held { .. }), "{v:?}");
+    }
+    drain(&mut relay);
+    relay
+        .complete_lookup(now, LookupId(1), Some((cid8(), backend())))
+        .unwrap();
+    assert_eq!(relay.session_count(), 1);
+    drain(&mut relay);
+    // The second answer names a CID known here by now: no second session; the client's
+    // next datagram finds the first.
+    relay
+        .complete_lookup(now, LookupId(2), Some((cid8(), backend())))
+        .unwrap();
+    assert_eq!(drain(&mut relay), (vec![], vec![]));
+    assert_eq!(relay.session_count(), 1);
+    assert_eq!(relay.stats().drops(DropReason::LookupFailed), 1);
+
+    // Draining: found, but no new session; counted as such.
+    let mut draining = new_relay(on());
+    let _ = draining.handle_client_datagram(now, a, &foreign(1));
+    let _ = draining.handle_client_datagram(now, a, &foreign(2));
+    drain(&mut draining);
+    draining.set_accepting(false);
+    relay
+        .complete_lookup(now, LookupId(1), Some((cid8(), backend())))
+        .unwrap();
+    assert_eq!(drain(&mut draining), (vec![], vec![]));
+    assert_eq!(draining.stats().drops(DropReason::Draining), 2);
+    assert_eq!(draining.stats().lookups.found, 1);
+}
+
+#[test]
+fn a_late_datagram_of_a_connection_that_ended_here_is_not_looked_up() {
+    let mut relay = relay(on());
+    let now = Instant::now();
+    let client = ClientAddr(addr("198.51.100.7:5000"));
+    let _ = relay.handle_client_datagram(now, client, &foreign(1));
+    drain(&mut relay);
+    relay
+        .complete_lookup(now, LookupId(1), Some((cid8(), backend())))
+        .unwrap();
+    let (_, notes) = drain(&mut relay);
+    let Some(Notification::SessionOpened { session, .. }) = notes.first() else {
+        panic!("{notes:?}")
+    };
+    assert!(relay.close_session(now, *session));
+    drain(&mut relay);
+    assert_eq!(
+        relay.handle_client_datagram(now, client, &foreign(2)),
+        Verdict::Drop(DropReason::EndedConnection)
+    );
+    assert_eq!(relay.stats().lookups.asked, 1);
 }
