@@ -356,7 +356,7 @@ fn a_found_connection_that_cannot_be_adopted_is_dropped_under_the_reason_and_a_r
     let _ = draining.handle_client_datagram(now, a, &foreign(2));
     drain(&mut draining);
     draining.set_accepting(false);
-    relay
+    draining
         .complete_lookup(now, LookupId(1), Some((cid8(), backend())))
         .unwrap();
     assert_eq!(drain(&mut draining), (vec![], vec![]));
