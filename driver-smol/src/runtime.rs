@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::io;
 use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 use async_executor::{Executor, Task};
 use async_io::{Async, Timer};
 use porter_control::redis_sync::Timer as RedisTimer;
-use porter_host::{AsyncUdp, Runtime, UdpSockRef};
+use porter_host::{AsyncUdp, Runtime};
 
 /// The driver's executor.
 #[derive(Clone, Debug)]
@@ -79,16 +80,16 @@ pub(crate) struct SmolUdp(Async<StdUdpSocket>);
 impl AsyncUdp for SmolUdp {
     fn read_with<T: Send>(
         &self,
-        mut op: impl FnMut(UdpSockRef<'_>) -> io::Result<T> + Send,
+        mut op: impl FnMut(BorrowedFd<'_>) -> io::Result<T> + Send,
     ) -> impl Future<Output = io::Result<T>> + Send {
-        self.0.read_with(move |socket| op(socket.into()))
+        self.0.read_with(move |socket| op(socket.as_fd()))
     }
 
     fn write_with<T: Send>(
         &self,
-        mut op: impl FnMut(UdpSockRef<'_>) -> io::Result<T> + Send,
+        mut op: impl FnMut(BorrowedFd<'_>) -> io::Result<T> + Send,
     ) -> impl Future<Output = io::Result<T>> + Send {
-        self.0.write_with(move |socket| op(socket.into()))
+        self.0.write_with(move |socket| op(socket.as_fd()))
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {

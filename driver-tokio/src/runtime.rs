@@ -3,9 +3,10 @@
 use std::future::Future;
 use std::io;
 use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::time::Instant;
 
-use porter_host::{AsyncUdp, Runtime, UdpSockRef};
+use porter_host::{AsyncUdp, Runtime};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::task::AbortHandle;
@@ -45,11 +46,11 @@ impl TokioUdp {
     async fn ready_then<T>(
         &self,
         interest: Interest,
-        mut op: impl FnMut(UdpSockRef<'_>) -> io::Result<T>,
+        mut op: impl FnMut(BorrowedFd<'_>) -> io::Result<T>,
     ) -> io::Result<T> {
         loop {
             self.0.ready(interest).await?;
-            match self.0.try_io(interest, || op((&self.0).into())) {
+            match self.0.try_io(interest, || op(self.0.as_fd())) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 other => return other,
             }
@@ -60,14 +61,14 @@ impl TokioUdp {
 impl AsyncUdp for TokioUdp {
     fn read_with<T: Send>(
         &self,
-        op: impl FnMut(UdpSockRef<'_>) -> io::Result<T> + Send,
+        op: impl FnMut(BorrowedFd<'_>) -> io::Result<T> + Send,
     ) -> impl Future<Output = io::Result<T>> + Send {
         self.ready_then(Interest::READABLE, op)
     }
 
     fn write_with<T: Send>(
         &self,
-        op: impl FnMut(UdpSockRef<'_>) -> io::Result<T> + Send,
+        op: impl FnMut(BorrowedFd<'_>) -> io::Result<T> + Send,
     ) -> impl Future<Output = io::Result<T>> + Send {
         self.ready_then(Interest::WRITABLE, op)
     }

@@ -165,6 +165,9 @@ impl Setup {
             max_cids_per_session: 1 + usize::from(self.max_cids % 4),
             // Derived from bytes already read, so that the corpus keeps its meaning.
             max_paths_per_session: 1 + usize::from(self.max_sessions / 8 % 4),
+            // The socket cap: below the session cap for some inputs, so refusals for it
+            // and dropped new paths are reached.
+            max_paths: 1 + usize::from(self.max_sessions / 32 % 8),
             path_idle_timeout: Duration::from_millis(1 + u64::from(self.handshake_ms)),
             // Server-ID routing for half the inputs: plaintext CIDs with config ID 0 and
             // a one-octet server ID 0, 1 or 2 (a backend each), which short headers with
@@ -509,6 +512,23 @@ impl Harness {
                     .get(i)
                     .copied()
                     .unwrap_or(AllocationId(u64::MAX));
+                let index = usize::from(*backend) % BACKENDS.len();
+                if *ok && *backend >= 0x80 {
+                    // The answer names a server ID: the backend's own (not in the
+                    // configuration), another backend's, a configured one, or garbage.
+                    let allocated = |i: usize| format!("{:02x}", BACKENDS.len() + i);
+                    let server_id = match *backend & 0x60 {
+                        0x00 => allocated(index),
+                        0x20 => allocated((index + 1) % BACKENDS.len()),
+                        0x40 => format!("{index:02x}"),
+                        _ => "zz".to_owned(),
+                    };
+                    return ModelOp::CompleteWithServerId {
+                        id,
+                        backend: backend_addr(*backend),
+                        server_id,
+                    };
+                }
                 let backend = backend_addr(*backend);
                 let result = if *ok {
                     Ok(backend)

@@ -178,7 +178,7 @@ pub use relay::{
     AllocationCounters, AllocationFailure, Command, CompleteAllocationError, CompleteLookupError,
     DirectoryConfig, DropReason, LookupCounters, LookupId, Notification, QuicLbCounters,
     QuicLbMiss, QuicLbRouting, RefusalMode, RefuseReason, Relay, RelayConfig, RelayStats,
-    SessionPage, Verdict,
+    ServerIdBinding, SessionPage, Verdict,
 };
 pub use routes::{
     Balance, Policy, Resolved, Route, RouteError, RouteName, RouteNameError, RouteTable,

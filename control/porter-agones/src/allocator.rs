@@ -116,6 +116,7 @@ impl Allocator for AgonesAllocator {
             Ok(Allocated {
                 game_server: allocation.game_server_name,
                 addr,
+                server_id: allocation.server_id,
             })
         })
     }

@@ -45,6 +45,10 @@ pub struct Allocation {
     /// name that resolved (first result of the system resolver) before the deadline;
     /// `None` otherwise, and then the caller decides (the slot is reserved either way).
     pub socket_addr: Option<SocketAddr>,
+    /// The value of the label named by `server_id_label` (else of the annotation of that
+    /// name): the game server's QUIC-LB server ID, as text. `None` when no name is
+    /// configured or the game server has neither.
+    pub server_id: Option<String>,
 }
 
 /// A client of the Agones allocator service over mutual TLS.
@@ -70,6 +74,7 @@ struct Settings {
     player_list: String,
     reserve_player_slot: bool,
     port_name: Option<String>,
+    server_id_label: Option<String>,
 }
 
 /// What one failed attempt means for the next.
@@ -130,6 +135,7 @@ impl AgonesClient {
                 player_list: config.player_list,
                 reserve_player_slot: config.reserve_player_slot,
                 port_name: config.port_name,
+                server_id_label: config.server_id_label,
             }),
         })
     }
@@ -308,11 +314,26 @@ impl AgonesClient {
             .filter(|&p| p != 0)
             .ok_or_else(|| invalid(format!("port `{}` is {}", port.name, port.port)))?;
         let socket_addr = resolve(&response.address, port, deadline).await;
+        let server_id = self.settings.server_id_label.as_ref().and_then(|name| {
+            let metadata = response.metadata.as_ref();
+            let found =
+                metadata.and_then(|m| m.labels.get(name).or_else(|| m.annotations.get(name)));
+            if found.is_none() {
+                tracing::warn!(
+                    game_server = %response.game_server_name,
+                    label = %name,
+                    "the allocated game server has no server ID label or annotation; its \
+                     clients are routed without it"
+                );
+            }
+            found.cloned()
+        });
         Ok(Allocation {
             game_server_name: response.game_server_name,
             address: response.address,
             port,
             socket_addr,
+            server_id,
         })
     }
 }

@@ -49,6 +49,9 @@ pub struct AgonesClientConfig {
     /// Name of the game server port to connect to; `None` takes the first port.
     /// Default: `None`.
     pub port_name: Option<String>,
+    /// Name of the game servers' label (or, without such a label, annotation) that holds
+    /// each one's QUIC-LB server ID in hex; `None` reads none. Default: `None`.
+    pub server_id_label: Option<String>,
 }
 
 /// Default of [`AgonesClientConfig::request_timeout`].
@@ -82,6 +85,7 @@ impl AgonesClientConfig {
             player_list: DEFAULT_PLAYER_LIST.to_owned(),
             reserve_player_slot: true,
             port_name: None,
+            server_id_label: None,
         }
     }
 
@@ -128,6 +132,7 @@ impl std::fmt::Debug for AgonesClientConfig {
             .field("player_list", &self.player_list)
             .field("reserve_player_slot", &self.reserve_player_slot)
             .field("port_name", &self.port_name)
+            .field("server_id_label", &self.server_id_label)
             .finish()
     }
 }
@@ -199,6 +204,7 @@ impl AgonesClientConfig {
         config.player_list.clone_from(&section.player_list);
         config.reserve_player_slot = section.reserve_player_slot;
         config.port_name.clone_from(&section.port_name);
+        config.server_id_label.clone_from(&section.server_id_label);
         Ok(config)
     }
 }

@@ -519,6 +519,51 @@ async fn unreachable_allocator_is_unavailable_after_retries() {
 }
 
 #[tokio::test]
+async fn the_server_id_comes_from_the_named_label_else_the_annotation() {
+    const NAME: &str = "porter.dev/server-id";
+    let mut servers = fleet("arena", 3, 1);
+    servers[0].labels.insert(NAME.to_owned(), "0a01".to_owned());
+    servers[0]
+        .annotations
+        .insert(NAME.to_owned(), "ffff".to_owned());
+    servers[1]
+        .annotations
+        .insert(NAME.to_owned(), "0a02".to_owned());
+    let allocator = start(ServerCert::WithDnsName, servers).await;
+    let mut config = allocator.client_config();
+    config.server_id_label = Some(NAME.to_owned());
+    let client = client(config);
+    let mut found = Vec::new();
+    for tag in ["a", "b", "c"] {
+        let allocation = client.allocate("arena", tag, in_secs(10)).await.unwrap();
+        found.push((allocation.game_server_name, allocation.server_id));
+    }
+    found.sort();
+    assert_eq!(
+        found,
+        [
+            ("arena-0".to_owned(), Some("0a01".to_owned())),
+            ("arena-1".to_owned(), Some("0a02".to_owned())),
+            ("arena-2".to_owned(), None),
+        ]
+    );
+
+    // Without a configured name, none is read.
+    let allocator = start(ServerCert::WithDnsName, {
+        let mut servers = fleet("arena", 1, 1);
+        servers[0].labels.insert(NAME.to_owned(), "0a01".to_owned());
+        servers
+    })
+    .await;
+    let allocation = AgonesClient::new(allocator.client_config())
+        .unwrap()
+        .allocate("arena", "a", in_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(allocation.server_id, None);
+}
+
+#[tokio::test]
 async fn named_port_is_chosen_and_a_missing_one_is_reported() {
     let mut gs = TestGameServer::ready("arena-0", NS, "arena", addr(7000), 4);
     gs.ports = vec![("game".to_owned(), 7000), ("admin".to_owned(), 7001)];

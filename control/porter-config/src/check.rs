@@ -447,6 +447,17 @@ impl Checker<'_> {
             log_format: self
                 .get(&s, "log_format", log_format)
                 .unwrap_or(default_format),
+            receive_buffer: self.read(&s, "receive_buffer", |n| {
+                let bytes = byte_size_at_least(n, 64 * 1024)?;
+                if bytes > 1 << 30 {
+                    return Err(format!(
+                        "{} is more than the 1GiB a listener may ask for",
+                        format_byte_size(bytes as u64)
+                    ));
+                }
+                Ok(bytes)
+            }),
+            batch_sends: self.read(&s, "batch_sends", boolean),
         }
     }
 
@@ -654,10 +665,19 @@ impl Checker<'_> {
         let player_list = self.read(&s, "player_list", non_empty_string);
         let reserve_player_slot = self.read(&s, "reserve_player_slot", boolean);
         let port_name = self.get(&s, "port_name", non_empty_string);
+        let server_id_label = self.get(&s, "server_id_label", non_empty_string);
         let allocate_route_ttl = self.read(&s, "allocate_route_ttl", duration_positive);
 
         if !enabled {
             return (None, false);
+        }
+        if server_id_label.is_some() && top.value("quic_lb").is_none() {
+            self.error(
+                s.path_of("server_id_label"),
+                s.value("server_id_label").and_then(|f| f.span()),
+                "server IDs are read from CIDs only with a `quic_lb` configuration (its \
+                 `servers` may be empty)",
+            );
         }
         let enabled_at = s.value("enabled").and_then(|f| f.span());
         let mut required = |key: &str, present: bool, what: &str| {
@@ -718,6 +738,7 @@ impl Checker<'_> {
             reserve_player_slot,
             port_name,
             allocate_route_ttl,
+            server_id_label,
         };
         (Some(config), true)
     }
@@ -731,6 +752,8 @@ impl Checker<'_> {
             self.read(&s, "max_cids_per_session", |n| integer_at_least(n, 1));
         let max_paths_per_session =
             self.read(&s, "max_paths_per_session", |n| integer_at_least(n, 1));
+        let max_upstream_sockets =
+            self.read(&s, "max_upstream_sockets", |n| integer_at_least(n, 1));
         let path_idle_timeout = self.read(&s, "path_idle_timeout", duration_positive);
         // One Initial datagram is at least 1200 bytes (RFC 9000 §14.1).
         let per_connection = self.read(&s, "max_buffered_bytes_per_connection", |n| {
@@ -814,6 +837,7 @@ impl Checker<'_> {
             max_sessions,
             max_cids_per_session,
             max_paths_per_session,
+            max_upstream_sockets,
             path_idle_timeout,
             max_buffered_bytes_per_connection: per_connection,
             max_buffered_bytes_total: total,

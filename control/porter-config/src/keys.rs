@@ -223,6 +223,18 @@ pub const UDP: Section = Section {
             Derived("the value of `log.format`"),
             "Format of the connection logs.",
         ),
+        key(
+            "receive_buffer",
+            Kind::ByteSize,
+            Value("8MiB"),
+            "Kernel receive buffer of each listener socket (SO_RCVBUFFORCE when permitted, else SO_RCVBUF up to net.core.rmem_max); the size in effect is logged at start.",
+        ),
+        key(
+            "batch_sends",
+            Kind::Bool,
+            Value("true"),
+            "Send single client-bound datagrams of many clients in one sendmmsg.",
+        ),
     ],
 };
 
@@ -420,6 +432,12 @@ pub const AGONES: Section = Section {
             Value("10m"),
             "Life of a POST /allocate route.",
         ),
+        key(
+            "server_id_label",
+            Kind::String,
+            Derived("none"),
+            "Label holding a game server's QUIC-LB server ID.",
+        ),
     ],
 };
 
@@ -456,6 +474,12 @@ pub const RELAY: Section = Section {
             Kind::Integer,
             Value("4"),
             "Client paths (addresses) per session.",
+        ),
+        key(
+            "max_upstream_sockets",
+            Kind::Integer,
+            Value("100000"),
+            "Upstream sockets (client paths) at once.",
         ),
         key(
             "path_idle_timeout",

@@ -72,6 +72,10 @@ pub struct UdpConfig {
     pub log_requests: bool,
     /// Format of those logs; `log.format` unless `udp.log_format` is set.
     pub log_format: LogFormat,
+    /// The kernel receive buffer asked for on each listener socket, in bytes.
+    pub receive_buffer: usize,
+    /// Send single client-bound datagrams of many clients in one `sendmmsg`.
+    pub batch_sends: bool,
 }
 
 impl UdpConfig {
@@ -92,6 +96,8 @@ impl Default for UdpConfig {
             binds: vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)],
             log_requests: false,
             log_format: LogFormat::Human,
+            receive_buffer: 8 << 20,
+            batch_sends: true,
         }
     }
 }
@@ -242,6 +248,9 @@ pub struct AgonesConfig {
     pub port_name: Option<String>,
     /// How long a route made by `POST /allocate` lasts.
     pub allocate_route_ttl: Duration,
+    /// The label (else annotation) of a game server that holds its QUIC-LB server ID in
+    /// hex; `None` reads none.
+    pub server_id_label: Option<String>,
 }
 
 /// Section `relay`: the bounds and timers of the relay core.
@@ -258,6 +267,9 @@ pub struct RelayConfig {
     pub max_cids_per_session: usize,
     /// Client paths (client addresses, each with its own upstream socket) per session.
     pub max_paths_per_session: usize,
+    /// Upstream sockets (client paths) at once over all sessions; the relay lowers it to
+    /// its file-descriptor limit less a reserve and its ephemeral port range.
+    pub max_upstream_sockets: usize,
     /// A path other than the one its client used last ends after this long without a
     /// datagram from its client.
     pub path_idle_timeout: Duration,
@@ -299,6 +311,7 @@ impl Default for RelayConfig {
             max_sessions: 100_000,
             max_cids_per_session: 8,
             max_paths_per_session: 4,
+            max_upstream_sockets: 100_000,
             path_idle_timeout: Duration::from_secs(5),
             max_buffered_bytes_per_connection: 64 << 10,
             max_buffered_bytes_total: 64 << 20,

@@ -113,6 +113,7 @@ fn original_format_with_both_integrations_enabled() {
     assert!(agones.reserve_player_slot);
     assert!(!agones.insecure_skip_verify);
     assert_eq!(agones.port_name, None);
+    assert_eq!(agones.server_id_label, None);
     assert_eq!(agones.allocate_route_ttl, Duration::from_secs(600));
     assert!(config.warnings.is_empty(), "{:?}", config.warnings);
 }
@@ -355,6 +356,21 @@ fn bad_duration() {
 }
 
 #[test]
+fn listener_buffer_and_batching() {
+    let c = parse("udp: {receive_buffer: 16MiB, batch_sends: false}\n").unwrap();
+    assert_eq!((c.udp.receive_buffer, c.udp.batch_sends), (16 << 20, false));
+    let d = parse("").unwrap();
+    assert_eq!((d.udp.receive_buffer, d.udp.batch_sends), (8 << 20, true));
+    let e = errors("udp:\n  receive_buffer: 2GiB\n");
+    assert!(
+        e.starts_with("test.yaml:2:19: udp.receive_buffer: 2GiB is more than the 1GiB"),
+        "{e}"
+    );
+    let e = errors("udp: {receive_buffer: 1KiB}\n");
+    assert!(e.contains("udp.receive_buffer: 1KiB is too small"), "{e}");
+}
+
+#[test]
 fn bad_port() {
     let e = errors("udp: {port: 70000}\n");
     assert_eq!(e, "test.yaml:1:13: udp.port: 70000 is not a port (0-65535)");
@@ -474,6 +490,26 @@ fn agones_enabled_without_certs() {
         e.contains("agones.allocator_host: the allocator's host:port is required"),
         "{e}"
     );
+}
+
+#[test]
+fn agones_server_id_label_needs_quic_lb() {
+    let agones = "agones: {enabled: true, allocator_host: a, allocator_client_cert: a, \
+                  allocator_client_key: b, allocator_ca_cert: c, server_id_label: porter.dev/sid}\n";
+    let e = errors(agones);
+    assert_eq!(
+        e,
+        "test.yaml:1:134: agones.server_id_label: server IDs are read from CIDs only with a \
+         `quic_lb` configuration (its `servers` may be empty)"
+    );
+    let config = parse(&format!(
+        "{agones}quic_lb:\n  - {{config_id: 0, server_id_len: 2, nonce_len: 6, servers: {{}}}}\n"
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let agones = config.agones.unwrap();
+    assert_eq!(agones.server_id_label.as_deref(), Some("porter.dev/sid"));
+    assert!(config.quic_lb[0].servers.is_empty());
+    assert!(errors("agones: {server_id_label: \"\"}\n").contains("agones.server_id_label"));
 }
 
 #[test]

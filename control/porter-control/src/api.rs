@@ -94,6 +94,10 @@ enum Access {
 pub struct DriverGauges {
     /// Upstream sockets open.
     pub upstream_sockets: usize,
+    /// The smallest kernel receive buffer of the listeners, in bytes.
+    pub listener_receive_buffer: usize,
+    /// Client sends batched with `sendmmsg`: calls and the datagrams they carried.
+    pub batched_sends: porter_host::BatchedSends,
 }
 
 /// Reads the driver's gauges.
@@ -191,6 +195,8 @@ impl Api {
         let gauged = engine.clone();
         let gauges: GaugeFn = Arc::new(move || DriverGauges {
             upstream_sockets: gauged.upstream_count(),
+            listener_receive_buffer: gauged.receive_buffer(),
+            batched_sends: gauged.batched_sends(),
         });
         let mut api = Self::new(settings.clone(), engine.handle(), gauges);
         if let Some(sync) = sync {
@@ -736,6 +742,10 @@ impl Api {
             .iter()
             .map(|r| (r.as_str().to_owned(), json!(stats.drops(*r))))
             .collect();
+        let refusals: serde_json::Map<String, serde_json::Value> = porter_core::RefuseReason::ALL
+            .iter()
+            .map(|r| (r.as_str().to_owned(), json!(stats.refusals(*r))))
+            .collect();
         let redis = self.sync.as_ref().map(|s| {
             let st = s.status();
             json!({
@@ -751,6 +761,8 @@ impl Api {
             "pending_sessions": stats.pending_sessions,
             "upstream_sockets": gauges.upstream_sockets,
             "upstream_sockets_expected": upstreams,
+            "upstream_socket_limit": host.upstream_socket_limit,
+            "upstream_failures": stats.upstream_failures,
             "connection_ids": stats.connection_ids,
             "paths": stats.paths,
             "paths_opened": stats.paths_opened,
@@ -760,6 +772,9 @@ impl Api {
                 "unknown_config": stats.quic_lb.unknown_config,
                 "malformed": stats.quic_lb.malformed,
                 "unknown_server": stats.quic_lb.unknown_server,
+                "allocated_server_ids": stats.quic_lb.allocated_server_ids,
+                "invalid_server_ids": stats.quic_lb.invalid_server_ids,
+                "server_id_conflicts": stats.quic_lb.server_id_conflicts,
             },
             "directory_lookups": {
                 "asked": stats.lookups.asked,
@@ -774,6 +789,7 @@ impl Api {
             "sessions_opened": stats.sessions_opened,
             "sessions_closed": stats.sessions_closed,
             "refused": stats.refused,
+            "refusals": refusals,
             "to_backend": {"datagrams": stats.to_backend.datagrams, "bytes": stats.to_backend.bytes},
             "to_client": {"datagrams": stats.to_client.datagrams, "bytes": stats.to_client.bytes},
             "allocations": {

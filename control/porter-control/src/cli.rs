@@ -88,7 +88,9 @@ impl Cli {
     /// What both binaries do before their runtime starts. Loads the configuration; for
     /// `check`, prints the warnings and the verdict and returns the exit code (0, or 2
     /// for a problem); for `run`, resolves the settings (a problem: exit code 2), starts
-    /// logging ([`init_logging`]) and logs the configuration's warnings.
+    /// logging ([`init_logging`]), logs the configuration's warnings, and raises the soft
+    /// file-descriptor limit to the hard one ([`porter_host::raise_fd_limit`]: every
+    /// client path holds a socket).
     pub fn prepare(&self) -> Result<Settings, ExitCode> {
         let (config, origin) = match self.load_config() {
             Ok(loaded) => loaded,
@@ -126,7 +128,25 @@ impl Cli {
         for warning in &config.warnings {
             tracing::warn!("{warning}");
         }
+        raise_fd_limit();
         Ok(settings)
+    }
+}
+
+/// Raises the soft `NOFILE` limit to the hard one, and says so (or why not).
+fn raise_fd_limit() {
+    let shown = |l: Option<u64>| l.map_or_else(|| "unlimited".to_owned(), |l| l.to_string());
+    match porter_host::raise_fd_limit() {
+        (limit, None) if limit.now != limit.before => tracing::info!(
+            from = %shown(limit.before),
+            to = %shown(limit.now),
+            "file-descriptor limit raised"
+        ),
+        (_, None) => {}
+        (limit, Some(e)) => tracing::warn!(
+            limit = %shown(limit.now),
+            "cannot raise the file-descriptor limit: {e}"
+        ),
     }
 }
 

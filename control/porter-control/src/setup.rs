@@ -49,6 +49,10 @@ pub struct Settings {
     pub config_file: Option<PathBuf>,
     /// Active health checks, when `health.enabled`.
     pub health: Option<porter_host::HealthSettings>,
+    /// Kernel receive buffer asked for on each listener, in bytes.
+    pub receive_buffer: usize,
+    /// Client sends batched with `sendmmsg`.
+    pub batch_sends: bool,
 }
 
 impl Settings {
@@ -85,6 +89,9 @@ impl Settings {
             max_sessions: r.max_sessions,
             max_cids_per_session: r.max_cids_per_session,
             max_paths_per_session: r.max_paths_per_session,
+            // Lowered to what the process can open when the engine starts
+            // (`porter_host::socket_budget`).
+            max_paths: r.max_upstream_sockets,
             path_idle_timeout: r.path_idle_timeout,
             max_buffered_per_session: r.max_buffered_bytes_per_connection,
             max_buffered_total: r.max_buffered_bytes_total,
@@ -156,6 +163,8 @@ impl Settings {
             redis: config.redis.clone(),
             config: config.clone(),
             config_file: None,
+            receive_buffer: config.udp.receive_buffer,
+            batch_sends: config.udp.batch_sends,
         })
     }
 
@@ -167,6 +176,8 @@ impl Settings {
             routes: self.routes.clone(),
             log_requests: self.log_requests,
             health: self.health,
+            receive_buffer: self.receive_buffer,
+            batch_sends: self.batch_sends,
         }
     }
 }

@@ -30,13 +30,7 @@ fn api_with(host: RelayHandle, token: Option<&str>) -> Api {
         max_body_bytes: LIMIT,
         ..ApiSettings::new(([127, 0, 0, 1], 0).into())
     };
-    Api::new(
-        settings,
-        host,
-        Arc::new(|| DriverGauges {
-            upstream_sockets: 0,
-        }),
-    )
+    Api::new(settings, host, Arc::new(DriverGauges::default))
 }
 
 fn api() -> Api {
@@ -824,13 +818,7 @@ async fn reads_of_sessions_and_routes_need_a_token_and_the_read_token_only_reads
         max_body_bytes: LIMIT,
         ..ApiSettings::new(([127, 0, 0, 1], 0).into())
     };
-    let api = Api::new(
-        settings,
-        host(),
-        Arc::new(|| DriverGauges {
-            upstream_sockets: 0,
-        }),
-    );
+    let api = Api::new(settings, host(), Arc::new(DriverGauges::default));
     for path in ["/sessions", "/routes", "/routes/a.test"] {
         let a = send_req(&api, request("GET", path, "", None)).await;
         assert_eq!(a.status, StatusCode::UNAUTHORIZED, "GET {path}");
@@ -917,13 +905,7 @@ async fn foreign_host_headers_are_refused() {
         allowed_hosts: vec!["porter.internal".into()],
         ..ApiSettings::new(([127, 0, 0, 1], 8080).into())
     };
-    let api = Api::new(
-        settings,
-        host(),
-        Arc::new(|| DriverGauges {
-            upstream_sockets: 0,
-        }),
-    );
+    let api = Api::new(settings, host(), Arc::new(DriverGauges::default));
     let route = r#"{"fqdn":"a.test","type":"simple","target":"127.0.0.1:1"}"#;
     for bad in [
         "attacker.example",

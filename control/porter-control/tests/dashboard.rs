@@ -45,9 +45,7 @@ fn api(handle: RelayHandle) -> Api {
     Api::new(
         ApiSettings::new(([127, 0, 0, 1], 0).into()),
         handle,
-        Arc::new(|| DriverGauges {
-            upstream_sockets: 0,
-        }),
+        Arc::new(DriverGauges::default),
     )
 }
 

@@ -236,3 +236,74 @@ pub async fn allocate_endpoint_adds_a_temporary_route(bin: Binary) {
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("error"), "{body}");
 }
+
+/// Server IDs of game servers: the allocated game server's label
+/// (`agones.server_id_label`) names its QUIC-LB server ID, and the game server is a quinn
+/// server issuing CIDs with it (`QuicLbGenerator`). A player connects through the agones
+/// route, then moves mid-transfer to another IP and a new CID, as in
+/// `quic_lb_keeps_a_client_that_changes_address_and_cid_on_its_backend`: the relay routes
+/// it to its game server by the ID from the allocation, and the transfer completes there.
+/// A second game server whose label is not hex is used all the same, without the ID.
+pub async fn a_game_servers_server_id_label_keeps_a_moving_player_on_it(bin: Binary) {
+    use porter_quic_lb::{Config, ServerId};
+
+    const LABEL: &str = "porter.dev/server-id";
+    let pki = Pki::new();
+    let lb = Config::new(1, 2, 6, None).unwrap();
+    let gs = EchoServer::start_quic_lb(
+        "GS1",
+        pki.server_config(&["play.test"]),
+        lb.clone(),
+        ServerId::new(&[0x0a, 0x01]).unwrap(),
+    );
+    let other = EchoServer::start("GS2", pki.server_config(&["play.test"]), false);
+    let apki = TestPki::generate();
+    let mut first = TestGameServer::ready("gs-1", NAMESPACE, FLEET, gs.addr, 1);
+    first.labels.insert(LABEL.to_owned(), "0a01".to_owned());
+    let mut second = TestGameServer::ready("gs-2", NAMESPACE, FLEET, other.addr, 1);
+    second.labels.insert(LABEL.to_owned(), "not-hex".to_owned());
+    let allocator = TestAllocator::start(
+        &apki,
+        ServerCert::WithDnsName,
+        NAMESPACE,
+        vec![first, second],
+    )
+    .await
+    .expect("test allocator");
+    let config = format!(
+        "{}quic_lb:\n  - {{config_id: 1, server_id_len: 2, nonce_len: 6, servers: {{}}}}\n{}",
+        agones_section(&apki, &allocator, &format!(", server_id_label: {LABEL}")),
+        agones_route("play.test")
+    );
+    let porter = Porter::start(bin, &config);
+    let mover = client_endpoint(pki.client_config(None));
+    let conn = connect(&mover, porter.udp, "play.test")
+        .await
+        .unwrap_or_else(|e| panic!("{e}; log:\n{}", porter.log()));
+    assert_eq!(
+        echo(&conn, b"hi").await,
+        "GS1:hi",
+        "gs-1 is allocated first"
+    );
+    let stats = porter.stats();
+    assert_eq!(stats["quic_lb"]["allocated_server_ids"], 1, "{stats}");
+
+    crate::cases::move_to_another_ip_mid_transfer(&mover, &conn, "GS1", &porter, "agones").await;
+
+    // gs-1 is full; gs-2's label is no server ID: counted, and gs-2 serves anyway.
+    let player = client_endpoint(pki.client_config(None));
+    let to_other = connect(&player, porter.udp, "play.test")
+        .await
+        .unwrap_or_else(|e| panic!("{e}; log:\n{}", porter.log()));
+    assert_eq!(echo(&to_other, b"hi").await, "GS2:hi");
+    let stats = porter.stats();
+    assert_eq!(stats["quic_lb"]["invalid_server_ids"], 1, "{stats}");
+    assert_eq!(stats["quic_lb"]["allocated_server_ids"], 1, "{stats}");
+    assert!(
+        porter.log().contains("is not hex of a configured length"),
+        "{}",
+        porter.log()
+    );
+    conn.close(0u32.into(), b"done");
+    to_other.close(0u32.into(), b"done");
+}

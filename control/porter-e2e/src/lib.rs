@@ -11,7 +11,8 @@
 //!
 //! The tests keep the case names, in modules named after the files that hold them:
 //! `cases::routes_by_sni_exact_wildcard_and_default`, `control_cases::..`,
-//! `agones_cases::..`, `reload_cases::..`, `edge_cases::..`, `directory_cases::..`.
+//! `agones_cases::..`, `reload_cases::..`, `edge_cases::..`, `fd_cases::..`,
+//! `scale_cases::..`, `directory_cases::..`.
 //!
 //! The peers the cases use are public too: [`Pki`], [`EchoServer`], [`client_endpoint`],
 //! [`connect`], [`echo`], [`UdpSink`], [`Nat`].
@@ -34,10 +35,14 @@ pub mod directory_cases;
 #[doc(hidden)]
 pub mod edge_cases;
 #[doc(hidden)]
+pub mod fd_cases;
+#[doc(hidden)]
 pub mod ngtcp2_cases;
 mod peers;
 #[doc(hidden)]
 pub mod reload_cases;
+#[doc(hidden)]
+pub mod scale_cases;
 
 /// Runs one case against `binary` on the runtime each case had as a
 /// `#[tokio::test(flavor = "multi_thread", worker_threads = 2)]`.
@@ -103,11 +108,13 @@ macro_rules! __with_cases {
                 players_fill_servers_in_order_then_fleet_is_full,
                 slow_or_down_allocator_then_recovery,
                 allocate_endpoint_adds_a_temporary_route,
+                a_game_servers_server_id_label_keeps_a_moving_player_on_it,
             }
             ngtcp2_cases {
                 ngtcp2_v1_download,
                 ngtcp2_v2_download,
                 ngtcp2_change_local_addr,
+                ngtcp2_nat_rebinding,
                 ngtcp2_retry_server,
                 ngtcp2_migration_beside_another_session,
             }
@@ -128,6 +135,17 @@ macro_rules! __with_cases {
                 an_l4_balancer_moving_a_connection_to_another_instance_keeps_it_with_the_directory,
                 ngtcp2_download_moved_to_another_instance_keeps_it_with_the_directory,
                 with_redis_stopped_the_directory_is_down_and_known_connections_flow,
+            }
+            scale_cases {
+                replies_to_many_clients_leave_in_batches,
+                an_l4_balancer_moving_a_connection_to_another_instance_keeps_it_with_quic_lb,
+            }
+            fd_cases {
+                a_flood_of_initials_under_a_low_fd_limit_is_refused_by_name_and_the_relay_keeps_serving,
+                api_accept_errors_under_a_low_fd_limit_back_off_quietly,
+                a_datagram_from_the_relays_own_upstream_socket_is_dropped,
+                the_drain_deadline_ends_the_process_while_the_listener_is_saturated,
+                a_socket_the_system_refuses_is_a_named_refusal,
             }
         }
     };
@@ -176,6 +194,8 @@ mod tests {
             ("ngtcp2_cases", include_str!("ngtcp2_cases.rs")),
             ("reload_cases", include_str!("reload_cases.rs")),
             ("edge_cases", include_str!("edge_cases.rs")),
+            ("scale_cases", include_str!("scale_cases.rs")),
+            ("fd_cases", include_str!("fd_cases.rs")),
             ("directory_cases", include_str!("directory_cases.rs")),
         ]
         .iter()

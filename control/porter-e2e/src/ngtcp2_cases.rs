@@ -187,6 +187,39 @@ pub async fn ngtcp2_change_local_addr(bin: Binary) {
     assert_download(bin, false, &["--change-local-addr=1ms"]).await;
 }
 
+/// `--change-local-addr --nat-rebinding`: one millisecond after the handshake the client
+/// moves to a new port keeping its connection ID, and does not validate the new path
+/// itself; the relay opens one new path for the known CID from the new address, the
+/// backend validates it, and the 200 kB download crosses it.
+///
+/// The request waits 50 ms (`--delay-stream`) so that the client's first packet after the
+/// move is one it must send. Without that, gtlsclient 1.11 stalls in about half the runs
+/// with or without a relay (run directly against gtlsserver: 4 of 6 stalled at ~11 kB):
+/// `ngtcp2_conn_set_local_addr` makes it ignore what still arrives on the old port ("ignore
+/// packet from unknown path"), so when the move happens with nothing ack-eliciting in
+/// flight (its log shows "loss detection timer canceled" just before "Changing local
+/// address" in every stalled run, an armed timer in every completed one) no PTO fires, the
+/// client sends nothing from the new port, the server never learns it and keeps sending to
+/// the old one until the idle timeout. A real NAT only rebinds on an outgoing packet, so
+/// the deadlock belongs to the simulation, not to rebinding.
+pub async fn ngtcp2_nat_rebinding(bin: Binary) {
+    let porter = assert_download(
+        bin,
+        false,
+        &[
+            "--change-local-addr=1ms",
+            "--nat-rebinding",
+            "--delay-stream=50ms",
+        ],
+    )
+    .await;
+    let stats = porter.stats();
+    assert_eq!(
+        stats["paths_opened"], 1,
+        "the rebinding was followed on one new path: {stats}"
+    );
+}
+
 /// A `gtlsserver -V` backend answers with Retry; the client's second Initial (with the
 /// token, to the server's new CID) goes to the same backend.
 pub async fn ngtcp2_retry_server(bin: Binary) {

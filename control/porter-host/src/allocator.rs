@@ -15,6 +15,10 @@ pub struct Allocated {
     pub game_server: String,
     /// Where its QUIC server listens.
     pub addr: SocketAddr,
+    /// Its QUIC-LB server ID as the allocator gave it (hex text, from the label or
+    /// annotation named by `agones.server_id_label`); `None` when not configured or
+    /// absent. See [`porter_core::Relay::complete_allocation_with_server_id`].
+    pub server_id: Option<String>,
 }
 
 /// What kind of failure an allocation met; the label of the allocation failure metric.

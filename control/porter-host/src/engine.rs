@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -20,7 +21,8 @@ use quinn_udp::{RecvMeta, BATCH_SIZE};
 
 use crate::batch::{plan_backend, plan_client, plan_commands, run, Out};
 use crate::host::{HostCell, RelayHandle, RelayHost, ALLOCATION_GRACE};
-use crate::notify::{lock, race, First};
+use crate::notify::{lock, race, yield_once, First};
+use crate::sends::{BatchedSends, ClientSends, Queue};
 use crate::socket::{bind_listener, canonical, connect_upstream, BindError, SlotPool, Socket};
 use crate::{
     Allocated, AllocationError, AllocationErrorKind, Allocator, Directory, HostSettings, Runtime,
@@ -32,6 +34,26 @@ const SLOT_LEN: usize = 64 * 1024;
 
 /// How long the timer task sleeps when the core has no deadline.
 const NO_DEADLINE: Duration = Duration::from_secs(3600);
+
+/// How long after the drain deadline the watchdog ends a process that has not exited.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(1);
+
+/// Ends the process at `at` from a thread of its own, which needs no executor and no
+/// lock: the drain's deadline is kept even when the data plane starves the drain task.
+fn watch_drain(at: Instant) {
+    let spawned = std::thread::Builder::new()
+        .name("porter-drain-watchdog".into())
+        .spawn(move || {
+            while let Some(left) = at.checked_duration_since(Instant::now()) {
+                std::thread::sleep(left);
+            }
+            tracing::warn!("drain deadline passed and the relay is still busy: exiting now");
+            std::process::exit(0);
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("cannot start the drain watchdog: {e}");
+    }
+}
 
 /// How often the shutdown drain looks at the session count.
 const DRAIN_POLL: Duration = Duration::from_millis(100);
@@ -45,6 +67,52 @@ const UPSTREAM_SLOTS_KEPT: usize = 64;
 struct Upstream<R: Runtime> {
     socket: Arc<Socket<R::Udp>>,
     reader: R::Task,
+    /// Its local address, when it is one of [`OwnAddrs`].
+    local: Option<SocketAddr>,
+}
+
+/// The local addresses of the upstream sockets: a datagram at a listener from one of
+/// them came from the relay itself (a backend target that leads back to it), and
+/// relaying it would loop. A connected UDP socket's local address is specific (the
+/// kernel fills in the source address at connect), so the match is exact; a counter per
+/// port lets the listeners skip the lookup, and its lock, for most datagrams.
+struct OwnAddrs {
+    ports: Box<[AtomicU32]>,
+    addrs: Mutex<HashMap<SocketAddr, u32>>,
+}
+
+impl OwnAddrs {
+    fn new() -> Self {
+        Self {
+            ports: (0..=u16::MAX).map(|_| AtomicU32::new(0)).collect(),
+            addrs: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn add(&self, addr: SocketAddr) {
+        let addr = canonical(addr);
+        *lock(&self.addrs).entry(addr).or_insert(0) += 1;
+        self.ports[usize::from(addr.port())].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn remove(&self, addr: SocketAddr) {
+        let addr = canonical(addr);
+        let mut addrs = lock(&self.addrs);
+        if let Some(n) = addrs.get_mut(&addr) {
+            *n -= 1;
+            if *n == 0 {
+                addrs.remove(&addr);
+            }
+            self.ports[usize::from(addr.port())].fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether a datagram from `from` came from one of the relay's upstream sockets.
+    fn sent_it(&self, from: SocketAddr) -> bool {
+        let from = canonical(from);
+        self.ports[usize::from(from.port())].load(Ordering::Relaxed) != 0
+            && lock(&self.addrs).contains_key(&from)
+    }
 }
 
 /// The relay's I/O on runtime `R`: everything the driver's tasks share.
@@ -52,7 +120,13 @@ pub struct Engine<R: Runtime> {
     rt: R,
     cell: Arc<HostCell>,
     listeners: Vec<Arc<Socket<R::Udp>>>,
+    /// Per listener (same index): client-bound datagrams queued for one `sendmmsg`;
+    /// `None` when sends are not batched.
+    sends: Option<Vec<ClientSends>>,
+    /// Per listener: the kernel receive buffer in effect, in bytes.
+    receive_buffers: Vec<usize>,
     upstreams: Mutex<HashMap<PathId, Upstream<R>>>,
+    own_addrs: OwnAddrs,
     allocations: Mutex<HashMap<AllocationId, R::Task>>,
     allocator: Option<Arc<dyn Allocator>>,
     /// Where connection IDs this relay does not know are looked up, once set.
@@ -64,18 +138,26 @@ pub struct Engine<R: Runtime> {
 
 impl<R: Runtime> Engine<R> {
     /// An engine over the host in `cell`, reading `listeners`; allocation requests go
-    /// to `allocator` (without one they fail: Agones is not enabled).
+    /// to `allocator` (without one they fail: Agones is not enabled). With
+    /// `batch_sends`, single client-bound datagrams leave each listener in `sendmmsg`
+    /// batches.
     pub fn new(
         rt: R,
         cell: Arc<HostCell>,
         listeners: Vec<Socket<R::Udp>>,
         allocator: Option<Arc<dyn Allocator>>,
+        batch_sends: bool,
     ) -> Arc<Self> {
+        let sends = batch_sends.then(|| listeners.iter().map(|_| ClientSends::default()).collect());
+        let receive_buffers = listeners.iter().map(Socket::receive_buffer).collect();
         Arc::new(Self {
             rt,
             cell,
             listeners: listeners.into_iter().map(Arc::new).collect(),
+            sends,
+            receive_buffers,
             upstreams: Mutex::new(HashMap::new()),
+            own_addrs: OwnAddrs::new(),
             allocations: Mutex::new(HashMap::new()),
             allocator,
             directory: OnceLock::new(),
@@ -89,6 +171,15 @@ impl<R: Runtime> Engine<R> {
         for listener in &self.listeners {
             let (engine, listener) = (self.clone(), listener.clone());
             drop(self.rt.spawn(async move { engine.listen(listener).await }));
+        }
+        if let Some(sends) = &self.sends {
+            for i in 0..sends.len() {
+                let engine = self.clone();
+                drop(
+                    self.rt
+                        .spawn(async move { engine.flush_client_sends(i).await }),
+                );
+            }
         }
         let engine = self.clone();
         drop(self.rt.spawn(async move { engine.run_timer().await }));
@@ -123,12 +214,49 @@ impl<R: Runtime> Engine<R> {
         lock(&self.upstreams).len()
     }
 
+    /// The smallest kernel receive buffer of the listeners, in bytes.
+    pub fn receive_buffer(&self) -> usize {
+        self.receive_buffers.iter().copied().min().unwrap_or(0)
+    }
+
+    /// What the batched client sends counted, over all listeners (zero when sends are
+    /// not batched).
+    pub fn batched_sends(&self) -> BatchedSends {
+        let mut total = BatchedSends::default();
+        for s in self.sends.iter().flatten() {
+            let c = s.counts();
+            total.calls += c.calls;
+            total.datagrams += c.datagrams;
+        }
+        total
+    }
+
     fn listener_for(&self, client: SocketAddr) -> Option<&Arc<Socket<R::Udp>>> {
+        self.listener_index(client).map(|i| &self.listeners[i])
+    }
+
+    fn listener_index(&self, client: SocketAddr) -> Option<usize> {
         let want_v4 = client.is_ipv4();
         self.listeners
             .iter()
-            .find(|l| l.local_addr().is_ok_and(|a| a.is_ipv4() == want_v4))
-            .or_else(|| self.listeners.first())
+            .position(|l| l.local_addr().is_ok_and(|a| a.is_ipv4() == want_v4))
+            .or_else(|| (!self.listeners.is_empty()).then_some(0))
+    }
+
+    /// The flusher of listener `i`'s batched sends.
+    async fn flush_client_sends(self: Arc<Self>, i: usize) {
+        let Some(sends) = self.sends.as_ref().and_then(|s| s.get(i)) else {
+            return;
+        };
+        let listener = &self.listeners[i];
+        let mut spare = Queue::default();
+        loop {
+            sends.queued().await;
+            // Every other task that is ready (upstream readers with datagrams) runs
+            // first and adds to the batch.
+            yield_once().await;
+            sends.flush(listener, &mut spare).await;
+        }
     }
 
     fn upstream_socket(&self, path: PathId) -> Option<Arc<Socket<R::Udp>>> {
@@ -151,6 +279,14 @@ impl<R: Runtime> Engine<R> {
             for (meta, buf) in metas[..n].iter().zip(&bufs) {
                 let from = ClientAddr(canonical(meta.addr));
                 let data = &buf[..meta.len];
+                if self.own_addrs.sent_it(from.0) {
+                    let mut host = self.cell.lock();
+                    let now = Instant::now();
+                    for segment in data.chunks(meta.stride.max(1)) {
+                        host.own_datagram(now, from, segment.len());
+                    }
+                    continue;
+                }
                 let notes = {
                     let mut host = self.cell.lock();
                     let now = Instant::now();
@@ -161,6 +297,10 @@ impl<R: Runtime> Engine<R> {
                 self.cell.deliver(&notes);
                 self.execute(&mut outs, data).await;
             }
+            // A socket that is always readable never makes `recv` wait, and an executor
+            // without cooperative budgets (smol's) would then run nothing else on this
+            // thread: not the timer, the API, the signal handler or the drain.
+            yield_once().await;
         }
     }
 
@@ -190,6 +330,8 @@ impl<R: Runtime> Engine<R> {
                 self.execute(&mut outs, data).await;
             }
             self.upstream_slots.put(bufs);
+            // As in `listen`: a busy upstream socket leaves the thread to the others.
+            yield_once().await;
         }
     }
 
@@ -219,15 +361,31 @@ impl<R: Runtime> Engine<R> {
                 }
                 Out::ToClient(client, range) => {
                     let (client, start, seg) = (*client, range.start, range.len());
-                    let Some(listener) = self.listener_for(client.0).cloned() else {
+                    let Some(index) = self.listener_index(client.0) else {
                         i += 1;
                         continue;
                     };
+                    let listener = self.listeners[index].clone();
                     let (end, next) = run(outs, i, seg, listener.max_segments(), |o| match o {
                         Out::ToClient(c, r) if *c == client => Some(r.clone()),
                         _ => None,
                     });
                     let segment = (end - start > seg).then_some(seg);
+                    if let Some(sends) = self.sends.as_ref().map(|s| &s[index]) {
+                        if segment.is_none() {
+                            // One datagram: it joins the listener's next batch.
+                            if sends.push(client.0, &data[start..end]) {
+                                sends.flush(&listener, &mut Queue::default()).await;
+                            }
+                            i = next;
+                            continue;
+                        }
+                        // A GSO run leaves at once; what was queued before it goes
+                        // first, so that this client's datagrams keep their order.
+                        if !sends.is_empty() {
+                            sends.flush(&listener, &mut Queue::default()).await;
+                        }
+                    }
                     if let Err(e) = listener.send(client.0, &data[start..end], segment).await {
                         tracing::debug!(%client, "send to client failed: {e}");
                     }
@@ -254,7 +412,7 @@ impl<R: Runtime> Engine<R> {
                 backend,
                 datagrams,
             } => {
-                self.open_upstream(session, path, backend);
+                self.open_upstream(session, path, client, backend);
                 if let Some(socket) = self.upstream_socket(path) {
                     if let Ok(peer) = socket.peer_addr() {
                         for d in datagrams {
@@ -277,6 +435,9 @@ impl<R: Runtime> Engine<R> {
             Command::CloseUpstream { path, .. } => {
                 let upstream = lock(&self.upstreams).remove(&path);
                 if let Some(upstream) = upstream {
+                    if let Some(local) = upstream.local {
+                        self.own_addrs.remove(local);
+                    }
                     R::abort(upstream.reader);
                 }
             }
@@ -314,14 +475,36 @@ impl<R: Runtime> Engine<R> {
         }
     }
 
-    fn open_upstream(self: &Arc<Self>, session: SessionId, path: PathId, backend: BackendAddr) {
+    fn open_upstream(
+        self: &Arc<Self>,
+        session: SessionId,
+        path: PathId,
+        client: ClientAddr,
+        backend: BackendAddr,
+    ) {
         match connect_upstream(&self.rt, backend.0) {
             Ok(socket) => {
                 let socket = Arc::new(socket);
+                // A socket bound to its client's own address (a transparent relay) is left
+                // out: that client's datagrams are not the relay's.
+                let local = socket
+                    .local_addr()
+                    .ok()
+                    .filter(|a| canonical(*a) != client.0);
+                if let Some(local) = local {
+                    self.own_addrs.add(local);
+                }
                 let reader = self
                     .rt
                     .spawn(self.clone().read_upstream(path, socket.clone()));
-                lock(&self.upstreams).insert(path, Upstream { socket, reader });
+                lock(&self.upstreams).insert(
+                    path,
+                    Upstream {
+                        socket,
+                        reader,
+                        local,
+                    },
+                );
             }
             Err(e) => {
                 // Bounded: under a flood every new session may fail the same way.
@@ -474,16 +657,35 @@ pub fn start<R: Runtime>(
     // With an IPv4 listener beside it, an IPv6 listener takes IPv6 only.
     let has_v4 = settings.listen.iter().any(SocketAddr::is_ipv4);
     for addr in &settings.listen {
-        listeners.push(bind_listener(&rt, *addr, has_v4)?);
+        listeners.push(bind_listener(&rt, *addr, has_v4, settings.receive_buffer)?);
     }
     // The bound addresses (an ephemeral port is known only now): routes to them loop.
     let bound: Vec<SocketAddr> = listeners
         .iter()
         .filter_map(|l| l.local_addr().ok())
         .collect();
+    // Every path holds a socket: no more paths than the process can open. Drawn now,
+    // with the listeners open.
+    let budget = crate::SocketBudget::measure(settings.relay.max_paths);
+    tracing::info!(
+        effective = budget.effective,
+        configured = budget.configured,
+        fd_limit = budget
+            .fd_limit
+            .map_or_else(|| "unlimited".to_owned(), |l| l.to_string()),
+        fds_open = budget.fds_open,
+        fds_later = crate::FDS_OPENED_LATER,
+        fd_reserve = crate::FD_RESERVE,
+        port_range = budget
+            .port_range
+            .map_or_else(|| "unknown".to_owned(), |p| p.to_string()),
+        "upstream socket budget"
+    );
+    let mut settings = settings.clone();
+    settings.relay.max_paths = budget.effective;
     let relay = settings.new_relay_at(bound)?;
     let cell = HostCell::new(RelayHost::new(relay, settings.log_requests));
-    let engine = Engine::new(rt, cell, listeners, allocator);
+    let engine = Engine::new(rt, cell, listeners, allocator, settings.batch_sends);
     engine.start();
     if let Some(health) = settings.health {
         let checker = engine.clone();
@@ -493,15 +695,23 @@ pub fn start<R: Runtime>(
             "health checks on"
         );
     }
-    for addr in engine.listen_addrs() {
-        tracing::info!(listen = %addr, "relay listening");
+    for (addr, buffer) in engine.listen_addrs().iter().zip(&engine.receive_buffers) {
+        tracing::info!(
+            listen = %addr,
+            receive_buffer = buffer,
+            asked = settings.receive_buffer,
+            batched_sends = settings.batch_sends,
+            "relay listening"
+        );
     }
     Ok(engine)
 }
 
 /// The shutdown drain, after the first SIGINT/SIGTERM: stops accepting new sessions and
 /// keeps forwarding until no session is left, `period` has passed, or `second_signal`
-/// resolves.
+/// resolves. The deadline holds even when this task cannot run (a data plane so busy
+/// that the executor never gets to it): a watchdog thread ends the process, with exit
+/// code 0, [`DRAIN_GRACE`] after it. Call it only on the way out.
 pub async fn drain<R: Runtime>(
     engine: &Engine<R>,
     period: Duration,
@@ -514,6 +724,7 @@ pub async fn drain<R: Runtime>(
     let handle = engine.handle();
     handle.set_accepting(false);
     let deadline = Instant::now() + period;
+    watch_drain(deadline + DRAIN_GRACE);
     let mut second_signal = std::pin::pin!(second_signal);
     loop {
         let sessions = handle.session_count();
@@ -526,5 +737,33 @@ pub async fn drain<R: Runtime>(
             tracing::info!("second signal: exiting now");
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod own_addr_tests {
+    use super::*;
+
+    #[test]
+    fn a_datagram_is_the_relays_own_only_from_an_upstream_sockets_exact_address() {
+        let own = OwnAddrs::new();
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(!own.sent_it(a("127.0.0.1:40000")));
+        own.add(a("127.0.0.1:40000"));
+        own.add(a("192.0.2.2:40001"));
+        assert!(own.sent_it(a("127.0.0.1:40000")));
+        assert!(own.sent_it(a("[::ffff:192.0.2.2]:40001")));
+        // Another address with the same port (a client on 127.1.0.7, say), or the same
+        // address with another port, is not the relay.
+        assert!(!own.sent_it(a("127.1.0.7:40000")));
+        assert!(!own.sent_it(a("192.0.2.2:40000")));
+        // Counted per socket: ours until its last socket closes.
+        own.add(a("127.0.0.1:40000"));
+        own.remove(a("127.0.0.1:40000"));
+        assert!(own.sent_it(a("127.0.0.1:40000")));
+        own.remove(a("127.0.0.1:40000"));
+        own.remove(a("127.0.0.1:40000"));
+        assert!(!own.sent_it(a("127.0.0.1:40000")));
+        assert_eq!(own.ports[40000].load(Ordering::Relaxed), 0);
     }
 }

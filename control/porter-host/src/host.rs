@@ -23,8 +23,9 @@ use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 use porter_core::{
-    AllocationFailure, AllocationId, BackendAddr, ClientAddr, Command, ConnectionId, LookupId,
-    Notification, PathId, Relay, RelayStats, Route, RouteError, RouteName, Verdict,
+    AllocationFailure, AllocationId, BackendAddr, ClientAddr, Command, ConnectionId, DropReason,
+    LookupId, Notification, PathId, Relay, RelayStats, Route, RouteError, RouteName,
+    ServerIdBinding, Verdict,
 };
 
 use crate::{Allocated, AllocationError, AllocationErrorKind};
@@ -122,6 +123,20 @@ impl RelayHost {
         verdict
     }
 
+    /// A datagram at a listener from one of the relay's own upstream sockets: dropped
+    /// and counted; see [`Relay::drop_own_datagram`].
+    pub fn own_datagram(&mut self, now: Instant, from: ClientAddr, len: usize) {
+        let _ = self.relay.drop_own_datagram();
+        if self.log_requests && self.log_limit.allow(now).is_some() {
+            tracing::info!(
+                client = %from,
+                len,
+                reason = DropReason::OwnSocket.as_str(),
+                "dropped client datagram"
+            );
+        }
+    }
+
     /// A datagram from a backend, on `path`'s upstream socket; see
     /// [`Relay::handle_backend_datagram`].
     pub fn backend_datagram(&mut self, now: Instant, path: PathId, data: &[u8]) -> Verdict {
@@ -139,8 +154,10 @@ impl RelayHost {
         verdict
     }
 
-    /// The allocator's answer; see [`Relay::complete_allocation`]. A late answer (the
-    /// connection already gave up) is logged and discarded.
+    /// The allocator's answer; see [`Relay::complete_allocation`] (and
+    /// [`Relay::complete_allocation_with_server_id`] when it names a server ID: an ID the
+    /// relay cannot use is logged). A late answer (the connection already gave up) is
+    /// logged and discarded.
     pub fn complete_allocation(
         &mut self,
         now: Instant,
@@ -148,6 +165,36 @@ impl RelayHost {
         result: Result<Allocated, AllocationError>,
     ) {
         let result = match result {
+            Ok(Allocated {
+                addr,
+                server_id: Some(server_id),
+                game_server,
+            }) => {
+                let binding = self.relay.complete_allocation_with_server_id(
+                    now,
+                    id,
+                    BackendAddr(addr),
+                    &server_id,
+                );
+                let shown = escape_network_text(server_id.as_bytes());
+                let why = match binding {
+                    Ok(ServerIdBinding::Invalid) => "is not hex of a configured length",
+                    Ok(ServerIdBinding::Conflict) => "already names another backend",
+                    Ok(binding) => {
+                        tracing::debug!(allocation = %id, %game_server, server_id = %shown, ?binding, "server ID");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::debug!(allocation = %id, "{e}");
+                        return;
+                    }
+                };
+                tracing::warn!(
+                    allocation = %id, %game_server, server_id = %shown,
+                    "the game server's QUIC-LB server ID {why}; its clients are routed without it"
+                );
+                return;
+            }
             Ok(allocated) => Ok(BackendAddr(allocated.addr)),
             Err(e) => {
                 tracing::warn!(allocation = %id, kind = e.kind().as_str(), reason = %e, "allocation failed");
@@ -177,10 +224,10 @@ impl RelayHost {
         }
     }
 
-    /// A path's upstream socket could not be opened: the path ends (with its session,
-    /// if it was the session's only one); see [`Relay::close_path`].
+    /// A path's upstream socket could not be opened: the path ends, and a session whose
+    /// only path it was is refused; see [`Relay::upstream_failed`].
     pub fn upstream_failed(&mut self, now: Instant, path: PathId) {
-        self.relay.close_path(now, path);
+        self.relay.upstream_failed(now, path);
     }
 
     /// Expires timers; see [`Relay::handle_timeout`].
@@ -343,6 +390,9 @@ pub struct HostStats {
     pub relay: RelayStats,
     /// Upstream sockets the relay asked for and has not closed.
     pub upstream_sockets: usize,
+    /// The most upstream sockets the relay opens ([`porter_core::RelayConfig::max_paths`],
+    /// as the engine set it from the descriptor limit and the port range).
+    pub upstream_socket_limit: usize,
     /// Failed allocations by kind (every kind, zeros included).
     pub allocation_failures: Vec<(AllocationErrorKind, u64)>,
     /// Acquisitions of the data-plane (host) lock since start.
@@ -491,6 +541,7 @@ impl RelayHandle {
         HostStats {
             relay: host.relay().stats(),
             upstream_sockets: host.upstream_sockets(),
+            upstream_socket_limit: host.relay().config().max_paths,
             allocation_failures: AllocationErrorKind::ALL
                 .iter()
                 .copied()

@@ -35,49 +35,53 @@ mod directory;
 mod engine;
 mod health;
 mod host;
+mod limits;
 mod logtext;
 mod metrics;
 mod notify;
+mod sends;
 mod settings;
 mod socket;
 
 use std::future::Future;
 use std::io;
 use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
+use std::os::fd::BorrowedFd;
 use std::time::Instant;
 
 pub use allocator::{Allocated, AllocationError, AllocationErrorKind, AllocationFuture, Allocator};
 pub use directory::{Directory, LookupFuture};
-pub use engine::{drain, start, Engine, StartError};
+pub use engine::{drain, start, Engine, StartError, DRAIN_GRACE};
 pub use health::{HealthSettings, PROBE_VERSION};
 pub use host::{
     HostCell, HostStats, RelayHandle, RelayHost, RouteEditor, Subscriber, ALLOCATION_GRACE,
 };
+pub use limits::{open_fds, raise_fd_limit, FdLimit, SocketBudget, FDS_OPENED_LATER, FD_RESERVE};
 pub use logtext::{escape_network_text, LogLimiter, MAX_LOGGED_BYTES};
 pub use metrics::{
     Histogram, Histograms, RouteStats, ALLOCATION_BUCKETS, NO_ROUTE_LABEL, ROUTING_WAIT_BUCKETS,
     SESSION_DURATION_BUCKETS,
 };
-pub use quinn_udp::UdpSockRef;
+pub use sends::BatchedSends;
 pub use settings::{HostSettings, SetupError};
 pub use socket::{bind_listener, canonical, BindError, Socket};
 
 /// A UDP socket registered with a runtime's reactor.
 ///
-/// Both methods wait until the socket is ready, run `op` on it (a non-blocking quinn-udp
-/// call), and when `op` fails with [`io::ErrorKind::WouldBlock`] clear the readiness and
+/// Both methods wait until the socket is ready, run `op` on its file descriptor (a
+/// non-blocking quinn-udp or `sendmmsg` call), and when `op` fails with [`io::ErrorKind::WouldBlock`] clear the readiness and
 /// wait again; any other result is returned.
 pub trait AsyncUdp: Send + Sync + 'static {
     /// Runs `op` once the socket is readable, until it does not block.
     fn read_with<T: Send>(
         &self,
-        op: impl FnMut(UdpSockRef<'_>) -> io::Result<T> + Send,
+        op: impl FnMut(BorrowedFd<'_>) -> io::Result<T> + Send,
     ) -> impl Future<Output = io::Result<T>> + Send;
 
     /// Runs `op` once the socket is writable, until it does not block.
     fn write_with<T: Send>(
         &self,
-        op: impl FnMut(UdpSockRef<'_>) -> io::Result<T> + Send,
+        op: impl FnMut(BorrowedFd<'_>) -> io::Result<T> + Send,
     ) -> impl Future<Output = io::Result<T>> + Send;
 
     /// The local address.

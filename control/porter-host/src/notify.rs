@@ -48,6 +48,25 @@ impl Notify {
     }
 }
 
+/// Returns to the executor once, to be polled again after the tasks that are ready now.
+///
+/// It wakes itself before returning `Pending`: tokio puts a task woken while it runs at
+/// the back of its queue (as `tokio::task::yield_now`), and smol's executor queues every
+/// wake behind the tasks already scheduled.
+pub(crate) async fn yield_once() {
+    let mut yielded = false;
+    poll_fn(|cx| {
+        if yielded {
+            Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    })
+    .await;
+}
+
 /// Which of two raced futures finished first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum First {

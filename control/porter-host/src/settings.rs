@@ -19,6 +19,11 @@ pub struct HostSettings {
     pub log_requests: bool,
     /// Active health checks of simple routes' backends; `None`: off.
     pub health: Option<crate::HealthSettings>,
+    /// Kernel receive buffer asked for on each listener, in bytes (0: the kernel's
+    /// default).
+    pub receive_buffer: usize,
+    /// Send single client-bound datagrams in `sendmmsg` batches across clients.
+    pub batch_sends: bool,
 }
 
 impl HostSettings {

@@ -22,6 +22,8 @@ pub struct Socket<U> {
     peer: Option<SocketAddr>,
     /// Whether an error was already reported (upstream sockets only).
     reported: AtomicBool,
+    /// The kernel receive buffer in effect, in bytes (listeners only; 0 otherwise).
+    receive_buffer: usize,
 }
 
 impl<U: AsyncUdp> Socket<U> {
@@ -36,7 +38,18 @@ impl<U: AsyncUdp> Socket<U> {
             local,
             peer,
             reported: AtomicBool::new(false),
+            receive_buffer: 0,
         })
+    }
+
+    /// The runtime's socket (for system calls quinn-udp does not make).
+    pub(crate) fn io(&self) -> &U {
+        &self.io
+    }
+
+    /// The kernel receive buffer in effect, in bytes, for a listener (0 for others).
+    pub fn receive_buffer(&self) -> usize {
+        self.receive_buffer
     }
 
     /// The local address.
@@ -55,7 +68,7 @@ impl<U: AsyncUdp> Socket<U> {
             .read_with(|sock| {
                 let mut iovs: Vec<IoSliceMut<'_>> =
                     bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
-                self.state.recv(sock, &mut iovs, metas)
+                self.state.recv((&sock).into(), &mut iovs, metas)
             })
             .await
     }
@@ -75,7 +88,7 @@ impl<U: AsyncUdp> Socket<U> {
                 let bufs = taken.get_or_insert_with(|| pool.take());
                 let mut iovs: Vec<IoSliceMut<'_>> =
                     bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
-                let result = self.state.recv(sock, &mut iovs, metas);
+                let result = self.state.recv((&sock).into(), &mut iovs, metas);
                 if matches!(&result, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
                     if let Some(bufs) = taken.take() {
                         pool.put(bufs);
@@ -102,7 +115,7 @@ impl<U: AsyncUdp> Socket<U> {
             src_ip: None,
         };
         self.io
-            .write_with(|sock| self.state.try_send(sock, &transmit))
+            .write_with(|sock| self.state.try_send((&sock).into(), &transmit))
             .await
     }
 
@@ -196,14 +209,33 @@ fn bind_hint(e: &io::Error) -> &'static str {
 
 /// Binds a UDP listener. An IPv6 socket is IPv6-only when `v6_only` (an IPv4 listener
 /// serves IPv4 beside it); otherwise a wildcard IPv6 bind also takes IPv4 clients, as
-/// IPv4-mapped addresses.
+/// IPv4-mapped addresses. Its kernel receive buffer is set to `receive_buffer` bytes
+/// where the process may (0: the kernel's default); see [`Socket::receive_buffer`].
 pub fn bind_listener<R: Runtime>(
     rt: &R,
     addr: SocketAddr,
     v6_only: bool,
+    receive_buffer: usize,
 ) -> Result<Socket<R::Udp>, BindError> {
     let std = bind_udp(addr, v6_only).map_err(|source| BindError::Bind { addr, source })?;
-    Socket::new(rt, std).map_err(|source| BindError::Setup { addr, source })
+    let setup = |source| BindError::Setup { addr, source };
+    let effective = size_receive_buffer(&std, receive_buffer).map_err(setup)?;
+    let mut socket = Socket::new(rt, std).map_err(setup)?;
+    socket.receive_buffer = effective;
+    Ok(socket)
+}
+
+/// Asks for a receive buffer of `want` bytes and returns the size in effect.
+///
+/// `SO_RCVBUFFORCE` (with `CAP_NET_ADMIN`) goes past `net.core.rmem_max`; without the
+/// capability it fails and plain `SO_RCVBUF` gets what the sysctl allows. Linux doubles
+/// the value asked for (room for its bookkeeping) and reports the doubled size.
+fn size_receive_buffer(socket: &StdUdpSocket, want: usize) -> io::Result<usize> {
+    use rustix::net::sockopt;
+    if want > 0 && sockopt::set_socket_recv_buffer_size_force(socket, want).is_err() {
+        sockopt::set_socket_recv_buffer_size(socket, want)?;
+    }
+    Ok(sockopt::socket_recv_buffer_size(socket)?)
 }
 
 fn bind_udp(addr: SocketAddr, v6_only: bool) -> io::Result<StdUdpSocket> {

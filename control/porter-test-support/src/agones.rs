@@ -26,7 +26,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Code, Request, Response, Status};
 
-use porter_agones::proto::allocation_response::GameServerStatusPort;
+use porter_agones::proto::allocation_response::{GameServerMetadata, GameServerStatusPort};
 use porter_agones::proto::game_server_selector::GameServerState;
 use porter_agones::proto::{AllocationRequest, AllocationResponse, GameServerSelector};
 use porter_agones::{AgonesClientConfig, FLEET_LABEL};
@@ -189,8 +189,11 @@ pub struct TestGameServer {
     pub name: String,
     /// Namespace.
     pub namespace: String,
-    /// Labels; [`TestGameServer::ready`] sets `agones.dev/fleet`.
+    /// Labels; [`TestGameServer::ready`] sets `agones.dev/fleet`. Returned in the
+    /// allocation answer's metadata, like the annotations.
     pub labels: BTreeMap<String, String>,
+    /// Annotations.
+    pub annotations: BTreeMap<String, String>,
     /// State.
     pub state: TestGameServerState,
     /// The address returned on allocation.
@@ -215,6 +218,7 @@ impl TestGameServer {
             name: name.to_owned(),
             namespace: namespace.to_owned(),
             labels: BTreeMap::from([(FLEET_LABEL.to_owned(), fleet.to_owned())]),
+            annotations: BTreeMap::new(),
             state: TestGameServerState::Ready,
             address: address.ip().to_string(),
             ports: vec![("default".to_owned(), i32::from(address.port()))],
@@ -500,6 +504,10 @@ fn allocate(state: &mut State, request: &AllocationRequest) -> Result<Allocation
                         port: *port,
                     })
                     .collect(),
+                metadata: Some(GameServerMetadata {
+                    labels: gs.labels.clone().into_iter().collect(),
+                    annotations: gs.annotations.clone().into_iter().collect(),
+                }),
             });
         }
     }

@@ -66,13 +66,34 @@ impl Porter {
         body: &str,
         place: impl FnOnce(&Path, &str) -> PathBuf,
     ) -> Self {
+        Self::start_wrapped(binary, &[], api_extra, body, place)
+    }
+
+    /// As [`Porter::start_with_api`], run through `wrapper` (a program and its arguments
+    /// that execute the rest of the command line, such as `prlimit --nofile=256 --`), so
+    /// the relay is the same process: [`Porter::pid`] is its process ID.
+    pub fn start_under(binary: Binary, wrapper: &[&str], api_extra: &str, body: &str) -> Self {
+        Self::start_wrapped(binary, wrapper, api_extra, body, |dir, text| {
+            let path = dir.join("config.yaml");
+            std::fs::write(&path, text).expect("write config");
+            path
+        })
+    }
+
+    fn start_wrapped(
+        binary: Binary,
+        wrapper: &[&str],
+        api_extra: &str,
+        body: &str,
+        place: impl FnOnce(&Path, &str) -> PathBuf,
+    ) -> Self {
         let (udp_port, api_port) = (free_udp_port(), free_tcp_port());
         let head = format!(
             "udp: {{port: {udp_port}, bind: 127.0.0.1, log_requests: true}}\n\
              api: {{port: {api_port}{api_extra}}}\n"
         );
         let config_path = place(&temp_dir(), &format!("{head}{body}"));
-        let mut porter = Self::spawn_at(binary, config_path, &[]);
+        let mut porter = Self::spawn_command(binary, wrapper, config_path, &[]);
         porter.udp = ([127, 0, 0, 1], udp_port).into();
         porter.api = ([127, 0, 0, 1], api_port).into();
         porter.config_head = head;
@@ -106,7 +127,24 @@ impl Porter {
     /// Spawns `binary` with `--config config_path` (an existing file) and extra arguments,
     /// without waiting for anything.
     pub fn spawn_at(binary: Binary, config_path: PathBuf, args: &[&str]) -> Self {
-        let mut child = Command::new(binary.path)
+        Self::spawn_command(binary, &[], config_path, args)
+    }
+
+    fn spawn_command(
+        binary: Binary,
+        wrapper: &[&str],
+        config_path: PathBuf,
+        args: &[&str],
+    ) -> Self {
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(binary.path);
+                c
+            }
+            None => Command::new(binary.path),
+        };
+        let mut child = command
             .args(args)
             .arg("--config")
             .arg(&config_path)

@@ -29,6 +29,11 @@
 //! - `rtt`: every flow sends single datagrams at `--rtt-rate` datagrams/s in total (paced
 //!   with tokio's 1 ms timer), each asking the sink to echo it; the generator takes each
 //!   echo's round-trip time from the timestamp it carries (p50/p99/p999).
+//! - `fanout` (with `--fanout-seconds`): the flows send nothing; the sink sends one
+//!   datagram of `--size` bytes to every flow in turn, round after round, as fast as it
+//!   can (a game server's tick to all its players), and the flows count what arrives:
+//!   each of those reaches the relay on another upstream socket and is owed to another
+//!   client, the case batched sends across clients are for.
 //!
 //! With `--relay-pid`, the relay's CPU time (utime+stime from `/proc/PID/stat`, the PID
 //! and its child processes: nginx's workers) is read right before and right after each
@@ -71,6 +76,10 @@ const SINK_CID_LEN: usize = 8;
 const HEADER_LEN: usize = 1 + SINK_CID_LEN + 1 + 4 + 8 + 8;
 /// The query a sink answers with its counters (first byte 0: not a QUIC packet).
 const STATS_QUERY: &[u8] = b"\0loadgen-stats?";
+
+/// Asks the sink for a `fanout` phase: followed by its length in milliseconds (u32) and
+/// the datagram size (u16), big-endian.
+const FANOUT_QUERY: &[u8] = b"\0loadgen-fanout";
 /// Receive buffer per batch slot: room for a GRO run.
 const SLOT_LEN: usize = 64 * 1024;
 /// How long after the end of a phase echoes and forwarded datagrams are still counted.
@@ -150,6 +159,9 @@ struct SendArgs {
     /// Total rate of the `rtt` phase in datagrams/s.
     #[arg(long, default_value_t = 20_000)]
     rtt_rate: u64,
+    /// Length of the `fanout` phase (0 skips it).
+    #[arg(long, default_value_t = 0.0)]
+    fanout_seconds: f64,
     /// Generator threads (flows are spread over them).
     #[arg(long, default_value_t = 1)]
     threads: usize,
@@ -406,6 +418,10 @@ struct SinkCounters {
     echoed: Cell<u64>,
     echo_errors: Cell<u64>,
     sources: RefCell<std::collections::HashSet<SocketAddr>>,
+    /// Datagrams sent in `fanout` phases.
+    fanout_sent: Cell<u64>,
+    /// A `fanout` phase asked for and not yet run: its length and datagram size.
+    fanout: Cell<Option<(Duration, usize)>>,
 }
 
 fn sink(args: &SinkArgs) -> Result<(), Error> {
@@ -444,6 +460,26 @@ async fn sink_loop(sock: Sock, port: u16) {
                 Err(_) => counters.echo_errors.set(counters.echo_errors.get() + 1),
             }
         }
+        if let Some((length, size)) = counters.fanout.take() {
+            fanout(&sock, &counters, length, size).await;
+        }
+    }
+}
+
+/// Sends one `size`-byte datagram to every source in turn until `length` has passed.
+async fn fanout(sock: &Sock, c: &SinkCounters, length: Duration, size: usize) {
+    let to: Vec<SocketAddr> = c.sources.borrow().iter().copied().collect();
+    let end = Instant::now() + length;
+    let mut datagram = vec![0x5au8; size.clamp(HEADER_LEN, 1472)];
+    datagram[0] = 0x40;
+    while Instant::now() < end && !to.is_empty() {
+        for addr in &to {
+            match sock.send(*addr, &datagram, None).await {
+                Ok(()) => c.fanout_sent.set(c.fanout_sent.get() + 1),
+                Err(_) => c.echo_errors.set(c.echo_errors.get() + 1),
+            }
+        }
+        tokio::task::yield_now().await;
     }
 }
 
@@ -459,15 +495,27 @@ fn sink_slot(
     let Some(&first) = data.first() else { return };
     if data == STATS_QUERY {
         let text = format!(
-            "{} {} {} {} {} {}",
+            "{} {} {} {} {} {} {}",
             c.datagrams.get(),
             c.bytes.get(),
             c.initials.get(),
             c.echoed.get(),
             c.echo_errors.get(),
-            c.sources.borrow().len()
+            c.sources.borrow().len(),
+            c.fanout_sent.get()
         );
         replies.push((from, text.into_bytes(), None));
+        return;
+    }
+    if let Some(args) = data.strip_prefix(FANOUT_QUERY) {
+        if let (Some(ms), Some(size)) = (args.get(..4), args.get(4..6)) {
+            let ms = u32::from_be_bytes(ms.try_into().expect("4 bytes"));
+            let size = u16::from_be_bytes(size.try_into().expect("2 bytes"));
+            c.fanout.set(Some((
+                Duration::from_millis(u64::from(ms)),
+                usize::from(size),
+            )));
+        }
         return;
     }
     if first & 0x80 != 0 {
@@ -494,8 +542,9 @@ fn sink_slot(
     }
 }
 
-/// The sink's counters: datagrams, bytes, initials, echoed, echo errors, sources.
-fn sink_stats(sink: SocketAddr) -> Result<[u64; 6], Error> {
+/// The sink's counters: datagrams, bytes, initials, echoed, echo errors, sources,
+/// datagrams sent in `fanout` phases.
+fn sink_stats(sink: SocketAddr) -> Result<[u64; 7], Error> {
     let sock = StdUdpSocket::bind("127.0.0.1:0")?;
     sock.set_read_timeout(Some(Duration::from_millis(500)))?;
     let mut buf = [0u8; 256];
@@ -507,7 +556,7 @@ fn sink_stats(sink: SocketAddr) -> Result<[u64; 6], Error> {
                 .split_whitespace()
                 .map(str::parse)
                 .collect::<Result<_, _>>()?;
-            if let Ok(a) = <[u64; 6]>::try_from(v) {
+            if let Ok(a) = <[u64; 7]>::try_from(v) {
                 return Ok(a);
             }
         }
@@ -565,6 +614,8 @@ struct Phase {
     /// Total datagrams/s over all flows; 0 for as fast as possible.
     rate: u64,
     echo: bool,
+    /// The flows only receive (the sink sends to all of them).
+    fanout: bool,
 }
 
 /// A thread's counts for one phase.
@@ -574,6 +625,8 @@ struct PhaseCounts {
     send_errors: u64,
     echoes: u64,
     rtt: Histogram,
+    /// Datagrams received in a `fanout` phase.
+    received: u64,
 }
 
 struct Shared {
@@ -611,6 +664,9 @@ fn send(args: &SendArgs) -> Result<(), Error> {
     if args.rtt_seconds > 0.0 {
         phases.push(("rtt", args.rtt_seconds, 1, args.rtt_rate.max(1), true));
     }
+    if args.fanout_seconds > 0.0 {
+        phases.push(("fanout", args.fanout_seconds, 1, 0, false));
+    }
     let mut handles = Vec::new();
     for t in 0..threads {
         let shared = shared.clone();
@@ -635,14 +691,23 @@ fn send(args: &SendArgs) -> Result<(), Error> {
         let cpu_before = args.relay_pid.map(cpu_ticks);
         let start = Instant::now() + Duration::from_millis(20);
         let end = start + Duration::from_secs_f64(seconds);
+        let fanout = kind == "fanout";
         *lock(&shared.phase) = Some(Phase {
             start,
             end,
             burst,
             rate,
             echo,
+            fanout,
         });
         shared.barrier.wait(); // go
+        if fanout {
+            let mut query = FANOUT_QUERY.to_vec();
+            let ms = u32::try_from((end - Instant::now()).as_millis()).unwrap_or(u32::MAX);
+            query.extend_from_slice(&ms.to_be_bytes());
+            query.extend_from_slice(&(args.size as u16).to_be_bytes());
+            StdUdpSocket::bind("127.0.0.1:0")?.send_to(&query, args.sink)?;
+        }
         shared.barrier.wait(); // sent and drained
         let cpu_after = args.relay_pid.map(cpu_ticks);
         let after = sink_stats(args.sink)?;
@@ -676,13 +741,19 @@ fn phase_result(
     rate: u64,
     flows_ok: usize,
     counts: &PhaseCounts,
-    before: [u64; 6],
-    after: [u64; 6],
+    before: [u64; 7],
+    after: [u64; 7],
     cpu: Option<(u64, u64)>,
 ) -> Value {
-    let forwarded = after[0] - before[0];
-    let bytes = after[1] - before[1];
-    let sent = counts.sent.max(1);
+    let fanout = kind == "fanout";
+    // In `fanout` the sink sends and the flows count what the relay delivered.
+    let (forwarded, bytes, sent) = if fanout {
+        let sent = after[6] - before[6];
+        (counts.received, counts.received * args.size as u64, sent)
+    } else {
+        (after[0] - before[0], after[1] - before[1], counts.sent)
+    };
+    let sent_nonzero = sent.max(1);
     let mut line = json!({
         "kind": kind,
         "mode": args.mode,
@@ -692,17 +763,17 @@ fn phase_result(
         "burst": burst,
         "rate": rate,
         "seconds": seconds,
-        "sent": counts.sent,
+        "sent": sent,
         "send_errors": counts.send_errors,
         "forwarded": forwarded,
         "sources": after[5],
         "dps": forwarded as f64 / seconds,
         "gbps": bytes as f64 * 8.0 / seconds / 1e9,
-        "loss": 1.0 - (forwarded as f64 / sent as f64).min(1.0),
+        "loss": 1.0 - (forwarded as f64 / sent_nonzero as f64).min(1.0),
     });
     if kind == "rtt" {
         line["echoes"] = json!(counts.echoes);
-        line["echo_loss"] = json!(1.0 - (counts.echoes as f64 / sent as f64).min(1.0));
+        line["echo_loss"] = json!(1.0 - (counts.echoes as f64 / sent_nonzero as f64).min(1.0));
         for (key, q) in [("p50_us", 0.5), ("p99_us", 0.99), ("p999_us", 0.999)] {
             line[key] = json!(counts.rtt.quantile(q) as f64 / 1e3);
         }
@@ -772,6 +843,7 @@ fn generator_thread(
             total.sent += counts.sent;
             total.send_errors += counts.send_errors;
             total.echoes += counts.echoes;
+            total.received += counts.received;
             total.rtt.merge(&counts.rtt);
         }
         shared.barrier.wait();
@@ -845,6 +917,15 @@ async fn run_phase(flows: &[Rc<Flow>], args: &SendArgs, phase: Phase) -> PhaseCo
     let total_flows = args.flows.max(1) as f64;
     let mut tasks = Vec::new();
     for (i, flow) in flows.iter().enumerate() {
+        if phase.fanout {
+            let (flow, counts, scratch) = (flow.clone(), counts.clone(), scratch.clone());
+            tasks.push(tokio::task::spawn_local(async move {
+                let until = (phase.end + DRAIN).into();
+                let _ =
+                    tokio::time::timeout_at(until, count_arrivals(&flow, &scratch, &counts)).await;
+            }));
+            continue;
+        }
         if phase.echo {
             let (flow, counts, scratch) = (flow.clone(), counts.clone(), scratch.clone());
             tasks.push(tokio::task::spawn_local(async move {
@@ -927,6 +1008,24 @@ async fn pump(
         }
         if interval.is_none() {
             tokio::task::yield_now().await;
+        }
+    }
+}
+
+/// Counts the short-header datagrams that reach `flow` (a `fanout` phase).
+async fn count_arrivals(flow: &Flow, scratch: &RefCell<Scratch>, counts: &RefCell<PhaseCounts>) {
+    loop {
+        let Ok(n) = flow.sock.recv(scratch).await else {
+            continue;
+        };
+        let s = scratch.borrow();
+        let mut c = counts.borrow_mut();
+        for (meta, buf) in s.metas[..n].iter().zip(&s.bufs) {
+            for seg in buf[..meta.len].chunks(meta.stride.max(1)) {
+                if seg.first().is_some_and(|b| b & 0x80 == 0) {
+                    c.received += 1;
+                }
+            }
         }
     }
 }
@@ -1237,7 +1336,13 @@ fn si(v: f64) -> String {
     }
 }
 
-const MODES: [&str; 4] = ["direct", "porter", "porter-smol", "nginx"];
+const MODES: [&str; 5] = [
+    "direct",
+    "porter",
+    "porter-unbatched",
+    "porter-smol",
+    "nginx",
+];
 
 /// The `max` table's rows of one scenario and phase kind.
 fn max_rows<'a>(
@@ -1255,6 +1360,7 @@ fn max_rows<'a>(
             continue;
         };
         let sends = match l["burst"].as_u64() {
+            _ if kind == "fanout" => "fan-out".to_owned(),
             Some(b) if b > 1 => format!("GSO ×{b}"),
             _ => "single".to_owned(),
         };
@@ -1311,14 +1417,16 @@ fn render(lines: &[Value]) -> String {
         "Forwarding at the highest rate the generator reaches (no echo). Each cell: value \
          (ratio to direct / ratio to nginx). CPU is the relay's utime+stime per forwarded \
          datagram; datagrams per relay CPU-second is its inverse, what one fully busy CPU \
-         would forward; `util` is relay CPU time over the phase (1.00 = one core busy).\n\n",
+         would forward; `util` is relay CPU time over the phase (1.00 = one core busy). \
+         `fan-out` rows go the other way: the backend sends one datagram to every flow in \
+         turn as fast as it can, and the flows count what arrives.\n\n",
     );
     out.push_str(
         "| flows | size | sends | mode | datagrams/s | Gbit/s | loss | relay CPU µs/datagram | datagrams per relay CPU-second | util |\n",
     );
     out.push_str("| ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n");
     for &(flows, size) in &scenarios {
-        for kind in ["max", "max1"] {
+        for kind in ["max", "max1", "fanout"] {
             out.push_str(&max_rows(&find, kind, flows, size));
         }
     }

@@ -97,6 +97,41 @@ impl TryFrom<&[u8]> for ServerId {
     }
 }
 
+/// Text that is not a server ID in hex.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerIdParseError {
+    /// Not an even number of hex digits (an optional `0x` prefix aside).
+    #[error("not an even number of hex digits")]
+    NotHex,
+    /// Hex, of a length no server ID has.
+    #[error(transparent)]
+    Length(#[from] ServerIdLengthError),
+}
+
+/// Hex digits, two per octet, first octet first, with an optional `0x`: `"0a0b"` is
+/// the server ID `[0x0a, 0x0b]` (the form Porter's configuration and Agones labels use).
+impl std::str::FromStr for ServerId {
+    type Err = ServerIdParseError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let digits = text.strip_prefix("0x").unwrap_or(text).as_bytes();
+        if !digits.len().is_multiple_of(2) || !digits.iter().all(u8::is_ascii_hexdigit) {
+            return Err(ServerIdParseError::NotHex);
+        }
+        let mut bytes = [0u8; MAX_SERVER_ID_LEN];
+        let len = digits.len() / 2;
+        if !(MIN_SERVER_ID_LEN..=MAX_SERVER_ID_LEN).contains(&len) {
+            return Err(ServerIdLengthError(len).into());
+        }
+        for (byte, pair) in bytes.iter_mut().zip(digits.chunks_exact(2)) {
+            let pair = std::str::from_utf8(pair).expect("hex digits are ASCII");
+            *byte = u8::from_str_radix(pair, 16).expect("two hex digits checked above");
+        }
+        Ok(Self::new(&bytes[..len])?)
+    }
+}
+
 /// A connection ID this crate produced: 1 to 20 octets, held inline.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnectionId {
@@ -129,4 +164,31 @@ fn write_hex(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
         write!(f, "{byte:02x}")?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_ids_read_from_hex() {
+        let id: ServerId = "0a0B".parse().unwrap();
+        assert_eq!(id.as_bytes(), [0x0a, 0x0b]);
+        assert_eq!("0x0a0b".parse::<ServerId>(), Ok(id));
+        assert_eq!(id.to_string().parse::<ServerId>(), Ok(id));
+        for (bad, why) in [
+            ("", ServerIdParseError::Length(ServerIdLengthError(0))),
+            ("0x", ServerIdParseError::Length(ServerIdLengthError(0))),
+            ("abc", ServerIdParseError::NotHex),
+            ("zz", ServerIdParseError::NotHex),
+            ("+1", ServerIdParseError::NotHex),
+            ("é1", ServerIdParseError::NotHex),
+            (
+                "00112233445566778899aabbccddeeff",
+                ServerIdParseError::Length(ServerIdLengthError(16)),
+            ),
+        ] {
+            assert_eq!(bad.parse::<ServerId>(), Err(why), "{bad:?}");
+        }
+    }
 }

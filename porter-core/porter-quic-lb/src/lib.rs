@@ -107,7 +107,7 @@ mod encode;
 #[cfg(feature = "quinn")]
 mod quinn;
 
-pub use cid::{ConnectionId, ServerId, ServerIdLengthError};
+pub use cid::{ConnectionId, ServerId, ServerIdLengthError, ServerIdParseError};
 pub use config::{
     Config, ConfigError, ConfigId, Key, Mode, MAX_CID_LEN, MAX_NONCE_LEN, MAX_PLAINTEXT_LEN,
     MAX_SERVER_ID_LEN, MIN_NONCE_LEN, MIN_SERVER_ID_LEN, UNROUTABLE_CONFIG_ID,

@@ -17,7 +17,7 @@
 //!   deadline; after `handle_timeout(now)` nothing is due, no routed session has been
 //!   idle for the idle timeout and no pending one is older than the handshake timeout;
 //! - paths: stats count exactly the paths the commands left open, at most
-//!   `max_paths_per_session` per session; remembered CIDs of ended sessions `<= 65 536`;
+//!   `max_paths_per_session` per session and `max_paths` in all; remembered CIDs of ended sessions `<= 65 536`;
 //! - verdicts: `ToBackend` comes from a client datagram and goes, on the path the
 //!   sender's address has (its `OpenUpstream` named that address), to the backend the
 //!   session's `SessionOpened` named; `ToClient` comes from a path's socket and goes to
@@ -112,6 +112,16 @@ pub enum ModelOp {
     Timeout,
     /// Time passes, then `handle_timeout(now)`.
     AdvanceThenTimeout(Duration),
+    /// `complete_allocation_with_server_id(now, id, backend, server_id)`: a successful
+    /// answer naming the game server's QUIC-LB server ID (hex text, valid or not).
+    CompleteWithServerId {
+        /// The allocation answered (awaited or not).
+        id: AllocationId,
+        /// The allocated backend.
+        backend: BackendAddr,
+        /// The server ID as the allocator gave it.
+        server_id: String,
+    },
 }
 
 /// What caused the outputs being checked.
@@ -307,6 +317,33 @@ impl RelayModel {
                 };
                 (cause, None)
             }
+            ModelOp::CompleteWithServerId {
+                id,
+                backend,
+                server_id,
+            } => {
+                let session = self
+                    .waiting
+                    .iter()
+                    .position(|(a, _)| *a == id)
+                    .map(|i| self.waiting.remove(i).1);
+                let answer = self
+                    .relay
+                    .complete_allocation_with_server_id(self.now, id, backend, &server_id);
+                if session.is_some() {
+                    let binding = answer.expect("a waiting allocation takes its answer");
+                    self.cover(format!("server_id:{binding:?}"));
+                } else {
+                    assert_eq!(answer, Err(CompleteAllocationError::NotPending(id)));
+                    self.cover("allocation_not_pending");
+                }
+                let cause = Cause::Allocation {
+                    id,
+                    session,
+                    backend: Some(backend),
+                };
+                (cause, None)
+            }
             ModelOp::Close(id) => {
                 let live = self.relay.session(id, self.now).is_some();
                 assert_eq!(self.relay.close_session(self.now, id), live);
@@ -375,8 +412,12 @@ impl RelayModel {
         );
         let stats = self.relay.stats();
         assert_eq!(
-            (stats.connection_ids, stats.buffered_bytes),
-            (0, 0),
+            (
+                stats.connection_ids,
+                stats.buffered_bytes,
+                stats.quic_lb.allocated_server_ids
+            ),
+            (0, 0, 0),
             "state left after the last session"
         );
         assert!(self.upstreams.is_empty(), "upstreams left open at the end");
@@ -528,6 +569,10 @@ impl RelayModel {
                     assert!(
                         paths.count() <= self.config.max_paths_per_session.max(1),
                         "{session}: more paths than max_paths_per_session"
+                    );
+                    assert!(
+                        self.upstreams.len() <= self.config.max_paths,
+                        "more upstream sockets than max_paths"
                     );
                 }
                 Command::OpenUpstream {
@@ -771,7 +816,9 @@ impl RelayModel {
                             assert!(
                                 matches!(
                                     reason,
-                                    RefuseReason::NoRoute | RefuseReason::AllocationLimit
+                                    RefuseReason::NoRoute
+                                        | RefuseReason::AllocationLimit
+                                        | RefuseReason::SocketLimit
                                 ),
                                 "{reason:?} refused by a client datagram"
                             );
@@ -783,6 +830,15 @@ impl RelayModel {
                         } => {
                             assert_eq!(Some(*session), waited, "refused for its allocation");
                             assert_eq!(*reason, RefuseReason::AllocationFailed);
+                        }
+                        // A game server came back while every socket was in use.
+                        Cause::Allocation {
+                            session: waited,
+                            backend: Some(_),
+                            ..
+                        } => {
+                            assert_eq!(Some(*session), waited, "refused for its allocation");
+                            assert_eq!(*reason, RefuseReason::SocketLimit);
                         }
                         Cause::Timeout => assert_eq!(*reason, RefuseReason::AllocationTimeout),
                         other => panic!("{session} refused ({reason:?}) by {other:?}"),
@@ -911,7 +967,11 @@ impl RelayModel {
                     RefusalMode::Drop => assert!(
                         matches!(
                             verdict,
-                            Verdict::Drop(DropReason::NoRoute | DropReason::AllocationRefused)
+                            Verdict::Drop(
+                                DropReason::NoRoute
+                                    | DropReason::AllocationRefused
+                                    | DropReason::SocketLimit
+                            )
                         ),
                         "a silent refusal is a drop, not {verdict:?}"
                     ),
@@ -1017,6 +1077,11 @@ impl RelayModel {
         if stats.sessions == 0 {
             assert_eq!((stats.buffered_bytes, stats.connection_ids), (0, 0));
         }
+        // An allocated game server's server ID lives only while a session on it does.
+        assert!(
+            stats.quic_lb.allocated_server_ids <= stats.sessions,
+            "{stats:?}"
+        );
         // Refusals are remembered for one handshake timeout, at most 16 384 of them.
         assert!(stats.remembered_refusals <= 16 * 1024, "{stats:?}");
         assert!(

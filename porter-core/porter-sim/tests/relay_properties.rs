@@ -30,6 +30,8 @@ const BACKENDS: [&str; 3] = ["10.0.0.1:443", "10.0.0.2:443", "10.0.0.3:443"];
 const ROUTE_NAMES: [&str; 4] = ["a.test", "b.test", "*.play.test", "*"];
 const FLEETS: [&str; 2] = ["fleet-a", "fleet-b"];
 const CLIENTS: usize = 4;
+/// Server IDs from here on are not in the configuration.
+const FIRST_ALLOCATED_ID: u8 = 128;
 
 fn backend(i: usize) -> BackendAddr {
     BackendAddr(BACKENDS[i % BACKENDS.len()].parse().unwrap())
@@ -67,12 +69,13 @@ fn config(idle_timeout: Duration) -> RelayConfig {
 }
 
 /// Server-ID routing: plaintext CIDs of config ID 0 (an eighth of random CIDs) with a
-/// one-octet server ID, each naming one of the backends.
+/// one-octet server ID; IDs below [`FIRST_ALLOCATED_ID`] each name one of the backends,
+/// the others are left for allocation answers to bind.
 fn quic_lb_routing() -> QuicLbRouting {
     use porter_core::quic_lb::{Config, ServerId};
     let mut routing = QuicLbRouting::new();
     routing.insert_config(Config::new(0, 1, 4, None).unwrap());
-    for id in 0..=u8::MAX {
+    for id in 0..FIRST_ALLOCATED_ID {
         routing.insert_server(ServerId::new(&[id]).unwrap(), backend(usize::from(id)));
     }
     routing
@@ -468,6 +471,23 @@ impl Harness {
                     |(id, _)| id,
                 );
                 let result = match ok {
+                    // Some answers name the game server's server ID: the backend's own
+                    // (one octet, as `quic_lb_routing` has them), another, or none.
+                    Some(b) if pick % 3 == 1 => {
+                        let allocated = |b: usize| usize::from(FIRST_ALLOCATED_ID) + b;
+                        let server_id = match pick % 4 {
+                            0 => format!("{:02x}", allocated(b)),
+                            1 => format!("{:02x}", allocated((b + 1) % BACKENDS.len())),
+                            2 => "zz".to_owned(),
+                            // In the configuration, for this backend or another.
+                            _ => format!("{:02x}", b + pick % 2),
+                        };
+                        return ModelOp::CompleteWithServerId {
+                            id,
+                            backend: backend(b),
+                            server_id,
+                        };
+                    }
                     Some(b) => Ok(backend(b)),
                     None => Err(AllocationFailure {
                         reason: "no game server".into(),
@@ -500,6 +520,9 @@ const MUST_COVER: &[&str] = &[
     "drop:path_limit",
     "drop:ended_connection",
     "quic_lb_adopted",
+    "server_id:Bound",
+    "server_id:Conflict",
+    "server_id:Invalid",
     "allocate",
     "cancel_allocation",
     "allocated",

@@ -320,7 +320,15 @@ impl Relay {
         if let Some(pending) = self.pending.get_mut(&id) {
             pending.alpn = info.alpn;
         }
-        match self.routes.resolve(sni.as_deref(), client) {
+        let resolved = self.routes.resolve(sni.as_deref(), client);
+        // A connection the relay could not give a socket is refused before it is routed
+        // (and before an allocation is spent on it).
+        if matches!(resolved, Some(Resolved::Backend(_) | Resolved::Fleet(_)))
+            && self.sockets_exhausted()
+        {
+            return self.refuse_now(now, id, RefuseReason::SocketLimit);
+        }
+        match resolved {
             Some(Resolved::Backend(backend)) => {
                 self.establish(now, id, backend);
                 Verdict::Held { session: id }

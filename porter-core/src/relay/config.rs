@@ -33,6 +33,13 @@ pub struct RelayConfig {
     /// Most client paths (client addresses, each with its own upstream socket) one
     /// session has at once; a datagram that would open another is dropped. Default 4.
     pub max_paths_per_session: usize,
+    /// Most client paths at once over all sessions: each holds an upstream socket (a file
+    /// descriptor and an ephemeral port), so the host sets this no higher than its
+    /// descriptor limit less a reserve and its ephemeral port range. A connection that
+    /// would need one more is refused ([`super::RefuseReason::SocketLimit`]); a datagram
+    /// that would open another path of a routed session is dropped
+    /// ([`super::DropReason::SocketLimit`]). Default 100 000.
+    pub max_paths: usize,
     /// A path other than the session's most recently used one ends after this long
     /// without a datagram from its client (the session lives on). Default 5 s.
     pub path_idle_timeout: Duration,
@@ -72,6 +79,7 @@ impl Default for RelayConfig {
             max_sessions: 100_000,
             max_cids_per_session: 8,
             max_paths_per_session: 4,
+            max_paths: 100_000,
             path_idle_timeout: Duration::from_secs(5),
             max_buffered_per_session: 64 * 1024,
             max_buffered_total: 64 * 1024 * 1024,

@@ -197,6 +197,7 @@ impl Relay {
         if let Some(backend) = session.backend {
             self.routes.session_ended(backend);
         }
+        self.allocated_server_ids.detach(id);
         for path in &session.paths {
             self.commands.push_back(Command::CloseUpstream {
                 session: id,

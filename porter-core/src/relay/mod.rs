@@ -35,7 +35,7 @@ pub use self::output::{
     AllocationFailure, Command, CompleteAllocationError, DropReason, Notification, RefuseReason,
     Verdict,
 };
-pub use self::quic_lb::{QuicLbCounters, QuicLbMiss, QuicLbRouting};
+pub use self::quic_lb::{QuicLbCounters, QuicLbMiss, QuicLbRouting, ServerIdBinding};
 pub use self::stats::{AllocationCounters, RelayStats};
 
 use self::budget::{IdMap, TokenBucket};
@@ -90,6 +90,8 @@ pub struct Relay {
     /// The listeners' addresses: routes to them are refused.
     own_addresses: Vec<std::net::SocketAddr>,
     stats: RelayStats,
+    /// Server IDs of allocated game servers (see [`quic_lb`]).
+    allocated_server_ids: quic_lb::AllocatedServerIds,
     /// Directory lookups in flight (see [`directory`]).
     lookups: directory::Lookups,
 }
@@ -140,8 +142,10 @@ impl Relay {
             own_addresses: Vec::new(),
             stats: RelayStats {
                 drops: vec![0; DropReason::ALL.len()],
+                refusals: vec![0; RefuseReason::ALL.len()],
                 ..RelayStats::default()
             },
+            allocated_server_ids: quic_lb::AllocatedServerIds::default(),
         }
     }
 
@@ -338,6 +342,10 @@ impl Relay {
             remembered_ended_cids: self.ended.len(),
             routes: self.routes.len(),
             remembered_refusals: self.refused.len(),
+            quic_lb: QuicLbCounters {
+                allocated_server_ids: self.allocated_server_ids.len(),
+                ..self.stats.quic_lb
+            },
             lookups: self.lookup_counters(),
             ..self.stats.clone()
         }
@@ -395,6 +403,15 @@ impl Relay {
         verdict
     }
 
+    /// Drops a datagram that arrived at a listener from one of the relay's own upstream
+    /// sockets (a backend target that leads back to the relay, such as another address
+    /// of its own host): relaying it would loop. Only the I/O layer knows its sockets'
+    /// addresses, so it tells; the drop is counted as [`DropReason::OwnSocket`].
+    pub fn drop_own_datagram(&mut self) -> Verdict {
+        self.count_drop(DropReason::OwnSocket);
+        Verdict::Drop(DropReason::OwnSocket)
+    }
+
     /// Handles a datagram that arrived on the upstream socket of `path` (opened by the
     /// [`Command::OpenUpstream`] that named it).
     pub fn handle_backend_datagram(
@@ -426,7 +443,11 @@ impl Relay {
         match result {
             Ok(backend) => {
                 self.stats.allocations.succeeded += 1;
-                self.establish(now, session, backend);
+                if self.sockets_exhausted() {
+                    self.refuse_async(now, session, RefuseReason::SocketLimit);
+                } else {
+                    self.establish(now, session, backend);
+                }
             }
             Err(_) => {
                 self.stats.allocations.failed += 1;
@@ -447,6 +468,12 @@ impl Relay {
     /// up otherwise, one per session opened and closed).
     pub fn poll_notification(&mut self) -> Option<Notification> {
         self.notifications.pop_front()
+    }
+
+    /// Whether every upstream socket the relay may open ([`RelayConfig::max_paths`]) is
+    /// in use.
+    fn sockets_exhausted(&self) -> bool {
+        self.path_count >= self.config.max_paths
     }
 
     fn count_drop(&mut self, reason: DropReason) {

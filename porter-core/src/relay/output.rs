@@ -227,9 +227,26 @@ pub enum RefuseReason {
     AllocationLimit,
     /// Every backend of the (simple) route is marked unhealthy.
     NoHealthyBackend,
+    /// Every upstream socket the relay may open is in use
+    /// ([`crate::RelayConfig::max_paths`]).
+    SocketLimit,
+    /// The I/O layer could not open the session's upstream socket
+    /// ([`crate::Relay::upstream_failed`]): out of file descriptors or ports, typically.
+    SocketFailed,
 }
 
 impl RefuseReason {
+    /// Every reason, in counter order ([`crate::RelayStats::refusals`]).
+    pub const ALL: &'static [Self] = &[
+        Self::NoRoute,
+        Self::AllocationFailed,
+        Self::AllocationTimeout,
+        Self::AllocationLimit,
+        Self::NoHealthyBackend,
+        Self::SocketLimit,
+        Self::SocketFailed,
+    ];
+
     /// A short stable name, for logs and metrics labels.
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -238,6 +255,8 @@ impl RefuseReason {
             Self::AllocationTimeout => "allocation_timeout",
             Self::AllocationLimit => "allocation_limit",
             Self::NoHealthyBackend => "no_healthy_backend",
+            Self::SocketLimit => "socket_limit",
+            Self::SocketFailed => "socket_failed",
         }
     }
 }
@@ -312,6 +331,16 @@ drop_reasons! {
     /// A short-header datagram whose DCID belonged to a session that ended recently: a
     /// late datagram of that connection, which no other session may adopt.
     EndedConnection => "ended_connection",
+    /// A datagram that needed one more upstream socket (a new connection with refusals
+    /// configured to drop, or a new path of a routed session) while every one the relay
+    /// may open is in use (`max_paths`).
+    SocketLimit => "socket_limit",
+    /// A connection whose upstream socket could not be opened, with refusals configured
+    /// to drop.
+    SocketFailed => "socket_failed",
+    /// A datagram at the listener from one of the relay's own upstream sockets (a
+    /// backend target that leads back to the relay): forwarding it would loop.
+    OwnSocket => "own_socket",
     /// A datagram for a directory lookup beyond the bounds: too many lookups pending, or
     /// too many datagrams or bytes held for one.
     LookupLimit => "lookup_limit",
@@ -319,7 +348,7 @@ drop_reasons! {
     LookupRateLimited => "lookup_rate_limited",
     /// A datagram held for a directory lookup that found no connection it carries, or one
     /// known here meanwhile. (One found but not adopted is counted under `draining`,
-    /// `session_limit` or `rate_limited`.)
+    /// `session_limit`, `socket_limit` or `rate_limited`.)
     LookupFailed => "lookup_failed",
     /// A datagram held for a directory lookup that got no answer in time.
     LookupTimeout => "lookup_timeout",

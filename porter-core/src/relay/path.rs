@@ -46,6 +46,9 @@ impl Relay {
         if session.paths.len() >= max {
             return Verdict::Drop(DropReason::PathLimit);
         }
+        if self.path_count >= self.config.max_paths {
+            return Verdict::Drop(DropReason::SocketLimit);
+        }
         let backend = session.backend.expect("only routed sessions get new paths");
         let Some(path) = session.new_path_id() else {
             return Verdict::Drop(DropReason::PathLimit);
@@ -81,8 +84,32 @@ impl Relay {
         Verdict::Held { session: id }
     }
 
-    /// Ends one path of a routed session: its upstream socket could not be opened, or
-    /// the embedder wants it gone. A session's only path ends with the session (as
+    /// The I/O layer could not open the upstream socket of `path` (its
+    /// [`Command::OpenUpstream`] failed: out of file descriptors or ports, typically).
+    /// A session's only path: the session is refused, as
+    /// [`super::RefuseReason::SocketFailed`] (a CONNECTION_CLOSE to its client when
+    /// refusals are answered, a [`Notification::Refused`], its
+    /// [`Notification::SessionClosed`]); another path just ends (its
+    /// [`Notification::PathClosed`]) and the session lives on. Counted in
+    /// [`super::RelayStats::upstream_failures`]. `false` if there is no such path.
+    pub fn upstream_failed(&mut self, now: Instant, path: PathId) -> bool {
+        let id = path.session();
+        let Some(session) = self.sessions.get(&id) else {
+            return false;
+        };
+        if !session.paths.iter().any(|p| p.id == path) {
+            return false;
+        }
+        self.stats.upstream_failures += 1;
+        if session.paths.len() <= 1 {
+            self.refuse_async(now, id, super::RefuseReason::SocketFailed);
+        } else {
+            self.end_path(id, path);
+        }
+        true
+    }
+
+    /// Ends one path of a routed session: the embedder wants it gone. A session's only path ends with the session (as
     /// [`Self::close_session`]). `false` if there is no such path.
     pub fn close_path(&mut self, now: Instant, path: PathId) -> bool {
         let id = path.session();
@@ -296,6 +323,53 @@ mod tests {
         assert_eq!(v, Verdict::Drop(DropReason::PathLimit));
         assert_eq!(relay.stats().drops(DropReason::PathLimit), 1);
         assert_eq!(relay.session(SessionId(1), now).unwrap().paths.len(), 2);
+    }
+
+    #[test]
+    fn a_new_path_beyond_the_relays_socket_cap_is_dropped_and_a_failed_one_just_ends() {
+        let config = RelayConfig {
+            max_paths: 2,
+            ..RelayConfig::default()
+        };
+        let mut relay = Relay::new(config);
+        let now = Instant::now();
+        routed(&mut relay, 1, "198.51.100.1:1000");
+        let v = relay.handle_client_datagram(now, addr("203.0.113.5:1"), &short(1));
+        assert!(matches!(v, Verdict::Held { .. }));
+        drain(&mut relay);
+        // Two sockets in use: a third path is not opened, the session keeps its two.
+        let v = relay.handle_client_datagram(now, addr("203.0.113.5:2"), &short(1));
+        assert_eq!(v, Verdict::Drop(DropReason::SocketLimit));
+        assert_eq!(relay.stats().drops(DropReason::SocketLimit), 1);
+        assert_eq!(drain(&mut relay), (vec![], vec![]));
+        // The second path's socket could not be opened: that path ends, the session
+        // lives on its first, and no refusal goes out.
+        let second = PathId::new(SessionId(1), 1);
+        assert!(relay.upstream_failed(now, second));
+        assert_eq!(
+            drain(&mut relay),
+            (
+                vec![Command::CloseUpstream {
+                    session: SessionId(1),
+                    path: second,
+                }],
+                vec![Notification::PathClosed {
+                    session: SessionId(1),
+                    path: second,
+                    client: addr("203.0.113.5:1"),
+                }]
+            )
+        );
+        let stats = relay.stats();
+        assert_eq!(
+            (
+                stats.sessions,
+                stats.paths,
+                stats.refused,
+                stats.upstream_failures
+            ),
+            (1, 1, 0, 1)
+        );
     }
 
     #[test]

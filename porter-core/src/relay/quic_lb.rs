@@ -15,16 +15,22 @@
 //! any other. CIDs whose config bits are `0b111` (unroutable), name no configured config,
 //! or carry a server ID no backend has fall back to the other rules
 //! ([`super::follow`]) and are counted.
+//!
+//! Server IDs come from the configuration for simple routes. For game servers allocated
+//! from Agones, the allocation answer may name the game server's server ID
+//! ([`Relay::complete_allocation_with_server_id`]); it routes to that game server for as
+//! long as the game server has sessions (the table is bounded by `max_sessions`).
 
 use std::cmp::Reverse;
+use std::collections::HashMap;
 use std::time::Instant;
 
 use bytes::Bytes;
 use porter_quic_lb::{Config, Decoder, NotRoutable, ServerId};
 
-use super::output::{Command, DropReason, Notification, Verdict};
+use super::output::{Command, CompleteAllocationError, DropReason, Notification, Verdict};
 use super::Relay;
-use crate::ids::{BackendAddr, ClientAddr, PathId, SessionId};
+use crate::ids::{AllocationId, BackendAddr, ClientAddr, PathId, SessionId};
 use crate::session::{Path, PathList, Session, SessionState, Traffic};
 use crate::wire::{ConnectionId, Version};
 
@@ -73,16 +79,33 @@ impl QuicLbRouting {
     /// Where `cid` (the DCID of a long header, or everything after a short header's
     /// first octet) routes, and the CID's length; or why it does not.
     pub fn route(&self, cid: &[u8]) -> Result<(BackendAddr, usize), QuicLbMiss> {
+        let (server_id, len) = self.decode(cid)?;
+        self.backend_of(server_id)
+            .map(|backend| (backend, len))
+            .ok_or(QuicLbMiss::UnknownServer)
+    }
+
+    /// The server ID in `cid` and the CID's length.
+    fn decode(&self, cid: &[u8]) -> Result<(ServerId, usize), QuicLbMiss> {
         let route = self.decoder.decode(cid).map_err(|e| match e {
             NotRoutable::Unroutable => QuicLbMiss::Unroutable,
             NotRoutable::UnknownConfig(_) => QuicLbMiss::UnknownConfig,
             _ => QuicLbMiss::Malformed,
         })?;
+        Ok((route.server_id, route.cid_len))
+    }
+
+    /// The configured backend of `server_id`.
+    fn backend_of(&self, server_id: ServerId) -> Option<BackendAddr> {
         self.servers
             .iter()
-            .find(|(id, _)| *id == route.server_id)
-            .map(|(_, backend)| (*backend, route.cid_len))
-            .ok_or(QuicLbMiss::UnknownServer)
+            .find(|(id, _)| *id == server_id)
+            .map(|(_, backend)| *backend)
+    }
+
+    /// Whether some configuration has server IDs of this length.
+    fn fits(&self, server_id: &ServerId) -> bool {
+        self.decoder.configs().any(|c| c.fits(server_id))
     }
 }
 
@@ -127,6 +150,75 @@ pub struct QuicLbCounters {
     pub malformed: u64,
     /// Server IDs no backend has (fell back).
     pub unknown_server: u64,
+    /// Server IDs of allocated game servers routed now (a gauge).
+    pub allocated_server_ids: usize,
+    /// Allocation answers whose server ID was not hex or of a length no configuration
+    /// has (the game server was used without server-ID routing).
+    pub invalid_server_ids: u64,
+    /// Allocation answers whose server ID already named another backend (in the
+    /// configuration, or another allocated game server with sessions); the earlier one
+    /// kept it.
+    pub server_id_conflicts: u64,
+}
+
+/// What became of the server ID in an allocation answer
+/// ([`Relay::complete_allocation_with_server_id`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ServerIdBinding {
+    /// It routes to the game server while the game server has sessions.
+    Bound,
+    /// No QUIC-LB configuration: nothing decodes CIDs, so the ID is not used.
+    Disabled,
+    /// Not hex, or of a length no configuration has (counted).
+    Invalid,
+    /// It names another backend already (counted); that binding stays.
+    Conflict,
+    /// The answer opened no session, so there is nothing to route.
+    Unused,
+}
+
+/// Server IDs learned from allocation answers, each with its backend and the sessions
+/// that keep it: an entry lives while one of its sessions does.
+#[derive(Debug, Default)]
+pub(super) struct AllocatedServerIds {
+    by_id: HashMap<ServerId, (BackendAddr, usize)>,
+    of_session: HashMap<SessionId, ServerId>,
+}
+
+impl AllocatedServerIds {
+    fn backend_of(&self, id: ServerId) -> Option<BackendAddr> {
+        self.by_id.get(&id).map(|(backend, _)| *backend)
+    }
+
+    /// `session` on `backend` keeps `id`; `false` if `id` names another backend.
+    fn attach(&mut self, id: ServerId, backend: BackendAddr, session: SessionId) -> bool {
+        let (bound, sessions) = self.by_id.entry(id).or_insert((backend, 0));
+        if *bound != backend {
+            return false;
+        }
+        if self.of_session.insert(session, id).is_none() {
+            *sessions += 1;
+        }
+        true
+    }
+
+    /// `session` ended: its ID goes with its last session.
+    pub(super) fn detach(&mut self, session: SessionId) {
+        let Some(id) = self.of_session.remove(&session) else {
+            return;
+        };
+        if let Some((_, sessions)) = self.by_id.get_mut(&id) {
+            *sessions -= 1;
+            if *sessions == 0 {
+                self.by_id.remove(&id);
+            }
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.by_id.len()
+    }
 }
 
 impl Relay {
@@ -142,7 +234,17 @@ impl Relay {
         if !self.config.quic_lb.is_enabled() {
             return None;
         }
-        let (backend, len) = match self.config.quic_lb.route(cid_bytes) {
+        let found = self.config.quic_lb.decode(cid_bytes).and_then(|(id, len)| {
+            match self.config.quic_lb.backend_of(id) {
+                Some(backend) => Ok((backend, len, None)),
+                None => self
+                    .allocated_server_ids
+                    .backend_of(id)
+                    .map(|backend| (backend, len, Some(id)))
+                    .ok_or(QuicLbMiss::UnknownServer),
+            }
+        });
+        let (backend, len, allocated) = match found {
             Ok(found) => found,
             Err(miss) => {
                 let c = &mut self.stats.quic_lb;
@@ -169,14 +271,64 @@ impl Relay {
             self.learn_cid(id, cid);
             return Some(self.client_to_session(now, from, id, datagram, None));
         }
-        Some(self.adopt(
+        let verdict = self.adopt(
             now,
             from,
             cid,
             backend,
             vec![Bytes::copy_from_slice(datagram)],
             None,
-        ))
+        );
+        if let (Verdict::Held { session }, Some(id)) = (&verdict, allocated) {
+            // The adopted session is on that game server too: it keeps the ID.
+            self.allocated_server_ids.attach(id, backend, *session);
+        }
+        Some(verdict)
+    }
+
+    /// As [`Self::complete_allocation`] with `Ok(backend)`, for an answer that names the
+    /// game server's QUIC-LB server ID (hex, as the allocator gave it, e.g. from a label
+    /// of the game server): while that game server has sessions, an unknown CID carrying
+    /// the ID routes to it, so its clients may change address and CID at once. An ID
+    /// that is not hex, has a length no configuration has, or already names another
+    /// backend is counted and not used; the allocation is used either way.
+    pub fn complete_allocation_with_server_id(
+        &mut self,
+        now: Instant,
+        id: AllocationId,
+        backend: BackendAddr,
+        server_id: &str,
+    ) -> Result<ServerIdBinding, CompleteAllocationError> {
+        let session = self.allocations.get(&id).copied();
+        self.complete_allocation(now, id, Ok(backend))?;
+        let lb = &self.config.quic_lb;
+        if !lb.is_enabled() {
+            return Ok(ServerIdBinding::Disabled);
+        }
+        let parsed = server_id.trim().parse::<ServerId>().ok();
+        let Some(server_id) = parsed.filter(|id| lb.fits(id)) else {
+            self.stats.quic_lb.invalid_server_ids += 1;
+            return Ok(ServerIdBinding::Invalid);
+        };
+        let Some(session) = session.filter(|s| {
+            self.sessions
+                .get(s)
+                .is_some_and(|s| s.backend == Some(backend))
+        }) else {
+            return Ok(ServerIdBinding::Unused);
+        };
+        let bound = match lb.backend_of(server_id) {
+            Some(configured) => configured == backend,
+            None => self
+                .allocated_server_ids
+                .attach(server_id, backend, session),
+        };
+        if bound {
+            Ok(ServerIdBinding::Bound)
+        } else {
+            self.stats.quic_lb.server_id_conflicts += 1;
+            Ok(ServerIdBinding::Conflict)
+        }
     }
 
     /// A session for a connection the relay learns of from its CID alone (its server ID,
@@ -197,6 +349,9 @@ impl Relay {
         }
         if self.sessions.len() >= self.config.max_sessions {
             return Verdict::Drop(DropReason::SessionLimit);
+        }
+        if self.sockets_exhausted() {
+            return Verdict::Drop(DropReason::SocketLimit);
         }
         if !self.bucket.take(now) {
             return Verdict::Drop(DropReason::RateLimited);

@@ -57,6 +57,8 @@ impl Relay {
             None => Verdict::Drop(match reason {
                 RefuseReason::NoRoute => DropReason::NoRoute,
                 RefuseReason::NoHealthyBackend => DropReason::NoHealthyBackend,
+                RefuseReason::SocketLimit => DropReason::SocketLimit,
+                RefuseReason::SocketFailed => DropReason::SocketFailed,
                 _ => DropReason::AllocationRefused,
             }),
         }
@@ -68,6 +70,8 @@ impl Relay {
             self.commands.push_back(Command::Transmit { to, datagram });
         } else if let Some(reason) = match reason {
             RefuseReason::NoRoute | RefuseReason::NoHealthyBackend => None,
+            RefuseReason::SocketLimit => Some(DropReason::SocketLimit),
+            RefuseReason::SocketFailed => Some(DropReason::SocketFailed),
             _ => Some(DropReason::AllocationRefused),
         } {
             self.count_drop(reason);
@@ -101,6 +105,9 @@ impl Relay {
         };
         self.remember_refused(now, original_dcid, refused);
         self.stats.refused += 1;
+        if let Some(i) = RefuseReason::ALL.iter().position(|r| *r == reason) {
+            self.stats.refusals[i] += 1;
+        }
         self.notifications.push_back(Notification::Refused {
             session: id,
             client,

@@ -1,7 +1,7 @@
 //! The relay's counters and gauges, as [`crate::Relay::stats`] reports them.
 
 use crate::relay::directory::LookupCounters;
-use crate::relay::output::DropReason;
+use crate::relay::output::{DropReason, RefuseReason};
 use crate::relay::quic_lb::QuicLbCounters;
 use crate::session::Traffic;
 
@@ -55,6 +55,9 @@ pub struct RelayStats {
     pub paths_opened: u64,
     /// Connections refused since start.
     pub refused: u64,
+    /// Upstream sockets the I/O layer could not open since start
+    /// ([`crate::Relay::upstream_failed`]).
+    pub upstream_failures: u64,
     /// Client to backend, since start.
     pub to_backend: Traffic,
     /// Backend to client, since start.
@@ -67,6 +70,8 @@ pub struct RelayStats {
     pub lookups: LookupCounters,
     /// Drops by reason, indexed like [`DropReason::ALL`].
     pub drops: Vec<u64>,
+    /// Refusals by reason, indexed like [`RefuseReason::ALL`] (their sum is `refused`).
+    pub refusals: Vec<u64>,
 }
 
 impl RelayStats {
@@ -74,5 +79,11 @@ impl RelayStats {
     pub fn drops(&self, reason: DropReason) -> u64 {
         let i = DropReason::ALL.iter().position(|r| *r == reason);
         i.and_then(|i| self.drops.get(i)).copied().unwrap_or(0)
+    }
+
+    /// Refusals counted under `reason`.
+    pub fn refusals(&self, reason: RefuseReason) -> u64 {
+        let i = RefuseReason::ALL.iter().position(|r| *r == reason);
+        i.and_then(|i| self.refusals.get(i)).copied().unwrap_or(0)
     }
 }

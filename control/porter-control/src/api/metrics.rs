@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use porter_core::DropReason;
+use porter_core::{DropReason, RefuseReason};
 use porter_host::{Histogram, HostStats, NO_ROUTE_LABEL};
 
 use super::DriverGauges;
@@ -137,6 +137,36 @@ pub(super) fn render(
         gauges.upstream_sockets,
     );
     m.single(
+        "porter_listener_receive_buffer_bytes",
+        "gauge",
+        "Kernel receive buffer in effect on the listener sockets (the smallest), in bytes.",
+        gauges.listener_receive_buffer,
+    );
+    m.single(
+        "porter_listener_batched_sends_total",
+        "counter",
+        "sendmmsg calls that sent client-bound datagrams of many clients at once.",
+        gauges.batched_sends.calls,
+    );
+    m.single(
+        "porter_listener_batched_datagrams_total",
+        "counter",
+        "Datagrams sent by those sendmmsg calls.",
+        gauges.batched_sends.datagrams,
+    );
+    m.single(
+        "porter_upstream_socket_limit",
+        "gauge",
+        "Most upstream sockets the relay opens: relay.max_upstream_sockets, lowered at start to the file-descriptor limit less a reserve and to the ephemeral port range.",
+        host.upstream_socket_limit,
+    );
+    m.single(
+        "porter_upstream_failures_total",
+        "counter",
+        "Upstream sockets that could not be opened (their connection refused as socket_failed, or their path ended).",
+        stats.upstream_failures,
+    );
+    m.single(
         "porter_paths",
         "gauge",
         "Client paths open (a routed session has one per client address).",
@@ -179,6 +209,18 @@ pub(super) fn render(
         "Connections refused (no route, allocation failed).",
         stats.refused,
     );
+    m.family(
+        "porter_refusals_total",
+        "counter",
+        "Connections refused, by reason.",
+    );
+    for reason in RefuseReason::ALL {
+        m.sample(
+            "porter_refusals_total",
+            &[("reason", reason.as_str())],
+            stats.refusals(*reason),
+        );
+    }
     m.family(
         "porter_datagrams_total",
         "counter",
