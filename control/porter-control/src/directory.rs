@@ -9,7 +9,8 @@
 //!   timeout: written when the core announces a CID
 //!   (`Notification::ConnectionIdsLearned`), refreshed every third of the TTL while the
 //!   session lives (never per datagram; in pipelines of their own, beside the queue),
-//!   deleted when it ends (`SessionClosed`).
+//!   deleted when it ends (`SessionClosed`), if the entry is still this instance's (after
+//!   a move, the other instance's session of the same connection wrote it last).
 //! - Writes queue up (bounded: beyond [`MAX_QUEUED`] they are dropped and counted) and
 //!   leave as one pipeline per batch: one flush at most every [`FLUSH_DELAY`], each of
 //!   up to [`BATCH`] commands, so the round trips per second are bounded whatever the
@@ -48,6 +49,9 @@ pub const BATCH: usize = 8192;
 pub const FLUSH_DELAY: Duration = Duration::from_millis(10);
 /// How long a lookup may wait for Redis.
 pub const LOOKUP_TIMEOUT: Duration = Duration::from_millis(200);
+/// Deletes KEYS[1] if it still holds ARGV[1] (this instance's entry).
+const DELETE_OWN: &str =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
 /// The longest CID (RFC 9000 §17.2).
 const MAX_CID_LEN: usize = 20;
 /// How long to wait for a connection or a pipeline's answer.
@@ -108,7 +112,7 @@ pub struct DirectoryStatus {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Op {
     Set(ConnectionId, BackendAddr),
-    Del(ConnectionId),
+    Del(ConnectionId, BackendAddr),
 }
 
 struct State {
@@ -188,11 +192,11 @@ impl RedisDirectory {
                 }
             }
             Notification::SessionClosed { info, .. } => {
-                let Some((_, cids)) = st.sessions.remove(&info.id) else {
+                let Some((backend, cids)) = st.sessions.remove(&info.id) else {
                     return;
                 };
                 for cid in cids {
-                    push(&mut st, Op::Del(cid));
+                    push(&mut st, Op::Del(cid, backend));
                 }
             }
             _ => return,
@@ -348,9 +352,16 @@ impl RedisDirectory {
                         .arg(ttl_ms)
                         .ignore();
                 }
-                Op::Del(cid) => {
+                Op::Del(cid, backend) => {
                     deletes += 1;
-                    pipe.cmd("DEL").arg(key(cid.as_bytes())).ignore();
+                    // Only this instance's entry: after a move, another instance's
+                    // session of the same connection owns the key.
+                    pipe.cmd("EVAL")
+                        .arg(DELETE_OWN)
+                        .arg(1)
+                        .arg(key(cid.as_bytes()))
+                        .arg(format!("{backend} {}", self.inner.instance))
+                        .ignore();
                 }
             }
         }

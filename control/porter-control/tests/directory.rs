@@ -127,6 +127,23 @@ async fn published_cids_are_found_by_the_dcid_bytes_and_deleted_with_their_sessi
         Resp::Int(0)
     );
     assert_eq!(a.status().sessions, 1);
+
+    // After a move, B adopted session 2's connection and wrote its CID last: A's session
+    // ending leaves B's entry alone.
+    b.note(&learned(9, backend(4434), &[&[0xd0, 1, 2, 3]]));
+    wait_until("B's write", Duration::from_secs(10), || {
+        b.status().counters.writes == 1
+    })
+    .await;
+    a.note(&closed(2));
+    wait_until("A's delete", Duration::from_secs(10), || {
+        a.status().counters.deletes == 3
+    })
+    .await;
+    assert_eq!(
+        server.command(&["GET", &key(&[0xd0, 1, 2, 3])]).unwrap(),
+        Resp::Bulk(Some("10.0.0.5:4434 b".into()))
+    );
 }
 
 #[tokio::test]
