@@ -98,6 +98,22 @@ async fn run(rt: Smol, settings: Settings) -> anyhow::Result<()> {
         }
         None => None,
     };
+    // The connection-ID directory shares the route sync's instance ID.
+    let directory = match (&settings.redis, &sync) {
+        (Some(redis), Some(sync)) if redis.directory => {
+            let (directory, run) = porter_control::directory::task(
+                redis,
+                &driver.handle(),
+                sync.instance(),
+                settings.relay.idle_timeout,
+                SmolTimer,
+            )?;
+            rt.spawn_detached(run);
+            driver.set_directory(Arc::new(directory.clone()));
+            Some(directory)
+        }
+        _ => None,
+    };
     let reloader = Reloader::start(&settings, driver.handle())
         .context("cannot start watching the configuration file")?;
     if let Some(api) = &settings.api {
@@ -105,6 +121,9 @@ async fn run(rt: Smol, settings: Settings) -> anyhow::Result<()> {
         let mut served = Api::for_engine(api, &driver, sync.as_ref(), agones);
         if let Some(reloader) = &reloader {
             served = served.with_reload(reloader.clone());
+        }
+        if let Some(directory) = &directory {
+            served = served.with_directory(directory.clone());
         }
         let bound = api::serve(&rt, served)
             .with_context(|| format!("cannot start the API on {}", api.bind))?;

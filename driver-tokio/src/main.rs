@@ -51,6 +51,20 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         )?),
         None => None,
     };
+    // The connection-ID directory shares the route sync's instance ID.
+    let directory = match (&settings.redis, &sync) {
+        (Some(redis), Some(sync)) if redis.directory => {
+            let directory = porter_control::directory::start_tokio(
+                redis,
+                &driver.handle(),
+                sync.instance(),
+                settings.relay.idle_timeout,
+            )?;
+            driver.set_directory(Arc::new(directory.clone()));
+            Some(directory)
+        }
+        _ => None,
+    };
     let reloader = Reloader::start(&settings, driver.handle())
         .context("cannot start watching the configuration file")?;
     tokio::spawn(reload_on_hangup(hangups, reloader.clone()));
@@ -59,6 +73,9 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         let mut served = Api::for_engine(api, &driver, sync.as_ref(), agones);
         if let Some(reloader) = &reloader {
             served = served.with_reload(reloader.clone());
+        }
+        if let Some(directory) = &directory {
+            served = served.with_directory(directory.clone());
         }
         let bound = porter_control::http::serve_api_tokio(served)
             .await

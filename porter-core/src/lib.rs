@@ -21,17 +21,21 @@
 //!   [`Command::OpenUpstream`] (open the upstream socket of a client path and send the
 //!   datagrams held for it), [`Command::Transmit`] (send bytes the relay made to a
 //!   client), [`Command::Allocate`] / [`Command::CancelAllocation`],
-//!   [`Command::CloseUpstream`] (close a path's socket);
+//!   [`Command::CloseUpstream`] (close a path's socket), [`Command::LookupConnection`]
+//!   (ask the connection-ID directory shared between instances, with lookups on);
 //! - [`Notification`]s, for logs, metrics and the control plane, drained with
 //!   [`Relay::poll_notification`]: a session opened or closed, a connection refused, a
-//!   path opened (a client that moved) or closed, a temporary route that expired.
+//!   path opened (a client that moved) or closed, a temporary route that expired, the
+//!   connection IDs a routed session has (with directory lookups on,
+//!   [`Notification::ConnectionIdsLearned`]).
 //!
 //! The rule: **after every input, act on the verdict, then drain the commands (in order)
 //! and the notifications until `None`, then re-arm the timer at [`Relay::poll_timeout`]**.
 //! When the timer fires, call [`Relay::handle_timeout`] (an early call is harmless) and
 //! drain again. A backend's datagrams come back through
 //! [`Relay::handle_backend_datagram`] with the [`PathId`] whose upstream socket received
-//! them; an allocator's answer through [`Relay::complete_allocation`].
+//! them; an allocator's answer through [`Relay::complete_allocation`]; the directory's
+//! answer to a lookup through [`Relay::complete_lookup`].
 //!
 //! A session has one client path per client address, each with its own upstream socket
 //! (like a NAT): a client that moves gets a new path, so the backend sees the move as a
@@ -84,6 +88,7 @@
 //!             Command::Allocate { id, .. } => { /* ask Agones, then complete_allocation */ }
 //!             Command::CancelAllocation { id } => { /* stop asking */ }
 //!             Command::CloseUpstream { path: _, .. } => { /* close that path's socket */ }
+//!             Command::LookupConnection { id, dcid } => { /* ask the directory, then complete_lookup */ }
 //!         }
 //!     }
 //!     // 3. The notifications.
@@ -172,9 +177,10 @@ pub use ids::{AllocationId, BackendAddr, ClientAddr, PathId, SessionId};
 /// `porter-quic-lb`), for building [`QuicLbRouting`].
 pub use porter_quic_lb as quic_lb;
 pub use relay::{
-    AllocationCounters, AllocationFailure, Command, CompleteAllocationError, DropReason,
-    Notification, QuicLbCounters, QuicLbMiss, QuicLbRouting, RefusalMode, RefuseReason, Relay,
-    RelayConfig, RelayStats, ServerIdBinding, SessionPage, Verdict,
+    AllocationCounters, AllocationFailure, Command, CompleteAllocationError, CompleteLookupError,
+    DirectoryConfig, DropReason, LookupCounters, LookupId, Notification, QuicLbCounters,
+    QuicLbMiss, QuicLbRouting, RefusalMode, RefuseReason, Relay, RelayConfig, RelayStats,
+    ServerIdBinding, SessionPage, Verdict,
 };
 pub use routes::{
     Balance, Policy, Resolved, Route, RouteError, RouteName, RouteNameError, RouteTable,

@@ -592,6 +592,14 @@ impl Checker<'_> {
                 .map_err(|_| "the database number is too large".to_owned())
         });
         let channel = self.read(&s, "channel", non_empty_string);
+        let directory = self.read(&s, "directory", boolean);
+        if directory && !enabled {
+            self.error(
+                s.path_of("directory"),
+                s.value("directory").and_then(|f| f.span()),
+                "the connection-ID directory lives in Redis: set redis.enabled too",
+            );
+        }
         if let (Some(_), Some(_)) = (&password, &address.password) {
             self.error(
                 s.path_of("password"),
@@ -615,6 +623,7 @@ impl Checker<'_> {
             password: address.password.or(password),
             db: address.db.or(db).unwrap_or(0),
             channel,
+            directory,
         })
     }
 
@@ -792,6 +801,21 @@ impl Checker<'_> {
         let allocations_per_second_per_prefix =
             self.read(&s, "allocations_per_second_per_prefix", allocation_rate);
         let drain_period = self.read(&s, "drain_period", duration);
+        let directory_lookups_per_second = self.read(&s, "directory_lookups_per_second", |n| {
+            u32::try_from(integer_at_least(n, 1)?).map_err(|_| "the rate is too large".to_owned())
+        });
+        let directory_lookup_timeout = self.read(&s, "directory_lookup_timeout", duration_positive);
+        let directory_max_pending_lookups = self.read(&s, "directory_max_pending_lookups", |n| {
+            integer_at_least(n, 1)
+        });
+        let directory_max_held_datagrams = self.read(&s, "directory_max_held_datagrams", |n| {
+            integer_at_least(n, 1)
+        });
+        // One full-size datagram at least (RFC 9000 §14.1: clients send up to 1200 bytes
+        // before the path is validated, and mostly that much or more afterwards).
+        let directory_max_held_bytes = self.read(&s, "directory_max_held_bytes", |n| {
+            byte_size_at_least(n, 1200)
+        });
 
         if handshake_timeout > idle_timeout {
             self.error(
@@ -842,6 +866,11 @@ impl Checker<'_> {
             allocations_per_second_per_fleet,
             allocations_per_second_per_prefix,
             drain_period,
+            directory_lookups_per_second,
+            directory_lookup_timeout,
+            directory_max_pending_lookups,
+            directory_max_held_datagrams,
+            directory_max_held_bytes,
         }
     }
 

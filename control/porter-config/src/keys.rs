@@ -341,6 +341,12 @@ pub const REDIS: Section = Section {
             Value("porter_routes"),
             "Pub/sub channel of route changes.",
         ),
+        key(
+            "directory",
+            Kind::Bool,
+            Value("false"),
+            "Share connection IDs through Redis (the connection-ID directory).",
+        ),
     ],
 };
 
@@ -570,6 +576,36 @@ pub const RELAY: Section = Section {
             Kind::Duration,
             Value("10s"),
             "How long to drain on shutdown.",
+        ),
+        key(
+            "directory_lookups_per_second",
+            Kind::Integer,
+            Value("1000"),
+            "Connection-ID directory lookups per second.",
+        ),
+        key(
+            "directory_lookup_timeout",
+            Kind::Duration,
+            Value("250ms"),
+            "How long a directory lookup may take.",
+        ),
+        key(
+            "directory_max_pending_lookups",
+            Kind::Integer,
+            Value("1024"),
+            "Directory lookups waiting at once.",
+        ),
+        key(
+            "directory_max_held_datagrams",
+            Kind::Integer,
+            Value("8"),
+            "Datagrams held per directory lookup.",
+        ),
+        key(
+            "directory_max_held_bytes",
+            Kind::ByteSize,
+            Value("16KiB"),
+            "Bytes held per directory lookup.",
         ),
     ],
 };

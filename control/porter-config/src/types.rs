@@ -182,6 +182,8 @@ pub struct RedisConfig {
     pub db: u32,
     /// The pub/sub channel route changes are published on.
     pub channel: String,
+    /// Share connection IDs through Redis (the connection-ID directory).
+    pub directory: bool,
 }
 
 impl RedisConfig {
@@ -304,6 +306,16 @@ pub struct RelayConfig {
     pub allocations_per_second_per_prefix: u32,
     /// On shutdown, how long existing sessions keep being relayed.
     pub drain_period: Duration,
+    /// Connection-ID directory lookups started per second (token bucket rate and size).
+    pub directory_lookups_per_second: u32,
+    /// A directory lookup not answered within this is given up.
+    pub directory_lookup_timeout: Duration,
+    /// Directory lookups waiting for an answer at once.
+    pub directory_max_pending_lookups: usize,
+    /// Datagrams held for one directory lookup.
+    pub directory_max_held_datagrams: usize,
+    /// Bytes held for one directory lookup.
+    pub directory_max_held_bytes: usize,
 }
 
 impl Default for RelayConfig {
@@ -330,6 +342,11 @@ impl Default for RelayConfig {
             allocations_per_second_per_fleet: 100,
             allocations_per_second_per_prefix: 10,
             drain_period: Duration::from_secs(10),
+            directory_lookups_per_second: 1000,
+            directory_lookup_timeout: Duration::from_millis(250),
+            directory_max_pending_lookups: 1024,
+            directory_max_held_datagrams: 8,
+            directory_max_held_bytes: 16 << 10,
         }
     }
 }
@@ -547,6 +564,7 @@ mod tests {
             password: Some(Secret::new("p@ss:w/rd")),
             db: 2,
             channel: "porter_routes".into(),
+            directory: false,
         };
         assert_eq!(
             cfg.url().expose(),

@@ -838,3 +838,33 @@ fn bad_admission_limits_name_their_key_and_place() {
         "{e}"
     );
 }
+
+#[test]
+fn the_connection_id_directory_needs_redis_and_its_bounds_are_read() {
+    let text = "redis: {enabled: false, directory: true}\n";
+    assert_eq!(
+        errors(text),
+        "test.yaml:1:36: redis.directory: the connection-ID directory lives in Redis: set redis.enabled too"
+    );
+    let config = parse(
+        "redis: {enabled: true, directory: true}\n\
+         relay: {directory_lookups_per_second: 50, directory_lookup_timeout: 100ms, \
+         directory_max_pending_lookups: 7, directory_max_held_datagrams: 3, \
+         directory_max_held_bytes: 4KiB}\n",
+    )
+    .unwrap();
+    assert!(config.redis.expect("redis on").directory);
+    let r = &config.relay;
+    assert_eq!(
+        (
+            r.directory_lookups_per_second,
+            r.directory_lookup_timeout,
+            r.directory_max_pending_lookups,
+            r.directory_max_held_datagrams,
+            r.directory_max_held_bytes
+        ),
+        (50, Duration::from_millis(100), 7, 3, 4096)
+    );
+    assert!(errors("relay: {directory_max_held_bytes: 100}\n")
+        .contains("relay.directory_max_held_bytes"));
+}

@@ -152,6 +152,7 @@ pub struct Api {
     reload: Option<Reloader>,
     resolver: crate::dns::Resolver,
     started: Instant,
+    directory: Option<crate::directory::RedisDirectory>,
 }
 
 /// Body of `POST /allocate`.
@@ -179,6 +180,7 @@ impl Api {
             reload: None,
             resolver: crate::dns::Resolver::default(),
             started: Instant::now(),
+            directory: None,
         }
     }
 
@@ -226,6 +228,13 @@ impl Api {
     #[must_use]
     pub fn with_reload(mut self, reload: Reloader) -> Self {
         self.reload = Some(reload);
+        self
+    }
+
+    /// `/readyz` and `/metrics` report the connection-ID directory's link and counters.
+    #[must_use]
+    pub fn with_directory(mut self, directory: crate::directory::RedisDirectory) -> Self {
+        self.directory = Some(directory);
         self
     }
 
@@ -648,19 +657,36 @@ impl Api {
     }
 
     fn readyz(&self) -> Reply {
+        // The directory never makes the relay unready: without it, connections that move
+        // to this instance are dropped as they were before it existed. It is reported.
+        let directory = self.directory.as_ref().map(|d| d.status());
+        let ready = || {
+            let mut body = json!({"status": "ready"});
+            if let Some(d) = &directory {
+                body["directory"] = json!(if d.up { "up" } else { "down" });
+                if let Some(reason) = &d.reason {
+                    body["directory_detail"] = json!(reason);
+                }
+            }
+            json_reply(StatusCode::OK, &body)
+        };
         let Some(sync) = &self.sync else {
-            return json_reply(StatusCode::OK, &json!({"status": "ready"}));
+            return ready();
         };
         let status = sync.status();
         if status.state == LinkState::Synced {
-            return json_reply(StatusCode::OK, &json!({"status": "ready"}));
+            return ready();
         }
         let reason = status
             .reason
             .unwrap_or_else(|| "routes not in sync with Redis".into());
+        let directory = match &directory {
+            Some(d) if !d.up => "; connection-ID directory down",
+            _ => "",
+        };
         error(
             StatusCode::SERVICE_UNAVAILABLE,
-            &format!("not ready: routes not in sync with Redis ({reason})"),
+            &format!("not ready: routes not in sync with Redis ({reason}){directory}"),
         )
     }
 
@@ -691,6 +717,9 @@ impl Api {
         metrics::render_backends(&mut text, &backends);
         if let Some(reload) = &self.reload {
             reload.render_metrics(&mut text);
+        }
+        if let Some(directory) = &self.directory {
+            metrics::render_directory(&mut text, &directory.status());
         }
         let mut reply = Response::new(Full::new(Bytes::from(text)));
         reply.headers_mut().insert(
@@ -748,6 +777,14 @@ impl Api {
                 "allocated_server_ids": stats.quic_lb.allocated_server_ids,
                 "invalid_server_ids": stats.quic_lb.invalid_server_ids,
                 "server_id_conflicts": stats.quic_lb.server_id_conflicts,
+            },
+            "directory_lookups": {
+                "asked": stats.lookups.asked,
+                "found": stats.lookups.found,
+                "not_found": stats.lookups.not_found,
+                "timed_out": stats.lookups.timed_out,
+                "rate_limited": stats.lookups.rate_limited,
+                "pending": stats.lookups.pending,
             },
             "buffered_bytes": stats.buffered_bytes,
             "routes": stats.routes,

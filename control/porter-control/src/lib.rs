@@ -2,7 +2,8 @@
 //!
 //! Porter's control plane, shared by both binaries: the management API ([`api`], served
 //! over any runtime's connections by [`http`]), the route sync between instances
-//! ([`sync`]: the data model and rules; [`redis_sync`]: the Redis transport), start-up
+//! ([`sync`]: the data model and rules; [`redis_sync`]: the Redis transport), the
+//! connection-ID directory in Redis ([`directory`]), start-up
 //! settings from a configuration ([`setup`]), hot reload of the configuration file
 //! ([`reload`]) and the command line ([`cli`]).
 //!
@@ -16,6 +17,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod directory;
 pub mod dns;
 pub mod http;
 pub mod redis_sync;

@@ -115,6 +115,14 @@ impl Settings {
                 ..AssemblerConfig::default()
             },
             quic_lb: quic_lb_routing(&config.quic_lb),
+            directory: porter_core::DirectoryConfig {
+                enabled: config.redis.as_ref().is_some_and(|redis| redis.directory),
+                max_pending_lookups: r.directory_max_pending_lookups,
+                max_datagrams_per_lookup: r.directory_max_held_datagrams,
+                max_bytes_per_lookup: r.directory_max_held_bytes,
+                lookup_timeout: r.directory_lookup_timeout,
+                lookups_per_second: r.directory_lookups_per_second,
+            },
             seed: random_seed(),
         };
         let api = &config.api;

@@ -12,8 +12,8 @@
 //! The tests keep the case names, in modules named after the files that hold them:
 //! `cases::routes_by_sni_exact_wildcard_and_default`, `control_cases::..`,
 //! `agones_cases::..`, `reload_cases::..`, `edge_cases::..`, `fd_cases::..`,
-//! `scale_cases::..`, `transparent_cases::..` (the latter build their own network
-//! namespaces, as root).
+//! `scale_cases::..`, `directory_cases::..`, `transparent_cases::..` (the latter build
+//! their own network namespaces, as root).
 //!
 //! The peers the cases use are public too: [`Pki`], [`EchoServer`], [`client_endpoint`],
 //! [`connect`], [`echo`], [`UdpSink`], [`Nat`].
@@ -34,6 +34,8 @@ pub mod balance_cases;
 pub mod cases;
 #[doc(hidden)]
 pub mod control_cases;
+#[doc(hidden)]
+pub mod directory_cases;
 #[doc(hidden)]
 pub mod edge_cases;
 #[doc(hidden)]
@@ -137,6 +139,11 @@ macro_rules! __with_cases {
                 a_route_to_the_relays_own_address_is_refused,
                 a_client_connects_through_a_flood_of_forged_initials,
             }
+            directory_cases {
+                an_l4_balancer_moving_a_connection_to_another_instance_keeps_it_with_the_directory,
+                ngtcp2_download_moved_to_another_instance_keeps_it_with_the_directory,
+                with_redis_stopped_the_directory_is_down_and_known_connections_flow,
+            }
             scale_cases {
                 replies_to_many_clients_leave_in_batches,
                 an_l4_balancer_moving_a_connection_to_another_instance_keeps_it_with_quic_lb,
@@ -202,6 +209,7 @@ mod tests {
             ("scale_cases", include_str!("scale_cases.rs")),
             ("fd_cases", include_str!("fd_cases.rs")),
             ("transparent_cases", include_str!("transparent_cases.rs")),
+            ("directory_cases", include_str!("directory_cases.rs")),
         ]
         .iter()
         .flat_map(|(module, text)| {

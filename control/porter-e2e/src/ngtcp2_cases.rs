@@ -23,7 +23,7 @@ const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(20);
 const QUIC_V2: &str = "0x6b3343cf";
 
 /// A `gtlsserver` on a loopback port serving `blob`, a 200 kB file of seeded bytes.
-struct Ngtcp2Server {
+pub(crate) struct Ngtcp2Server {
     child: Child,
     addr: SocketAddr,
     dir: PathBuf,
@@ -32,7 +32,7 @@ struct Ngtcp2Server {
 impl Ngtcp2Server {
     /// Starts one; with `validate_addr` it answers every new connection with a Retry
     /// (`-V`).
-    fn start(validate_addr: bool) -> Self {
+    pub(crate) fn start(validate_addr: bool) -> Self {
         let dir = temp_dir();
         let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
             .expect("self-signed certificate");
@@ -75,7 +75,7 @@ impl Drop for Ngtcp2Server {
 }
 
 /// The file's bytes: fixed, so that a failure can be reproduced.
-fn file_bytes() -> Vec<u8> {
+pub(crate) fn file_bytes() -> Vec<u8> {
     let mut x: u32 = 0x2545_f491;
     (0..FILE_LEN)
         .map(|_| {
@@ -100,7 +100,7 @@ fn tool(name: &str) -> PathBuf {
 
 /// Runs `gtlsclient localhost PORT https://localhost:PORT/blob` with `extra` options
 /// against the relay and returns what it downloaded, or why there is nothing.
-async fn download(
+pub(crate) async fn download(
     relay: SocketAddr,
     server: &Ngtcp2Server,
     extra: &[&str],
@@ -146,7 +146,7 @@ async fn download(
     }
 }
 
-fn config_for(server: &Ngtcp2Server) -> String {
+pub(crate) fn config_for(server: &Ngtcp2Server) -> String {
     format!(
         "routes:\n  - {{fqdn: localhost, type: simple, target: \"{}\"}}\n",
         server.addr

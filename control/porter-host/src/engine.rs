@@ -12,10 +12,11 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use porter_core::{AllocationId, BackendAddr, ClientAddr, Command, PathId, SessionId};
+use bytes::Bytes;
+use porter_core::{AllocationId, BackendAddr, ClientAddr, Command, LookupId, PathId, SessionId};
 use quinn_udp::{RecvMeta, BATCH_SIZE};
 
 use crate::batch::{plan_backend, plan_client, plan_commands, run, Out};
@@ -27,7 +28,8 @@ use crate::socket::{
     BindError, SlotPool, Socket,
 };
 use crate::{
-    Allocated, AllocationError, AllocationErrorKind, Allocator, HostSettings, Runtime, SetupError,
+    Allocated, AllocationError, AllocationErrorKind, Allocator, Directory, HostSettings, Runtime,
+    SetupError,
 };
 
 /// Receive buffer per batch slot: room for a GRO-coalesced run of datagrams.
@@ -130,6 +132,8 @@ pub struct Engine<R: Runtime> {
     own_addrs: OwnAddrs,
     allocations: Mutex<HashMap<AllocationId, R::Task>>,
     allocator: Option<Arc<dyn Allocator>>,
+    /// Where connection IDs this relay does not know are looked up, once set.
+    directory: OnceLock<Arc<dyn Directory>>,
     /// Receive slots of the upstream readers, held only while a batch is handled.
     upstream_slots: SlotPool,
     armed: Mutex<Option<Instant>>,
@@ -163,6 +167,7 @@ impl<R: Runtime> Engine<R> {
             own_addrs: OwnAddrs::new(),
             allocations: Mutex::new(HashMap::new()),
             allocator,
+            directory: OnceLock::new(),
             upstream_slots: SlotPool::new(UPSTREAM_BATCH, SLOT_LEN, UPSTREAM_SLOTS_KEPT),
             armed: Mutex::new(None),
             transparent,
@@ -186,6 +191,12 @@ impl<R: Runtime> Engine<R> {
         }
         let engine = self.clone();
         drop(self.rt.spawn(async move { engine.run_timer().await }));
+    }
+
+    /// Sets the connection-ID directory the core's lookups go to (once; a second call
+    /// is ignored and returns `false`). Until then every lookup answers "not found".
+    pub fn set_directory(&self, directory: Arc<dyn Directory>) -> bool {
+        self.directory.set(directory).is_ok()
     }
 
     /// The runtime the engine runs on.
@@ -477,6 +488,7 @@ impl<R: Runtime> Engine<R> {
                     R::abort(task);
                 }
             }
+            Command::LookupConnection { id, dcid } => self.start_lookup(id, dcid),
         }
     }
 
@@ -576,6 +588,29 @@ impl<R: Runtime> Engine<R> {
             engine.execute(&mut outs, &[]).await;
         });
         allocations.insert(id, task);
+    }
+
+    /// Runs a directory lookup and hands its answer to the core. Not cancelled: the core
+    /// gives up on its own timer, and discards a late answer.
+    fn start_lookup(self: &Arc<Self>, id: LookupId, dcid: Bytes) {
+        let lookup = self.directory.get().map(|d| d.lookup(dcid));
+        let engine = self.clone();
+        drop(self.rt.spawn(async move {
+            let answer = match lookup {
+                Some(lookup) => lookup.await,
+                None => None,
+            };
+            let mut outs = Vec::new();
+            let notes = {
+                let mut host = engine.cell.lock();
+                host.complete_lookup(Instant::now(), id, answer);
+                plan_commands(&mut host, &mut outs);
+                engine.rearm(&host);
+                host.take_notifications()
+            };
+            engine.cell.deliver(&notes);
+            engine.execute(&mut outs, &[]).await;
+        }));
     }
 
     /// Wakes the timer task if the core's next deadline is earlier than the armed one.

@@ -23,8 +23,9 @@ use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 use porter_core::{
-    AllocationFailure, AllocationId, BackendAddr, ClientAddr, Command, DropReason, Notification,
-    PathId, Relay, RelayStats, Route, RouteError, RouteName, ServerIdBinding, Verdict,
+    AllocationFailure, AllocationId, BackendAddr, ClientAddr, Command, ConnectionId, DropReason,
+    LookupId, Notification, PathId, Relay, RelayStats, Route, RouteError, RouteName,
+    ServerIdBinding, Verdict,
 };
 
 use crate::{Allocated, AllocationError, AllocationErrorKind};
@@ -210,6 +211,19 @@ impl RelayHost {
         }
     }
 
+    /// The directory's answer to a lookup; see [`Relay::complete_lookup`]. A late answer
+    /// (the lookup timed out) is discarded.
+    pub fn complete_lookup(
+        &mut self,
+        now: Instant,
+        id: LookupId,
+        answer: Option<(ConnectionId, BackendAddr)>,
+    ) {
+        if let Err(e) = self.relay.complete_lookup(now, id, answer) {
+            tracing::debug!(lookup = %id, "{e}");
+        }
+    }
+
     /// A path's upstream socket could not be opened: the path ends, and a session whose
     /// only path it was is refused; see [`Relay::upstream_failed`].
     pub fn upstream_failed(&mut self, now: Instant, path: PathId) {
@@ -253,8 +267,8 @@ impl RelayHost {
         }
         while let Some(note) = self.relay.poll_notification() {
             // Handshakes that never completed are not logged at all (see below).
-            let silent =
-                matches!(&note, Notification::SessionClosed { info, .. } if info.backend.is_none());
+            let silent = matches!(&note, Notification::SessionClosed { info, .. } if info.backend.is_none())
+                || matches!(&note, Notification::ConnectionIdsLearned { .. });
             if !silent {
                 if let Some(left_out) = self.log_limit.allow(Instant::now()) {
                     if left_out > 0 {
@@ -292,7 +306,8 @@ impl RelayHost {
             ),
             Notification::PathOpened { .. }
             | Notification::PathClosed { .. }
-            | Notification::RouteExpired { .. } => {}
+            | Notification::RouteExpired { .. }
+            | Notification::ConnectionIdsLearned { .. } => {}
         }
     }
 }
@@ -363,6 +378,8 @@ fn log_notification(note: &Notification) {
             );
         }
         Notification::SessionClosed { .. } => {}
+        // One per CID learned: for the directory, not the log.
+        Notification::ConnectionIdsLearned { .. } => {}
     }
 }
 

@@ -16,6 +16,8 @@
 //! - [`Engine`]: one task per listener and per session's upstream socket, the timer task
 //!   the core asks for, and the execution of the relay's [`porter_core::Command`]s in
 //!   order, coalescing runs of same-sized datagrams for one destination into one GSO send;
+//! - [`Directory`]: the connection-ID directory shared between instances, which answers
+//!   the core's lookups of connection IDs it does not know;
 //! - [`start`] and [`drain`]: start-up from [`HostSettings`] and the shutdown drain after
 //!   the first SIGINT/SIGTERM.
 //!
@@ -29,6 +31,7 @@
 
 mod allocator;
 mod batch;
+mod directory;
 mod engine;
 mod health;
 mod host;
@@ -47,6 +50,7 @@ use std::os::fd::BorrowedFd;
 use std::time::Instant;
 
 pub use allocator::{Allocated, AllocationError, AllocationErrorKind, AllocationFuture, Allocator};
+pub use directory::{Directory, LookupFuture};
 pub use engine::{drain, start, Engine, StartError, DRAIN_GRACE};
 pub use health::{HealthSettings, PROBE_VERSION};
 pub use host::{

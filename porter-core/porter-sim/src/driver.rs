@@ -471,6 +471,8 @@ impl RelayDriver {
                 }
                 None => self.stats.inconsistencies += 1,
             },
+            // No directory in the simulation: the relay's own timer ends the lookup.
+            Command::LookupConnection { .. } => {}
         }
     }
 
@@ -496,6 +498,9 @@ impl RelayDriver {
                 .is_some_and(|up| up.session == *session && up.client == *client),
             Notification::PathClosed { path, .. } => !self.sockets.contains_key(path),
             Notification::RouteExpired { .. } => true,
+            Notification::ConnectionIdsLearned { session, .. } => {
+                !self.paths_of(*session).is_empty()
+            }
         };
         if !consistent {
             self.stats.inconsistencies += 1;

@@ -521,6 +521,9 @@ impl RelayModel {
                 Command::Allocate { .. } => self.cover("allocate"),
                 Command::CancelAllocation { .. } => self.cover("cancel_allocation"),
                 Command::CloseUpstream { .. } => self.cover("close_upstream"),
+                Command::LookupConnection { .. } => {
+                    panic!("the model runs without directory lookups: {command:?}")
+                }
             }
             match command {
                 Command::OpenUpstream {
@@ -679,6 +682,8 @@ impl RelayModel {
                          the PathClosed of a timeout"
                     );
                 }
+                // Refused above.
+                Command::LookupConnection { .. } => {}
             }
         }
         // Refusals outside a client datagram's handling go out as Transmits, one per
@@ -726,6 +731,9 @@ impl RelayModel {
                 Notification::PathOpened { .. } => self.cover("path_opened"),
                 Notification::PathClosed { .. } => self.cover("path_closed"),
                 Notification::RouteExpired { .. } => self.cover("route_expired"),
+                Notification::ConnectionIdsLearned { .. } => {
+                    panic!("the model runs without directory lookups: {notification:?}")
+                }
             }
             match notification {
                 Notification::SessionOpened {
@@ -798,6 +806,8 @@ impl RelayModel {
                     );
                     panic!("route {name} expired, none was temporary");
                 }
+                // Refused above.
+                Notification::ConnectionIdsLearned { .. } => {}
                 Notification::Refused {
                     session,
                     client,

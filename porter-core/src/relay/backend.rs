@@ -105,5 +105,6 @@ impl Relay {
         }
         session.cids.push(cid);
         self.cids.insert(cid, id);
+        self.announce_cids(id, vec![cid]);
     }
 }

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use super::directory::DirectoryConfig;
 use super::quic_lb::QuicLbRouting;
 use crate::assembler::AssemblerConfig;
 
@@ -82,6 +83,8 @@ pub struct RelayConfig {
     /// Server-ID routing (QUIC-LB): the backends' CID configurations and the backend of
     /// each server ID. Default: none.
     pub quic_lb: QuicLbRouting,
+    /// Lookups of unknown CIDs in the directory shared between instances. Default: off.
+    pub directory: DirectoryConfig,
     /// Seed for the little randomness the relay needs (unused header bits, the Source
     /// CID of refusals). Drivers pass a random seed; tests a fixed one.
     pub seed: u64,
@@ -111,6 +114,7 @@ impl Default for RelayConfig {
             allocations_per_second_per_prefix: 10,
             assembler: AssemblerConfig::default(),
             quic_lb: QuicLbRouting::default(),
+            directory: DirectoryConfig::default(),
             seed: 0x5eed_0f5e_ed00,
         }
     }

@@ -15,7 +15,8 @@
 //! (see [`super::path`]): the backend, not the relay, decides whether the datagram belongs
 //! to the connection, and no existing path is redirected. A CID of a session that ended
 //! is never followed. Everything else is dropped and counted: only CIDs that encode their
-//! server (QUIC-LB) could route it.
+//! server (QUIC-LB) could route it, or, for a NAT rebinding towards another relay
+//! instance, the connection-ID directory (see [`super::directory`]).
 
 use std::time::Instant;
 
@@ -51,7 +52,11 @@ impl Relay {
             _ => None,
         };
         let Some(id) = id else {
-            return Verdict::Drop(DropReason::UnknownConnection);
+            // Perhaps another instance's connection, whose client's NAT rebound: ask the
+            // directory (see [`super::directory`]) when lookups are on.
+            return self
+                .look_up(now, from, datagram)
+                .unwrap_or(Verdict::Drop(DropReason::UnknownConnection));
         };
         let learn = self.sessions.get(&id).and_then(|s| s.server_cid_len);
         if let Some(len) = learn.filter(|&l| l > 0) {

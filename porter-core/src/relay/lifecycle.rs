@@ -14,15 +14,16 @@ impl Relay {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let session = self.timers.peek().map(|Reverse((at, _))| *at);
         let route = self.route_timers.peek().map(|Reverse((at, _))| *at);
-        match (session, route) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [session, route, self.lookups.next_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Expires what is due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.forget_ended(now);
+        self.expire_lookups(now);
         while let Some(Reverse((at, _))) = self.route_timers.peek() {
             if *at > now {
                 break;
@@ -125,6 +126,7 @@ impl Relay {
             version: session.version,
             waited: now.saturating_duration_since(session.created),
         });
+        let cids = session.cids.clone();
         self.commands.push_back(Command::OpenUpstream {
             session: id,
             path,
@@ -132,6 +134,7 @@ impl Relay {
             backend,
             datagrams,
         });
+        self.announce_cids(id, cids);
     }
 
     pub(super) fn index_client(&mut self, id: SessionId, client: ClientAddr) {

@@ -6,7 +6,8 @@
 //! back), [`client`] and [`backend`] (the two directions of a datagram), [`follow`] (the
 //! rules that match a datagram with an unknown CID to a session), [`path`] (client paths,
 //! one upstream socket each, and the CIDs of ended sessions), [`quic_lb`] (server-ID
-//! routing), [`refusal`] (refused
+//! routing), [`directory`] (lookups of unknown CIDs in a directory shared between
+//! instances), [`refusal`] (refused
 //! connections, remembered), [`lifecycle`] (timers and closing), [`admission`]
 //! (validation, fair admission of unvalidated sessions, allocation budgets), [`index`]
 //! (sessions by address and IP), [`budget`] (token bucket, ID hashing) and [`stats`].
@@ -16,6 +17,7 @@ mod backend;
 mod budget;
 mod client;
 mod config;
+mod directory;
 mod follow;
 mod index;
 mod lifecycle;
@@ -31,6 +33,7 @@ use std::net::IpAddr;
 use std::time::Instant;
 
 pub use self::config::{RefusalMode, RelayConfig};
+pub use self::directory::{CompleteLookupError, DirectoryConfig, LookupCounters, LookupId};
 pub use self::output::{
     AllocationFailure, Command, CompleteAllocationError, DropReason, Notification, RefuseReason,
     Verdict,
@@ -100,6 +103,8 @@ pub struct Relay {
     stats: RelayStats,
     /// Server IDs of allocated game servers (see [`quic_lb`]).
     allocated_server_ids: quic_lb::AllocatedServerIds,
+    /// Directory lookups in flight (see [`directory`]).
+    lookups: directory::Lookups,
 }
 
 /// One page of [`Relay::sessions_page`].
@@ -125,6 +130,7 @@ impl Relay {
                 config.allocations_per_second_per_prefix,
             ),
             rng: config.seed | 1,
+            lookups: directory::Lookups::new(&config.directory),
             config,
             routes: RouteTable::new(),
             sessions: IdMap::default(),
@@ -358,6 +364,7 @@ impl Relay {
                 ..self.stats.quic_lb
             },
             unvalidated_sessions: self.unvalidated.len(),
+            lookups: self.lookup_counters(),
             ..self.stats.clone()
         }
     }

@@ -13,10 +13,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use thiserror::Error;
 
+use super::directory::LookupId;
 use crate::ids::{AllocationId, BackendAddr, ClientAddr, PathId, SessionId};
 use crate::routes::RouteName;
 use crate::session::{CloseReason, SessionInfo};
-use crate::wire::Version;
+use crate::wire::{ConnectionId, Version};
 
 /// What to do with one datagram.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -115,6 +116,17 @@ pub enum Command {
         /// The path whose socket to close.
         path: PathId,
     },
+    /// Ask the connection-ID directory which connection `dcid` belongs to, then pass the
+    /// answer to [`crate::Relay::complete_lookup`] with `id` (the relay holds the
+    /// datagram meanwhile, and gives up on its own timer).
+    LookupConnection {
+        /// The lookup; pass it back with the answer.
+        id: LookupId,
+        /// The bytes after a short header's first octet, at most 20: a short header
+        /// carries no CID length, so the directory matches the CIDs it holds (each with
+        /// its length) against their start.
+        dcid: Bytes,
+    },
 }
 
 /// Something that happened, for logs, metrics and the control plane, drained with
@@ -185,6 +197,19 @@ pub enum Notification {
         reason: CloseReason,
         /// The session as it was at the end.
         info: SessionInfo,
+    },
+    /// With directory lookups on: a routed session has these connection IDs (at routing,
+    /// its original DCID and what it has; later each CID learned), for the connection-ID
+    /// directory shared between instances. They end with the session
+    /// ([`Notification::SessionClosed`]); a CID the session forgets (beyond
+    /// `max_cids_per_session`) is not announced again.
+    ConnectionIdsLearned {
+        /// The session.
+        session: SessionId,
+        /// Its backend.
+        backend: BackendAddr,
+        /// The CIDs new to the session.
+        cids: Vec<ConnectionId>,
     },
 }
 
@@ -330,6 +355,17 @@ drop_reasons! {
     /// A new connection or path from a client IP that has `max_sessions_per_ip` sessions
     /// already.
     IpSessionLimit => "ip_session_limit",
+    /// A datagram for a directory lookup beyond the bounds: too many lookups pending, or
+    /// too many datagrams or bytes held for one.
+    LookupLimit => "lookup_limit",
+    /// A datagram that would have started a directory lookup beyond the lookup rate.
+    LookupRateLimited => "lookup_rate_limited",
+    /// A datagram held for a directory lookup that found no connection it carries, or one
+    /// known here meanwhile. (One found but not adopted is counted under `draining`,
+    /// `session_limit`, `socket_limit` or `rate_limited`.)
+    LookupFailed => "lookup_failed",
+    /// A datagram held for a directory lookup that got no answer in time.
+    LookupTimeout => "lookup_timeout",
 }
 
 /// How an allocation failed, as reported by the driver.

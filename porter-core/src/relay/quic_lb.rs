@@ -272,7 +272,14 @@ impl Relay {
             self.learn_cid(id, cid);
             return Some(self.client_to_session(now, from, id, datagram, None, None));
         }
-        let verdict = self.adopt(now, from, cid, backend, datagram);
+        let verdict = self.adopt(
+            now,
+            from,
+            cid,
+            backend,
+            vec![Bytes::copy_from_slice(datagram)],
+            None,
+        );
         if let (Verdict::Held { session }, Some(id)) = (&verdict, allocated) {
             // The adopted session is on that game server too: it keeps the ID.
             self.allocated_server_ids.attach(id, backend, *session);
@@ -325,15 +332,18 @@ impl Relay {
         }
     }
 
-    /// A session for a connection the relay learns of from its CID alone: routed at
-    /// once, on one path from `from`, unconfirmed until its backend answers.
-    fn adopt(
+    /// A session for a connection the relay learns of from its CID alone (its server ID,
+    /// or the directory): routed at once, on one path from `from` that carries
+    /// `datagrams`, unconfirmed until its backend answers. `reserved`: the session ID a
+    /// directory lookup promised its held datagrams.
+    pub(super) fn adopt(
         &mut self,
         now: Instant,
         from: ClientAddr,
         cid: ConnectionId,
         backend: BackendAddr,
-        datagram: &[u8],
+        datagrams: Vec<Bytes>,
+        reserved: Option<SessionId>,
     ) -> Verdict {
         if !self.accepting {
             return Verdict::Drop(DropReason::Draining);
@@ -350,11 +360,16 @@ impl Relay {
         if !self.take_session_token(now, from) {
             return Verdict::Drop(DropReason::RateLimited);
         }
-        let id = SessionId(self.next_session);
-        self.next_session += 1;
+        let id = reserved.unwrap_or_else(|| {
+            self.next_session += 1;
+            SessionId(self.next_session - 1)
+        });
         let path = PathId::new(id, 0);
         let mut to_backend = Traffic::default();
-        to_backend.add(datagram.len());
+        for d in &datagrams {
+            to_backend.add(d.len());
+            self.stats.to_backend.add(d.len());
+        }
         self.sessions.insert(
             id,
             Session {
@@ -396,7 +411,6 @@ impl Relay {
         let deadline = now + self.config.handshake_timeout.min(self.config.idle_timeout);
         self.timers.push(Reverse((deadline, id)));
         self.stats.sessions_opened += 1;
-        self.stats.to_backend.add(datagram.len());
         self.routes.session_started(backend);
         self.notifications.push_back(Notification::SessionOpened {
             session: id,
@@ -413,8 +427,9 @@ impl Relay {
             path,
             client: from,
             backend,
-            datagrams: vec![Bytes::copy_from_slice(datagram)],
+            datagrams,
         });
+        self.announce_cids(id, vec![cid]);
         Verdict::Held { session: id }
     }
 }

@@ -1,5 +1,6 @@
 //! The relay's counters and gauges, as [`crate::Relay::stats`] reports them.
 
+use crate::relay::directory::LookupCounters;
 use crate::relay::output::{DropReason, RefuseReason};
 use crate::relay::quic_lb::QuicLbCounters;
 use crate::session::Traffic;
@@ -72,6 +73,8 @@ pub struct RelayStats {
     pub allocations: AllocationCounters,
     /// Server-ID (QUIC-LB) routing outcomes.
     pub quic_lb: QuicLbCounters,
+    /// Directory lookups of unknown CIDs, by outcome.
+    pub lookups: LookupCounters,
     /// Drops by reason, indexed like [`DropReason::ALL`].
     pub drops: Vec<u64>,
     /// Refusals by reason, indexed like [`RefuseReason::ALL`] (their sum is `refused`).

@@ -297,6 +297,31 @@ pub(super) fn render(
         m.sample("porter_quic_lb_total", &[("outcome", outcome)], value);
     }
     m.family(
+        "porter_directory_lookups_total",
+        "counter",
+        "Lookups of unknown CIDs in the connection-ID directory, by outcome.",
+    );
+    let l = &stats.lookups;
+    for (outcome, value) in [
+        ("asked", l.asked),
+        ("found", l.found),
+        ("not_found", l.not_found),
+        ("timed_out", l.timed_out),
+        ("rate_limited", l.rate_limited),
+    ] {
+        m.sample(
+            "porter_directory_lookups_total",
+            &[("outcome", outcome)],
+            value,
+        );
+    }
+    m.single(
+        "porter_directory_pending_lookups",
+        "gauge",
+        "Directory lookups waiting for an answer.",
+        l.pending,
+    );
+    m.family(
         "porter_allocations_total",
         "counter",
         "Agones allocations, by outcome (requested counts every request).",
@@ -526,4 +551,72 @@ fn render_histograms(m: &mut Exposition, host: &HostStats) {
     for (outcome, hist) in &h.allocation {
         m.histogram("porter_allocation_seconds", &[("outcome", outcome)], hist);
     }
+}
+
+/// The connection-ID directory's link, queue and counters (with `redis.directory`).
+pub(super) fn render_directory(out: &mut String, d: &crate::directory::DirectoryStatus) {
+    let mut m = Exposition {
+        out: std::mem::take(out),
+    };
+    m.single(
+        "porter_directory_up",
+        "gauge",
+        "1 if the connection-ID directory's link to Redis is up.",
+        u8::from(d.up),
+    );
+    m.single(
+        "porter_directory_queued_writes",
+        "gauge",
+        "Directory writes waiting for Redis.",
+        d.queued,
+    );
+    m.single(
+        "porter_directory_sessions",
+        "gauge",
+        "Sessions whose connection IDs this instance publishes.",
+        d.sessions,
+    );
+    let c = &d.counters;
+    m.family(
+        "porter_directory_writes_total",
+        "counter",
+        "Directory writes, by outcome (set and refreshed, deleted, dropped: queue full or Redis down).",
+    );
+    for (outcome, n) in [
+        ("set", c.writes),
+        ("deleted", c.deletes),
+        ("dropped", c.dropped),
+    ] {
+        m.sample("porter_directory_writes_total", &[("outcome", outcome)], n);
+    }
+    m.single(
+        "porter_directory_round_trips_total",
+        "counter",
+        "Write pipelines sent to Redis (one round trip each).",
+        c.flushes,
+    );
+    m.family(
+        "porter_directory_redis_lookups_total",
+        "counter",
+        "Directory lookups by what Redis said (down: answered not found at once, the link being down).",
+    );
+    for (outcome, n) in [
+        ("asked", c.lookups),
+        ("found", c.lookups_found),
+        ("failed", c.lookups_failed),
+        ("down", c.lookups_down),
+    ] {
+        m.sample(
+            "porter_directory_redis_lookups_total",
+            &[("outcome", outcome)],
+            n,
+        );
+    }
+    m.single(
+        "porter_directory_disconnects_total",
+        "counter",
+        "Times the directory's link to Redis went down.",
+        c.disconnects,
+    );
+    *out = m.out;
 }

@@ -1,0 +1,317 @@
+//! Connection-ID directory lookups: a short-header datagram whose DCID no rule here can
+//! route (not a known CID, not a QUIC-LB server ID, not followable by address) may belong
+//! to a connection another relay instance opened, whose client's NAT rebound so that the
+//! L4 balancer in front now sends it here. With lookups on
+//! ([`DirectoryConfig::enabled`]), the relay holds the datagram (bounded in count and
+//! bytes), asks the I/O layer to look its DCID up in the shared directory
+//! ([`Command::LookupConnection`]) and, when [`Relay::complete_lookup`] names the
+//! connection's CID and backend, adopts the connection as a server-ID CID is adopted
+//! (see [`super::quic_lb`]): one path to that backend, carrying every held datagram, the
+//! session unconfirmed until its backend answers. A second datagram from the same client
+//! address while its lookup is pending joins it.
+//!
+//! Publishing is the other half: with lookups on, every routed session announces its
+//! CIDs ([`Notification::ConnectionIdsLearned`]): the original DCID and what it has at
+//! routing, then each CID learned later; [`Notification::SessionClosed`] ends them. The
+//! host side writes them to the directory.
+//!
+//! Only a NAT rebinding (same CID, new address) can be carried so: a client that
+//! migrates on purpose switches to a CID it got in an encrypted NEW_CONNECTION_ID frame,
+//! which no relay ever sees, so no directory can hold it (QUIC-LB CIDs route that case).
+//!
+//! Lookups are bounded (`max_pending_lookups`), rate-limited (a token bucket) and expire
+//! after `lookup_timeout`; what is dropped is counted under its reason.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use thiserror::Error;
+
+use super::budget::{IdMap, TokenBucket};
+use super::output::{Command, DropReason, Notification, Verdict};
+use super::Relay;
+use crate::ids::{BackendAddr, ClientAddr, SessionId};
+use crate::session::SessionState;
+use crate::wire::ConnectionId;
+
+/// The longest CID (RFC 9000 §17.2): a lookup carries at most this many DCID bytes.
+const MAX_CID_LEN: usize = 20;
+
+/// Identifies one directory lookup handed to the I/O layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LookupId(pub u64);
+
+impl fmt::Display for LookupId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "l{}", self.0)
+    }
+}
+
+/// Directory lookups of unknown connection IDs, and their bounds. Off by default.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirectoryConfig {
+    /// Ask the directory about short-header datagrams no other rule routes, and announce
+    /// every routed session's CIDs. Default off.
+    pub enabled: bool,
+    /// Most lookups waiting for an answer at once. Default 1024.
+    pub max_pending_lookups: usize,
+    /// Most datagrams held for one lookup. Default 8.
+    pub max_datagrams_per_lookup: usize,
+    /// Most bytes held for one lookup. Default 16 KiB.
+    pub max_bytes_per_lookup: usize,
+    /// A lookup not answered within this is dropped. Default 250 ms.
+    pub lookup_timeout: Duration,
+    /// Lookups started per second, sustained and in a burst (token bucket); 0 for no
+    /// limit. Default 1000.
+    pub lookups_per_second: u32,
+}
+
+impl Default for DirectoryConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            max_pending_lookups: 1024,
+            max_datagrams_per_lookup: 8,
+            max_bytes_per_lookup: 16 * 1024,
+            lookup_timeout: Duration::from_millis(250),
+            lookups_per_second: 1000,
+        }
+    }
+}
+
+/// Counters of directory lookups.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LookupCounters {
+    /// Lookups asked ([`Command::LookupConnection`] emitted).
+    pub asked: u64,
+    /// Answered with a connection whose CID the held datagram carries.
+    pub found: u64,
+    /// Answered with nothing (or with a CID the datagram does not carry).
+    pub not_found: u64,
+    /// Not answered within `lookup_timeout`.
+    pub timed_out: u64,
+    /// Not asked: beyond the lookup rate.
+    pub rate_limited: u64,
+    /// Lookups waiting for an answer now (a gauge).
+    pub pending: usize,
+}
+
+/// Misuse of [`Relay::complete_lookup`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum CompleteLookupError {
+    /// The relay is not waiting for this lookup: it was answered already or timed out
+    /// (late answers are normal; the answer is discarded).
+    #[error("lookup {0} is not pending (answered already, or timed out)")]
+    NotPending(LookupId),
+}
+
+#[derive(Debug)]
+struct PendingLookup {
+    client: ClientAddr,
+    /// The session ID the connection gets if the lookup finds it (the held datagrams'
+    /// [`Verdict::Held`] named it).
+    session: SessionId,
+    dcid: Bytes,
+    datagrams: Vec<Bytes>,
+    bytes: usize,
+}
+
+/// The relay's lookups in flight.
+#[derive(Debug)]
+pub(super) struct Lookups {
+    pending: IdMap<LookupId, PendingLookup>,
+    by_client: HashMap<ClientAddr, LookupId>,
+    /// Deadlines in start order (one timeout for all: also deadline order); entries of
+    /// answered lookups are stale and skipped.
+    order: VecDeque<(Instant, LookupId)>,
+    bucket: TokenBucket,
+    next: u64,
+}
+
+impl Lookups {
+    pub(super) fn new(config: &DirectoryConfig) -> Self {
+        Self {
+            pending: IdMap::default(),
+            by_client: HashMap::new(),
+            order: VecDeque::new(),
+            bucket: TokenBucket::new(config.lookups_per_second, config.lookups_per_second),
+            next: 1,
+        }
+    }
+
+    fn remove(&mut self, id: LookupId) -> Option<PendingLookup> {
+        let lookup = self.pending.remove(&id)?;
+        if self.by_client.get(&lookup.client) == Some(&id) {
+            self.by_client.remove(&lookup.client);
+        }
+        Some(lookup)
+    }
+
+    /// The earliest deadline of a lookup still pending (stale entries may make it early:
+    /// a spurious wake-up is harmless).
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
+        self.order.front().map(|(at, _)| *at)
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.pending.len()
+    }
+}
+
+impl Relay {
+    /// Holds a short-header datagram no rule routes and asks the directory about its
+    /// DCID; `None` when lookups are off (the caller drops it as unknown).
+    pub(super) fn look_up(
+        &mut self,
+        now: Instant,
+        from: ClientAddr,
+        datagram: &[u8],
+    ) -> Option<Verdict> {
+        let config = &self.config.directory;
+        if !config.enabled {
+            return None;
+        }
+        let (max_datagrams, max_bytes) = (
+            config.max_datagrams_per_lookup.max(1),
+            config.max_bytes_per_lookup,
+        );
+        if let Some(&id) = self.lookups.by_client.get(&from) {
+            let lookup = self
+                .lookups
+                .pending
+                .get_mut(&id)
+                .expect("the client index names pending lookups only");
+            if lookup.datagrams.len() >= max_datagrams || lookup.bytes + datagram.len() > max_bytes
+            {
+                return Some(Verdict::Drop(DropReason::LookupLimit));
+            }
+            lookup.datagrams.push(Bytes::copy_from_slice(datagram));
+            lookup.bytes += datagram.len();
+            return Some(Verdict::Held {
+                session: lookup.session,
+            });
+        }
+        if self.lookups.len() >= config.max_pending_lookups || datagram.len() > max_bytes {
+            return Some(Verdict::Drop(DropReason::LookupLimit));
+        }
+        if !self.lookups.bucket.take(now) {
+            self.stats.lookups.rate_limited += 1;
+            return Some(Verdict::Drop(DropReason::LookupRateLimited));
+        }
+        let timeout = config.lookup_timeout;
+        let dcid = Bytes::copy_from_slice(datagram.get(1..).unwrap_or_default());
+        let dcid = dcid.slice(..dcid.len().min(MAX_CID_LEN));
+        let id = LookupId(self.lookups.next);
+        self.lookups.next += 1;
+        let session = SessionId(self.next_session);
+        self.next_session += 1;
+        self.lookups.pending.insert(
+            id,
+            PendingLookup {
+                client: from,
+                session,
+                dcid: dcid.clone(),
+                datagrams: vec![Bytes::copy_from_slice(datagram)],
+                bytes: datagram.len(),
+            },
+        );
+        self.lookups.by_client.insert(from, id);
+        self.lookups.order.push_back((now + timeout, id));
+        self.stats.lookups.asked += 1;
+        self.commands
+            .push_back(Command::LookupConnection { id, dcid });
+        Some(Verdict::Held { session })
+    }
+
+    /// Passes the directory's answer for a [`Command::LookupConnection`]: the CID it
+    /// matched and the connection's backend, or `None` when it knows no such connection
+    /// (or cannot be reached). Found, and carried by the held datagram, the connection is
+    /// adopted: [`Notification::SessionOpened`] and a [`Command::OpenUpstream`] with every
+    /// datagram held for the lookup follow. Otherwise they are dropped and counted.
+    pub fn complete_lookup(
+        &mut self,
+        now: Instant,
+        id: LookupId,
+        answer: Option<(ConnectionId, BackendAddr)>,
+    ) -> Result<(), CompleteLookupError> {
+        let lookup = self
+            .lookups
+            .remove(id)
+            .ok_or(CompleteLookupError::NotPending(id))?;
+        let found = answer.filter(|(cid, _)| {
+            !cid.is_empty()
+                && lookup.dcid.starts_with(cid.as_bytes())
+                // Known here meanwhile (another lookup, or the connection came back):
+                // its next datagram finds it without a second session.
+                && self.cids.get(cid).is_none()
+        });
+        let Some((cid, backend)) = found else {
+            self.stats.lookups.not_found += 1;
+            self.drop_held(lookup.datagrams.len(), DropReason::LookupFailed);
+            return Ok(());
+        };
+        self.stats.lookups.found += 1;
+        let count = lookup.datagrams.len();
+        if let Verdict::Drop(reason) = self.adopt(
+            now,
+            lookup.client,
+            cid,
+            backend,
+            lookup.datagrams,
+            Some(lookup.session),
+        ) {
+            self.drop_held(count, reason);
+        }
+        Ok(())
+    }
+
+    /// Drops the lookups whose time is up, with their datagrams.
+    pub(super) fn expire_lookups(&mut self, now: Instant) {
+        while let Some(&(at, id)) = self.lookups.order.front() {
+            if at > now {
+                break;
+            }
+            self.lookups.order.pop_front();
+            if let Some(lookup) = self.lookups.remove(id) {
+                self.stats.lookups.timed_out += 1;
+                self.drop_held(lookup.datagrams.len(), DropReason::LookupTimeout);
+            }
+        }
+    }
+
+    fn drop_held(&mut self, datagrams: usize, reason: DropReason) {
+        for _ in 0..datagrams {
+            self.count_drop(reason);
+        }
+    }
+
+    /// Announces CIDs of a routed session, with lookups on.
+    pub(super) fn announce_cids(&mut self, id: SessionId, cids: Vec<ConnectionId>) {
+        if !self.config.directory.enabled || cids.is_empty() {
+            return;
+        }
+        let Some(session) = self.sessions.get(&id) else {
+            return;
+        };
+        let (SessionState::Established, Some(backend)) = (session.state, session.backend) else {
+            return;
+        };
+        self.notifications
+            .push_back(Notification::ConnectionIdsLearned {
+                session: id,
+                backend,
+                cids,
+            });
+    }
+
+    /// Lookup counters, the gauge filled in.
+    pub(super) fn lookup_counters(&self) -> LookupCounters {
+        LookupCounters {
+            pending: self.lookups.len(),
+            ..self.stats.lookups
+        }
+    }
+}
