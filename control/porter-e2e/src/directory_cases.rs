@@ -15,7 +15,7 @@ use std::time::Duration;
 use porter_test_support::*;
 use tokio::net::UdpSocket;
 
-use crate::cases::{eventually, payload, simple_route, transfer};
+use crate::cases::{eventually, simple_route};
 use crate::ngtcp2_cases::{config_for, download, file_bytes, Ngtcp2Server};
 use crate::peers::*;
 
@@ -78,28 +78,7 @@ pub async fn an_l4_balancer_moving_a_connection_to_another_instance_keeps_it_wit
         "A published the connection's CIDs"
     );
 
-    let data = payload(2 << 20);
-    let sent = conn.stats().udp_tx.bytes;
-    let moving = transfer(&conn, &data);
-    assert!(
-        eventually(Duration::from_secs(10), || conn.stats().udp_tx.bytes
-            > sent + (256 << 10))
-        .await,
-        "the transfer started"
-    );
-    balancer.rebind_to(second.udp).await;
-    let moved = tokio::time::timeout(Duration::from_secs(30), moving)
-        .await
-        .expect("the transfer completes in time")
-        .expect("transfer task");
-    assert!(
-        moved.len() == data.len() + 2 && moved.starts_with("A:") && moved[2..] == data,
-        "{}: the transfer completes on its backend through the second instance; logs:\n{}\n{}",
-        bin.name,
-        first.log(),
-        second.log()
-    );
-    let after = echo(&conn, WHO_AM_I).await;
+    let after = crate::scale_cases::move_mid_transfer(bin, &conn, &balancer, &first, &second).await;
     assert_ne!(before, after, "the backend sees the second instance's path");
     assert!(
         lookups(&second, "found") >= 1.0,

@@ -162,7 +162,7 @@ pub async fn replies_to_many_clients_leave_in_batches(bin: Binary) {
 pub async fn an_l4_balancer_moving_a_connection_to_another_instance_keeps_it_with_quic_lb(
     bin: Binary,
 ) {
-    use crate::cases::{eventually, payload, simple_route, transfer};
+    use crate::cases::simple_route;
     use crate::peers::*;
     use porter_quic_lb::{Config, ServerId};
 
@@ -188,25 +188,7 @@ pub async fn an_l4_balancer_moving_a_connection_to_another_instance_keeps_it_wit
     let conn = connect(&client, balancer.inside, "a.test").await.unwrap();
     let before = echo(&conn, WHO_AM_I).await;
 
-    let data = payload(2 << 20);
-    let sent = conn.stats().udp_tx.bytes;
-    let moving = transfer(&conn, &data);
-    assert!(
-        eventually(Duration::from_secs(10), || conn.stats().udp_tx.bytes
-            > sent + (256 << 10))
-        .await,
-        "the transfer started"
-    );
-    balancer.rebind_to(second.udp).await;
-    let moved = moving.await.expect("transfer task");
-    assert!(
-        moved.len() == data.len() + 2 && moved.starts_with("A:") && moved[2..] == data,
-        "{}: the transfer completes on its backend through the second instance; logs:\n{}\n{}",
-        bin.name,
-        first.log(),
-        second.log()
-    );
-    let after = echo(&conn, WHO_AM_I).await;
+    let after = move_mid_transfer(bin, &conn, &balancer, &first, &second).await;
     assert_ne!(before, after, "the backend sees the second instance's path");
     let stats = second.stats();
     assert!(
@@ -217,4 +199,42 @@ pub async fn an_l4_balancer_moving_a_connection_to_another_instance_keeps_it_wit
         stats["sessions"].as_u64() >= Some(1),
         "the second instance carries it: {stats}"
     );
+}
+
+/// The L4 balancer's move: starts a 2 MiB echo on `conn` (a client of backend "A" behind
+/// `balancer`, which forwards to `first`), moves the flow to `second` from a new source
+/// port once 256 KiB have left, and checks that the echo completes byte for byte on the
+/// same backend. Returns what the backend then says the client's address is.
+pub(crate) async fn move_mid_transfer(
+    bin: Binary,
+    conn: &quinn::Connection,
+    balancer: &crate::peers::Nat,
+    first: &Porter,
+    second: &Porter,
+) -> String {
+    use crate::cases::{eventually, payload, transfer};
+    use crate::peers::{echo, WHO_AM_I};
+
+    let data = payload(2 << 20);
+    let sent = conn.stats().udp_tx.bytes;
+    let moving = transfer(conn, &data);
+    assert!(
+        eventually(Duration::from_secs(10), || conn.stats().udp_tx.bytes
+            > sent + (256 << 10))
+        .await,
+        "the transfer started"
+    );
+    balancer.rebind_to(second.udp).await;
+    let moved = tokio::time::timeout(Duration::from_secs(30), moving)
+        .await
+        .expect("the transfer completes in time")
+        .expect("transfer task");
+    assert!(
+        moved.len() == data.len() + 2 && moved.starts_with("A:") && moved[2..] == data,
+        "{}: the transfer completes on its backend through the second instance; logs:\n{}\n{}",
+        bin.name,
+        first.log(),
+        second.log()
+    );
+    echo(conn, WHO_AM_I).await
 }
