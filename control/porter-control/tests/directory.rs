@@ -221,3 +221,44 @@ async fn twenty_thousand_sessions_a_second_cost_a_bounded_number_of_round_trips(
     };
     assert_eq!(keys as u64, 2 * SESSIONS);
 }
+
+/// What a lookup costs from the relay's side (the figure BENCHMARKS.md records, printed
+/// with `--nocapture`): 2 000 lookups one after the other against a local redis-server
+/// holding 10 000 CIDs, half of them of connections it holds (found), half of unknown
+/// ones (one MGET of every candidate length either way). The test checks only the
+/// answers; the times are a measurement, not a bound.
+#[tokio::test]
+async fn lookup_latency_is_one_round_trip() {
+    let server = RedisServer::start();
+    let d = start(&server, "a");
+    wait_until("up", Duration::from_secs(10), || d.status().up).await;
+    const HELD: u64 = 10_000;
+    for n in 0..HELD {
+        let mut cid = [0x11u8; 8];
+        cid[..8].copy_from_slice(&n.to_be_bytes());
+        cid[0] = 0x40;
+        d.note(&learned(n + 1, backend(4433), &[&cid]));
+    }
+    wait_until("every write", Duration::from_secs(30), || {
+        d.status().counters.writes == HELD
+    })
+    .await;
+    let mut times = Vec::new();
+    for n in 0..2_000u64 {
+        let mut dcid = vec![0u8; 20];
+        dcid[..8].copy_from_slice(&(n % HELD).to_be_bytes());
+        dcid[0] = if n % 2 == 0 { 0x40 } else { 0x7f };
+        let asked = Instant::now();
+        let found = d.lookup(Bytes::from(dcid)).await;
+        times.push(asked.elapsed());
+        assert_eq!(found.is_some(), n % 2 == 0, "lookup {n}");
+    }
+    times.sort();
+    let at = |q: f64| times[((times.len() - 1) as f64 * q) as usize];
+    println!(
+        "2000 lookups (half found) against {HELD} CIDs: p50 {:?}, p99 {:?}, max {:?}",
+        at(0.5),
+        at(0.99),
+        at(1.0)
+    );
+}
