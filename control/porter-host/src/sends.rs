@@ -35,9 +35,13 @@ pub(crate) const MAX_BATCH: usize = 64;
 /// Most bytes queued per listener before the queuing task sends them itself.
 const MAX_QUEUED_BYTES: usize = 256 * 1024;
 
-/// Bytes queued per listener beyond which new datagrams are dropped (counted): the
-/// listener's socket is not taking them as fast as they come.
-const MAX_BACKLOG_BYTES: usize = 4 * MAX_QUEUED_BYTES;
+/// Bytes queued per listener from which a reader waits for the queue to drain before
+/// adding more (backpressure: it stops reading its upstream socket meanwhile).
+const BACKLOG_BYTES: usize = 4 * MAX_QUEUED_BYTES;
+
+/// Bytes queued per listener beyond which new datagrams are dropped (counted): a last
+/// bound, for when readers outrun the flusher even so.
+const MAX_BACKLOG_BYTES: usize = 4 * BACKLOG_BYTES;
 
 /// The queue of one listener and the counters of what left it.
 #[derive(Debug, Default)]
@@ -97,6 +101,11 @@ impl ClientSends {
     /// Whether anything is queued.
     pub(crate) fn is_empty(&self) -> bool {
         lock(&self.queue).items.is_empty()
+    }
+
+    /// Whether the queue holds so much that a reader should wait before adding to it.
+    pub(crate) fn is_backlogged(&self) -> bool {
+        lock(&self.queue).bytes.len() >= BACKLOG_BYTES
     }
 
     /// Waits until something was queued.
@@ -263,7 +272,7 @@ mod tests {
     }
 
     #[test]
-    fn a_queue_past_its_backlog_drops_and_counts() {
+    fn a_queue_far_past_its_backlog_drops_and_counts() {
         let sends = ClientSends::default();
         let to: SocketAddr = "127.0.0.1:9".parse().unwrap();
         let datagram = [0u8; 1200];
@@ -271,6 +280,10 @@ mod tests {
         for _ in 0..fits + 5 {
             let _ = sends.push(to, &datagram);
         }
+        assert!(
+            sends.is_backlogged(),
+            "readers wait long before anything is dropped"
+        );
         assert_eq!(sends.counts().dropped, 5);
         assert_eq!(lock(&sends.queue).items.len(), fits);
     }
