@@ -370,27 +370,18 @@ pub(crate) async fn move_to_another_ip_mid_transfer(
 ) {
     let before = echo(conn, WHO_AM_I).await;
     let routed = porter.stats()["quic_lb"]["routed"].as_u64().unwrap_or(0);
-    let data = payload(2 << 20);
-    let sent = conn.stats().udp_tx.bytes;
-    let moving = transfer(conn, &data);
-    assert!(
-        eventually(Duration::from_secs(10), || conn.stats().udp_tx.bytes
-            > sent + (256 << 10))
-        .await,
-        "{mode}: the transfer started"
-    );
-    endpoint
-        .rebind(std::net::UdpSocket::bind("127.0.0.2:0").unwrap())
-        .unwrap();
-    let moved = moving.await.expect("transfer task");
-    let prefix = format!("{name}:");
-    assert!(
-        moved.len() == data.len() + prefix.len()
-            && moved.starts_with(&prefix)
-            && moved[prefix.len()..] == data,
-        "{mode}: the moved client's transfer completes on its backend; log:\n{}",
-        porter.log()
-    );
+    let moved = async {
+        endpoint
+            .rebind(std::net::UdpSocket::bind("127.0.0.2:0").unwrap())
+            .unwrap();
+    };
+    echo_across_a_move(conn, name, moved, || {
+        format!(
+            "{mode}: the moved client's transfer completes on its backend; log:\n{}",
+            porter.log()
+        )
+    })
+    .await;
     let after = echo(conn, WHO_AM_I).await;
     assert_ne!(before, after, "{mode}: backend {name} sees the new address");
     assert!(after.starts_with(&format!("{name}:127.0.0.1:")), "{after}");
@@ -398,6 +389,39 @@ pub(crate) async fn move_to_another_ip_mid_transfer(
     assert!(
         stats["quic_lb"]["routed"].as_u64() > Some(routed),
         "{mode}: routed by server ID: {stats}"
+    );
+}
+
+/// Starts a 2 MiB echo on `conn`, runs `move_it` once 256 KiB of it have left, and
+/// asserts that the echo completes within 30 s, byte for byte, from the backend named
+/// `name`; `failure` says what went wrong (with the logs) if not.
+pub(crate) async fn echo_across_a_move(
+    conn: &quinn::Connection,
+    name: &str,
+    move_it: impl std::future::Future<Output = ()>,
+    failure: impl FnOnce() -> String,
+) {
+    let data = payload(2 << 20);
+    let sent = conn.stats().udp_tx.bytes;
+    let moving = transfer(conn, &data);
+    assert!(
+        eventually(Duration::from_secs(10), || conn.stats().udp_tx.bytes
+            > sent + (256 << 10))
+        .await,
+        "the transfer started"
+    );
+    move_it.await;
+    let moved = tokio::time::timeout(Duration::from_secs(30), moving)
+        .await
+        .expect("the transfer completes in time")
+        .expect("transfer task");
+    let prefix = format!("{name}:");
+    assert!(
+        moved.len() == data.len() + prefix.len()
+            && moved.starts_with(&prefix)
+            && moved[prefix.len()..] == data,
+        "{}",
+        failure()
     );
 }
 

@@ -212,29 +212,19 @@ pub(crate) async fn move_mid_transfer(
     first: &Porter,
     second: &Porter,
 ) -> String {
-    use crate::cases::{eventually, payload, transfer};
     use crate::peers::{echo, WHO_AM_I};
 
-    let data = payload(2 << 20);
-    let sent = conn.stats().udp_tx.bytes;
-    let moving = transfer(conn, &data);
-    assert!(
-        eventually(Duration::from_secs(10), || conn.stats().udp_tx.bytes
-            > sent + (256 << 10))
-        .await,
-        "the transfer started"
-    );
-    balancer.rebind_to(second.udp).await;
-    let moved = tokio::time::timeout(Duration::from_secs(30), moving)
-        .await
-        .expect("the transfer completes in time")
-        .expect("transfer task");
-    assert!(
-        moved.len() == data.len() + 2 && moved.starts_with("A:") && moved[2..] == data,
-        "{}: the transfer completes on its backend through the second instance; logs:\n{}\n{}",
-        bin.name,
-        first.log(),
-        second.log()
-    );
+    let moved = async {
+        balancer.rebind_to(second.udp).await;
+    };
+    crate::cases::echo_across_a_move(conn, "A", moved, || {
+        format!(
+            "{}: the transfer completes on its backend through the second instance; logs:\n{}\n{}",
+            bin.name,
+            first.log(),
+            second.log()
+        )
+    })
+    .await;
     echo(conn, WHO_AM_I).await
 }
