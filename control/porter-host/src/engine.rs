@@ -382,15 +382,17 @@ impl<R: Runtime> Engine<R> {
                     let segment = (end - start > seg).then_some(seg);
                     if let Some(sends) = self.sends.as_ref().map(|s| &s[index]) {
                         if segment.is_none() {
-                            // One datagram: it joins the listener's next batch, once the
-                            // queue has room (the flusher, or this task, drains it).
-                            while sends.is_backlogged() {
-                                if !sends.flush(&listener, &mut Queue::default()).await {
-                                    yield_once().await;
-                                }
-                            }
+                            // One datagram: it joins the listener's next batch. A full
+                            // batch is flushed now; a queue that holds too much is waited
+                            // on (the flusher, or this task, drains it) before this
+                            // reader reads more.
                             if sends.push(client.0, &data[start..end]) {
                                 sends.flush(&listener, &mut Queue::default()).await;
+                                while sends.is_backlogged() {
+                                    if !sends.flush(&listener, &mut Queue::default()).await {
+                                        yield_once().await;
+                                    }
+                                }
                             }
                             i = next;
                             continue;

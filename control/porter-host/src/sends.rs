@@ -80,7 +80,9 @@ pub struct BatchedSends {
 
 impl ClientSends {
     /// Queues `datagram` for `to` and wakes the flusher. Returns `true` when the queue is
-    /// full: the caller should flush it now rather than wait for the flusher.
+    /// full: the caller should flush it now rather than wait for the flusher (and, if it
+    /// [`Self::is_backlogged`], wait until it drains). Past `MAX_BACKLOG_BYTES` the
+    /// datagram is dropped and counted.
     pub(crate) fn push(&self, to: SocketAddr, datagram: &[u8]) -> bool {
         let full = {
             let mut q = lock(&self.queue);
