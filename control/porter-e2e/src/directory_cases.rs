@@ -108,7 +108,15 @@ struct Balancer {
 }
 
 impl Balancer {
-    async fn start(a: SocketAddr, b: SocketAddr, after: usize) -> Self {
+    /// `ready` says when `b` may get the flow: the move waits for it (holding the
+    /// client's datagrams, as a slow network would), so that the test does not race
+    /// `a`'s first directory write.
+    async fn start(
+        a: SocketAddr,
+        b: SocketAddr,
+        after: usize,
+        ready: impl Fn() -> bool + Send + Sync + 'static,
+    ) -> Self {
         let bind = || async { Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap()) };
         let (inside_sock, first, second) = (bind().await, bind().await, bind().await);
         let inside = inside_sock.local_addr().unwrap();
@@ -132,6 +140,9 @@ impl Balancer {
             while let Ok((n, from)) = inside_sock.recv_from(&mut buf).await {
                 *client.lock().unwrap() = Some(from);
                 let moved = counted[0].load(Ordering::Relaxed) >= after;
+                if moved && counted[1].load(Ordering::Relaxed) == 0 {
+                    let _ = eventually(Duration::from_secs(5), &ready).await;
+                }
                 if n > 0 && buf[0] & 0x80 == 0 {
                     counted[usize::from(moved)].fetch_add(1, Ordering::Relaxed);
                 }
@@ -159,7 +170,17 @@ pub async fn ngtcp2_download_moved_to_another_instance_keeps_it_with_the_directo
     let redis = RedisServer::start();
     let server = Ngtcp2Server::start(false);
     let (first, second) = two_instances(bin, &redis, &config_for(&server));
-    let balancer = Balancer::start(first.udp, second.udp, 10).await;
+    // The move waits until A has written the connection's CIDs (its original DCID and
+    // the server's) to the directory.
+    let a_api = first.api;
+    let published = move || {
+        http(a_api, "GET", "/metrics", None, None)
+            .ok()
+            .and_then(|(_, body)| parse_prometheus(&body).ok())
+            .and_then(|m| metric(&m, "porter_directory_writes_total", &[("outcome", "set")]))
+            .is_some_and(|n| n >= 2.0)
+    };
+    let balancer = Balancer::start(first.udp, second.udp, 10, published).await;
     let got = download(balancer.inside, &server, &[]).await;
     let (to_a, to_b) = balancer.counts();
     let got = got.unwrap_or_else(|e| {
