@@ -88,7 +88,7 @@
 //!             Command::Allocate { id, .. } => { /* ask Agones, then complete_allocation */ }
 //!             Command::CancelAllocation { id } => { /* stop asking */ }
 //!             Command::CloseUpstream { path: _, .. } => { /* close that path's socket */ }
-//!             Command::LookupConnection { id, dcid } => { /* ask the directory, then complete_lookup */ }
+//!             Command::LookupConnection { id, dcid, .. } => { /* ask the directory, then complete_lookup */ }
 //!         }
 //!     }
 //!     // 3. The notifications.
@@ -180,7 +180,7 @@ pub use relay::{
     AllocationCounters, AllocationFailure, Command, CompleteAllocationError, CompleteLookupError,
     DirectoryConfig, DropReason, LookupCounters, LookupId, Notification, QuicLbCounters,
     QuicLbMiss, QuicLbRouting, RefusalMode, RefuseReason, Relay, RelayConfig, RelayStats,
-    ServerIdBinding, SessionPage, Verdict,
+    ServerIdBinding, SessionPage, Settled, Shard, ShortClaim, Verdict,
 };
 pub use routes::{
     Balance, Policy, Resolved, Route, RouteError, RouteName, RouteNameError, RouteTable,

@@ -88,6 +88,7 @@ fn an_unknown_cid_is_looked_up_and_the_answer_opens_a_session_with_the_held_data
         (
             vec![Command::LookupConnection {
                 id: LookupId(1),
+                client,
                 dcid: Bytes::copy_from_slice(&first[1..21]),
             }],
             vec![]

@@ -199,8 +199,7 @@ impl Relay {
         if !self.take_session_token(now, from) {
             return Verdict::Drop(DropReason::RateLimited);
         }
-        let id = SessionId(self.next_session);
-        self.next_session += 1;
+        let id = self.take_session_id();
         self.sessions.insert(
             id,
             Session {

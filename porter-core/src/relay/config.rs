@@ -88,6 +88,100 @@ pub struct RelayConfig {
     /// Seed for the little randomness the relay needs (unused header bits, the Source
     /// CID of refusals). Drivers pass a random seed; tests a fixed one.
     pub seed: u64,
+    /// Which of the host's data-plane shards this relay is (see [`Shard`]). Default: the
+    /// only one.
+    pub shard: Shard,
+}
+
+/// One relay among the `count` data-plane shards of a host: each owns its own sessions
+/// and sockets, and the host hands a datagram that lands on the wrong shard to the one
+/// that knows its connection through the lookup of unknown CIDs
+/// ([`super::DirectoryConfig`], [`crate::Relay::claim_short`]).
+///
+/// Sharded (`count > 1`), a relay numbers its sessions `index + 1`, `index + 1 + count`, ...
+/// so that IDs are unique over the host and name their shard
+/// ([`Shard::of_session`]), and it does not follow an unknown CID from a new port of a
+/// known IP on its own: only the host sees every shard's sessions of that IP, so the
+/// datagram goes to a lookup ([`crate::Relay::complete_lookup_here`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    /// This relay's place, `0..count`.
+    pub index: u32,
+    /// How many shards the host runs (at least 1).
+    pub count: u32,
+}
+
+impl Default for Shard {
+    fn default() -> Self {
+        Self { index: 0, count: 1 }
+    }
+}
+
+impl Shard {
+    /// Whether the host runs more than one shard.
+    pub fn is_sharded(self) -> bool {
+        self.count > 1
+    }
+
+    /// The shard (`0..count`) whose relay numbered session `id` (see [`Shard`]).
+    pub fn of_session(count: u32, id: crate::SessionId) -> u32 {
+        let count = u64::from(count.max(1));
+        u32::try_from(id.0.saturating_sub(1) % count).unwrap_or(0)
+    }
+
+    /// This shard's part of an instance-wide budget `total`: the shards' parts add up to
+    /// `total` (the first ones take the remainder), and none of a non-zero budget is 0
+    /// (0 means "no limit" for the rates).
+    pub fn part(self, total: usize) -> usize {
+        let count = self.count.max(1) as usize;
+        let index = (self.index as usize).min(count - 1);
+        if total == 0 {
+            return 0;
+        }
+        (total / count + usize::from(index < total % count)).max(1)
+    }
+
+    fn part_u32(self, total: u32) -> u32 {
+        u32::try_from(self.part(total as usize)).unwrap_or(u32::MAX)
+    }
+}
+
+impl RelayConfig {
+    /// The configuration of shard `index` of `count`: instance-wide budgets divided among
+    /// the shards (sessions, paths, held bytes, allocations in flight, the new-session,
+    /// refusal-replay, allocation and lookup rates, unvalidated sessions, pending
+    /// lookups); per-address, per-IP and per-session caps as they are (they apply per
+    /// shard); lookups of unknown CIDs on, since they carry datagrams between shards;
+    /// and a seed of its own. `count` of 1 gives the configuration back unchanged.
+    pub fn for_shard(&self, index: u32, count: u32) -> RelayConfig {
+        let count = count.max(1);
+        let shard = Shard {
+            index: index.min(count - 1),
+            count,
+        };
+        let mut c = self.clone();
+        c.shard = shard;
+        if count == 1 {
+            return c;
+        }
+        c.max_sessions = shard.part(c.max_sessions);
+        c.max_paths = shard.part(c.max_paths);
+        c.max_buffered_total = shard.part(c.max_buffered_total);
+        c.max_pending_allocations = shard.part(c.max_pending_allocations);
+        c.new_sessions_per_second = shard.part_u32(c.new_sessions_per_second);
+        c.new_sessions_burst = shard.part_u32(c.new_sessions_burst);
+        c.refusal_replays_per_second = shard.part_u32(c.refusal_replays_per_second);
+        c.max_unvalidated_sessions = shard.part(c.max_unvalidated_sessions);
+        c.allocations_per_second_per_fleet = shard.part_u32(c.allocations_per_second_per_fleet);
+        c.allocations_per_second_per_prefix = shard.part_u32(c.allocations_per_second_per_prefix);
+        c.directory.enabled = true;
+        c.directory.max_pending_lookups = shard.part(c.directory.max_pending_lookups);
+        c.directory.lookups_per_second = shard.part_u32(c.directory.lookups_per_second);
+        c.seed = c
+            .seed
+            .wrapping_add(u64::from(shard.index).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        c
+    }
 }
 
 impl Default for RelayConfig {
@@ -116,6 +210,7 @@ impl Default for RelayConfig {
             quic_lb: QuicLbRouting::default(),
             directory: DirectoryConfig::default(),
             seed: 0x5eed_0f5e_ed00,
+            shard: Shard::default(),
         }
     }
 }

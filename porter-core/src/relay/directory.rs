@@ -98,6 +98,73 @@ pub struct LookupCounters {
     pub pending: usize,
 }
 
+/// What one relay (a shard of a sharded host) can say about a short-header datagram
+/// another shard could not route ([`Relay::claim_short`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShortClaim {
+    /// One of this relay's routed sessions has this CID, which the DCID starts with.
+    Known {
+        /// The CID.
+        cid: ConnectionId,
+        /// The session's backend.
+        backend: BackendAddr,
+    },
+    /// The DCID is unknown here, but this relay holds the one routed session of the
+    /// client's IP that it could belong to (a client that moved to a new port and a new
+    /// CID at once); `cid` is the DCID's first bytes at that session's server CID length.
+    /// Followed only if no other shard holds such a session too.
+    SoleOfIp {
+        /// The DCID's first bytes, as long as the session's server CIDs.
+        cid: ConnectionId,
+        /// The session's backend.
+        backend: BackendAddr,
+    },
+    /// Nothing here.
+    None,
+}
+
+/// What a sharded host does with a lookup once every shard answered
+/// [`Relay::claim_short`] ([`ShortClaim::settle`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Settled {
+    /// The shard that asked holds the connection: [`Relay::complete_lookup_here`].
+    Here,
+    /// Another shard holds it: adopt it with [`Relay::complete_lookup`] and this CID and
+    /// backend (the asking shard opens its own path to the backend).
+    Elsewhere(ConnectionId, BackendAddr),
+    /// No shard can say (or several sessions could be meant): ask the directory shared
+    /// between instances, if there is one, else answer "not found".
+    Unknown,
+}
+
+impl ShortClaim {
+    /// Decides a lookup from shard `own` given every shard's claim (indexed by shard): a
+    /// known CID wins; else exactly one session of the client's IP over all shards is
+    /// followed; several are a guess, never made.
+    pub fn settle(own: usize, claims: &[ShortClaim]) -> Settled {
+        let decide = |i: usize, cid: ConnectionId, backend: BackendAddr| {
+            if i == own {
+                Settled::Here
+            } else {
+                Settled::Elsewhere(cid, backend)
+            }
+        };
+        for (i, claim) in claims.iter().enumerate() {
+            if let ShortClaim::Known { cid, backend } = *claim {
+                return decide(i, cid, backend);
+            }
+        }
+        let mut sole = claims.iter().enumerate().filter_map(|(i, c)| match *c {
+            ShortClaim::SoleOfIp { cid, backend } => Some((i, cid, backend)),
+            _ => None,
+        });
+        match (sole.next(), sole.next()) {
+            (Some((i, cid, backend)), None) => decide(i, cid, backend),
+            _ => Settled::Unknown,
+        }
+    }
+}
+
 /// Misuse of [`Relay::complete_lookup`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
 #[non_exhaustive]
@@ -206,8 +273,7 @@ impl Relay {
         let dcid = dcid.slice(..dcid.len().min(MAX_CID_LEN));
         let id = LookupId(self.lookups.next);
         self.lookups.next += 1;
-        let session = SessionId(self.next_session);
-        self.next_session += 1;
+        let session = self.take_session_id();
         self.lookups.pending.insert(
             id,
             PendingLookup {
@@ -222,7 +288,11 @@ impl Relay {
         self.lookups.order.push_back((now + timeout, id));
         self.stats.lookups.asked += 1;
         self.commands
-            .push_back(Command::LookupConnection { id, dcid });
+            .push_back(Command::LookupConnection {
+                id,
+                client: from,
+                dcid,
+            });
         Some(Verdict::Held { session })
     }
 
@@ -264,6 +334,95 @@ impl Relay {
             Some(lookup.session),
         ) {
             self.drop_held(count, reason);
+        }
+        Ok(())
+    }
+
+    /// What this relay knows of a short-header datagram from `from` whose bytes after
+    /// the first octet start with `dcid` (at most 20 are used): asked by a sharded host
+    /// for a [`Command::LookupConnection`] of another shard. Reads only. A CID of a
+    /// session that ended is [`ShortClaim::None`].
+    pub fn claim_short(&self, from: ClientAddr, dcid: &[u8]) -> ShortClaim {
+        let dcid = &dcid[..dcid.len().min(MAX_CID_LEN)];
+        let mut probe = [0x40u8; 1 + MAX_CID_LEN];
+        probe[1..=dcid.len()].copy_from_slice(dcid);
+        let probe = &probe[..=dcid.len()];
+        let routed = |id: SessionId| {
+            self.sessions
+                .get(&id)
+                .filter(|s| s.state == SessionState::Established)
+                .and_then(|s| s.backend)
+        };
+        if let Some((id, cid)) = self.cids.lookup_short(probe) {
+            return match routed(id) {
+                Some(backend) => ShortClaim::Known { cid, backend },
+                None => ShortClaim::None,
+            };
+        }
+        if self.of_ended_session(probe) {
+            return ShortClaim::None;
+        }
+        let Some(id) = self.sole_session_of_ip(from, dcid.len()) else {
+            return ShortClaim::None;
+        };
+        let len = self
+            .sessions
+            .get(&id)
+            .and_then(|s| s.server_cid_len)
+            .map_or(0, usize::from);
+        match (dcid.get(..len).and_then(ConnectionId::new), routed(id)) {
+            (Some(cid), Some(backend)) => ShortClaim::SoleOfIp { cid, backend },
+            _ => ShortClaim::None,
+        }
+    }
+
+    /// Answers a lookup with "this relay's own": the sharded host asked every shard
+    /// ([`Relay::claim_short`]) and this one alone holds the connection (a CID it learned
+    /// meanwhile, or the one session of the client's IP that can be meant). The held
+    /// datagrams go through the short-header rules again, following the IP here as an
+    /// unsharded relay would: the first opens a new path of that session
+    /// ([`Command::OpenUpstream`]), and the others leave on it. What cannot be routed
+    /// so is dropped and counted.
+    pub fn complete_lookup_here(
+        &mut self,
+        now: Instant,
+        id: LookupId,
+    ) -> Result<(), CompleteLookupError> {
+        let lookup = self
+            .lookups
+            .remove(id)
+            .ok_or(CompleteLookupError::NotPending(id))?;
+        let mut routed = false;
+        for datagram in lookup.datagrams {
+            let before = self.commands.len();
+            match self.short_with(now, lookup.client, &datagram, true) {
+                Verdict::Drop(reason) => self.count_drop(reason),
+                // Opened a path: the datagram went into its OpenUpstream.
+                Verdict::Held { .. } => routed |= self.commands.len() > before,
+                Verdict::ToBackend { path, .. } => {
+                    // Leaves with the path's OpenUpstream (the first datagram's), if it
+                    // has not been handed out yet.
+                    let open = self.commands.iter_mut().rev().find_map(|c| match c {
+                        Command::OpenUpstream {
+                            path: p, datagrams, ..
+                        } if *p == path => Some(datagrams),
+                        _ => None,
+                    });
+                    match open {
+                        Some(datagrams) => {
+                            datagrams.push(datagram);
+                            routed = true;
+                        }
+                        None => self.count_drop(DropReason::LookupFailed),
+                    }
+                }
+                Verdict::Answered | Verdict::ToClient { .. } => {}
+            }
+        }
+        if routed {
+            self.stats.lookups.found += 1;
+        } else {
+            self.stats.lookups.not_found += 1;
         }
         Ok(())
     }

@@ -33,6 +33,19 @@ impl Relay {
         from: ClientAddr,
         datagram: &[u8],
     ) -> Verdict {
+        self.short_with(now, from, datagram, false)
+    }
+
+    /// A short header; `settled` when the host has already asked every shard about it
+    /// ([`Relay::complete_lookup_here`]): the IP is then followed here even when sharded,
+    /// and no second lookup starts.
+    pub(super) fn short_with(
+        &mut self,
+        now: Instant,
+        from: ClientAddr,
+        datagram: &[u8],
+        settled: bool,
+    ) -> Verdict {
         if let Some((id, cid)) = self.cids.lookup_short(datagram) {
             return self.client_to_session(now, from, id, datagram, None, Some(cid));
         }
@@ -48,12 +61,19 @@ impl Relay {
         // Unknown DCID: see the module docs for when it is followed.
         let id = match self.established_at(from) {
             (1, id) => id,
-            (0, _) => self.sole_session_of_ip(from, datagram),
+            // Sharded, another shard may hold a session of this IP too: only the host,
+            // asking every shard in the lookup, can tell that this one is the only one.
+            (0, _) if settled || !self.config.shard.is_sharded() => {
+                self.sole_session_of_ip(from, datagram.len().saturating_sub(1))
+            }
             _ => None,
         };
         let Some(id) = id else {
-            // Perhaps another instance's connection, whose client's NAT rebound: ask the
-            // directory (see [`super::directory`]) when lookups are on.
+            if settled {
+                return Verdict::Drop(DropReason::UnknownConnection);
+            }
+            // Perhaps another shard's or instance's connection, whose client's NAT
+            // rebound: ask the directory (see [`super::directory`]) when lookups are on.
             return self
                 .look_up(now, from, datagram)
                 .unwrap_or(Verdict::Drop(DropReason::UnknownConnection));
@@ -73,12 +93,12 @@ impl Relay {
 
     /// The one routed session of `from`'s IP that an unknown CID from a new port can
     /// belong to: it uses server CIDs of a known, non-zero length that the datagram can
-    /// hold. `None` when there are none or several: guessing could move another client's
-    /// session.
+    /// hold (`dcid_room`: its bytes after the first octet). `None` when there are none or
+    /// several: guessing could move another client's session.
     pub(super) fn sole_session_of_ip(
         &self,
         from: ClientAddr,
-        datagram: &[u8],
+        dcid_room: usize,
     ) -> Option<SessionId> {
         let mut found = None;
         for id in self.by_ip.ids(&from.0.ip()) {
@@ -86,7 +106,7 @@ impl Relay {
                 continue;
             };
             let cid_len = usize::from(s.server_cid_len.unwrap_or(0));
-            if s.state != SessionState::Established || cid_len == 0 || datagram.len() <= cid_len {
+            if s.state != SessionState::Established || cid_len == 0 || dcid_room < cid_len {
                 continue;
             }
             if found.replace(s.id).is_some_and(|f| f != s.id) {
@@ -204,7 +224,7 @@ pub(super) mod tests {
         let datagram = [0x40u8; 40];
         let moved = addr("198.51.100.1:2000");
         assert_eq!(
-            relay.sole_session_of_ip(moved, &datagram),
+            relay.sole_session_of_ip(moved, datagram.len() - 1),
             None,
             "no session"
         );
@@ -214,17 +234,17 @@ pub(super) mod tests {
         add(&mut relay, 2, "198.51.100.1:1001", ROUTED, Some(0));
         add(&mut relay, 3, "198.51.100.1:1002", ROUTED, None);
         add(&mut relay, 4, "198.51.100.1:1003", ROUTED, Some(20));
-        assert_eq!(relay.sole_session_of_ip(moved, &datagram[..20]), None);
+        assert_eq!(relay.sole_session_of_ip(moved, 19), None);
         assert_eq!(
-            relay.sole_session_of_ip(moved, &datagram),
+            relay.sole_session_of_ip(moved, datagram.len() - 1),
             Some(SessionId(4))
         );
         // A second candidate makes it ambiguous: no guess.
         add(&mut relay, 5, "198.51.100.1:1004", ROUTED, Some(8));
-        assert_eq!(relay.sole_session_of_ip(moved, &datagram), None);
+        assert_eq!(relay.sole_session_of_ip(moved, datagram.len() - 1), None);
         // Sessions of other IPs never count.
         let other = addr("203.0.113.7:2000");
-        assert_eq!(relay.sole_session_of_ip(other, &datagram), None);
+        assert_eq!(relay.sole_session_of_ip(other, datagram.len() - 1), None);
     }
 
     #[test]

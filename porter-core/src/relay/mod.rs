@@ -32,8 +32,10 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::time::Instant;
 
-pub use self::config::{RefusalMode, RelayConfig};
-pub use self::directory::{CompleteLookupError, DirectoryConfig, LookupCounters, LookupId};
+pub use self::config::{RefusalMode, RelayConfig, Shard};
+pub use self::directory::{
+    CompleteLookupError, DirectoryConfig, LookupCounters, LookupId, Settled, ShortClaim,
+};
 pub use self::output::{
     AllocationFailure, Command, CompleteAllocationError, DropReason, Notification, RefuseReason,
     Verdict,
@@ -119,6 +121,7 @@ pub struct SessionPage {
 impl Relay {
     /// A relay with no routes.
     pub fn new(config: RelayConfig) -> Self {
+        let first_session = u64::from(config.shard.index) + 1;
         Self {
             bucket: TokenBucket::new(config.new_sessions_per_second, config.new_sessions_burst),
             refusal_bucket: TokenBucket::new(
@@ -151,7 +154,7 @@ impl Relay {
             route_expiry: HashMap::new(),
             commands: VecDeque::new(),
             notifications: VecDeque::new(),
-            next_session: 1,
+            next_session: first_session,
             next_allocation: 1,
             accepting: true,
             scratch: Vec::new(),
@@ -492,6 +495,14 @@ impl Relay {
     /// in use.
     fn sockets_exhausted(&self) -> bool {
         self.path_count >= self.config.max_paths
+    }
+
+    /// A new session's ID: every `shard.count`-th number from the shard's own (see
+    /// [`Shard`]), unique over the host's shards.
+    fn take_session_id(&mut self) -> SessionId {
+        let id = SessionId(self.next_session);
+        self.next_session += u64::from(self.config.shard.count.max(1));
+        id
     }
 
     fn count_drop(&mut self, reason: DropReason) {

@@ -122,6 +122,9 @@ pub enum Command {
     LookupConnection {
         /// The lookup; pass it back with the answer.
         id: LookupId,
+        /// Where the held datagram came from (a sharded host asks its other shards
+        /// about this client's IP: [`crate::Relay::claim_short`]).
+        client: ClientAddr,
         /// The bytes after a short header's first octet, at most 20: a short header
         /// carries no CID length, so the directory matches the CIDs it holds (each with
         /// its length) against their start.

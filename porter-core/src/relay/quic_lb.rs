@@ -360,10 +360,7 @@ impl Relay {
         if !self.take_session_token(now, from) {
             return Verdict::Drop(DropReason::RateLimited);
         }
-        let id = reserved.unwrap_or_else(|| {
-            self.next_session += 1;
-            SessionId(self.next_session - 1)
-        });
+        let id = reserved.unwrap_or_else(|| self.take_session_id());
         let path = PathId::new(id, 0);
         let mut to_backend = Traffic::default();
         for d in &datagrams {

@@ -82,6 +82,118 @@ pub struct RelayStats {
 }
 
 impl RelayStats {
+    /// Adds another shard's stats to these (see [`super::Shard`]): counters and gauges
+    /// add up; `routes`, which every shard holds alike, is the larger of the two.
+    pub fn merge(&mut self, other: &RelayStats) {
+        let RelayStats {
+            sessions,
+            pending_sessions,
+            allocations_in_flight,
+            buffered_bytes,
+            reassembly_bytes,
+            connection_ids,
+            paths,
+            remembered_ended_cids,
+            routes,
+            remembered_refusals,
+            unvalidated_sessions,
+            sessions_validated,
+            sessions_opened,
+            sessions_closed,
+            paths_opened,
+            refused,
+            upstream_failures,
+            to_backend,
+            to_client,
+            allocations,
+            quic_lb,
+            lookups,
+            drops,
+            refusals,
+        } = other;
+        self.sessions += sessions;
+        self.pending_sessions += pending_sessions;
+        self.allocations_in_flight += allocations_in_flight;
+        self.buffered_bytes += buffered_bytes;
+        self.reassembly_bytes += reassembly_bytes;
+        self.connection_ids += connection_ids;
+        self.paths += paths;
+        self.remembered_ended_cids += remembered_ended_cids;
+        self.routes = self.routes.max(*routes);
+        self.remembered_refusals += remembered_refusals;
+        self.unvalidated_sessions += unvalidated_sessions;
+        self.sessions_validated += sessions_validated;
+        self.sessions_opened += sessions_opened;
+        self.sessions_closed += sessions_closed;
+        self.paths_opened += paths_opened;
+        self.refused += refused;
+        self.upstream_failures += upstream_failures;
+        for (mine, theirs) in [
+            (&mut self.to_backend, to_backend),
+            (&mut self.to_client, to_client),
+        ] {
+            mine.datagrams += theirs.datagrams;
+            mine.bytes += theirs.bytes;
+        }
+        let AllocationCounters {
+            requested,
+            succeeded,
+            failed,
+            timed_out,
+            rejected,
+            over_budget,
+        } = allocations;
+        let a = &mut self.allocations;
+        a.requested += requested;
+        a.succeeded += succeeded;
+        a.failed += failed;
+        a.timed_out += timed_out;
+        a.rejected += rejected;
+        a.over_budget += over_budget;
+        let QuicLbCounters {
+            routed,
+            unroutable,
+            unknown_config,
+            malformed,
+            unknown_server,
+            allocated_server_ids,
+            invalid_server_ids,
+            server_id_conflicts,
+        } = quic_lb;
+        let q = &mut self.quic_lb;
+        q.routed += routed;
+        q.unroutable += unroutable;
+        q.unknown_config += unknown_config;
+        q.malformed += malformed;
+        q.unknown_server += unknown_server;
+        q.allocated_server_ids += allocated_server_ids;
+        q.invalid_server_ids += invalid_server_ids;
+        q.server_id_conflicts += server_id_conflicts;
+        let LookupCounters {
+            asked,
+            found,
+            not_found,
+            timed_out,
+            rate_limited,
+            pending,
+        } = lookups;
+        let l = &mut self.lookups;
+        l.asked += asked;
+        l.found += found;
+        l.not_found += not_found;
+        l.timed_out += timed_out;
+        l.rate_limited += rate_limited;
+        l.pending += pending;
+        for (mine, theirs) in [(&mut self.drops, drops), (&mut self.refusals, refusals)] {
+            if mine.len() < theirs.len() {
+                mine.resize(theirs.len(), 0);
+            }
+            for (m, t) in mine.iter_mut().zip(theirs) {
+                *m += t;
+            }
+        }
+    }
+
     /// Drops counted under `reason`.
     pub fn drops(&self, reason: DropReason) -> u64 {
         let i = DropReason::ALL.iter().position(|r| *r == reason);
