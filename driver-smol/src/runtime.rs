@@ -71,6 +71,30 @@ impl Runtime for Smol {
             timer.await;
         }
     }
+
+    /// Shard 0 runs on this executor (the main thread's, beside the control plane);
+    /// every other shard gets an executor on a thread of its own, so that `udp.shards`
+    /// shards forward on as many threads.
+    fn for_shard(&self, index: usize) -> Self {
+        if index == 0 {
+            return self.clone();
+        }
+        let executor = Arc::new(Executor::new());
+        let runner = executor.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("porter-smol-shard-{index}"))
+            .spawn(move || async_io::block_on(runner.run(std::future::pending::<()>())));
+        match spawned {
+            Ok(_) => Self { executor },
+            Err(e) => {
+                tracing::warn!(
+                    shard = index,
+                    "cannot start a shard's executor thread ({e}): it shares the main one"
+                );
+                self.clone()
+            }
+        }
+    }
 }
 
 /// A UDP socket on async-io's reactor.

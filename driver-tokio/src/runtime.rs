@@ -34,6 +34,12 @@ impl Runtime for Tokio {
     fn register(&self, socket: StdUdpSocket) -> io::Result<TokioUdp> {
         UdpSocket::from_std(socket).map(TokioUdp)
     }
+
+    /// Every shard on the one multi-threaded runtime: its workers (one per core) take
+    /// whichever shard's tasks are ready.
+    fn for_shard(&self, _index: usize) -> Self {
+        Tokio
+    }
 }
 
 /// A tokio UDP socket.

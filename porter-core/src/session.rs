@@ -53,6 +53,10 @@ pub enum CloseReason {
     /// Its ClientHello needed more buffer (held datagrams and reassembly memory) than the
     /// per-connection or total budget left.
     BufferFull,
+    /// Its client moved to a 4-tuple another data-plane shard of the host receives, which
+    /// carries the connection on ([`crate::Relay::moved_to_shard`]); this shard's old
+    /// path idled out. Its CIDs are not remembered as ended: they live on there.
+    Moved,
 }
 
 impl CloseReason {
@@ -65,6 +69,7 @@ impl CloseReason {
             Self::Refused(r) => r.as_str(),
             Self::Closed => "closed",
             Self::BufferFull => "buffer_full",
+            Self::Moved => "moved",
         }
     }
 }

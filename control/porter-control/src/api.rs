@@ -188,7 +188,7 @@ impl Api {
     /// one, and `POST /allocate` when Agones is enabled (its routes live `route_ttl`).
     pub fn for_engine<R: porter_host::Runtime>(
         settings: &ApiSettings,
-        engine: &Arc<porter_host::Engine<R>>,
+        engine: &Arc<porter_host::Shards<R>>,
         sync: Option<&RouteSync>,
         agones: Option<(Arc<dyn Allocator>, Duration)>,
     ) -> Self {
@@ -607,6 +607,7 @@ impl Api {
     }
 
     fn list_routes(&self) -> Reply {
+        let on = self.relay.backend_sessions();
         let list: Vec<serde_json::Value> = self.relay.read(|relay| {
             relay
                 .routes()
@@ -622,7 +623,7 @@ impl Api {
                                 json!({
                                     "target": b.to_string(),
                                     "healthy": relay.backend_healthy(*b),
-                                    "sessions": relay.sessions_on(*b),
+                                    "sessions": on.get(b).copied().unwrap_or(0),
                                 })
                             })
                             .collect();
@@ -641,13 +642,8 @@ impl Api {
             Err(why) => return error(StatusCode::BAD_REQUEST, &why.to_string()),
         };
         // One page, cut inside the core: the table is never copied whole.
-        let (total, found) = self.relay.read(|relay| {
-            let after = page.after.map(SessionId);
-            (
-                relay.session_count(),
-                relay.sessions_page(Instant::now(), after, page.limit),
-            )
-        });
+        let after = page.after.map(SessionId);
+        let (total, found) = self.relay.sessions_page(Instant::now(), after, page.limit);
         let shown: Vec<serde_json::Value> = found.sessions.iter().map(session_json).collect();
         let next = found.next.map(|id| id.to_string());
         json_reply(
@@ -696,6 +692,7 @@ impl Api {
         let sync = self.sync.as_ref().map(RouteSync::status);
         let mut text = metrics::render(&stats, gauges, self.started.elapsed(), sync.as_ref());
         // Per target of each simple route: labels from the routes, never from the network.
+        let on = self.relay.backend_sessions();
         let backends: Vec<metrics::Backend> = self.relay.read(|relay| {
             relay
                 .routes()
@@ -707,7 +704,7 @@ impl Api {
                             route: route.name.to_string(),
                             target: b.to_string(),
                             healthy: relay.backend_healthy(*b),
-                            sessions: relay.sessions_on(*b),
+                            sessions: on.get(b).copied().unwrap_or(0),
                         })
                         .collect::<Vec<_>>(),
                     RouteTarget::Agones { .. } => Vec::new(),

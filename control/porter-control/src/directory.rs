@@ -191,10 +191,15 @@ impl RedisDirectory {
                     push(&mut st, Op::Set(cid, *backend));
                 }
             }
-            Notification::SessionClosed { info, .. } => {
+            Notification::SessionClosed { info, reason } => {
                 let Some((backend, cids)) = st.sessions.remove(&info.id) else {
                     return;
                 };
+                // Another shard of this instance carries the connection on (and wrote
+                // its CIDs when it adopted them): the entries stay.
+                if *reason == porter_core::CloseReason::Moved {
+                    return;
+                }
                 for cid in cids {
                     push(&mut st, Op::Del(cid, backend));
                 }

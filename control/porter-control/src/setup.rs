@@ -124,6 +124,8 @@ impl Settings {
                 lookups_per_second: r.directory_lookups_per_second,
             },
             seed: random_seed(),
+            // The host makes one configuration per shard of it (`RelayConfig::for_shard`).
+            shard: porter_core::Shard::default(),
         };
         let api = &config.api;
         let token = api.token.clone().or_else(|| {
@@ -187,6 +189,7 @@ impl Settings {
             transparent: self.transparent,
             receive_buffer: self.receive_buffer,
             batch_sends: self.batch_sends,
+            shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 }

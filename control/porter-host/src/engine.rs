@@ -16,7 +16,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use porter_core::{AllocationId, BackendAddr, ClientAddr, Command, LookupId, PathId, SessionId};
+use porter_core::{
+    AllocationId, BackendAddr, ClientAddr, Command, LookupId, PathId, SessionId, Settled,
+    ShortClaim,
+};
 use quinn_udp::{RecvMeta, BATCH_SIZE};
 
 use crate::batch::{plan_backend, plan_client, plan_commands, run, Out};
@@ -118,10 +121,16 @@ impl OwnAddrs {
     }
 }
 
-/// The relay's I/O on runtime `R`: everything the driver's tasks share.
+/// The relay's I/O on runtime `R`: everything the driver's tasks share. A sharded host
+/// runs one engine per shard ([`Shards`]), each with its own relay, listeners and
+/// upstream sockets.
 pub struct Engine<R: Runtime> {
     rt: R,
     cell: Arc<HostCell>,
+    /// This engine's shard, and every shard's cell in shard order (its own included):
+    /// the miss path asks them about connection IDs this shard does not know.
+    shard: usize,
+    cells: Arc<[Arc<HostCell>]>,
     listeners: Vec<Arc<Socket<R::Udp>>>,
     /// Per listener (same index): client-bound datagrams queued for one `sendmmsg`;
     /// `None` when sends are not batched.
@@ -147,9 +156,16 @@ impl<R: Runtime> Engine<R> {
     /// `batch_sends`, single client-bound datagrams leave each listener in `sendmmsg`
     /// batches. With `transparent`, upstream sockets are bound to their client's
     /// address (IP_TRANSPARENT).
+    ///
+    /// The engine is shard `shard` of the host whose shards' cells are `cells` (in shard
+    /// order; `cells[shard]` is `cell`'s): a lookup of a connection ID the core does not
+    /// know asks the other shards first ([`porter_core::Relay::claim_short`]).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         rt: R,
         cell: Arc<HostCell>,
+        shard: usize,
+        cells: Arc<[Arc<HostCell>]>,
         listeners: Vec<Socket<R::Udp>>,
         allocator: Option<Arc<dyn Allocator>>,
         batch_sends: bool,
@@ -160,6 +176,8 @@ impl<R: Runtime> Engine<R> {
         Arc::new(Self {
             rt,
             cell,
+            shard,
+            cells,
             listeners: listeners.into_iter().map(Arc::new).collect(),
             sends,
             receive_buffers,
@@ -418,7 +436,7 @@ impl<R: Runtime> Engine<R> {
                 }
                 Out::Command(_) => {
                     if let Out::Command(command) = std::mem::replace(&mut outs[i], Out::Done) {
-                        self.command(command).await;
+                        self.command(command, outs).await;
                     }
                     i += 1;
                 }
@@ -428,7 +446,9 @@ impl<R: Runtime> Engine<R> {
         outs.clear();
     }
 
-    async fn command(self: &Arc<Self>, command: Command) {
+    /// Executes one command; what it leads to at once (a lookup the shards answer)
+    /// joins `outs`.
+    async fn command(self: &Arc<Self>, command: Command, outs: &mut Vec<Out>) {
         match command {
             Command::OpenUpstream {
                 session,
@@ -496,7 +516,9 @@ impl<R: Runtime> Engine<R> {
                     R::abort(task);
                 }
             }
-            Command::LookupConnection { id, dcid } => self.start_lookup(id, dcid),
+            Command::LookupConnection { id, client, dcid } => {
+                self.start_lookup(id, client, dcid, outs);
+            }
         }
     }
 
@@ -598,27 +620,85 @@ impl<R: Runtime> Engine<R> {
         allocations.insert(id, task);
     }
 
-    /// Runs a directory lookup and hands its answer to the core. Not cancelled: the core
-    /// gives up on its own timer, and discards a late answer.
-    fn start_lookup(self: &Arc<Self>, id: LookupId, dcid: Bytes) {
-        let lookup = self.directory.get().map(|d| d.lookup(dcid));
+    /// Runs a lookup and hands its answer to the core: first the other shards (each
+    /// locked in turn, never with this one's lock held), then the directory shared
+    /// between instances. What the shards settle is answered at once, and its commands
+    /// join `outs` (the plan being executed), so that the client's next datagram finds
+    /// the connection; a directory lookup runs in a task of its own. Not cancelled: the
+    /// core gives up on its own timer, and discards a late answer.
+    fn start_lookup(
+        self: &Arc<Self>,
+        id: LookupId,
+        client: ClientAddr,
+        dcid: Bytes,
+        outs: &mut Vec<Out>,
+    ) {
+        let settled = if self.cells.len() > 1 {
+            let claims: Vec<ShortClaim> = self
+                .cells
+                .iter()
+                .map(|cell| cell.lock().relay().claim_short(client, &dcid))
+                .collect();
+            ShortClaim::settle(self.shard, &claims)
+        } else {
+            Settled::Unknown
+        };
+        let directory = match settled {
+            Settled::Unknown => self.directory.get().map(|d| d.lookup(dcid)),
+            _ => None,
+        };
+        let Some(lookup) = directory else {
+            self.complete_lookup(id, settled, None, outs);
+            return;
+        };
         let engine = self.clone();
         drop(self.rt.spawn(async move {
-            let answer = match lookup {
-                Some(lookup) => lookup.await,
-                None => None,
-            };
+            let answer = lookup.await;
             let mut outs = Vec::new();
-            let notes = {
-                let mut host = engine.cell.lock();
-                host.complete_lookup(Instant::now(), id, answer);
-                plan_commands(&mut host, &mut outs);
-                engine.rearm(&host);
-                host.take_notifications()
-            };
-            engine.cell.deliver(&notes);
+            engine.complete_lookup(id, Settled::Unknown, answer, &mut outs);
             engine.execute(&mut outs, &[]).await;
         }));
+    }
+
+    /// Hands a lookup's answer to the core; its commands join `outs`. A connection
+    /// another shard had: that shard lets its old path idle out (told after this shard's
+    /// lock is released: one host lock at a time).
+    fn complete_lookup(
+        &self,
+        id: LookupId,
+        settled: Settled,
+        answer: Option<(porter_core::ConnectionId, BackendAddr)>,
+        outs: &mut Vec<Out>,
+    ) {
+        let notes = {
+            let mut host = self.cell.lock();
+            let now = Instant::now();
+            match settled {
+                Settled::Here => host.complete_lookup_here(now, id),
+                Settled::Elsewhere {
+                    cid,
+                    backend,
+                    session,
+                    ..
+                } => host.complete_lookup_moved(now, id, cid, backend, session.is_none()),
+                Settled::Unknown => host.complete_lookup(now, id, answer),
+            }
+            plan_commands(&mut host, outs);
+            self.rearm(&host);
+            host.take_notifications()
+        };
+        self.cell.deliver(&notes);
+        if let Settled::Elsewhere {
+            owner,
+            session: Some(session),
+            ..
+        } = settled
+        {
+            if let Some(cell) = self.cells.get(owner) {
+                cell.lock().moved_to_shard(Instant::now(), session);
+                cell.work_pending();
+            }
+        }
     }
 
     /// Wakes the timer task if the core's next deadline is earlier than the armed one.
@@ -678,30 +758,122 @@ pub enum StartError {
     Transparent(std::io::Error),
 }
 
-/// Starts the relay on `rt`: binds the listeners, builds the relay host from `settings`,
-/// spawns the engine's tasks and logs each listen address. Allocation requests go to
-/// `allocator` (none: they fail, Agones is not enabled).
+/// A started data plane: one [`Engine`] per shard, each with its own relay, listener
+/// sockets (bound to the same addresses with `SO_REUSEPORT`, so the kernel spreads the
+/// clients' 4-tuples over them) and upstream sockets. Only the miss path crosses shards:
+/// a short header a shard cannot route is looked up in the others
+/// ([`porter_core::Relay::claim_short`]) before the directory shared between instances.
+pub struct Shards<R: Runtime> {
+    engines: Vec<Arc<Engine<R>>>,
+    handle: RelayHandle,
+}
+
+impl<R: Runtime> Shards<R> {
+    /// The control plane's door into every shard's relay.
+    pub fn handle(&self) -> RelayHandle {
+        self.handle.clone()
+    }
+
+    /// The shards' engines, in shard order (at least one).
+    pub fn engines(&self) -> &[Arc<Engine<R>>] {
+        &self.engines
+    }
+
+    /// How many shards run.
+    pub fn shard_count(&self) -> usize {
+        self.engines.len()
+    }
+
+    /// Sets the connection-ID directory shared between instances, in every shard (once;
+    /// a second call is ignored and returns `false`).
+    pub fn set_directory(&self, directory: Arc<dyn Directory>) -> bool {
+        self.engines
+            .iter()
+            .fold(true, |set, e| e.set_directory(directory.clone()) && set)
+    }
+
+    /// The listeners' local addresses (every shard listens on the same ones).
+    pub fn listen_addrs(&self) -> Vec<SocketAddr> {
+        self.engines[0].listen_addrs()
+    }
+
+    /// Open upstream sockets, over all shards.
+    pub fn upstream_count(&self) -> usize {
+        self.engines.iter().map(|e| e.upstream_count()).sum()
+    }
+
+    /// The smallest kernel receive buffer of any shard's listeners, in bytes.
+    pub fn receive_buffer(&self) -> usize {
+        self.engines
+            .iter()
+            .map(|e| e.receive_buffer())
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// What the batched client sends counted, over all shards.
+    pub fn batched_sends(&self) -> BatchedSends {
+        let mut total = BatchedSends::default();
+        for c in self.engines.iter().map(|e| e.batched_sends()) {
+            total.calls += c.calls;
+            total.datagrams += c.datagrams;
+            total.dropped += c.dropped;
+        }
+        total
+    }
+}
+
+/// Starts the relay on `rt`: binds the listeners (for every shard, with `SO_REUSEPORT`
+/// when there are several), builds each shard's relay from `settings` (instance-wide
+/// budgets divided among them: [`porter_core::RelayConfig::for_shard`]), spawns the
+/// engines' tasks (shard `i` on `rt.for_shard(i)`) and logs each listen address.
+/// Allocation requests go to `allocator` (none: they fail, Agones is not enabled).
 pub fn start<R: Runtime>(
     rt: R,
     settings: &HostSettings,
     allocator: Option<Arc<dyn Allocator>>,
-) -> Result<Arc<Engine<R>>, StartError> {
+) -> Result<Arc<Shards<R>>, StartError> {
     if settings.transparent {
         probe_transparent().map_err(StartError::Transparent)?;
     }
-    let mut listeners = Vec::new();
+    let count = settings.shards.max(1);
+    let shared_port = count > 1;
     // With an IPv4 listener beside it, an IPv6 listener takes IPv6 only.
     let has_v4 = settings.listen.iter().any(SocketAddr::is_ipv4);
-    for addr in &settings.listen {
-        listeners.push(bind_listener(&rt, *addr, has_v4, settings.receive_buffer)?);
+    let runtimes: Vec<R> = (0..count).map(|i| rt.for_shard(i)).collect();
+    let mut listeners: Vec<Vec<Socket<R::Udp>>> = Vec::with_capacity(count);
+    // The first shard binds the configured addresses; the others the addresses it got
+    // (an ephemeral port is known only now).
+    let mut bound: Vec<SocketAddr> = settings.listen.clone();
+    for (i, rt) in runtimes.iter().enumerate() {
+        let mut mine = Vec::new();
+        for addr in &bound {
+            if i == 0 && shared_port && addr.port() != 0 {
+                // A port shared between shards would also be shared with another process
+                // of this user that asked for SO_REUSEPORT: first make sure nobody holds
+                // it, as a plain bind would.
+                crate::socket::bind_udp(*addr, has_v4, false).map_err(|source| {
+                    BindError::Bind {
+                        addr: *addr,
+                        source,
+                    }
+                })?;
+            }
+            mine.push(bind_listener(
+                rt,
+                *addr,
+                has_v4,
+                settings.receive_buffer,
+                shared_port,
+            )?);
+        }
+        if i == 0 {
+            bound = mine.iter().filter_map(|l| l.local_addr().ok()).collect();
+        }
+        listeners.push(mine);
     }
-    // The bound addresses (an ephemeral port is known only now): routes to them loop.
-    let bound: Vec<SocketAddr> = listeners
-        .iter()
-        .filter_map(|l| l.local_addr().ok())
-        .collect();
     // Every path holds a socket: no more paths than the process can open. Drawn now,
-    // with the listeners open.
+    // with the listeners open; each shard gets its part.
     let budget = crate::SocketBudget::measure(settings.relay.max_paths);
     tracing::info!(
         effective = budget.effective,
@@ -715,42 +887,72 @@ pub fn start<R: Runtime>(
         port_range = budget
             .port_range
             .map_or_else(|| "unknown".to_owned(), |p| p.to_string()),
+        shards = count,
         "upstream socket budget"
     );
-    let mut settings = settings.clone();
-    settings.relay.max_paths = budget.effective;
-    let relay = settings.new_relay_at(bound)?;
-    let cell = HostCell::new(RelayHost::new(relay, settings.log_requests));
-    let engine = Engine::new(
-        rt,
-        cell,
-        listeners,
-        allocator,
-        settings.batch_sends,
-        settings.transparent,
-    );
-    engine.start();
+    let mut cells = Vec::with_capacity(count);
+    for i in 0..count {
+        let mut shard = settings.clone();
+        shard.relay.max_paths = budget.effective;
+        let index = u32::try_from(i).unwrap_or(u32::MAX);
+        let total = u32::try_from(count).unwrap_or(u32::MAX);
+        shard.relay = shard.relay.for_shard(index, total);
+        let relay = shard.new_relay_at(bound.clone())?;
+        cells.push(HostCell::new(RelayHost::new(relay, settings.log_requests)));
+    }
+    let all: Arc<[Arc<HostCell>]> = cells.clone().into();
+    let engines: Vec<Arc<Engine<R>>> = runtimes
+        .into_iter()
+        .zip(listeners)
+        .zip(cells)
+        .enumerate()
+        .map(|(i, ((rt, listeners), cell))| {
+            Engine::new(
+                rt,
+                cell,
+                i,
+                all.clone(),
+                listeners,
+                allocator.clone(),
+                settings.batch_sends,
+                settings.transparent,
+            )
+        })
+        .collect();
+    for engine in &engines {
+        engine.start();
+    }
+    let shards = Arc::new(Shards {
+        handle: RelayHandle::sharded(all.to_vec()),
+        engines,
+    });
     if settings.transparent {
         tracing::info!("transparent mode: upstream sockets send from each client's own address");
     }
+    let first = &shards.engines[0];
     if let Some(health) = settings.health {
-        let checker = engine.clone();
-        drop(engine.rt.spawn(crate::health::run(checker, health)));
+        let checker = first.clone();
+        drop(
+            first
+                .rt
+                .spawn(crate::health::run(checker, shards.handle(), health)),
+        );
         tracing::info!(
             interval_ms = health.interval.as_millis() as u64,
             "health checks on"
         );
     }
-    for (addr, buffer) in engine.listen_addrs().iter().zip(&engine.receive_buffers) {
+    for (addr, buffer) in first.listen_addrs().iter().zip(&first.receive_buffers) {
         tracing::info!(
             listen = %addr,
             receive_buffer = buffer,
             asked = settings.receive_buffer,
             batched_sends = settings.batch_sends,
+            shards = count,
             "relay listening"
         );
     }
-    Ok(engine)
+    Ok(shards)
 }
 
 /// The shutdown drain, after the first SIGINT/SIGTERM: stops accepting new sessions and
@@ -759,7 +961,7 @@ pub fn start<R: Runtime>(
 /// that the executor never gets to it): a watchdog thread ends the process, with exit
 /// code 0, [`DRAIN_GRACE`] after it. Call it only on the way out.
 pub async fn drain<R: Runtime>(
-    engine: &Engine<R>,
+    shards: &Shards<R>,
     period: Duration,
     second_signal: impl Future<Output = ()>,
 ) {
@@ -767,18 +969,19 @@ pub async fn drain<R: Runtime>(
         drain_seconds = period.as_secs_f64(),
         "shutting down: no new sessions, draining existing ones"
     );
-    let handle = engine.handle();
+    let handle = shards.handle();
     handle.set_accepting(false);
     let deadline = Instant::now() + period;
     watch_drain(deadline + DRAIN_GRACE);
     let mut second_signal = std::pin::pin!(second_signal);
+    let rt = &shards.engines[0].rt;
     loop {
         let sessions = handle.session_count();
         if sessions == 0 || Instant::now() >= deadline {
             tracing::info!(sessions, "exiting");
             return;
         }
-        let tick = engine.rt.sleep_until(Instant::now() + DRAIN_POLL);
+        let tick = rt.sleep_until(Instant::now() + DRAIN_POLL);
         if race(tick, second_signal.as_mut()).await == First::B {
             tracing::info!("second signal: exiting now");
             return;

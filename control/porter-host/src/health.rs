@@ -94,8 +94,11 @@ fn simple_backends(handle: &RelayHandle) -> Vec<BackendAddr> {
 }
 
 /// Runs the checks for as long as the engine lives.
-pub(crate) async fn run<R: Runtime>(engine: Arc<Engine<R>>, settings: HealthSettings) {
-    let handle = engine.handle();
+pub(crate) async fn run<R: Runtime>(
+    engine: Arc<Engine<R>>,
+    handle: RelayHandle,
+    settings: HealthSettings,
+) {
     let rt = engine.runtime();
     let mut states: HashMap<BackendAddr, State> = HashMap::new();
     let mut next = Instant::now();

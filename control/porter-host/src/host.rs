@@ -17,6 +17,7 @@
 //! the lock and handed to the subscribers ([`RelayHandle::subscribe`]) after it is
 //! released: no callback runs under the lock.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
@@ -24,8 +25,8 @@ use std::time::{Duration, Instant};
 
 use porter_core::{
     AllocationFailure, AllocationId, BackendAddr, ClientAddr, Command, ConnectionId, DropReason,
-    LookupId, Notification, PathId, Relay, RelayStats, Route, RouteError, RouteName,
-    ServerIdBinding, Verdict,
+    LookupId, Notification, PathId, Relay, RelayStats, Route, RouteError, RouteName, RouteTarget,
+    ServerIdBinding, SessionId, SessionInfo, SessionPage, Verdict,
 };
 
 use crate::{Allocated, AllocationError, AllocationErrorKind};
@@ -224,6 +225,37 @@ impl RelayHost {
         }
     }
 
+    /// A lookup another shard answered: see [`Relay::complete_lookup_moved`].
+    pub fn complete_lookup_moved(
+        &mut self,
+        now: Instant,
+        id: LookupId,
+        cid: ConnectionId,
+        backend: BackendAddr,
+        by_server_id: bool,
+    ) {
+        if let Err(e) = self
+            .relay
+            .complete_lookup_moved(now, id, cid, backend, by_server_id)
+        {
+            tracing::debug!(lookup = %id, "{e}");
+        }
+    }
+
+    /// Another shard carries the connection of session `id` on; see
+    /// [`Relay::moved_to_shard`].
+    pub fn moved_to_shard(&mut self, now: Instant, id: SessionId) {
+        self.relay.moved_to_shard(now, id);
+    }
+
+    /// A lookup the other shards could not answer, and this shard can (see
+    /// [`Relay::complete_lookup_here`]). A late answer is discarded.
+    pub fn complete_lookup_here(&mut self, now: Instant, id: LookupId) {
+        if let Err(e) = self.relay.complete_lookup_here(now, id) {
+            tracing::debug!(lookup = %id, "{e}");
+        }
+    }
+
     /// A path's upstream socket could not be opened: the path ends, and a session whose
     /// only path it was is refused; see [`Relay::upstream_failed`].
     pub fn upstream_failed(&mut self, now: Instant, path: PathId) {
@@ -413,6 +445,34 @@ pub struct HostStats {
     pub histograms: Histograms,
 }
 
+impl HostStats {
+    /// Adds another shard's stats to these: counters and gauges add up (the socket
+    /// limit too: each shard has its part), per-route counters by route name.
+    pub fn merge(&mut self, other: &HostStats) {
+        self.relay.merge(&other.relay);
+        self.upstream_sockets += other.upstream_sockets;
+        self.upstream_socket_limit += other.upstream_socket_limit;
+        for (kind, n) in &other.allocation_failures {
+            match self.allocation_failures.iter_mut().find(|(k, _)| k == kind) {
+                Some((_, mine)) => *mine += n,
+                None => self.allocation_failures.push((*kind, *n)),
+            }
+        }
+        self.lock_acquisitions += other.lock_acquisitions;
+        self.lock_contended += other.lock_contended;
+        self.log_lines_suppressed += other.log_lines_suppressed;
+        for theirs in &other.routes {
+            match self.routes.iter_mut().find(|r| r.route == theirs.route) {
+                Some(mine) => mine.merge(theirs),
+                None => self.routes.push(theirs.clone()),
+            }
+        }
+        self.routes.sort_by(|a, b| a.route.cmp(&b.route));
+        self.refused_without_route += other.refused_without_route;
+        self.histograms.merge(&other.histograms);
+    }
+}
+
 /// The host and the engine's wake-up, shared by the engine's tasks and every
 /// [`RelayHandle`].
 pub struct HostCell {
@@ -501,15 +561,27 @@ impl HostCell {
 
 /// The control plane's door into the relay: reads, and changes whose outputs always
 /// reach the engine. Cheap to clone.
+///
+/// A sharded host ([`crate::Shards`]) has one relay per shard, all with the same routes,
+/// backend health and accepting state: a change is made in every shard, a read of routes
+/// reads the first, and counters, gauges and sessions are gathered from all of them.
 #[derive(Clone, Debug)]
 pub struct RelayHandle {
-    cell: Arc<HostCell>,
+    cells: Arc<[Arc<HostCell>]>,
 }
 
 impl RelayHandle {
-    /// A handle on `cell`.
+    /// A handle on one relay's `cell`.
     pub fn new(cell: Arc<HostCell>) -> Self {
-        Self { cell }
+        Self::sharded(vec![cell])
+    }
+
+    /// A handle on every shard's cell, in shard order (at least one).
+    pub fn sharded(cells: Vec<Arc<HostCell>>) -> Self {
+        assert!(!cells.is_empty(), "a relay handle needs at least one shard");
+        Self {
+            cells: cells.into(),
+        }
     }
 
     /// A relay with no engine behind it (tests of the control plane): changes apply, and
@@ -518,24 +590,62 @@ impl RelayHandle {
         Self::new(HostCell::new(RelayHost::new(relay, false)))
     }
 
-    /// Calls `subscriber` with every notification from now on (after the host lock is
-    /// released).
+    /// How many shards the handle reaches.
+    pub fn shard_count(&self) -> usize {
+        self.cells.len()
+    }
+
+    /// Calls `subscriber` with every notification of every shard from now on (after the
+    /// host lock is released). A route's expiry is reported once, by the first shard
+    /// (every shard expires the route at the same instant).
     pub fn subscribe(&self, subscriber: Subscriber) {
-        self.cell
-            .subscribers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(subscriber);
+        for (i, cell) in self.cells.iter().enumerate() {
+            let subscriber = if i == 0 {
+                subscriber.clone()
+            } else {
+                let inner = subscriber.clone();
+                Arc::new(move |note: &Notification| {
+                    if !matches!(note, Notification::RouteExpired { .. }) {
+                        inner(note);
+                    }
+                }) as Subscriber
+            };
+            cell.subscribers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(subscriber);
+        }
     }
 
-    /// Reads the relay.
+    /// Reads the first shard's relay: what every shard holds alike (routes, their
+    /// expiry, backend health, the configuration). Sessions and counters are per shard:
+    /// use [`Self::read_each`] or the gathering reads.
     pub fn read<T>(&self, f: impl FnOnce(&Relay) -> T) -> T {
-        f(self.cell.lock().relay())
+        f(self.cells[0].lock().relay())
     }
 
-    /// Gauges and counters.
+    /// Reads every shard's relay in turn (one lock at a time), in shard order.
+    pub fn read_each<T>(&self, mut f: impl FnMut(&Relay) -> T) -> Vec<T> {
+        self.cells.iter().map(|c| f(c.lock().relay())).collect()
+    }
+
+    /// Gauges and counters, summed over the shards.
     pub fn stats(&self) -> HostStats {
-        let mut host = self.cell.lock();
+        let mut all = self.cells.iter().map(|cell| Self::stats_of(cell));
+        let mut total = all.next().expect("at least one shard");
+        for more in all {
+            total.merge(&more);
+        }
+        total
+    }
+
+    /// Each shard's gauges and counters, in shard order.
+    pub fn shard_stats(&self) -> Vec<HostStats> {
+        self.cells.iter().map(|cell| Self::stats_of(cell)).collect()
+    }
+
+    fn stats_of(cell: &HostCell) -> HostStats {
+        let mut host = cell.lock();
         let host = &mut *host;
         let (routes, refused_without_route, histograms) = host.accounting.snapshot(&host.relay);
         HostStats {
@@ -547,8 +657,8 @@ impl RelayHandle {
                 .copied()
                 .zip(host.allocation_failures.iter().copied())
                 .collect(),
-            lock_acquisitions: self.cell.acquired.load(Ordering::Relaxed),
-            lock_contended: self.cell.contended.load(Ordering::Relaxed),
+            lock_acquisitions: cell.acquired.load(Ordering::Relaxed),
+            lock_contended: cell.contended.load(Ordering::Relaxed),
             log_lines_suppressed: host.log_lines_suppressed(),
             routes,
             refused_without_route,
@@ -569,9 +679,57 @@ impl RelayHandle {
         })
     }
 
-    /// Number of sessions.
+    /// Number of sessions, over all shards.
     pub fn session_count(&self) -> usize {
-        self.read(Relay::session_count)
+        self.read_each(Relay::session_count).into_iter().sum()
+    }
+
+    /// Sessions routed to `backend` now, over all shards.
+    pub fn sessions_on(&self, backend: BackendAddr) -> u32 {
+        self.read_each(|r| r.sessions_on(backend)).into_iter().sum()
+    }
+
+    /// Sessions now per backend of every simple route, over all shards.
+    pub fn backend_sessions(&self) -> HashMap<BackendAddr, u32> {
+        let mut total = HashMap::new();
+        for shard in self.read_each(|r| {
+            let mut on = HashMap::new();
+            for route in r.routes() {
+                if let RouteTarget::Simple(backends) = &route.target {
+                    for b in backends {
+                        on.insert(*b, r.sessions_on(*b));
+                    }
+                }
+            }
+            on
+        }) {
+            for (b, n) in shard {
+                *total.entry(b).or_insert(0) += n;
+            }
+        }
+        total
+    }
+
+    /// The session count and one page of sessions by ascending ID after `after`, at most
+    /// `limit`, gathered from every shard (IDs are unique over the shards).
+    pub fn sessions_page(
+        &self,
+        now: Instant,
+        after: Option<SessionId>,
+        limit: usize,
+    ) -> (usize, SessionPage) {
+        let pages = self.read_each(|r| (r.session_count(), r.sessions_page(now, after, limit)));
+        let total = pages.iter().map(|(n, _)| n).sum();
+        let more = pages.iter().any(|(_, p)| p.next.is_some());
+        let mut sessions: Vec<SessionInfo> =
+            pages.into_iter().flat_map(|(_, p)| p.sessions).collect();
+        sessions.sort_by_key(|s| s.id);
+        let cut = sessions.len() > limit;
+        sessions.truncate(limit);
+        let next = (cut || more)
+            .then(|| sessions.last().map(|s| s.id))
+            .flatten();
+        (total, SessionPage { sessions, next })
     }
 
     /// Inserts or replaces a route, permanent or (with `until`) temporary; returns the one
@@ -582,8 +740,8 @@ impl RelayHandle {
         until: Option<Instant>,
     ) -> Result<Option<Route>, RouteError> {
         self.change(|relay| match until {
-            Some(until) => relay.set_route_until(route, until),
-            None => relay.set_route(route),
+            Some(until) => relay.set_route_until(route.clone(), until),
+            None => relay.set_route(route.clone()),
         })
     }
 
@@ -592,10 +750,30 @@ impl RelayHandle {
         self.change(|relay| relay.remove_route(name))
     }
 
-    /// Applies several route changes under one lock (a full reload from Redis or from the
-    /// configuration file): `edit` gets a [`RouteEditor`].
+    /// Applies several route changes at once, every shard locked (in shard order) for
+    /// the whole edit (a full reload from Redis or from the configuration file): `edit`
+    /// gets a [`RouteEditor`], whose changes reach every shard.
     pub fn edit_routes<T>(&self, edit: impl FnOnce(&mut RouteEditor<'_>) -> T) -> T {
-        self.change(|relay| edit(&mut RouteEditor { relay }))
+        let (out, notes) = {
+            let mut hosts: Vec<MutexGuard<'_, RelayHost>> =
+                self.cells.iter().map(|c| c.lock()).collect();
+            let out = edit(&mut RouteEditor {
+                hosts: hosts.iter_mut().map(|h| &mut **h).collect(),
+            });
+            let notes: Vec<Vec<Notification>> = hosts
+                .iter_mut()
+                .map(|host| {
+                    host.collect();
+                    host.take_notifications()
+                })
+                .collect();
+            (out, notes)
+        };
+        for (cell, notes) in self.cells.iter().zip(&notes) {
+            cell.work.notify_one();
+            cell.deliver(notes);
+        }
+        out
     }
 
     /// Marks a backend healthy or not (the health checker's verdict); see
@@ -609,52 +787,71 @@ impl RelayHandle {
         self.change(|relay| relay.set_accepting(accepting));
     }
 
-    /// Runs one change under the lock, drains its outputs into the host's outbox, then
-    /// (unlocked) wakes the engine and hands the notifications to the subscribers.
-    fn change<T>(&self, f: impl FnOnce(&mut Relay) -> T) -> T {
-        let (out, notes) = {
-            let mut host = self.cell.lock();
-            let out = f(&mut host.relay);
-            host.collect();
-            (out, host.take_notifications())
-        };
-        self.cell.work.notify_one();
-        self.cell.deliver(&notes);
-        out
+    /// Runs one change in each shard in turn (under that shard's lock), drains its
+    /// outputs into the shard's outbox, then (unlocked) wakes the shard's engine and
+    /// hands the notifications to the subscribers. Returns the first shard's answer
+    /// (every shard holds the same routes, so they answer alike).
+    fn change<T>(&self, mut f: impl FnMut(&mut Relay) -> T) -> T {
+        let mut first = None;
+        for cell in self.cells.iter() {
+            let (out, notes) = {
+                let mut host = cell.lock();
+                let out = f(&mut host.relay);
+                host.collect();
+                (out, host.take_notifications())
+            };
+            cell.work.notify_one();
+            cell.deliver(&notes);
+            first.get_or_insert(out);
+        }
+        first.expect("at least one shard")
     }
 }
 
-/// Route changes inside [`RelayHandle::edit_routes`].
+/// Route changes inside [`RelayHandle::edit_routes`], made in every shard.
 #[derive(Debug)]
 pub struct RouteEditor<'a> {
-    relay: &'a mut Relay,
+    hosts: Vec<&'a mut RelayHost>,
 }
 
 impl RouteEditor<'_> {
     /// The route with exactly this name.
     pub fn route(&self, name: &RouteName) -> Option<&Route> {
-        self.relay.route(name)
+        self.hosts[0].relay.route(name)
     }
 
     /// Inserts or replaces a route; returns the one it replaced.
     pub fn set_route(&mut self, route: Route) -> Result<Option<Route>, RouteError> {
-        self.relay.set_route(route)
+        let mut first = None;
+        for host in self.hosts.iter_mut() {
+            let out = host.relay.set_route(route.clone());
+            first.get_or_insert(out);
+        }
+        first.expect("at least one shard")
     }
 
     /// Removes a route; returns it if it existed.
     pub fn remove_route(&mut self, name: &RouteName) -> Option<Route> {
-        self.relay.remove_route(name)
+        let mut first = None;
+        for host in self.hosts.iter_mut() {
+            let out = host.relay.remove_route(name);
+            first.get_or_insert(out);
+        }
+        first.expect("at least one shard")
     }
 
     /// Every route, sorted by name (as the edits so far left them).
     pub fn routes(&self) -> Vec<Route> {
-        self.relay.routes()
+        self.hosts[0].relay.routes()
     }
 
-    /// Closes every session routed to `backend` at once; returns how many (see
-    /// [`Relay::close_sessions_to`]).
+    /// Closes every session routed to `backend` at once, in every shard; returns how
+    /// many (see [`Relay::close_sessions_to`]).
     pub fn close_sessions_to(&mut self, now: Instant, backend: BackendAddr) -> usize {
-        self.relay.close_sessions_to(now, backend)
+        self.hosts
+            .iter_mut()
+            .map(|host| host.relay.close_sessions_to(now, backend))
+            .sum()
     }
 }
 

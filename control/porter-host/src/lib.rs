@@ -51,7 +51,7 @@ use std::time::Instant;
 
 pub use allocator::{Allocated, AllocationError, AllocationErrorKind, AllocationFuture, Allocator};
 pub use directory::{Directory, LookupFuture};
-pub use engine::{drain, start, Engine, StartError, DRAIN_GRACE};
+pub use engine::{drain, start, Engine, Shards, StartError, DRAIN_GRACE};
 pub use health::{HealthSettings, PROBE_VERSION};
 pub use host::{
     HostCell, HostStats, RelayHandle, RelayHost, RouteEditor, Subscriber, ALLOCATION_GRACE,
@@ -111,4 +111,11 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Registers a bound, non-blocking std socket with the runtime's reactor.
     fn register(&self, socket: StdUdpSocket) -> io::Result<Self::Udp>;
+
+    /// The runtime data-plane shard `index` runs on: the same one for a work-stealing
+    /// runtime (tokio's), an executor of its own for a runtime without one (smol's, one
+    /// thread per shard). Called once per shard at start.
+    fn for_shard(&self, index: usize) -> Self
+    where
+        Self: Sized;
 }

@@ -44,6 +44,17 @@ impl Histogram {
         }
     }
 
+    /// Adds another histogram's observations (another shard's) to this one; both must
+    /// have the same bounds (they always do: the bounds are constants).
+    pub fn merge(&mut self, other: &Histogram) {
+        debug_assert_eq!(self.bounds, other.bounds);
+        for (mine, theirs) in self.counts.iter_mut().zip(&other.counts) {
+            *mine += theirs;
+        }
+        self.sum += other.sum;
+        self.count += other.count;
+    }
+
     /// Records one observation.
     pub fn observe(&mut self, value: Duration) {
         let i = self.bounds.partition_point(|b| *b < value);
@@ -162,6 +173,31 @@ pub struct Histograms {
     /// Each allocation's time from its request to the answer, by outcome (`success`,
     /// then every [`AllocationErrorKind`]'s label).
     pub allocation: Vec<(&'static str, Histogram)>,
+}
+
+impl Histograms {
+    /// Adds another shard's histograms to these.
+    pub fn merge(&mut self, other: &Histograms) {
+        self.routing_wait.merge(&other.routing_wait);
+        self.session_duration.merge(&other.session_duration);
+        for (label, theirs) in &other.allocation {
+            match self.allocation.iter_mut().find(|(l, _)| l == label) {
+                Some((_, mine)) => mine.merge(theirs),
+                None => self.allocation.push((label, theirs.clone())),
+            }
+        }
+    }
+}
+
+impl RouteStats {
+    /// Adds another shard's counters of the same route to these.
+    pub fn merge(&mut self, other: &RouteStats) {
+        self.sessions += other.sessions;
+        self.sessions_opened += other.sessions_opened;
+        self.refusals += other.refusals;
+        add(&mut self.to_backend, other.to_backend);
+        add(&mut self.to_client, other.to_client);
+    }
 }
 
 /// One slot of [`Accounting`]'s per-route counters.

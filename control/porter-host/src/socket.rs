@@ -216,8 +216,10 @@ pub fn bind_listener<R: Runtime>(
     addr: SocketAddr,
     v6_only: bool,
     receive_buffer: usize,
+    shared_port: bool,
 ) -> Result<Socket<R::Udp>, BindError> {
-    let std = bind_udp(addr, v6_only).map_err(|source| BindError::Bind { addr, source })?;
+    let std =
+        bind_udp(addr, v6_only, shared_port).map_err(|source| BindError::Bind { addr, source })?;
     let setup = |source| BindError::Setup { addr, source };
     let effective = size_receive_buffer(&std, receive_buffer).map_err(setup)?;
     let mut socket = Socket::new(rt, std).map_err(setup)?;
@@ -238,11 +240,20 @@ fn size_receive_buffer(socket: &StdUdpSocket, want: usize) -> io::Result<usize> 
     Ok(sockopt::socket_recv_buffer_size(socket)?)
 }
 
-fn bind_udp(addr: SocketAddr, v6_only: bool) -> io::Result<StdUdpSocket> {
+pub(crate) fn bind_udp(
+    addr: SocketAddr,
+    v6_only: bool,
+    shared_port: bool,
+) -> io::Result<StdUdpSocket> {
     use socket2::{Domain, Protocol, Socket as RawSocket, Type};
     let socket = RawSocket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
         socket.set_only_v6(v6_only)?;
+    }
+    if shared_port {
+        // Every shard binds the same address; the kernel hashes each datagram's 4-tuple
+        // to one of them. Only sockets of this process's user can join the group.
+        socket.set_reuse_port(true)?;
     }
     socket.bind(&addr.into())?;
     Ok(socket.into())

@@ -10,8 +10,9 @@ use std::time::Instant;
 
 use porter_core::wire::Version;
 use porter_core::{
-    BackendAddr, ClientAddr, Command, ConnectionId, DropReason, PathId, Relay, RelayConfig, Route,
-    RouteName, RouteTarget, SessionId, Settled, Shard, ShortClaim, Verdict,
+    BackendAddr, ClientAddr, CloseReason, Command, ConnectionId, DropReason, Notification, PathId,
+    Relay, RelayConfig, Route, RouteName, RouteTarget, SessionId, Settled, Shard, ShortClaim,
+    Verdict,
 };
 use porter_sim::{one_datagram_initial, server_first_flight, short_header_packet, SimRng};
 
@@ -62,9 +63,19 @@ fn run_host(shards: &mut [Relay], own: usize, now: Instant) -> Vec<Command> {
             .collect();
         match ShortClaim::settle(own, &claims) {
             Settled::Here => shards[own].complete_lookup_here(now, id).unwrap(),
-            Settled::Elsewhere(cid, backend) => shards[own]
-                .complete_lookup(now, id, Some((cid, backend)))
-                .unwrap(),
+            Settled::Elsewhere {
+                owner,
+                session,
+                cid,
+                backend,
+            } => {
+                shards[own]
+                    .complete_lookup_moved(now, id, cid, backend, session.is_none())
+                    .unwrap();
+                if let Some(session) = session {
+                    assert!(shards[owner].moved_to_shard(now, session));
+                }
+            }
             Settled::Unknown => shards[own].complete_lookup(now, id, None).unwrap(),
         }
         out.extend(commands(&mut shards[own]));
@@ -156,8 +167,32 @@ fn a_nat_rebinding_that_lands_on_the_other_shard_continues_there_to_the_same_bac
         shards[1].handle_client_datagram(now, moved, &next),
         Verdict::ToBackend { backend: b, .. } if b == backend()
     ));
-    assert_eq!(shards[1].stats().lookups.asked, 1);
-    assert_eq!(shards[1].stats().lookups.found, 1);
+    let stats = shards[1].stats();
+    assert_eq!(
+        (
+            stats.lookups.asked,
+            stats.lookups.found,
+            stats.lookups.from_shards
+        ),
+        (1, 1, 1)
+    );
+    // Over the host, a client moved: one path opened, no new session.
+    assert_eq!((stats.sessions_opened, stats.paths_opened), (0, 1));
+    // Shard 0's old path idles out like any old path, not after the idle timeout; the
+    // connection has not ended, so its CID is not remembered as ended there.
+    let later = now + shards[0].config().path_idle_timeout;
+    shards[0].handle_timeout(later - std::time::Duration::from_millis(1));
+    assert_eq!(shards[0].session_count(), 1);
+    shards[0].handle_timeout(later);
+    assert_eq!(shards[0].session_count(), 0);
+    let closed: Vec<CloseReason> = std::iter::from_fn(|| shards[0].poll_notification())
+        .filter_map(|n| match n {
+            Notification::SessionClosed { reason, .. } => Some(reason),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(closed, [CloseReason::Moved]);
+    assert_eq!(shards[0].stats().remembered_ended_cids, 0);
 }
 
 #[test]

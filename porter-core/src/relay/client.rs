@@ -125,6 +125,10 @@ impl Relay {
                 };
                 path.last_client = now;
                 let path = path.id;
+                // Its client came back to this shard's path.
+                if !self.moved.is_empty() {
+                    self.moved.remove(&id);
+                }
                 session.client = from;
                 session.last_activity = now;
                 session.to_backend.add(datagram.len());

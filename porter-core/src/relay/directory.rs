@@ -94,6 +94,9 @@ pub struct LookupCounters {
     pub timed_out: u64,
     /// Not asked: beyond the lookup rate.
     pub rate_limited: u64,
+    /// Of `found`, those another data-plane shard of this host held (a client whose new
+    /// 4-tuple the kernel hashed to another shard).
+    pub from_shards: u64,
     /// Lookups waiting for an answer now (a gauge).
     pub pending: usize,
 }
@@ -104,9 +107,19 @@ pub struct LookupCounters {
 pub enum ShortClaim {
     /// One of this relay's routed sessions has this CID, which the DCID starts with.
     Known {
+        /// The session.
+        session: SessionId,
         /// The CID.
         cid: ConnectionId,
         /// The session's backend.
+        backend: BackendAddr,
+    },
+    /// The DCID's server ID (QUIC-LB) is one this relay bound to an allocated game
+    /// server: routable to it, though no session here has the CID.
+    ServerId {
+        /// The CID (as long as its QUIC-LB configuration says).
+        cid: ConnectionId,
+        /// The game server.
         backend: BackendAddr,
     },
     /// The DCID is unknown here, but this relay holds the one routed session of the
@@ -114,6 +127,8 @@ pub enum ShortClaim {
     /// CID at once); `cid` is the DCID's first bytes at that session's server CID length.
     /// Followed only if no other shard holds such a session too.
     SoleOfIp {
+        /// The session.
+        session: SessionId,
         /// The DCID's first bytes, as long as the session's server CIDs.
         cid: ConnectionId,
         /// The session's backend.
@@ -129,9 +144,20 @@ pub enum ShortClaim {
 pub enum Settled {
     /// The shard that asked holds the connection: [`Relay::complete_lookup_here`].
     Here,
-    /// Another shard holds it: adopt it with [`Relay::complete_lookup`] and this CID and
-    /// backend (the asking shard opens its own path to the backend).
-    Elsewhere(ConnectionId, BackendAddr),
+    /// Shard `owner` holds it: adopt it with [`Relay::complete_lookup_moved`] and this
+    /// CID and backend (the asking shard opens its own path to the backend), then tell
+    /// the owner ([`Relay::moved_to_shard`]).
+    Elsewhere {
+        /// The shard that holds the connection.
+        owner: usize,
+        /// Its session there (`None` for a server ID bound there: no one session is
+        /// the connection's).
+        session: Option<SessionId>,
+        /// The CID the DCID starts with.
+        cid: ConnectionId,
+        /// The connection's backend.
+        backend: BackendAddr,
+    },
     /// No shard can say (or several sessions could be meant): ask the directory shared
     /// between instances, if there is one, else answer "not found".
     Unknown,
@@ -142,27 +168,53 @@ impl ShortClaim {
     /// known CID wins; else exactly one session of the client's IP over all shards is
     /// followed; several are a guess, never made.
     pub fn settle(own: usize, claims: &[ShortClaim]) -> Settled {
-        let decide = |i: usize, cid: ConnectionId, backend: BackendAddr| {
-            if i == own {
+        let decide = |owner: usize, session: Option<SessionId>, cid: ConnectionId, backend| {
+            if owner == own {
                 Settled::Here
             } else {
-                Settled::Elsewhere(cid, backend)
+                Settled::Elsewhere {
+                    owner,
+                    session,
+                    cid,
+                    backend,
+                }
             }
         };
         for (i, claim) in claims.iter().enumerate() {
-            if let ShortClaim::Known { cid, backend } = *claim {
-                return decide(i, cid, backend);
+            match *claim {
+                ShortClaim::Known {
+                    session,
+                    cid,
+                    backend,
+                } => return decide(i, Some(session), cid, backend),
+                ShortClaim::ServerId { cid, backend } => return decide(i, None, cid, backend),
+                _ => {}
             }
         }
         let mut sole = claims.iter().enumerate().filter_map(|(i, c)| match *c {
-            ShortClaim::SoleOfIp { cid, backend } => Some((i, cid, backend)),
+            ShortClaim::SoleOfIp {
+                session,
+                cid,
+                backend,
+            } => Some((i, session, cid, backend)),
             _ => None,
         });
         match (sole.next(), sole.next()) {
-            (Some((i, cid, backend)), None) => decide(i, cid, backend),
+            (Some((i, session, cid, backend)), None) => decide(i, Some(session), cid, backend),
             _ => Settled::Unknown,
         }
     }
+}
+
+/// Where a found connection comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Moved {
+    /// The directory shared between instances.
+    No,
+    /// Another shard's session.
+    Yes,
+    /// Another shard's server-ID binding.
+    ByServerId,
 }
 
 /// Misuse of [`Relay::complete_lookup`].
@@ -287,12 +339,11 @@ impl Relay {
         self.lookups.by_client.insert(from, id);
         self.lookups.order.push_back((now + timeout, id));
         self.stats.lookups.asked += 1;
-        self.commands
-            .push_back(Command::LookupConnection {
-                id,
-                client: from,
-                dcid,
-            });
+        self.commands.push_back(Command::LookupConnection {
+            id,
+            client: from,
+            dcid,
+        });
         Some(Verdict::Held { session })
     }
 
@@ -306,6 +357,58 @@ impl Relay {
         now: Instant,
         id: LookupId,
         answer: Option<(ConnectionId, BackendAddr)>,
+    ) -> Result<(), CompleteLookupError> {
+        self.complete_lookup_with(now, id, answer, Moved::No)
+    }
+
+    /// As [`Self::complete_lookup`] with a connection another shard of this host holds
+    /// ([`Settled::Elsewhere`]): adopted the same way, but counted as a path opened
+    /// (the host's sessions did not grow; a client moved) and in
+    /// [`LookupCounters::from_shards`]. Tell the other shard with
+    /// [`Self::moved_to_shard`]. `by_server_id`: the other shard routed it by a server
+    /// ID it had bound to an allocated game server ([`ShortClaim::ServerId`]); the ID is
+    /// then bound here too while the adopted session lives.
+    pub fn complete_lookup_moved(
+        &mut self,
+        now: Instant,
+        id: LookupId,
+        cid: ConnectionId,
+        backend: BackendAddr,
+        by_server_id: bool,
+    ) -> Result<(), CompleteLookupError> {
+        let moved = if by_server_id {
+            Moved::ByServerId
+        } else {
+            Moved::Yes
+        };
+        self.complete_lookup_with(now, id, Some((cid, backend)), moved)
+    }
+
+    /// Another shard of this host adopted the connection of session `id` (its client
+    /// moved to a 4-tuple that shard receives): the session here keeps its path for
+    /// `path_idle_timeout` like any old path, unless its client sends here again, then
+    /// ends ([`crate::CloseReason::Moved`]) without its CIDs being remembered as ended.
+    /// `false` if there is no such routed session here.
+    pub fn moved_to_shard(&mut self, now: Instant, id: SessionId) -> bool {
+        if !self
+            .sessions
+            .get(&id)
+            .is_some_and(|s| s.state == SessionState::Established)
+        {
+            return false;
+        }
+        self.moved.insert(id, now);
+        self.timers
+            .push(std::cmp::Reverse((now + self.config.path_idle_timeout, id)));
+        true
+    }
+
+    fn complete_lookup_with(
+        &mut self,
+        now: Instant,
+        id: LookupId,
+        answer: Option<(ConnectionId, BackendAddr)>,
+        moved: Moved,
     ) -> Result<(), CompleteLookupError> {
         let lookup = self
             .lookups
@@ -324,16 +427,25 @@ impl Relay {
             return Ok(());
         };
         self.stats.lookups.found += 1;
+        if moved != Moved::No {
+            self.stats.lookups.from_shards += 1;
+        }
         let count = lookup.datagrams.len();
-        if let Verdict::Drop(reason) = self.adopt(
+        let verdict = self.adopt(
             now,
             lookup.client,
             cid,
             backend,
             lookup.datagrams,
             Some(lookup.session),
-        ) {
-            self.drop_held(count, reason);
+            moved != Moved::No,
+        );
+        match verdict {
+            Verdict::Drop(reason) => self.drop_held(count, reason),
+            Verdict::Held { session } if moved == Moved::ByServerId => {
+                self.moved_server_id(cid, backend, session);
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -353,14 +465,23 @@ impl Relay {
                 .filter(|s| s.state == SessionState::Established)
                 .and_then(|s| s.backend)
         };
-        if let Some((id, cid)) = self.cids.lookup_short(probe) {
-            return match routed(id) {
-                Some(backend) => ShortClaim::Known { cid, backend },
+        if let Some((session, cid)) = self.cids.lookup_short(probe) {
+            return match routed(session) {
+                Some(backend) => ShortClaim::Known {
+                    session,
+                    cid,
+                    backend,
+                },
                 None => ShortClaim::None,
             };
         }
         if self.of_ended_session(probe) {
             return ShortClaim::None;
+        }
+        // A server ID this shard bound to an allocated game server (the configured ones
+        // every shard routes alike).
+        if let Some((cid, backend)) = self.allocated_server_id_of(dcid) {
+            return ShortClaim::ServerId { cid, backend };
         }
         let Some(id) = self.sole_session_of_ip(from, dcid.len()) else {
             return ShortClaim::None;
@@ -371,7 +492,11 @@ impl Relay {
             .and_then(|s| s.server_cid_len)
             .map_or(0, usize::from);
         match (dcid.get(..len).and_then(ConnectionId::new), routed(id)) {
-            (Some(cid), Some(backend)) => ShortClaim::SoleOfIp { cid, backend },
+            (Some(cid), Some(backend)) => ShortClaim::SoleOfIp {
+                session: id,
+                cid,
+                backend,
+            },
             _ => ShortClaim::None,
         }
     }

@@ -64,6 +64,9 @@ impl Relay {
                 {
                     self.close(id, CloseReason::HandshakeTimeout, now);
                 }
+                SessionState::Established if self.moved.contains_key(&id) => {
+                    self.close(id, CloseReason::Moved, now);
+                }
                 SessionState::Established => self.close(id, CloseReason::IdleTimeout, now),
                 SessionState::AwaitingClientHello => {
                     self.close(id, CloseReason::HandshakeTimeout, now);
@@ -151,6 +154,15 @@ impl Relay {
 
     /// The session's next deadline: its own (handshake or idle), or that of a path.
     pub(super) fn deadline(&self, session: &Session) -> Instant {
+        let own = self.own_deadline(session);
+        // Moved to another shard: its path here is an old one now (see `super::path`).
+        match self.moved.get(&session.id) {
+            Some(at) => own.min(*at + self.config.path_idle_timeout),
+            None => own,
+        }
+    }
+
+    fn own_deadline(&self, session: &Session) -> Instant {
         match session.state {
             // Not validated (its client never used a CID the backend issued; for one
             // adopted by its CID's server ID, its backend never answered): the handshake
@@ -190,7 +202,9 @@ impl Relay {
             self.unindex_client(id, path.client);
         }
         self.path_count -= session.paths.len();
-        if session.state == SessionState::Established {
+        // A connection another shard carries on has not ended.
+        let moved = self.moved.remove(&id).is_some();
+        if session.state == SessionState::Established && !moved {
             self.remember_ended(now, id, &session.cids);
         }
         if let Some(p) = self.pending.remove(&id) {

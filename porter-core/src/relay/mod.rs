@@ -107,6 +107,9 @@ pub struct Relay {
     allocated_server_ids: quic_lb::AllocatedServerIds,
     /// Directory lookups in flight (see [`directory`]).
     lookups: directory::Lookups,
+    /// Sessions whose connection another shard carries on, since when
+    /// ([`Relay::moved_to_shard`]).
+    moved: HashMap<SessionId, Instant>,
 }
 
 /// One page of [`Relay::sessions_page`].
@@ -166,6 +169,7 @@ impl Relay {
                 ..RelayStats::default()
             },
             allocated_server_ids: quic_lb::AllocatedServerIds::default(),
+            moved: HashMap::new(),
         }
     }
 

@@ -224,6 +224,44 @@ impl AllocatedServerIds {
 impl Relay {
     /// Routes a datagram with an unknown DCID by the server ID in it, if server-ID routing
     /// is configured and the CID carries a known one; `None` to fall back.
+    /// The CID and game server of a DCID whose server ID this relay bound to an
+    /// allocation (reads only).
+    pub(super) fn allocated_server_id_of(
+        &self,
+        cid_bytes: &[u8],
+    ) -> Option<(ConnectionId, BackendAddr)> {
+        if !self.config.quic_lb.is_enabled() {
+            return None;
+        }
+        let (id, len) = self.config.quic_lb.decode(cid_bytes).ok()?;
+        let backend = self.allocated_server_ids.backend_of(id)?;
+        Some((ConnectionId::new(cid_bytes.get(..len)?)?, backend))
+    }
+
+    /// A connection adopted from another shard that routed its CID by a server ID it
+    /// had bound to an allocated game server: routed by that server ID (counted so), and
+    /// the ID is bound here too while this session lives.
+    pub(super) fn moved_server_id(
+        &mut self,
+        cid: ConnectionId,
+        backend: BackendAddr,
+        session: SessionId,
+    ) {
+        if !self.config.quic_lb.is_enabled() {
+            return;
+        }
+        let Ok((id, _)) = self.config.quic_lb.decode(cid.as_bytes()) else {
+            return;
+        };
+        if self.config.quic_lb.backend_of(id).is_some() {
+            return;
+        }
+        self.stats.quic_lb.routed += 1;
+        if !self.allocated_server_ids.attach(id, backend, session) {
+            self.stats.quic_lb.server_id_conflicts += 1;
+        }
+    }
+
     pub(super) fn route_by_server_id(
         &mut self,
         now: Instant,
@@ -279,6 +317,7 @@ impl Relay {
             backend,
             vec![Bytes::copy_from_slice(datagram)],
             None,
+            false,
         );
         if let (Verdict::Held { session }, Some(id)) = (&verdict, allocated) {
             // The adopted session is on that game server too: it keeps the ID.
@@ -335,7 +374,10 @@ impl Relay {
     /// A session for a connection the relay learns of from its CID alone (its server ID,
     /// or the directory): routed at once, on one path from `from` that carries
     /// `datagrams`, unconfirmed until its backend answers. `reserved`: the session ID a
-    /// directory lookup promised its held datagrams.
+    /// directory lookup promised its held datagrams. `moved`: the connection comes from
+    /// another shard of this host, where it was counted as opened: here it counts as a
+    /// path opened (a client that moved).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn adopt(
         &mut self,
         now: Instant,
@@ -344,6 +386,7 @@ impl Relay {
         backend: BackendAddr,
         datagrams: Vec<Bytes>,
         reserved: Option<SessionId>,
+        moved: bool,
     ) -> Verdict {
         if !self.accepting {
             return Verdict::Drop(DropReason::Draining);
@@ -407,7 +450,11 @@ impl Relay {
         self.count_unvalidated(from);
         let deadline = now + self.config.handshake_timeout.min(self.config.idle_timeout);
         self.timers.push(Reverse((deadline, id)));
-        self.stats.sessions_opened += 1;
+        if moved {
+            self.stats.paths_opened += 1;
+        } else {
+            self.stats.sessions_opened += 1;
+        }
         self.routes.session_started(backend);
         self.notifications.push_back(Notification::SessionOpened {
             session: id,
@@ -419,6 +466,14 @@ impl Relay {
             // Routed by its first datagram: no wait.
             waited: std::time::Duration::ZERO,
         });
+        if moved {
+            // For the host, the client opened a path (on this shard).
+            self.notifications.push_back(Notification::PathOpened {
+                session: id,
+                path,
+                client: from,
+            });
+        }
         self.commands.push_back(Command::OpenUpstream {
             session: id,
             path,

@@ -175,6 +175,7 @@ impl RelayStats {
             not_found,
             timed_out,
             rate_limited,
+            from_shards,
             pending,
         } = lookups;
         let l = &mut self.lookups;
@@ -183,6 +184,7 @@ impl RelayStats {
         l.not_found += not_found;
         l.timed_out += timed_out;
         l.rate_limited += rate_limited;
+        l.from_shards += from_shards;
         l.pending += pending;
         for (mine, theirs) in [(&mut self.drops, drops), (&mut self.refusals, refusals)] {
             if mine.len() < theirs.len() {
