@@ -27,6 +27,9 @@ pub struct HostSettings {
     pub receive_buffer: usize,
     /// Send single client-bound datagrams in `sendmmsg` batches across clients.
     pub batch_sends: bool,
+    /// Data-plane shards: relays, each with its own listener sockets (SO_REUSEPORT) and
+    /// upstream sockets; at least 1.
+    pub shards: usize,
 }
 
 impl HostSettings {
