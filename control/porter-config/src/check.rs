@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -16,7 +17,8 @@ use crate::names::{check_dns_name, check_kubernetes_name, parse_route_name, Rout
 use crate::target::Target;
 use crate::types::{
     AgonesConfig, ApiConfig, Config, HealthConfig, LogConfig, LogFormat, QuicLbSpec, RedisConfig,
-    Refusal, RelayConfig, ReloadConfig, RemovedSessions, RouteKind, RouteSpec, Secret, UdpConfig,
+    Refusal, RelayConfig, ReloadConfig, RemovedSessions, RouteKind, RouteSpec, Secret, Shards,
+    UdpConfig,
 };
 use crate::units::{format_byte_size, format_duration, parse_byte_size, parse_duration};
 use crate::yaml::{Node, Span, Value};
@@ -459,6 +461,7 @@ impl Checker<'_> {
                 Ok(bytes)
             }),
             batch_sends: self.read(&s, "batch_sends", boolean),
+            shards: self.read(&s, "shards", shards),
         }
     }
 
@@ -1282,6 +1285,30 @@ fn integer_at_least(n: &Node, min: usize) -> Result<usize, String> {
         Value::Int(i) => usize::try_from(i).map_err(|_| format!("{i} is too large")),
         ref other => Err(format!(
             "expected a whole number, found {}",
+            other.describe()
+        )),
+    }
+}
+
+/// `udp.shards`: `auto`, or a count from 1 to [`Shards::MAX`].
+fn shards(n: &Node) -> Result<Shards, String> {
+    let max = Shards::MAX;
+    match &n.value {
+        Value::Str(s) if s == "auto" => Ok(Shards::Auto),
+        Value::Int(i) => match usize::try_from(*i).ok().and_then(NonZeroUsize::new) {
+            Some(count) if count.get() <= max => Ok(Shards::Count(count)),
+            Some(_) => Err(format!(
+                "{i} is too many: at most {max} shards (`auto` runs one per available core, up to {max})"
+            )),
+            None => Err(format!(
+                "{i} is too small: at least 1 shard (`auto` runs one per available core)"
+            )),
+        },
+        Value::Str(s) => Err(format!(
+            "{s:?} is not a number of shards: write 1-{max}, or `auto` for one per available core"
+        )),
+        other => Err(format!(
+            "expected a number of shards (1-{max}) or `auto`, found {}",
             other.describe()
         )),
     }

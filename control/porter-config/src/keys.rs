@@ -27,6 +27,8 @@ pub enum Kind {
     Port,
     /// A whole number (the checker applies the key's bounds).
     Integer,
+    /// A whole number (the checker applies the key's bounds) or the word `auto`.
+    IntegerOrAuto,
     /// A string.
     String,
     /// A duration: `500ms`, `5s`, `2m`, `1h`, or a number of seconds.
@@ -240,6 +242,12 @@ pub const UDP: Section = Section {
             Kind::Bool,
             Value("true"),
             "Send single client-bound datagrams of many clients in one sendmmsg.",
+        ),
+        key(
+            "shards",
+            Kind::IntegerOrAuto,
+            Value("auto"),
+            "Data-plane shards, 1-256, each a relay with its own sockets (listeners share the port through SO_REUSEPORT); `auto`: one per available core.",
         ),
     ],
 };

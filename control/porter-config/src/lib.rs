@@ -45,8 +45,8 @@ pub use self::route::{ResolveError, RouteText, RouteTextError, RouteType, Target
 pub use self::target::{Host, Target};
 pub use self::types::{
     AgonesConfig, ApiConfig, Config, HealthConfig, LogConfig, LogFormat, QuicLbSpec, RedisConfig,
-    Refusal, RelayConfig, ReloadConfig, RemovedSessions, RouteKind, RouteSpec, Secret, UdpConfig,
-    DEFAULT_TOKEN_ENV,
+    Refusal, RelayConfig, ReloadConfig, RemovedSessions, RouteKind, RouteSpec, Secret, Shards,
+    UdpConfig, DEFAULT_TOKEN_ENV,
 };
 pub use self::units::{parse_byte_size, parse_duration};
 

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -78,6 +79,37 @@ pub struct UdpConfig {
     pub receive_buffer: usize,
     /// Send single client-bound datagrams of many clients in one `sendmmsg`.
     pub batch_sends: bool,
+    /// How many data-plane shards to run (`auto`: one per available core).
+    pub shards: Shards,
+}
+
+/// `udp.shards`: the number of data-plane shards, each a relay with its own listener
+/// sockets (sharing the port through SO_REUSEPORT) and upstream sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Shards {
+    /// One per available core, at most [`Shards::MAX`]; resolved when the settings are
+    /// built ([`Shards::resolve`]), not when the file is read.
+    #[default]
+    Auto,
+    /// This many; the checker accepts 1 to [`Shards::MAX`].
+    Count(NonZeroUsize),
+}
+
+impl Shards {
+    /// The most shards an instance runs.
+    pub const MAX: usize = 256;
+
+    /// The number of shards to run on a machine with `available_cores` cores (what
+    /// `std::thread::available_parallelism` says): the count given, or for `Auto` the
+    /// cores; always 1 to [`Shards::MAX`].
+    #[must_use]
+    pub fn resolve(self, available_cores: usize) -> usize {
+        match self {
+            Self::Auto => available_cores,
+            Self::Count(n) => n.get(),
+        }
+        .clamp(1, Self::MAX)
+    }
 }
 
 impl UdpConfig {
@@ -101,6 +133,7 @@ impl Default for UdpConfig {
             transparent: false,
             receive_buffer: 8 << 20,
             batch_sends: true,
+            shards: Shards::Auto,
         }
     }
 }

@@ -2,11 +2,13 @@
 //! repository, the extensions, and the messages for each kind of mistake.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use porter_config::{
-    self as config, Config, ConfigErrors, LogFormat, RouteKind, RouteName, RouteSpec, Target,
+    self as config, Config, ConfigErrors, LogFormat, RouteKind, RouteName, RouteSpec, Shards,
+    Target,
 };
 
 /// The original project's `config.yaml`, byte for byte.
@@ -390,6 +392,67 @@ fn listener_buffer_and_batching() {
     );
     let e = errors("udp: {receive_buffer: 1KiB}\n");
     assert!(e.contains("udp.receive_buffer: 1KiB is too small"), "{e}");
+}
+
+#[test]
+fn shards_auto_or_a_count() {
+    assert_eq!(parse("").unwrap().udp.shards, Shards::Auto);
+    assert_eq!(
+        parse("udp: {shards: auto}\n").unwrap().udp.shards,
+        Shards::Auto
+    );
+    for n in [1, 2, 256] {
+        let c = parse(&format!("udp: {{shards: {n}}}\n")).unwrap();
+        assert_eq!(c.udp.shards, Shards::Count(NonZeroUsize::new(n).unwrap()));
+    }
+    // Each error names the key, its line and column, and what to write instead.
+    let e = errors("udp:\n  shards: 0\n");
+    assert_eq!(
+        e,
+        "test.yaml:2:11: udp.shards: 0 is too small: at least 1 shard \
+         (`auto` runs one per available core)"
+    );
+    let e = errors("udp: {shards: -3}\n");
+    assert!(
+        e.starts_with("test.yaml:1:15: udp.shards: -3 is too small"),
+        "{e}"
+    );
+    let e = errors("udp:\n  port: 7777\n  shards: 1000\n");
+    assert_eq!(
+        e,
+        "test.yaml:3:11: udp.shards: 1000 is too many: at most 256 shards \
+         (`auto` runs one per available core, up to 256)"
+    );
+    let e = errors("udp: {shards: 257}\n");
+    assert!(e.contains("udp.shards: 257 is too many"), "{e}");
+    let e = errors("udp:\n  shards: many\n");
+    assert_eq!(
+        e,
+        "test.yaml:2:11: udp.shards: \"many\" is not a number of shards: \
+         write 1-256, or `auto` for one per available core"
+    );
+    let e = errors("udp: {shards: Auto}\n");
+    assert!(
+        e.contains("udp.shards: \"Auto\" is not a number of shards"),
+        "{e}"
+    );
+    let e = errors("udp: {shards: [1, 2]}\n");
+    assert!(
+        e.contains("udp.shards: expected a number of shards (1-256) or `auto`, found a list"),
+        "{e}"
+    );
+    let e = errors("udp: {shards: 1.5}\n");
+    assert!(e.contains("found the number 1.5"), "{e}");
+}
+
+#[test]
+fn shards_resolve_to_the_cores_for_auto_within_1_to_256() {
+    assert_eq!(Shards::Auto.resolve(4), 4);
+    assert_eq!(Shards::Auto.resolve(0), 1);
+    assert_eq!(Shards::Auto.resolve(1000), Shards::MAX);
+    let three = Shards::Count(NonZeroUsize::new(3).unwrap());
+    assert_eq!(three.resolve(64), 3);
+    assert_eq!(three.resolve(1), 3);
 }
 
 #[test]

@@ -112,3 +112,20 @@ fn every_section_is_a_top_level_key() {
         assert!(keys::ROOT.key(section.name).is_some(), "{}", section.name);
     }
 }
+
+/// The example of `porter check`'s output at the top of the reference lists the known keys
+/// of `udp`: it is the checker's own message for that mistake, key list included.
+#[test]
+fn the_unknown_key_example_is_what_the_checker_prints() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/configuration.md");
+    let text = std::fs::read_to_string(path).expect("docs/configuration.md is readable");
+    let file = "log: {level: info}\nudp:\n  bnd: 0.0.0.0\n";
+    let errors = porter_config::from_str_with_env(file, "config.yaml", &|_| None)
+        .expect_err("`bnd` is no key of `udp`");
+    let line = errors.to_string();
+    assert!(line.starts_with("config.yaml:3:3: udp.bnd: "), "{line}");
+    assert!(
+        text.lines().any(|l| l == line),
+        "docs/configuration.md should show the checker's line\n{line}"
+    );
+}

@@ -55,6 +55,9 @@ pub struct Settings {
     pub receive_buffer: usize,
     /// Client sends batched with `sendmmsg`.
     pub batch_sends: bool,
+    /// Data-plane shards to run (`udp.shards` resolved: `auto` is one per available
+    /// core); 1 to [`config::Shards::MAX`].
+    pub shards: usize,
 }
 
 impl Settings {
@@ -175,6 +178,7 @@ impl Settings {
             config_file: None,
             receive_buffer: config.udp.receive_buffer,
             batch_sends: config.udp.batch_sends,
+            shards: config.udp.shards.resolve(available_cores()),
         })
     }
 
@@ -189,9 +193,15 @@ impl Settings {
             transparent: self.transparent,
             receive_buffer: self.receive_buffer,
             batch_sends: self.batch_sends,
-            shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            shards: self.shards,
         }
     }
+}
+
+/// The cores this process may run on (affinity and cgroup quota included); 1 when the
+/// system cannot say.
+fn available_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }
 
 /// A seed for the core's randomness, from the OS (through std's randomly keyed hasher,

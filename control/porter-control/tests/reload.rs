@@ -154,3 +154,20 @@ fn a_rejected_file_changes_nothing_and_names_every_problem() {
     assert!(reloader.reload().is_err());
     assert_eq!(routes_text(&relay), before);
 }
+
+#[test]
+fn a_change_of_udp_shards_needs_a_restart_and_still_applies_the_routes() {
+    let (path, reloader, relay) = start(&format!(
+        "{HEAD}routes:\n- {{fqdn: a.test, type: simple, target: \"127.0.0.1:1\"}}\n"
+    ));
+    std::fs::write(
+        &path,
+        "udp: {port: 7000, shards: 2}\nroutes:\n\
+         - {fqdn: a.test, type: simple, target: \"127.0.0.1:11\"}\n",
+    )
+    .unwrap();
+    let report = reloader.reload().expect("valid file");
+    assert_eq!(report.needs_restart, ["udp"]);
+    assert_eq!(report.changed, ["a.test"]);
+    assert_eq!(routes_text(&relay), ["a.test 127.0.0.1:11"]);
+}

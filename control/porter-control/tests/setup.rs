@@ -88,3 +88,23 @@ fn udp_transparent_reaches_the_data_plane_and_is_off_by_default() {
         "{text}"
     );
 }
+
+#[test]
+fn shards_reach_the_host_settings_auto_as_the_available_cores() {
+    let settings = |text: &str| {
+        let config = porter_config::from_str(text, "t.yaml").unwrap();
+        Settings::from_config_with_env(&config, |_| None).unwrap()
+    };
+    let two = settings("udp: {shards: 2}\n");
+    assert_eq!((two.shards, two.host_settings().shards), (2, 2));
+    let cores = std::thread::available_parallelism().unwrap().get();
+    for text in ["", "udp: {shards: auto}\n"] {
+        let auto = settings(text);
+        assert_eq!(
+            auto.shards,
+            cores.min(porter_config::Shards::MAX),
+            "{text:?}"
+        );
+        assert_eq!(auto.host_settings().shards, auto.shards);
+    }
+}

@@ -1336,10 +1336,12 @@ fn si(v: f64) -> String {
     }
 }
 
-const MODES: [&str; 5] = [
+const MODES: [&str; 7] = [
     "direct",
     "porter",
     "porter-unbatched",
+    "porter-1shard",
+    "porter-2shards",
     "porter-smol",
     "nginx",
 ];
