@@ -727,6 +727,21 @@ impl Api {
     }
 
     fn stats(&self) -> Reply {
+        let shards = self.relay.shard_stats();
+        let per_shard: Vec<serde_json::Value> = shards
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                json!({
+                    "shard": i,
+                    "sessions": s.relay.sessions,
+                    "paths": s.relay.paths,
+                    "upstream_sockets": s.upstream_sockets,
+                    "drops": s.relay.drops.iter().sum::<u64>(),
+                    "moved_in": s.relay.lookups.from_shards,
+                })
+            })
+            .collect();
         let host = self.relay.stats();
         let (stats, upstreams) = (&host.relay, host.upstream_sockets);
         let gauges = (self.gauges)();
@@ -782,7 +797,12 @@ impl Api {
                 "timed_out": stats.lookups.timed_out,
                 "rate_limited": stats.lookups.rate_limited,
                 "pending": stats.lookups.pending,
+                "from_shards": stats.lookups.from_shards,
             },
+            "shards": host.shards,
+            // Per shard, what tells them apart: where sessions and drops are, and how
+            // many connections each adopted from another.
+            "shard_stats": per_shard,
             "buffered_bytes": stats.buffered_bytes,
             "routes": stats.routes,
             "sessions_opened": stats.sessions_opened,

@@ -12,7 +12,7 @@
 //! The tests keep the case names, in modules named after the files that hold them:
 //! `cases::routes_by_sni_exact_wildcard_and_default`, `control_cases::..`,
 //! `agones_cases::..`, `reload_cases::..`, `edge_cases::..`, `fd_cases::..`,
-//! `scale_cases::..`, `directory_cases::..`, `transparent_cases::..` (the latter build
+//! `scale_cases::..`, `shard_cases::..`, `directory_cases::..`, `transparent_cases::..` (the latter build
 //! their own network namespaces, as root).
 //!
 //! The peers the cases use are public too: [`Pki`], [`EchoServer`], [`client_endpoint`],
@@ -47,6 +47,8 @@ mod peers;
 pub mod reload_cases;
 #[doc(hidden)]
 pub mod scale_cases;
+#[doc(hidden)]
+pub mod shard_cases;
 #[doc(hidden)]
 pub mod transparent_cases;
 
@@ -144,6 +146,10 @@ macro_rules! __with_cases {
                 ngtcp2_download_moved_to_another_instance_keeps_it_with_the_directory,
                 with_redis_stopped_the_directory_is_down_and_known_connections_flow,
             }
+            shard_cases {
+                a_client_that_moves_to_a_port_of_another_shard_keeps_its_backend,
+                a_nat_rebinding_onto_another_shard_keeps_its_backend,
+            }
             scale_cases {
                 replies_to_many_clients_leave_in_batches,
                 an_l4_balancer_moving_a_connection_to_another_instance_keeps_it_with_quic_lb,
@@ -207,6 +213,7 @@ mod tests {
             ("reload_cases", include_str!("reload_cases.rs")),
             ("edge_cases", include_str!("edge_cases.rs")),
             ("scale_cases", include_str!("scale_cases.rs")),
+            ("shard_cases", include_str!("shard_cases.rs")),
             ("fd_cases", include_str!("fd_cases.rs")),
             ("transparent_cases", include_str!("transparent_cases.rs")),
             ("directory_cases", include_str!("directory_cases.rs")),

@@ -424,6 +424,15 @@ impl Nat {
         addr
     }
 
+    /// Moves to the outside socket `socket` (bound already, say to a port chosen for
+    /// where the relay's kernel hashes it).
+    pub fn rebind_on(&self, socket: std::net::UdpSocket) {
+        socket.set_nonblocking(true).expect("non-blocking socket");
+        let sock = Arc::new(UdpSocket::from_std(socket).expect("a tokio socket"));
+        self.return_path(sock.clone());
+        *self.outside.lock().unwrap() = sock;
+    }
+
     /// Moves the flow to `target` from a new outside port, as an L4 load balancer whose
     /// hash changed (the client's NAT rebound) sends it to another relay instance;
     /// returns the new outside address.

@@ -138,7 +138,9 @@ pub struct Engine<R: Runtime> {
     /// Per listener: the kernel receive buffer in effect, in bytes.
     receive_buffers: Vec<usize>,
     upstreams: Mutex<HashMap<PathId, Upstream<R>>>,
-    own_addrs: OwnAddrs,
+    /// Shared by every shard: a shard's upstream socket may send to another shard's
+    /// listener.
+    own_addrs: Arc<OwnAddrs>,
     allocations: Mutex<HashMap<AllocationId, R::Task>>,
     allocator: Option<Arc<dyn Allocator>>,
     /// Where connection IDs this relay does not know are looked up, once set.
@@ -160,12 +162,15 @@ impl<R: Runtime> Engine<R> {
     /// The engine is shard `shard` of the host whose shards' cells are `cells` (in shard
     /// order; `cells[shard]` is `cell`'s): a lookup of a connection ID the core does not
     /// know asks the other shards first ([`porter_core::Relay::claim_short`]).
+    /// The upstream sockets' local addresses are kept in `own_addrs`, one set for every
+    /// shard.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(
+    fn new(
         rt: R,
         cell: Arc<HostCell>,
         shard: usize,
         cells: Arc<[Arc<HostCell>]>,
+        own_addrs: Arc<OwnAddrs>,
         listeners: Vec<Socket<R::Udp>>,
         allocator: Option<Arc<dyn Allocator>>,
         batch_sends: bool,
@@ -182,7 +187,7 @@ impl<R: Runtime> Engine<R> {
             sends,
             receive_buffers,
             upstreams: Mutex::new(HashMap::new()),
-            own_addrs: OwnAddrs::new(),
+            own_addrs,
             allocations: Mutex::new(HashMap::new()),
             allocator,
             directory: OnceLock::new(),
@@ -901,6 +906,7 @@ pub fn start<R: Runtime>(
         cells.push(HostCell::new(RelayHost::new(relay, settings.log_requests)));
     }
     let all: Arc<[Arc<HostCell>]> = cells.clone().into();
+    let own_addrs = Arc::new(OwnAddrs::new());
     let engines: Vec<Arc<Engine<R>>> = runtimes
         .into_iter()
         .zip(listeners)
@@ -912,6 +918,7 @@ pub fn start<R: Runtime>(
                 cell,
                 i,
                 all.clone(),
+                own_addrs.clone(),
                 listeners,
                 allocator.clone(),
                 settings.batch_sends,

@@ -443,6 +443,8 @@ pub struct HostStats {
     pub refused_without_route: u64,
     /// Routing wait, session duration and allocation time.
     pub histograms: Histograms,
+    /// Data-plane shards these stats cover (1 for one shard's).
+    pub shards: usize,
 }
 
 impl HostStats {
@@ -470,6 +472,7 @@ impl HostStats {
         self.routes.sort_by(|a, b| a.route.cmp(&b.route));
         self.refused_without_route += other.refused_without_route;
         self.histograms.merge(&other.histograms);
+        self.shards += other.shards;
     }
 }
 
@@ -636,6 +639,18 @@ impl RelayHandle {
         for more in all {
             total.merge(&more);
         }
+        if self.cells.len() > 1 {
+            // A game server's ID is bound in every shard that has a session on it:
+            // counted once.
+            let mut ids: Vec<_> = self
+                .read_each(Relay::allocated_server_ids)
+                .into_iter()
+                .flatten()
+                .collect();
+            ids.sort_unstable();
+            ids.dedup();
+            total.relay.quic_lb.allocated_server_ids = ids.len();
+        }
         total
     }
 
@@ -663,6 +678,7 @@ impl RelayHandle {
             routes,
             refused_without_route,
             histograms,
+            shards: 1,
         }
     }
 

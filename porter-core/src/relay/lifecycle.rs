@@ -225,6 +225,14 @@ impl Relay {
                 session: id,
                 path: path.id,
             });
+            // For the host, the connection goes on elsewhere: this was one of its paths.
+            if moved {
+                self.notifications.push_back(Notification::PathClosed {
+                    session: id,
+                    path: path.id,
+                    client: path.client,
+                });
+            }
         }
         self.stats.sessions_closed += 1;
         self.notifications.push_back(Notification::SessionClosed {

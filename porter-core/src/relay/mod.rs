@@ -173,6 +173,12 @@ impl Relay {
         }
     }
 
+    /// The QUIC-LB server IDs bound to allocated game servers now (see
+    /// [`Relay::complete_allocation_with_server_id`]).
+    pub fn allocated_server_ids(&self) -> Vec<crate::quic_lb::ServerId> {
+        self.allocated_server_ids.ids().collect()
+    }
+
     /// The configuration.
     pub fn config(&self) -> &RelayConfig {
         &self.config

@@ -187,6 +187,11 @@ pub(super) struct AllocatedServerIds {
 }
 
 impl AllocatedServerIds {
+    /// The server IDs bound now.
+    pub(super) fn ids(&self) -> impl Iterator<Item = ServerId> + '_ {
+        self.by_id.keys().copied()
+    }
+
     fn backend_of(&self, id: ServerId) -> Option<BackendAddr> {
         self.by_id.get(&id).map(|(backend, _)| *backend)
     }

@@ -315,6 +315,18 @@ pub(super) fn render(
             value,
         );
     }
+    m.family(
+        "porter_shard_moves_total",
+        "counter",
+        "Connections a data-plane shard adopted from another shard of this instance (a client whose new 4-tuple the kernel hashed to another shard).",
+    );
+    m.sample("porter_shard_moves_total", &[], l.from_shards);
+    m.single(
+        "porter_shards",
+        "gauge",
+        "Data-plane shards (udp.shards): relays with listener and upstream sockets of their own.",
+        host.shards,
+    );
     m.single(
         "porter_directory_pending_lookups",
         "gauge",
