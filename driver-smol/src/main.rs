@@ -3,8 +3,10 @@
 //! `porter`: `porter-smol --config FILE` runs the relay; `porter-smol check --config
 //! FILE` validates a configuration.
 //!
-//! Runs without a tokio runtime (the route sync's Redis client runs on smol too). The executor runs on the main thread, plus
-//! `SMOL_THREADS - 1` more threads when that variable is set. Only with `agones.enabled`
+//! Runs without a tokio runtime (the route sync's Redis client runs on smol too). The
+//! first executor runs on the main thread (the control plane and data-plane shard 0),
+//! plus `SMOL_THREADS - 1` more threads when that variable is set; every further shard
+//! (`udp.shards`) gets an executor on a thread of its own. Only with `agones.enabled`
 //! does a small tokio runtime start (one extra thread) for the allocator client (tonic).
 
 mod api;

@@ -179,6 +179,8 @@ impl Setup {
             },
             // No directory lookups: the relay model has no directory to answer them.
             directory: porter_core::DirectoryConfig::default(),
+            // One relay: the model has no other shard to ask.
+            shard: porter_core::Shard::default(),
             max_buffered_per_session: pick(&[0, 1200, 2600, 5000, 64 * 1024], self.per_session),
             max_buffered_total: pick(&[0, 1250, 4000, 12_000, 64 << 20], self.total),
             max_pending_allocations: usize::from(self.max_allocations % 4),

@@ -94,7 +94,11 @@ async fn moved(porter: &Porter, from: usize, to: usize) {
         "the old shard's session ends once its path idles out: {}",
         porter.stats()
     );
-    assert!(porter.log().contains("reason=\"moved\""), "{}", porter.log());
+    assert!(
+        porter.log().contains("reason=\"moved\""),
+        "{}",
+        porter.log()
+    );
 }
 
 /// A quinn client rebinds to a socket whose 4-tuple the kernel hashes to the other shard
