@@ -38,7 +38,7 @@ impl Runtime for Tokio {
     /// Every shard on the one multi-threaded runtime: its workers (one per core) take
     /// whichever shard's tasks are ready.
     fn for_shard(&self, _index: usize) -> Self {
-        Tokio
+        Self
     }
 }
 

@@ -792,9 +792,13 @@ impl<R: Runtime> Shards<R> {
     /// Sets the connection-ID directory shared between instances, in every shard (once;
     /// a second call is ignored and returns `false`).
     pub fn set_directory(&self, directory: Arc<dyn Directory>) -> bool {
-        self.engines
+        // Every engine, even after one refused (no short circuit).
+        let set: Vec<bool> = self
+            .engines
             .iter()
-            .fold(true, |set, e| e.set_directory(directory.clone()) && set)
+            .map(|e| e.set_directory(directory.clone()))
+            .collect();
+        set.iter().all(|s| *s)
     }
 
     /// The listeners' local addresses (every shard listens on the same ones).

@@ -450,7 +450,7 @@ pub struct HostStats {
 impl HostStats {
     /// Adds another shard's stats to these: counters and gauges add up (the socket
     /// limit too: each shard has its part), per-route counters by route name.
-    pub fn merge(&mut self, other: &HostStats) {
+    pub fn merge(&mut self, other: &Self) {
         self.relay.merge(&other.relay);
         self.upstream_sockets += other.upstream_sockets;
         self.upstream_socket_limit += other.upstream_socket_limit;

@@ -46,7 +46,7 @@ impl Histogram {
 
     /// Adds another histogram's observations (another shard's) to this one; both must
     /// have the same bounds (they always do: the bounds are constants).
-    pub fn merge(&mut self, other: &Histogram) {
+    pub fn merge(&mut self, other: &Self) {
         debug_assert_eq!(self.bounds, other.bounds);
         for (mine, theirs) in self.counts.iter_mut().zip(&other.counts) {
             *mine += theirs;
@@ -177,7 +177,7 @@ pub struct Histograms {
 
 impl Histograms {
     /// Adds another shard's histograms to these.
-    pub fn merge(&mut self, other: &Histograms) {
+    pub fn merge(&mut self, other: &Self) {
         self.routing_wait.merge(&other.routing_wait);
         self.session_duration.merge(&other.session_duration);
         for (label, theirs) in &other.allocation {
@@ -191,7 +191,7 @@ impl Histograms {
 
 impl RouteStats {
     /// Adds another shard's counters of the same route to these.
-    pub fn merge(&mut self, other: &RouteStats) {
+    pub fn merge(&mut self, other: &Self) {
         self.sessions += other.sessions;
         self.sessions_opened += other.sessions_opened;
         self.refusals += other.refusals;

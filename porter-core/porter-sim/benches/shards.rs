@@ -81,7 +81,8 @@ fn shards(n: usize) -> Vec<Relay> {
             1200,
             &mut rng,
         );
-        owner.handle_backend_datagram(now, PathId(session.0 << 16), &flight);
+        let v = owner.handle_backend_datagram(now, PathId(session.0 << 16), &flight);
+        assert!(matches!(v, Verdict::ToClient { .. }), "{v:?}");
         while owner.poll_command().is_some() {}
         while owner.poll_notification().is_some() {}
     }
@@ -93,7 +94,7 @@ fn shards(n: usize) -> Vec<Relay> {
 const MISSES: usize = 1_000;
 
 #[divan::bench(args = SESSIONS, sample_count = 100, sample_size = 10)]
-fn miss_to_another_shard(bencher: Bencher, n: usize) {
+fn miss_to_another_shard(bencher: Bencher<'_, '_>, n: usize) {
     let mut shards = shards(n);
     // One datagram per session that moves, from a new port of its client's IP.
     let moves: Vec<(ClientAddr, Vec<u8>)> = (0..MISSES.min(n))
@@ -141,7 +142,7 @@ fn miss_to_another_shard(bencher: Bencher, n: usize) {
 }
 
 #[divan::bench(args = SESSIONS, sample_count = 1000, sample_size = 100)]
-fn hit_on_the_owning_shard(bencher: Bencher, n: usize) {
+fn hit_on_the_owning_shard(bencher: Bencher<'_, '_>, n: usize) {
     let mut shards = shards(n);
     let datagram = short_header_packet(0, &scid(n / 2), 9, &[0; 1100]);
     let from = client(n / 2, 1000);

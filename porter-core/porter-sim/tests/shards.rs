@@ -160,7 +160,7 @@ fn a_nat_rebinding_that_lands_on_the_other_shard_continues_there_to_the_same_bac
         panic!("{out:?}")
     };
     assert_eq!((*client, *b), (moved, backend()));
-    assert_eq!(datagrams.as_slice(), [datagram.clone()]);
+    assert_eq!(datagrams.as_slice(), std::slice::from_ref(&datagram));
     // From then on the moved client is shard 1's, without another lookup.
     let next = short_header_packet(0, &scid, 3, &[3; 40]);
     assert!(matches!(

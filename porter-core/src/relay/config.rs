@@ -153,7 +153,7 @@ impl RelayConfig {
     /// lookups); per-address, per-IP and per-session caps as they are (they apply per
     /// shard); lookups of unknown CIDs on, since they carry datagrams between shards;
     /// and a seed of its own. `count` of 1 gives the configuration back unchanged.
-    pub fn for_shard(&self, index: u32, count: u32) -> RelayConfig {
+    pub fn for_shard(&self, index: u32, count: u32) -> Self {
         let count = count.max(1);
         let shard = Shard {
             index: index.min(count - 1),

@@ -167,7 +167,7 @@ impl ShortClaim {
     /// Decides a lookup from shard `own` given every shard's claim (indexed by shard): a
     /// known CID wins; else exactly one session of the client's IP over all shards is
     /// followed; several are a guess, never made.
-    pub fn settle(own: usize, claims: &[ShortClaim]) -> Settled {
+    pub fn settle(own: usize, claims: &[Self]) -> Settled {
         let decide = |owner: usize, session: Option<SessionId>, cid: ConnectionId, backend| {
             if owner == own {
                 Settled::Here
@@ -182,17 +182,17 @@ impl ShortClaim {
         };
         for (i, claim) in claims.iter().enumerate() {
             match *claim {
-                ShortClaim::Known {
+                Self::Known {
                     session,
                     cid,
                     backend,
                 } => return decide(i, Some(session), cid, backend),
-                ShortClaim::ServerId { cid, backend } => return decide(i, None, cid, backend),
+                Self::ServerId { cid, backend } => return decide(i, None, cid, backend),
                 _ => {}
             }
         }
         let mut sole = claims.iter().enumerate().filter_map(|(i, c)| match *c {
-            ShortClaim::SoleOfIp {
+            Self::SoleOfIp {
                 session,
                 cid,
                 backend,

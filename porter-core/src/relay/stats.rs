@@ -84,8 +84,8 @@ pub struct RelayStats {
 impl RelayStats {
     /// Adds another shard's stats to these (see [`super::Shard`]): counters and gauges
     /// add up; `routes`, which every shard holds alike, is the larger of the two.
-    pub fn merge(&mut self, other: &RelayStats) {
-        let RelayStats {
+    pub fn merge(&mut self, other: &Self) {
+        let Self {
             sessions,
             pending_sessions,
             allocations_in_flight,
