@@ -14,7 +14,9 @@
 //! - Writes queue up (bounded: beyond [`MAX_QUEUED`] they are dropped and counted) and
 //!   leave as one pipeline per batch: one flush at most every [`FLUSH_DELAY`], each of
 //!   up to [`BATCH`] commands, so the round trips per second are bounded whatever the
-//!   rate of new sessions (BENCHMARKS.md has the measured figure).
+//!   rate of new sessions (BENCHMARKS.md has the measured figure). A write after a quiet
+//!   spell of at least [`FLUSH_DELAY`] leaves at once: only under load does a new
+//!   connection's first write wait, for at most [`FLUSH_DELAY`].
 //! - A lookup is one `MGET` of the keys of every CID length (1 to 20 bytes) the held
 //!   datagram's DCID bytes can start with (short headers carry no length), longest first,
 //!   within [`LOOKUP_TIMEOUT`]. With the link down it answers "not found" at once,
@@ -277,9 +279,15 @@ impl RedisDirectory {
         tracing::info!(instance = %self.inner.instance, "connection-ID directory up");
         let refresh = self.inner.ttl / 3;
         let mut next_refresh = Instant::now() + refresh;
+        // When the last pipeline of writes left: the next waits out what is left of
+        // FLUSH_DELAY since then, and no more, so a write after a quiet spell (a new
+        // connection's first CIDs) leaves at once.
+        let mut last_flush: Option<Instant> = None;
         loop {
-            if let Err(e) = self.flush(&mut conn).await {
-                return e;
+            match self.flush(&mut conn).await {
+                Ok(true) => last_flush = Some(Instant::now()),
+                Ok(false) => {}
+                Err(e) => return e,
             }
             let now = Instant::now();
             if now >= next_refresh {
@@ -308,12 +316,18 @@ impl RedisDirectory {
                 continue;
             }
             // Let writes gather: one pipeline per FLUSH_DELAY at most.
-            self.inner.timer.sleep(FLUSH_DELAY).await;
+            let left =
+                last_flush.and_then(|at| (at + FLUSH_DELAY).checked_duration_since(Instant::now()));
+            if let Some(left) = left {
+                self.inner.timer.sleep(left).await;
+            }
         }
     }
 
-    /// Writes the queue, a pipeline of at most [`BATCH`] commands at a time.
-    async fn flush(&self, conn: &mut MultiplexedConnection) -> Result<(), String> {
+    /// Writes the queue, a pipeline of at most [`BATCH`] commands at a time; whether
+    /// there was anything to write.
+    async fn flush(&self, conn: &mut MultiplexedConnection) -> Result<bool, String> {
+        let mut wrote = false;
         loop {
             let ops: Vec<Op> = {
                 let mut st = lock(&self.inner.state);
@@ -321,9 +335,10 @@ impl RedisDirectory {
                 st.queue.drain(..n).collect()
             };
             if ops.is_empty() {
-                return Ok(());
+                return Ok(wrote);
             }
             self.send(conn, &ops).await?;
+            wrote = true;
         }
     }
 

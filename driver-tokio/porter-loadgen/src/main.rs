@@ -1336,13 +1336,15 @@ fn si(v: f64) -> String {
     }
 }
 
-const MODES: [&str; 7] = [
+const MODES: [&str; 9] = [
     "direct",
     "porter",
     "porter-unbatched",
     "porter-1shard",
     "porter-2shards",
     "porter-smol",
+    "porter-smol-1shard",
+    "porter-smol-2shards",
     "nginx",
 ];
 
