@@ -22,7 +22,9 @@
 //!   datagrams held for it), [`Command::Transmit`] (send bytes the relay made to a
 //!   client), [`Command::Allocate`] / [`Command::CancelAllocation`],
 //!   [`Command::CloseUpstream`] (close a path's socket), [`Command::LookupConnection`]
-//!   (ask the connection-ID directory shared between instances, with lookups on);
+//!   (ask the other shards, then the connection-ID directory shared between instances,
+//!   with lookups on), [`Command::ConnectionMoved`] (sharded: tell the shard a connection
+//!   came from that its backend answers here);
 //! - [`Notification`]s, for logs, metrics and the control plane, drained with
 //!   [`Relay::poll_notification`]: a session opened or closed, a connection refused, a
 //!   path opened (a client that moved) or closed, a temporary route that expired, the
@@ -89,6 +91,7 @@
 //!             Command::CancelAllocation { id } => { /* stop asking */ }
 //!             Command::CloseUpstream { path: _, .. } => { /* close that path's socket */ }
 //!             Command::LookupConnection { id, dcid, .. } => { /* ask the directory, then complete_lookup */ }
+//!             Command::ConnectionMoved { shard, session } => { /* sharded: tell that shard */ }
 //!         }
 //!     }
 //!     // 3. The notifications.

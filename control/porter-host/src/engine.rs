@@ -524,6 +524,15 @@ impl<R: Runtime> Engine<R> {
             Command::LookupConnection { id, client, dcid } => {
                 self.start_lookup(id, client, dcid, outs);
             }
+            Command::ConnectionMoved { shard, session } => {
+                // The other shard lets its old path idle out (this shard's lock is not
+                // held here: one host lock at a time).
+                let cell = usize::try_from(shard).ok().and_then(|i| self.cells.get(i));
+                if let Some(cell) = cell {
+                    cell.lock().moved_to_shard(Instant::now(), session);
+                    cell.work_pending();
+                }
+            }
         }
     }
 
@@ -665,9 +674,9 @@ impl<R: Runtime> Engine<R> {
         }));
     }
 
-    /// Hands a lookup's answer to the core; its commands join `outs`. A connection
-    /// another shard had: that shard lets its old path idle out (told after this shard's
-    /// lock is released: one host lock at a time).
+    /// Hands a lookup's answer to the core; its commands join `outs`. (A connection
+    /// another shard had is adopted here; that shard hears of it once the backend
+    /// answers here: `Command::ConnectionMoved`.)
     fn complete_lookup(
         &self,
         id: LookupId,
@@ -681,11 +690,14 @@ impl<R: Runtime> Engine<R> {
             match settled {
                 Settled::Here => host.complete_lookup_here(now, id),
                 Settled::Elsewhere {
+                    owner,
+                    session,
                     cid,
                     backend,
-                    session,
-                    ..
-                } => host.complete_lookup_moved(now, id, cid, backend, session.is_none()),
+                } => {
+                    let owner = u32::try_from(owner).unwrap_or(u32::MAX);
+                    host.complete_lookup_moved(now, id, cid, backend, (owner, session));
+                }
                 Settled::Unknown => host.complete_lookup(now, id, answer),
             }
             plan_commands(&mut host, outs);
@@ -693,17 +705,6 @@ impl<R: Runtime> Engine<R> {
             host.take_notifications()
         };
         self.cell.deliver(&notes);
-        if let Settled::Elsewhere {
-            owner,
-            session: Some(session),
-            ..
-        } = settled
-        {
-            if let Some(cell) = self.cells.get(owner) {
-                cell.lock().moved_to_shard(Instant::now(), session);
-                cell.work_pending();
-            }
-        }
     }
 
     /// Wakes the timer task if the core's next deadline is earlier than the armed one.

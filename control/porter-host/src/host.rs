@@ -232,11 +232,11 @@ impl RelayHost {
         id: LookupId,
         cid: ConnectionId,
         backend: BackendAddr,
-        by_server_id: bool,
+        from: (u32, Option<SessionId>),
     ) {
         if let Err(e) = self
             .relay
-            .complete_lookup_moved(now, id, cid, backend, by_server_id)
+            .complete_lookup_moved(now, id, cid, backend, from)
         {
             tracing::debug!(lookup = %id, "{e}");
         }

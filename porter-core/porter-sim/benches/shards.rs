@@ -131,11 +131,12 @@ fn miss_to_another_shard(bencher: Bencher<'_, '_>, n: usize) {
             panic!("found on shard 0")
         };
         shards[1]
-            .complete_lookup_moved(now, id, cid, backend, false)
+            .complete_lookup_moved(now, id, cid, backend, (0, session))
             .unwrap();
         let open = shards[1].poll_command();
         assert!(matches!(open, Some(Command::OpenUpstream { .. })));
         while shards[1].poll_notification().is_some() {}
+        // What the host does once the backend answers on the new path.
         shards[0].moved_to_shard(now, session.unwrap());
     });
 }

@@ -472,7 +472,7 @@ impl RelayDriver {
                 None => self.stats.inconsistencies += 1,
             },
             // No directory in the simulation: the relay's own timer ends the lookup.
-            Command::LookupConnection { .. } => {}
+            Command::LookupConnection { .. } | Command::ConnectionMoved { .. } => {}
         }
     }
 

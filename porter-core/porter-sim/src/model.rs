@@ -521,8 +521,8 @@ impl RelayModel {
                 Command::Allocate { .. } => self.cover("allocate"),
                 Command::CancelAllocation { .. } => self.cover("cancel_allocation"),
                 Command::CloseUpstream { .. } => self.cover("close_upstream"),
-                Command::LookupConnection { .. } => {
-                    panic!("the model runs without directory lookups: {command:?}")
+                Command::LookupConnection { .. } | Command::ConnectionMoved { .. } => {
+                    panic!("the model runs one relay, without directory lookups: {command:?}")
                 }
             }
             match command {
@@ -683,7 +683,7 @@ impl RelayModel {
                     );
                 }
                 // Refused above.
-                Command::LookupConnection { .. } => {}
+                Command::LookupConnection { .. } | Command::ConnectionMoved { .. } => {}
             }
         }
         // Refusals outside a client datagram's handling go out as Transmits, one per

@@ -53,6 +53,10 @@ fn commands(relay: &mut Relay) -> Vec<Command> {
 fn run_host(shards: &mut [Relay], own: usize, now: Instant) -> Vec<Command> {
     let mut out = Vec::new();
     for command in commands(&mut shards[own]) {
+        if let Command::ConnectionMoved { shard, session } = command {
+            assert!(shards[shard as usize].moved_to_shard(now, session));
+            continue;
+        }
         let Command::LookupConnection { id, client, dcid } = command else {
             out.push(command);
             continue;
@@ -68,14 +72,9 @@ fn run_host(shards: &mut [Relay], own: usize, now: Instant) -> Vec<Command> {
                 session,
                 cid,
                 backend,
-            } => {
-                shards[own]
-                    .complete_lookup_moved(now, id, cid, backend, session.is_none())
-                    .unwrap();
-                if let Some(session) = session {
-                    assert!(shards[owner].moved_to_shard(now, session));
-                }
-            }
+            } => shards[own]
+                .complete_lookup_moved(now, id, cid, backend, (owner as u32, session))
+                .unwrap(),
             Settled::Unknown => shards[own].complete_lookup(now, id, None).unwrap(),
         }
         out.extend(commands(&mut shards[own]));
@@ -154,11 +153,13 @@ fn a_nat_rebinding_that_lands_on_the_other_shard_continues_there_to_the_same_bac
         client,
         backend: b,
         datagrams,
+        path: new_path,
         ..
     }] = out.as_slice()
     else {
         panic!("{out:?}")
     };
+    let new_path = *new_path;
     assert_eq!((*client, *b), (moved, backend()));
     assert_eq!(datagrams.as_slice(), std::slice::from_ref(&datagram));
     // From then on the moved client is shard 1's, without another lookup.
@@ -178,8 +179,18 @@ fn a_nat_rebinding_that_lands_on_the_other_shard_continues_there_to_the_same_bac
     );
     // Over the host, a client moved: one path opened, no new session.
     assert_eq!((stats.sessions_opened, stats.paths_opened), (0, 1));
-    // Shard 0's old path idles out like any old path, not after the idle timeout; the
-    // connection has not ended, so its CID is not remembered as ended there.
+    // Until the backend answers on shard 1's path, shard 0 is not told: a copy of the
+    // datagram from elsewhere moves nothing.
+    assert_eq!(run_host(&mut shards, 1, now), vec![]);
+    let answer = short_header_packet(0, &[0xc1; 8], 1, &[5; 40]);
+    let v = shards[1].handle_backend_datagram(now, new_path, &answer);
+    assert!(
+        matches!(v, Verdict::ToClient { client, .. } if client == moved),
+        "{v:?}"
+    );
+    run_host(&mut shards, 1, now);
+    // Then shard 0's old path idles out like any old path, not after the idle timeout;
+    // the connection has not ended, so its CID is not remembered as ended there.
     let later = now + shards[0].config().path_idle_timeout;
     shards[0].handle_timeout(later - std::time::Duration::from_millis(1));
     assert_eq!(shards[0].session_count(), 1);
@@ -193,6 +204,36 @@ fn a_nat_rebinding_that_lands_on_the_other_shard_continues_there_to_the_same_bac
         .collect();
     assert_eq!(closed, [CloseReason::Moved]);
     assert_eq!(shards[0].stats().remembered_ended_cids, 0);
+}
+
+#[test]
+fn a_copied_datagram_on_another_shard_that_the_backend_ignores_moves_nothing() {
+    let mut shards = shards();
+    let now = Instant::now();
+    let scid = [0xa1; 8];
+    let home = addr("198.51.100.1:1000");
+    connect(&mut shards, 0, home, 1, scid);
+    // An observer replays the client's datagram from elsewhere; it lands on shard 1,
+    // which adopts the connection on a path of its own. The backend drops the replay.
+    let forger = addr("203.0.113.9:4000");
+    let copy = short_header_packet(0, &scid, 1, &[1; 40]);
+    let v = shards[1].handle_client_datagram(now, forger, &copy);
+    assert!(matches!(v, Verdict::Held { .. }), "{v:?}");
+    run_host(&mut shards, 1, now);
+    assert_eq!(shards[1].session_count(), 1);
+    // The real client is idle for longer than a path lives, and its session on shard 0
+    // stays; the adopted one on shard 1 ends at its handshake timeout, unanswered.
+    let later = now + shards[0].config().handshake_timeout;
+    for shard in shards.iter_mut() {
+        shard.handle_timeout(later);
+    }
+    assert_eq!(
+        (shards[0].session_count(), shards[1].session_count()),
+        (1, 0)
+    );
+    let next = short_header_packet(0, &scid, 2, &[2; 40]);
+    let v = shards[0].handle_client_datagram(later, home, &next);
+    assert!(matches!(v, Verdict::ToBackend { .. }), "{v:?}");
 }
 
 #[test]

@@ -10,7 +10,7 @@
 
 use std::time::Instant;
 
-use super::output::{DropReason, Verdict};
+use super::output::{Command, DropReason, Verdict};
 use super::Relay;
 use crate::ids::{PathId, SessionId};
 use crate::session::SessionState;
@@ -55,6 +55,13 @@ impl Relay {
         let adopted_answered = !std::mem::replace(&mut session.confirmed, true);
         if adopted_answered {
             self.validate(id);
+            // Adopted from another shard: only now, with the backend answering on this
+            // shard's path, has the connection moved (a copied datagram it ignores
+            // moves nothing).
+            if let Some((shard, session)) = self.adopted_from.remove(&id) {
+                self.commands
+                    .push_back(Command::ConnectionMoved { shard, session });
+            }
         }
         if wire::is_long_header(first) {
             let max = self.config.max_cids_per_session.max(1);

@@ -211,8 +211,8 @@ impl ShortClaim {
 enum Moved {
     /// The directory shared between instances.
     No,
-    /// Another shard's session.
-    Yes,
+    /// Another shard's session: that shard, and the session.
+    Yes(u32, SessionId),
     /// Another shard's server-ID binding.
     ByServerId,
 }
@@ -364,22 +364,22 @@ impl Relay {
     /// As [`Self::complete_lookup`] with a connection another shard of this host holds
     /// ([`Settled::Elsewhere`]): adopted the same way, but counted as a path opened
     /// (the host's sessions did not grow; a client moved) and in
-    /// [`LookupCounters::from_shards`]. Tell the other shard with
-    /// [`Self::moved_to_shard`]. `by_server_id`: the other shard routed it by a server
-    /// ID it had bound to an allocated game server ([`ShortClaim::ServerId`]); the ID is
-    /// then bound here too while the adopted session lives.
+    /// [`LookupCounters::from_shards`]. `from` is where it was: shard `from.0`'s session
+    /// `from.1`, which is told ([`Command::ConnectionMoved`]) once the backend answers
+    /// here; `from.1` is `None` when that shard routed the CID by a server ID it had
+    /// bound to an allocated game server ([`ShortClaim::ServerId`]): the ID is then bound
+    /// here too while the adopted session lives.
     pub fn complete_lookup_moved(
         &mut self,
         now: Instant,
         id: LookupId,
         cid: ConnectionId,
         backend: BackendAddr,
-        by_server_id: bool,
+        from: (u32, Option<SessionId>),
     ) -> Result<(), CompleteLookupError> {
-        let moved = if by_server_id {
-            Moved::ByServerId
-        } else {
-            Moved::Yes
+        let moved = match from.1 {
+            Some(session) => Moved::Yes(from.0, session),
+            None => Moved::ByServerId,
         };
         self.complete_lookup_with(now, id, Some((cid, backend)), moved)
     }
@@ -442,9 +442,13 @@ impl Relay {
         );
         match verdict {
             Verdict::Drop(reason) => self.drop_held(count, reason),
-            Verdict::Held { session } if moved == Moved::ByServerId => {
-                self.moved_server_id(cid, backend, session);
-            }
+            Verdict::Held { session } => match moved {
+                Moved::ByServerId => self.moved_server_id(cid, backend, session),
+                Moved::Yes(shard, owner) => {
+                    self.adopted_from.insert(session, (shard, owner));
+                }
+                Moved::No => {}
+            },
             _ => {}
         }
         Ok(())

@@ -204,6 +204,7 @@ impl Relay {
         self.path_count -= session.paths.len();
         // A connection another shard carries on has not ended.
         let moved = self.moved.remove(&id).is_some();
+        self.adopted_from.remove(&id);
         if session.state == SessionState::Established && !moved {
             self.remember_ended(now, id, &session.cids);
         }

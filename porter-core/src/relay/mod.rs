@@ -110,6 +110,9 @@ pub struct Relay {
     /// Sessions whose connection another shard carries on, since when
     /// ([`Relay::moved_to_shard`]).
     moved: HashMap<SessionId, Instant>,
+    /// Sessions adopted from another shard whose backend has not answered yet: the
+    /// shard and session they came from ([`Command::ConnectionMoved`]).
+    adopted_from: HashMap<SessionId, (u32, SessionId)>,
 }
 
 /// One page of [`Relay::sessions_page`].
@@ -170,6 +173,7 @@ impl Relay {
             },
             allocated_server_ids: quic_lb::AllocatedServerIds::default(),
             moved: HashMap::new(),
+            adopted_from: HashMap::new(),
         }
     }
 

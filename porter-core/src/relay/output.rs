@@ -116,6 +116,16 @@ pub enum Command {
         /// The path whose socket to close.
         path: PathId,
     },
+    /// A connection this shard adopted from shard `shard` (its client moved to a 4-tuple
+    /// this shard receives) has its backend's first answer here: tell that shard, with
+    /// [`crate::Relay::moved_to_shard`] for its session `session`, to let its old path
+    /// idle out. Only sharded hosts see it.
+    ConnectionMoved {
+        /// The shard the connection came from.
+        shard: u32,
+        /// Its session there.
+        session: SessionId,
+    },
     /// Ask the connection-ID directory which connection `dcid` belongs to, then pass the
     /// answer to [`crate::Relay::complete_lookup`] with `id` (the relay holds the
     /// datagram meanwhile, and gives up on its own timer).
