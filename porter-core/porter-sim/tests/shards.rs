@@ -306,6 +306,50 @@ fn a_move_that_lands_on_its_own_shard_opens_a_path_of_the_same_session() {
 }
 
 #[test]
+fn without_a_shared_directory_a_flood_of_unknown_cids_cannot_starve_a_move() {
+    let mut shards = shards();
+    for relay in shards.iter_mut() {
+        // One lookup a second: what a flood would spend at once with a directory.
+        *relay = {
+            let mut config = relay.config().clone();
+            config.directory.lookups_per_second = 1;
+            let mut r = Relay::new(config);
+            r.set_route(Route {
+                name: RouteName::parse("game.example.com").unwrap(),
+                target: RouteTarget::Simple(vec![backend()]),
+                balance: Default::default(),
+            })
+            .unwrap();
+            r
+        };
+    }
+    let now = Instant::now();
+    let scid = [0xa1; 8];
+    connect(&mut shards, 0, addr("198.51.100.1:1000"), 1, scid);
+    // 100 junk short headers from forged sources land on shard 1 first: each is asked
+    // about and dropped; none is rate-limited.
+    for i in 0..100u16 {
+        let junk = short_header_packet(0, &[0xee; 8], i as u8, &[0; 40]);
+        let from = addr(&format!("203.0.113.{}:{}", i % 250 + 1, 5000 + i));
+        let _ = shards[1].handle_client_datagram(now, from, &junk);
+        run_host(&mut shards, 1, now);
+    }
+    // The client's NAT rebinding onto shard 1 is still found.
+    let moved = addr("198.51.100.1:2000");
+    let datagram = short_header_packet(0, &scid, 2, &[2; 40]);
+    let v = shards[1].handle_client_datagram(now, moved, &datagram);
+    assert!(matches!(v, Verdict::Held { .. }), "{v:?}");
+    let out = run_host(&mut shards, 1, now);
+    assert!(
+        matches!(out.as_slice(), [Command::OpenUpstream { client, .. }] if *client == moved),
+        "{out:?}"
+    );
+    let stats = shards[1].stats();
+    assert_eq!((stats.lookups.rate_limited, stats.lookups.found), (0, 1));
+    assert_eq!(stats.drops(DropReason::LookupFailed), 100);
+}
+
+#[test]
 fn shards_divide_instance_budgets_and_keep_per_client_caps() {
     let config = RelayConfig {
         max_sessions: 5,
@@ -325,7 +369,6 @@ fn shards_divide_instance_budgets_and_keep_per_client_caps() {
     // 0 stays "no limit"; per-address caps are per shard; lookups carry the miss path.
     assert!(parts.iter().all(|c| c.new_sessions_per_second == 0
         && c.max_sessions_per_ip == config.max_sessions_per_ip
-        && c.directory.enabled
         && c.shard.count == 2));
     assert_ne!(parts[0].seed, parts[1].seed);
     // One shard: the configuration as it is.

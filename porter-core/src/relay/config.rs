@@ -151,8 +151,9 @@ impl RelayConfig {
     /// the shards (sessions, paths, held bytes, allocations in flight, the new-session,
     /// refusal-replay, allocation and lookup rates, unvalidated sessions, pending
     /// lookups); per-address, per-IP and per-session caps as they are (they apply per
-    /// shard); lookups of unknown CIDs on, since they carry datagrams between shards;
-    /// and a seed of its own. `count` of 1 gives the configuration back unchanged.
+    /// shard); and a seed of its own. A sharded relay looks unknown CIDs up whatever
+    /// [`super::DirectoryConfig::enabled`] says (the other shards are asked first); the
+    /// lookup rate applies only when the shared directory may be asked. `count` of 1 gives the configuration back unchanged.
     pub fn for_shard(&self, index: u32, count: u32) -> Self {
         let count = count.max(1);
         let shard = Shard {
@@ -174,7 +175,6 @@ impl RelayConfig {
         c.max_unvalidated_sessions = shard.part(c.max_unvalidated_sessions);
         c.allocations_per_second_per_fleet = shard.part_u32(c.allocations_per_second_per_fleet);
         c.allocations_per_second_per_prefix = shard.part_u32(c.allocations_per_second_per_prefix);
-        c.directory.enabled = true;
         c.directory.max_pending_lookups = shard.part(c.directory.max_pending_lookups);
         c.directory.lookups_per_second = shard.part_u32(c.directory.lookups_per_second);
         c.seed = c

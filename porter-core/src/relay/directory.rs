@@ -290,7 +290,9 @@ impl Relay {
         datagram: &[u8],
     ) -> Option<Verdict> {
         let config = &self.config.directory;
-        if !config.enabled {
+        // Sharded, the host asks its other shards first, in process, whether or not a
+        // directory shared between instances is configured.
+        if !config.enabled && !self.config.shard.is_sharded() {
             return None;
         }
         let (max_datagrams, max_bytes) = (
@@ -316,7 +318,11 @@ impl Relay {
         if self.lookups.len() >= config.max_pending_lookups || datagram.len() > max_bytes {
             return Some(Verdict::Drop(DropReason::LookupLimit));
         }
-        if !self.lookups.bucket.take(now) {
+        // The rate protects the shared directory (a Redis round trip each). Asking the
+        // other shards costs a microsecond or two and is answered at once: without a
+        // shared directory, a flood of unknown CIDs cannot spend the tokens that a
+        // client's move needs.
+        if config.enabled && !self.lookups.bucket.take(now) {
             self.stats.lookups.rate_limited += 1;
             return Some(Verdict::Drop(DropReason::LookupRateLimited));
         }
