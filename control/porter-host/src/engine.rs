@@ -227,7 +227,8 @@ impl<R: Runtime> Engine<R> {
         &self.rt
     }
 
-    /// The control plane's door into this engine's relay.
+    /// A door into this engine's relay alone (one shard's); the control plane uses
+    /// [`Shards::handle`], which reaches every shard.
     pub fn handle(&self) -> RelayHandle {
         RelayHandle::new(self.cell.clone())
     }

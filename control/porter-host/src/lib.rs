@@ -13,6 +13,9 @@
 //!   with GSO), and the "backend unreachable, reported once per session" rule;
 //! - [`bind_listener`]: the dual-stack listener bind (socket2), with the start-up error
 //!   messages both binaries print;
+//! - [`Shards`]: the data-plane shards [`start`] makes (`udp.shards`), one [`Engine`]
+//!   each with its own relay and sockets, listeners sharing the port (SO_REUSEPORT); only
+//!   a datagram of a connection another shard owns crosses over, through a lookup;
 //! - [`Engine`]: one task per listener and per session's upstream socket, the timer task
 //!   the core asks for, and the execution of the relay's [`porter_core::Command`]s in
 //!   order, coalescing runs of same-sized datagrams for one destination into one GSO send;
@@ -23,7 +26,8 @@
 //!
 //! ## Locks
 //!
-//! One data-plane lock, the [`HostCell`]'s mutex around the [`RelayHost`]: every datagram,
+//! One data-plane lock per shard, the [`HostCell`]'s mutex around the [`RelayHost`]
+//! (a shard takes another's only on the miss path, one at a time): every datagram,
 //! timer expiry, allocation answer and control-plane change takes it once, briefly, and
 //! never across an await. Beside it, small leaf locks that are never held while taking
 //! the host lock: the engine's upstream-socket and allocation-task maps, its armed
