@@ -659,9 +659,18 @@ impl<R: Runtime> Engine<R> {
             Settled::Unknown
         };
         let directory = match settled {
-            Settled::Unknown => self.directory.get().map(|d| d.lookup(dcid)),
+            Settled::Unknown => self.directory.get(),
             _ => None,
         };
+        // Sharded, the lookup rate guards the shared directory alone.
+        if directory.is_some() && self.cells.len() > 1 {
+            let mut host = self.cell.lock();
+            if !host.take_directory_token(Instant::now()) {
+                host.complete_lookup_over_rate(id);
+                return;
+            }
+        }
+        let directory = directory.map(|d| d.lookup(dcid));
         let Some(lookup) = directory else {
             self.complete_lookup(id, settled, None, outs);
             return;

@@ -225,6 +225,19 @@ impl RelayHost {
         }
     }
 
+    /// Sharded: whether a lookup may go on to the shared directory; see
+    /// [`Relay::take_directory_token`].
+    pub fn take_directory_token(&mut self, now: Instant) -> bool {
+        self.relay.take_directory_token(now)
+    }
+
+    /// Ends a lookup over the directory's rate; see [`Relay::complete_lookup_over_rate`].
+    pub fn complete_lookup_over_rate(&mut self, id: LookupId) {
+        if let Err(e) = self.relay.complete_lookup_over_rate(id) {
+            tracing::debug!(lookup = %id, "{e}");
+        }
+    }
+
     /// A lookup another shard answered: see [`Relay::complete_lookup_moved`].
     pub fn complete_lookup_moved(
         &mut self,

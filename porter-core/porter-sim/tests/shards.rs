@@ -75,6 +75,14 @@ fn run_host(shards: &mut [Relay], own: usize, now: Instant) -> Vec<Command> {
             } => shards[own]
                 .complete_lookup_moved(now, id, cid, backend, (owner as u32, session))
                 .unwrap(),
+            // With a shared directory configured, at its rate: this one knows nothing.
+            Settled::Unknown if shards[own].config().directory.enabled => {
+                if shards[own].take_directory_token(now) {
+                    shards[own].complete_lookup(now, id, None).unwrap();
+                } else {
+                    shards[own].complete_lookup_over_rate(id).unwrap();
+                }
+            }
             Settled::Unknown => shards[own].complete_lookup(now, id, None).unwrap(),
         }
         out.extend(commands(&mut shards[own]));
@@ -305,48 +313,65 @@ fn a_move_that_lands_on_its_own_shard_opens_a_path_of_the_same_session() {
     );
 }
 
-#[test]
-fn without_a_shared_directory_a_flood_of_unknown_cids_cannot_starve_a_move() {
-    let mut shards = shards();
-    for relay in shards.iter_mut() {
-        // One lookup a second: what a flood would spend at once with a directory.
-        *relay = {
-            let mut config = relay.config().clone();
+/// Shards whose lookups go on to a shared directory (or not) at one lookup a second.
+fn shards_at_one_lookup_a_second(directory: bool) -> Vec<Relay> {
+    (0..2)
+        .map(|i| {
+            let mut config = RelayConfig::default().for_shard(i, 2);
+            config.directory.enabled = directory;
             config.directory.lookups_per_second = 1;
-            let mut r = Relay::new(config);
-            r.set_route(Route {
-                name: RouteName::parse("game.example.com").unwrap(),
-                target: RouteTarget::Simple(vec![backend()]),
-                balance: Default::default(),
-            })
-            .unwrap();
-            r
-        };
+            let mut relay = Relay::new(config);
+            relay
+                .set_route(Route {
+                    name: RouteName::parse("game.example.com").unwrap(),
+                    target: RouteTarget::Simple(vec![backend()]),
+                    balance: Default::default(),
+                })
+                .unwrap();
+            relay
+        })
+        .collect()
+}
+
+#[test]
+fn a_flood_of_unknown_cids_cannot_starve_a_move_between_shards() {
+    for directory in [false, true] {
+        let mut shards = shards_at_one_lookup_a_second(directory);
+        let now = Instant::now();
+        let scid = [0xa1; 8];
+        connect(&mut shards, 0, addr("198.51.100.1:1000"), 1, scid);
+        // 100 junk short headers from forged sources land on shard 1 first: the shards
+        // are asked about each; only what goes on to the shared directory is at its rate.
+        for i in 0..100u16 {
+            let junk = short_header_packet(0, &[0xee; 8], i as u8, &[0; 40]);
+            let from = addr(&format!("203.0.113.{}:{}", i % 250 + 1, 5000 + i));
+            let _ = shards[1].handle_client_datagram(now, from, &junk);
+            run_host(&mut shards, 1, now);
+        }
+        // The client's NAT rebinding onto shard 1 is still found.
+        let moved = addr("198.51.100.1:2000");
+        let datagram = short_header_packet(0, &scid, 2, &[2; 40]);
+        let v = shards[1].handle_client_datagram(now, moved, &datagram);
+        assert!(matches!(v, Verdict::Held { .. }), "{v:?}");
+        let out = run_host(&mut shards, 1, now);
+        assert!(
+            matches!(out.as_slice(), [Command::OpenUpstream { client, .. }] if *client == moved),
+            "directory {directory}: {out:?}"
+        );
+        let stats = shards[1].stats();
+        assert_eq!(stats.lookups.found, 1);
+        // Without a directory nothing is rate-limited; with one, the junk beyond its
+        // first token is (one second's worth went to the directory, which knew nothing).
+        let (limited, failed) = if directory { (99, 1) } else { (0, 100) };
+        assert_eq!(
+            (
+                stats.lookups.rate_limited,
+                stats.drops(DropReason::LookupFailed)
+            ),
+            (limited, failed),
+            "directory {directory}"
+        );
     }
-    let now = Instant::now();
-    let scid = [0xa1; 8];
-    connect(&mut shards, 0, addr("198.51.100.1:1000"), 1, scid);
-    // 100 junk short headers from forged sources land on shard 1 first: each is asked
-    // about and dropped; none is rate-limited.
-    for i in 0..100u16 {
-        let junk = short_header_packet(0, &[0xee; 8], i as u8, &[0; 40]);
-        let from = addr(&format!("203.0.113.{}:{}", i % 250 + 1, 5000 + i));
-        let _ = shards[1].handle_client_datagram(now, from, &junk);
-        run_host(&mut shards, 1, now);
-    }
-    // The client's NAT rebinding onto shard 1 is still found.
-    let moved = addr("198.51.100.1:2000");
-    let datagram = short_header_packet(0, &scid, 2, &[2; 40]);
-    let v = shards[1].handle_client_datagram(now, moved, &datagram);
-    assert!(matches!(v, Verdict::Held { .. }), "{v:?}");
-    let out = run_host(&mut shards, 1, now);
-    assert!(
-        matches!(out.as_slice(), [Command::OpenUpstream { client, .. }] if *client == moved),
-        "{out:?}"
-    );
-    let stats = shards[1].stats();
-    assert_eq!((stats.lookups.rate_limited, stats.lookups.found), (0, 1));
-    assert_eq!(stats.drops(DropReason::LookupFailed), 100);
 }
 
 #[test]

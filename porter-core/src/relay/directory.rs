@@ -319,10 +319,11 @@ impl Relay {
             return Some(Verdict::Drop(DropReason::LookupLimit));
         }
         // The rate protects the shared directory (a Redis round trip each). Asking the
-        // other shards costs a microsecond or two and is answered at once: without a
-        // shared directory, a flood of unknown CIDs cannot spend the tokens that a
-        // client's move needs.
-        if config.enabled && !self.lookups.bucket.take(now) {
+        // other shards costs a microsecond or two and is answered at once, so a sharded
+        // relay leaves the rate to the host, for the lookups the shards cannot settle
+        // ([`Relay::take_directory_token`]): a flood of unknown CIDs cannot spend the
+        // tokens that a client's move between shards needs.
+        if config.enabled && !self.config.shard.is_sharded() && !self.lookups.bucket.take(now) {
             self.stats.lookups.rate_limited += 1;
             return Some(Verdict::Drop(DropReason::LookupRateLimited));
         }
@@ -365,6 +366,26 @@ impl Relay {
         answer: Option<(ConnectionId, BackendAddr)>,
     ) -> Result<(), CompleteLookupError> {
         self.complete_lookup_with(now, id, answer, Moved::No)
+    }
+
+    /// Sharded: whether a lookup the shards could not settle may go on to the directory
+    /// shared between instances, at the lookup rate (`lookups_per_second`). `false`: over
+    /// the rate; answer it with [`Self::complete_lookup_over_rate`].
+    pub fn take_directory_token(&mut self, now: Instant) -> bool {
+        self.lookups.bucket.take(now)
+    }
+
+    /// Ends a lookup that may not go on to the shared directory (over the lookup rate):
+    /// its held datagrams are dropped as [`DropReason::LookupRateLimited`] and it is
+    /// counted in [`LookupCounters::rate_limited`].
+    pub fn complete_lookup_over_rate(&mut self, id: LookupId) -> Result<(), CompleteLookupError> {
+        let lookup = self
+            .lookups
+            .remove(id)
+            .ok_or(CompleteLookupError::NotPending(id))?;
+        self.stats.lookups.rate_limited += 1;
+        self.drop_held(lookup.datagrams.len(), DropReason::LookupRateLimited);
+        Ok(())
     }
 
     /// As [`Self::complete_lookup`] with a connection another shard of this host holds
