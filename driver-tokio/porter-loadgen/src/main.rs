@@ -1336,7 +1336,7 @@ fn si(v: f64) -> String {
     }
 }
 
-const MODES: [&str; 9] = [
+const MODES: [&str; 11] = [
     "direct",
     "porter",
     "porter-unbatched",
@@ -1345,6 +1345,8 @@ const MODES: [&str; 9] = [
     "porter-smol",
     "porter-smol-1shard",
     "porter-smol-2shards",
+    "porter-nshards",
+    "porter-smol-nshards",
     "nginx",
 ];
 
