@@ -13,10 +13,12 @@ use std::time::Instant;
 use divan::Bencher;
 use porter_core::wire::Version;
 use porter_core::{
-    BackendAddr, ClientAddr, Command, ConnectionId, PathId, Relay, RelayConfig, Route, RouteName,
-    RouteTarget, Settled, ShortClaim, Verdict,
+    BackendAddr, ClientAddr, Command, ConnectionId, PathId, Relay, RelayConfig, Settled,
+    ShortClaim, Verdict,
 };
-use porter_sim::{one_datagram_initial, server_first_flight, short_header_packet, SimRng};
+use porter_sim::{
+    one_datagram_initial, server_first_flight, short_header_packet, simple_route, SimRng,
+};
 
 /// Routed sessions on the owning shard.
 const SESSIONS: &[usize] = &[1_000, 100_000];
@@ -42,11 +44,7 @@ fn shard(index: u32) -> Relay {
         .for_shard(index, 2),
     );
     relay
-        .set_route(Route {
-            name: RouteName::parse("game.example.com").unwrap(),
-            target: RouteTarget::Simple(vec![backend()]),
-            balance: Default::default(),
-        })
+        .set_route(simple_route("game.example.com", &[backend()]))
         .unwrap();
     relay
 }

@@ -76,6 +76,16 @@ pub use packets::{
 pub use rng::SimRng;
 pub use server::{Server, ServerConfig, ServerConnection, ServerStats};
 
+/// A `simple` route from `name` (an exact name, a wildcard or `*`) to `backends`, with
+/// the default balancing: what most relay tests and benchmarks install.
+pub fn simple_route(name: &str, backends: &[BackendAddr]) -> Route {
+    Route {
+        name: RouteName::parse(name).expect("a valid route name"),
+        target: RouteTarget::Simple(backends.to_vec()),
+        balance: Default::default(),
+    }
+}
+
 use porter_core::wire::ConnectionId;
 use porter_core::{BackendAddr, SessionId};
 use porter_core::{Relay, RelayConfig, Verdict};

@@ -11,9 +11,11 @@ use bytes::Bytes;
 use porter_core::wire::Version;
 use porter_core::{
     BackendAddr, ClientAddr, Command, ConnectionId, DirectoryConfig, DropReason, LookupId,
-    Notification, PathId, Relay, RelayConfig, Route, RouteName, RouteTarget, Verdict,
+    Notification, PathId, Relay, RelayConfig, Verdict,
 };
-use porter_sim::{one_datagram_initial, server_first_flight, short_header_packet, SimRng};
+use porter_sim::{
+    one_datagram_initial, server_first_flight, short_header_packet, simple_route, SimRng,
+};
 
 const BACKEND: &str = "10.0.0.5:4433";
 
@@ -31,11 +33,7 @@ fn relay(directory: DirectoryConfig) -> Relay {
         ..RelayConfig::default()
     });
     relay
-        .set_route(Route {
-            name: RouteName::parse("game.example.com").unwrap(),
-            target: RouteTarget::Simple(vec![backend()]),
-            balance: Default::default(),
-        })
+        .set_route(simple_route("game.example.com", &[backend()]))
         .unwrap();
     relay
 }

@@ -11,10 +11,11 @@ use std::time::Instant;
 use porter_core::wire::Version;
 use porter_core::{
     BackendAddr, ClientAddr, CloseReason, Command, ConnectionId, DropReason, Notification, PathId,
-    Relay, RelayConfig, Route, RouteName, RouteTarget, SessionId, Settled, Shard, ShortClaim,
-    Verdict,
+    Relay, RelayConfig, SessionId, Settled, Shard, ShortClaim, Verdict,
 };
-use porter_sim::{one_datagram_initial, server_first_flight, short_header_packet, SimRng};
+use porter_sim::{
+    one_datagram_initial, server_first_flight, short_header_packet, simple_route, SimRng,
+};
 
 const BACKEND: &str = "10.0.0.5:4433";
 
@@ -28,15 +29,18 @@ fn backend() -> BackendAddr {
 
 /// Shards 0 and 1 of 2, routing `game.example.com` to [`BACKEND`].
 fn shards() -> Vec<Relay> {
+    shards_with(|_| {})
+}
+
+/// As [`shards`], each shard's configuration changed by `change` first.
+fn shards_with(change: impl Fn(&mut RelayConfig)) -> Vec<Relay> {
     (0..2)
         .map(|i| {
-            let mut relay = Relay::new(RelayConfig::default().for_shard(i, 2));
+            let mut config = RelayConfig::default().for_shard(i, 2);
+            change(&mut config);
+            let mut relay = Relay::new(config);
             relay
-                .set_route(Route {
-                    name: RouteName::parse("game.example.com").unwrap(),
-                    target: RouteTarget::Simple(vec![backend()]),
-                    balance: Default::default(),
-                })
+                .set_route(simple_route("game.example.com", &[backend()]))
                 .unwrap();
             relay
         })
@@ -315,22 +319,10 @@ fn a_move_that_lands_on_its_own_shard_opens_a_path_of_the_same_session() {
 
 /// Shards whose lookups go on to a shared directory (or not) at one lookup a second.
 fn shards_at_one_lookup_a_second(directory: bool) -> Vec<Relay> {
-    (0..2)
-        .map(|i| {
-            let mut config = RelayConfig::default().for_shard(i, 2);
-            config.directory.enabled = directory;
-            config.directory.lookups_per_second = 1;
-            let mut relay = Relay::new(config);
-            relay
-                .set_route(Route {
-                    name: RouteName::parse("game.example.com").unwrap(),
-                    target: RouteTarget::Simple(vec![backend()]),
-                    balance: Default::default(),
-                })
-                .unwrap();
-            relay
-        })
-        .collect()
+    shards_with(|config| {
+        config.directory.enabled = directory;
+        config.directory.lookups_per_second = 1;
+    })
 }
 
 #[test]
